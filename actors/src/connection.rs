@@ -1,0 +1,424 @@
+//! `ConnectionActor`: one per TCP connection, a child of the `SupervisorActor`.
+//!
+//! It owns the connection's [`ConnectionLink`] (the transport) and its session actors, and runs
+//! the kill sequence: every session closes first, then SSH_MSG_DISCONNECT with the reason, then
+//! the transport ends, and only then does the actor stop. When the grace runs out, sessions force
+//! their own end, the disconnect gets one last chance to leave, and the transport is cut
+//! ([`CUT_DELAY`] later). If even that does not wind everything down within [`GIVE_UP_MARGIN`],
+//! the remaining children are killed outright and the actor stops.
+//!
+//! ## Supervision
+//!
+//! Sessions are spawned linked and unnamed. `handle_supervisor_evt` is overridden: a session that
+//! stops or fails is reported to the supervisor (`SessionEnded`) and never stops this actor. The
+//! actor stops itself only once it has no sessions left and its transport has ended, so its
+//! children's `post_stop` always runs before its own.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::{debug, info, warn, Instrument, Span};
+
+use crate::ids::{ConnId, SessionId};
+use crate::link::{ConnectionLink, SessionLink, TransportEnd};
+use crate::report::{DisconnectCause, SessionExit};
+use crate::session::{SessionActor, SessionArgs, SessionMsg, SessionState};
+use crate::supervisor::{Notice, SupervisorMsg};
+use crate::Policy;
+
+/// After the grace runs out, how long the disconnect message gets to leave before the transport
+/// is cut.
+pub const CUT_DELAY: Duration = Duration::from_millis(100);
+
+/// After the grace runs out, how long the subtree may take to wind down before the remaining
+/// children are killed outright and the connection actor stops anyway.
+pub const GIVE_UP_MARGIN: Duration = Duration::from_secs(1);
+
+/// The connection actor. Spawned by `SupervisorActor` only.
+pub struct ConnectionActor;
+
+/// What a connection actor starts with.
+pub struct ConnectionArgs {
+    /// Its ID, chosen by the supervisor.
+    pub id: ConnId,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The transport.
+    pub link: Box<dyn ConnectionLink>,
+    /// Its supervisor, for notices.
+    pub supervisor: ActorRef<SupervisorMsg>,
+    /// The policy in force when it was admitted.
+    pub policy: Policy,
+}
+
+/// Messages a connection actor handles.
+pub enum ConnectionMsg {
+    /// (from the binding) The client authenticated.
+    Authenticated {
+        /// The user name it authenticated as.
+        user: String,
+        /// The method that succeeded (`publickey`, ...).
+        method: String,
+        /// The client's SSH version string.
+        client_version: Option<String>,
+    },
+    /// (from the binding) The client opened a session channel: spawn its session actor.
+    OpenSession {
+        /// The channel and the work behind it.
+        link: Box<dyn SessionLink>,
+        /// The new session's ID and actor, or a refusal text fit for the client.
+        reply: RpcReplyPort<Result<(SessionId, ActorRef<SessionMsg>), String>>,
+    },
+    /// (from the binding) The transport has ended.
+    TransportClosed {
+        /// How it ended.
+        end: TransportEnd,
+    },
+    /// (from the supervisor) End this connection and everything under it.
+    Kill {
+        /// Shown to the client in the disconnect message.
+        reason: String,
+        /// How long the polite end may take before it is forced.
+        grace: Duration,
+        /// Who asked, when known.
+        by: Option<String>,
+    },
+    /// (from the supervisor) End one session of this connection.
+    KillSession {
+        /// The session.
+        session: SessionId,
+        /// The kill reason.
+        reason: String,
+        /// How long the polite end may take before it is forced.
+        grace: Duration,
+    },
+    /// The kill's grace ran out.
+    GraceElapsed,
+    /// Cut the transport if it is still up.
+    Cut,
+    /// The subtree did not wind down after the force: kill what is left and stop.
+    GiveUp,
+}
+
+/// How a connection ended, read by the supervisor from the final state.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnOutcome {
+    pub(crate) cause: DisconnectCause,
+    pub(crate) sessions_closed: usize,
+    pub(crate) forced: bool,
+}
+
+struct Killing {
+    reason: String,
+    by: Option<String>,
+    disconnect_sent: bool,
+}
+
+/// The actor's private state; the supervisor reads `outcome` from it once the actor has stopped.
+pub struct ConnectionState {
+    id: ConnId,
+    link: Box<dyn ConnectionLink>,
+    supervisor: ActorRef<SupervisorMsg>,
+    policy: Policy,
+    span: Span,
+    sessions: HashMap<ActorId, (SessionId, ActorRef<SessionMsg>)>,
+    transport: Option<TransportEnd>,
+    killing: Option<Killing>,
+    closing: bool,
+    sessions_closed: usize,
+    forced: bool,
+    timers: Vec<JoinHandle<()>>,
+    pub(crate) outcome: Option<ConnOutcome>,
+}
+
+impl ConnectionState {
+    fn after(&mut self, myself: &ActorRef<ConnectionMsg>, delay: Duration, msg: fn() -> ConnectionMsg) {
+        let target = myself.clone();
+        self.timers.push(ractor::concurrency::spawn(async move {
+            ractor::concurrency::sleep(delay).await;
+            let _ = target.cast(msg());
+        }));
+    }
+
+    /// Asks every session to end; counts them as closed by this closing.
+    fn end_sessions(&mut self, reason: Option<&str>, grace: Duration) {
+        self.sessions_closed += self.sessions.len();
+        for (_, session) in self.sessions.values() {
+            let _ = session.cast(SessionMsg::Terminate {
+                reason: reason.map(str::to_string),
+                grace,
+            });
+        }
+    }
+
+    /// Moves the closing sequence on as far as it can go now.
+    fn advance(&mut self, myself: &ActorRef<ConnectionMsg>) {
+        if !self.closing || !self.sessions.is_empty() {
+            return;
+        }
+        if self.transport.is_none() {
+            if let Some(kill) = self.killing.as_mut() {
+                if !kill.disconnect_sent {
+                    kill.disconnect_sent = true;
+                    debug!("sessions closed: sending the disconnect");
+                    self.link.disconnect(&kill.reason);
+                }
+            }
+            return;
+        }
+        self.stop(myself);
+    }
+
+    fn stop(&mut self, myself: &ActorRef<ConnectionMsg>) {
+        if self.outcome.is_some() {
+            return;
+        }
+        let cause = match (&self.killing, &self.transport) {
+            (Some(kill), _) => DisconnectCause::Killed {
+                reason: kill.reason.clone(),
+                by: kill.by.clone(),
+            },
+            (None, Some(TransportEnd::Error(message))) => DisconnectCause::Error {
+                message: message.clone(),
+            },
+            (None, _) => DisconnectCause::ByClient,
+        };
+        self.outcome = Some(ConnOutcome {
+            cause,
+            sessions_closed: self.sessions_closed,
+            forced: self.forced,
+        });
+        myself.stop(None);
+    }
+}
+
+impl Actor for ConnectionActor {
+    type Msg = ConnectionMsg;
+    type State = ConnectionState;
+    type Arguments = ConnectionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ConnectionMsg>,
+        args: ConnectionArgs,
+    ) -> Result<ConnectionState, ActorProcessingErr> {
+        let span = tracing::info_span!(parent: None, "conn", conn_id = %args.id, peer = %args.peer);
+        Ok(ConnectionState {
+            id: args.id,
+            link: args.link,
+            supervisor: args.supervisor,
+            policy: args.policy,
+            span,
+            sessions: HashMap::new(),
+            transport: None,
+            killing: None,
+            closing: false,
+            sessions_closed: 0,
+            forced: false,
+            timers: Vec::new(),
+            outcome: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ConnectionMsg>,
+        msg: ConnectionMsg,
+        state: &mut ConnectionState,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = state.span.clone();
+        async move {
+            match msg {
+                ConnectionMsg::Authenticated {
+                    user,
+                    method,
+                    client_version,
+                } => {
+                    info!(user = %user, method = %method, "authenticated");
+                    let _ = state.supervisor.cast(SupervisorMsg::Notice(Notice::Authenticated {
+                        conn: state.id,
+                        user,
+                        method,
+                        client_version,
+                    }));
+                }
+                ConnectionMsg::OpenSession { link, reply } => {
+                    if state.closing {
+                        let _ = reply.send(Err("the connection is closing".to_string()));
+                        return;
+                    }
+                    let session = SessionId::new_random();
+                    // Registered before it exists, so the map never lacks a live session.
+                    let _ = state.supervisor.cast(SupervisorMsg::Notice(Notice::SessionOpened {
+                        conn: state.id,
+                        session,
+                    }));
+                    let args = SessionArgs {
+                        id: session,
+                        conn: state.id,
+                        link,
+                        supervisor: state.supervisor.clone(),
+                        close_grace: state.policy.kill_grace,
+                        parent_span: state.span.clone(),
+                    };
+                    match Actor::spawn_linked(None, SessionActor, args, myself.get_cell()).await {
+                        Ok((actor, _)) => {
+                            state.sessions.insert(actor.get_id(), (session, actor.clone()));
+                            let _ = reply.send(Ok((session, actor)));
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "could not start a session actor");
+                            let _ = state.supervisor.cast(SupervisorMsg::Notice(Notice::SessionEnded {
+                                conn: state.id,
+                                session,
+                                exit: SessionExit::Failed(e.to_string()),
+                                killed: None,
+                                forced: false,
+                            }));
+                            let _ = reply.send(Err("the server could not start the session".to_string()));
+                        }
+                    }
+                }
+                ConnectionMsg::TransportClosed { end } => {
+                    debug!(?end, "transport ended");
+                    state.transport = Some(end);
+                    if !state.closing {
+                        state.closing = true;
+                        let grace = state.policy.kill_grace;
+                        state.end_sessions(None, grace);
+                        state.after(&myself, grace + GIVE_UP_MARGIN, || ConnectionMsg::GiveUp);
+                    } else {
+                        for (_, session) in state.sessions.values() {
+                            let _ = session.cast(SessionMsg::ClientClosed);
+                        }
+                    }
+                    state.advance(&myself);
+                }
+                ConnectionMsg::Kill { reason, grace, by } => {
+                    if state.killing.is_some() || state.transport.is_some() {
+                        // Already being killed, or the client left first: the kill is answered
+                        // when this actor stops, like any other.
+                        return;
+                    }
+                    info!(reason = %reason, by = by.as_deref(), grace = %humantime::format_duration(grace), "killing connection");
+                    let first = !state.closing;
+                    state.closing = true;
+                    if first {
+                        state.end_sessions(Some(&reason), grace);
+                    }
+                    state.killing = Some(Killing {
+                        reason,
+                        by,
+                        disconnect_sent: false,
+                    });
+                    state.after(&myself, grace, || ConnectionMsg::GraceElapsed);
+                    state.advance(&myself);
+                }
+                ConnectionMsg::KillSession {
+                    session,
+                    reason,
+                    grace,
+                } => {
+                    if let Some((_, actor)) = state.sessions.values().find(|(id, _)| *id == session) {
+                        let _ = actor.cast(SessionMsg::Terminate {
+                            reason: Some(reason),
+                            grace,
+                        });
+                    }
+                }
+                ConnectionMsg::GraceElapsed => {
+                    if state.outcome.is_some() {
+                        return;
+                    }
+                    warn!(sessions = state.sessions.len(), "grace ran out: forcing the connection's end");
+                    state.forced = true;
+                    if state.transport.is_none() {
+                        if let Some(kill) = state.killing.as_mut() {
+                            if !kill.disconnect_sent {
+                                kill.disconnect_sent = true;
+                                state.link.disconnect(&kill.reason);
+                            }
+                        }
+                    }
+                    state.after(&myself, CUT_DELAY, || ConnectionMsg::Cut);
+                    state.after(&myself, GIVE_UP_MARGIN, || ConnectionMsg::GiveUp);
+                }
+                ConnectionMsg::Cut => {
+                    if state.transport.is_none() {
+                        debug!("cutting the transport");
+                        state.link.abort();
+                    }
+                }
+                ConnectionMsg::GiveUp => {
+                    if state.outcome.is_some() {
+                        return;
+                    }
+                    warn!(sessions = state.sessions.len(), "the connection did not wind down: killing what is left");
+                    state.forced = true;
+                    for (_, session) in state.sessions.values() {
+                        session.kill();
+                    }
+                    if state.transport.is_none() {
+                        state.link.abort();
+                    }
+                    state.stop(&myself);
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<ConnectionMsg>,
+        event: SupervisionEvent,
+        state: &mut ConnectionState,
+    ) -> Result<(), ActorProcessingErr> {
+        let _entered = state.span.clone().entered();
+        let (cell, outcome) = match event {
+            SupervisionEvent::ActorTerminated(cell, final_state, _) => {
+                let outcome = final_state
+                    .and_then(|mut s| s.take::<SessionState>().ok())
+                    .and_then(|s| s.outcome);
+                (cell, outcome)
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                warn!(error = %err, "a session crashed");
+                (cell, None)
+            }
+            _ => return Ok(()),
+        };
+        let Some((session, _)) = state.sessions.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        let (exit, killed, forced) = match outcome {
+            Some(o) => (o.exit, o.killed, o.forced),
+            None => (SessionExit::Failed("the session crashed".into()), None, false),
+        };
+        let _ = state.supervisor.cast(SupervisorMsg::Notice(Notice::SessionEnded {
+            conn: state.id,
+            session,
+            exit,
+            killed,
+            forced,
+        }));
+        state.advance(&myself);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ConnectionMsg>,
+        state: &mut ConnectionState,
+    ) -> Result<(), ActorProcessingErr> {
+        for timer in state.timers.drain(..) {
+            timer.abort();
+        }
+        Ok(())
+    }
+}

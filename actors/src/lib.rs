@@ -1,0 +1,73 @@
+//! sshvisor-actors: the supervised actor tree of sshvisor.
+//!
+//! Every SSH connection is a `ConnectionActor` and every session channel a `SessionActor`, under
+//! one `SupervisorActor` that owns the ID map. The tree knows nothing of russh or sockets: it
+//! reaches a connection through a [`ConnectionLink`] and a session through a [`SessionLink`], so
+//! the same tree runs over russh in production and over fakes in the actor harness.
+//!
+//! # Layout
+//!
+//! - `ids`: [`ConnId`], [`SessionId`], [`Target`] and prefix resolution for operators.
+//! - `link`: the link traits, the only way out of the tree.
+//! - `report`: plain data handed out: snapshots, kill reports, events.
+//! - `supervisor`, `connection`, `session`: one actor each.
+//!
+//! # Embedding
+//!
+//! Spawn the supervisor linked under your own actor with [`spawn_supervisor`], subscribe to its
+//! events, and talk to it with [`SupervisorMsg`]. See the README for a complete example.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod connection;
+pub mod ids;
+pub mod link;
+pub mod report;
+pub mod session;
+pub mod supervisor;
+
+use std::time::Duration;
+
+use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
+
+pub use connection::{ConnectionActor, ConnectionMsg};
+pub use ids::{resolve_prefix, ConnId, PrefixMatch, SessionId, Target};
+pub use link::{ConnectionLink, SessionEvents, SessionLink, SessionRequest, TransportEnd, Winding};
+pub use report::{
+    ConnState, ConnectionInfo, DisconnectCause, Event, KillError, KillReport, Refusal, SessionExit,
+    SessionInfo, SessionKind,
+};
+pub use session::{SessionActor, SessionMsg};
+pub use supervisor::{SupervisorActor, SupervisorArgs, SupervisorMsg};
+
+/// The default grace of a kill: how long sessions get to end politely before they are forced.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Timeouts and graces the tree applies to the connections it admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// How long a session's work may take to end when its connection goes away by itself (the
+    /// client left): after it, the work is killed.
+    pub kill_grace: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            kill_grace: DEFAULT_KILL_GRACE,
+        }
+    }
+}
+
+/// Spawns the supervisor, unnamed, linked under `parent` when given (the embedding program's own
+/// supervisor) or standalone otherwise.
+pub async fn spawn_supervisor(
+    parent: Option<ActorCell>,
+    args: SupervisorArgs,
+) -> Result<ActorRef<SupervisorMsg>, SpawnErr> {
+    let (actor, _) = match parent {
+        Some(parent) => Actor::spawn_linked(None, SupervisorActor, args, parent).await?,
+        None => Actor::spawn(None, SupervisorActor, args).await?,
+    };
+    Ok(actor)
+}

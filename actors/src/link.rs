@@ -1,0 +1,127 @@
+//! The two small traits through which the tree reaches the outside world.
+//!
+//! The tree knows nothing of russh or sockets. A [`ConnectionLink`] is what a `ConnectionActor`
+//! may do to its transport; a [`SessionLink`] is what a `SessionActor` may do to its channel and
+//! the work running behind it. The russh binding implements both for production; the actor
+//! harness implements them with fakes that record every call.
+//!
+//! Architecture Invariant: no link method blocks. Anything that may wait on the network (a full
+//! send queue, a client that stopped reading) happens in the link's own tasks, never inside an
+//! actor's handler.
+
+use crate::report::{SessionExit, SessionKind};
+use crate::session::SessionMsg;
+use ractor::ActorRef;
+
+/// What a `ConnectionActor` may do to its transport.
+pub trait ConnectionLink: Send + Sync + 'static {
+    /// Queues SSH_MSG_DISCONNECT (reason "by application") carrying `reason`, after which the
+    /// transport should end by itself. Returns at once.
+    fn disconnect(&self, reason: &str);
+
+    /// Cuts the transport now, without waiting for the peer: the forced path. After this the
+    /// binding must report the end of the transport promptly
+    /// (`ConnectionMsg::TransportClosed`). Returns at once.
+    fn abort(&self);
+}
+
+/// Why a transport ended, as the binding saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportEnd {
+    /// The peer closed the connection (clean SSH disconnect or TCP end of stream).
+    Closed,
+    /// The transport failed: protocol error, I/O error, a bad banner, a timeout.
+    Error(String),
+    /// The transport was cut through [`ConnectionLink::abort`].
+    Aborted,
+}
+
+/// What the client asked a session to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionRequest {
+    /// Run one command (`exec`).
+    Exec {
+        /// The command line, as the client sent it.
+        command: String,
+    },
+    /// An interactive shell (`shell`).
+    Shell,
+    /// A named subsystem such as `sftp`.
+    Subsystem {
+        /// The subsystem name, as the client sent it.
+        name: String,
+    },
+}
+
+impl SessionRequest {
+    /// The kind shown in listings.
+    pub fn kind(&self) -> SessionKind {
+        match self {
+            SessionRequest::Exec { .. } => SessionKind::Exec,
+            SessionRequest::Shell => SessionKind::Shell,
+            SessionRequest::Subsystem { .. } => SessionKind::Subsystem,
+        }
+    }
+
+    /// The command (exec) or subsystem name shown in listings.
+    pub fn command(&self) -> Option<&str> {
+        match self {
+            SessionRequest::Exec { command } => Some(command),
+            SessionRequest::Shell => None,
+            SessionRequest::Subsystem { name } => Some(name),
+        }
+    }
+}
+
+/// Whether a session's work is still winding down after [`SessionLink::terminate`] or
+/// [`SessionLink::force`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Winding {
+    /// Nothing runs any more and the channel is closed on our side: the session may stop now.
+    Done,
+    /// Work is still ending; the link will call [`SessionEvents::finished`] when it is gone.
+    Pending,
+}
+
+/// What a `SessionActor` may do to its channel and the work behind it.
+///
+/// Calls come from the actor only, one at a time, in this order: [`start`](Self::start) at most
+/// once, then any number of [`data`](Self::data) and [`eof`](Self::eof), then
+/// [`terminate`](Self::terminate) and possibly [`force`](Self::force). Dropping the link must
+/// release everything it holds (end processes, close the channel): a session actor that is
+/// killed outright never gets to call `force`.
+pub trait SessionLink: Send + 'static {
+    /// Starts the work the client asked for. On success the link must call
+    /// [`SessionEvents::finished`] exactly once when the work has ended by itself (all output
+    /// delivered, exit status sent, channel closed). On failure nothing was started and the
+    /// error text is shown to the client.
+    fn start(&mut self, request: &SessionRequest, events: SessionEvents) -> Result<(), String>;
+
+    /// Bytes the client sent on the channel (stdin).
+    fn data(&mut self, data: Vec<u8>);
+
+    /// The client sent EOF on the channel.
+    fn eof(&mut self);
+
+    /// Ends the session politely: the work is asked to stop (for a process: SIGHUP to its
+    /// process group), pending output is delivered, then EOF and CLOSE go to the client.
+    fn terminate(&mut self) -> Winding;
+
+    /// Ends the session now: the work is killed (SIGKILL), pending output is dropped, and the
+    /// channel is closed without waiting for the client.
+    fn force(&mut self) -> Winding;
+}
+
+/// Given to a [`SessionLink`] when its work starts, so it can say when the work has ended.
+#[derive(Clone)]
+pub struct SessionEvents {
+    pub(crate) actor: ActorRef<SessionMsg>,
+}
+
+impl SessionEvents {
+    /// The work has ended and the channel is closed on our side. Extra calls are ignored.
+    pub fn finished(&self, exit: SessionExit) {
+        // The session may already be gone (killed outright); nothing is waiting then.
+        let _ = self.actor.cast(SessionMsg::Finished { exit });
+    }
+}

@@ -1,0 +1,236 @@
+//! The data the tree hands out: snapshots, kill reports, errors and lifecycle events.
+//!
+//! All of it is plain data (IDs, strings, times): safe to serialize, to send across a control
+//! socket, or one day across nodes. Nothing here holds an actor or a handle.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ConnId, SessionId, Target};
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnState {
+    /// Key exchange or authentication still under way.
+    Handshaking,
+    /// The client is authenticated.
+    Authenticated,
+    /// A kill is under way, or the transport has ended and the subtree is winding down.
+    Closing,
+}
+
+/// What a session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionKind {
+    /// The channel is open but the client has not asked for anything yet.
+    Pending,
+    /// One command (`exec`).
+    Exec,
+    /// An interactive shell.
+    Shell,
+    /// A subsystem such as `sftp`.
+    Subsystem,
+}
+
+/// A snapshot of one session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The session's ID.
+    pub id: SessionId,
+    /// What it runs.
+    pub kind: SessionKind,
+    /// The exec command or the subsystem name.
+    pub command: Option<String>,
+    /// When the channel was opened.
+    #[serde(with = "rfc3339")]
+    pub started: SystemTime,
+}
+
+/// A snapshot of one connection and its sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// The connection's ID.
+    pub id: ConnId,
+    /// The user name the client authenticated as (none before authentication).
+    pub user: Option<String>,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The client's SSH version string, once known.
+    pub client_version: Option<String>,
+    /// The authentication method that succeeded (`publickey`, ...).
+    pub auth_method: Option<String>,
+    /// When the TCP connection was accepted.
+    #[serde(with = "rfc3339")]
+    pub started: SystemTime,
+    /// Where it is in its life.
+    pub state: ConnState,
+    /// Its live sessions, oldest first.
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// The answer to a kill: sent once everything under the target has stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillReport {
+    /// What was killed.
+    pub target: Target,
+    /// How many sessions were closed on the way (1 for a session kill).
+    pub sessions_closed: usize,
+    /// From the kill request to this report.
+    #[serde(rename = "elapsed_ms", with = "millis")]
+    pub elapsed: Duration,
+    /// True when the grace ran out and the end was forced (processes killed, stream cut).
+    pub forced: bool,
+}
+
+/// Why a kill could not be carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum KillError {
+    /// No live connection or session has this ID.
+    #[error("no live {0}")]
+    NotFound(Target),
+}
+
+/// Why a new connection was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The tree is draining or shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The connection actor could not be started.
+    #[error("could not start the connection: {0}")]
+    SpawnFailed(String),
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cause", rename_all = "snake_case")]
+pub enum DisconnectCause {
+    /// The client closed the connection.
+    ByClient,
+    /// A kill ended it.
+    Killed {
+        /// The reason given with the kill (shown to the client).
+        reason: String,
+        /// Who asked for it, when known (`uid 1000 via ctl`, ...).
+        by: Option<String>,
+    },
+    /// The transport or the connection's actor failed.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// How a session's work ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "exit", content = "value", rename_all = "snake_case")]
+pub enum SessionExit {
+    /// The process exited with this status.
+    Status(u32),
+    /// The process died of this signal (name without `SIG`, as SSH sends it).
+    Signal(String),
+    /// The channel closed with no process exit to report.
+    Closed,
+    /// The session failed (its actor crashed or its work could not run).
+    Failed(String),
+}
+
+/// A lifecycle event, published on the supervisor's output port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A TCP connection was admitted.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+        /// The client's address.
+        peer: SocketAddr,
+    },
+    /// A client authenticated.
+    Authenticated {
+        /// The connection.
+        conn: ConnId,
+        /// The user name.
+        user: String,
+        /// The method (`publickey`, ...).
+        method: String,
+    },
+    /// A session channel was opened.
+    SessionOpened {
+        /// The connection.
+        conn: ConnId,
+        /// The new session.
+        session: SessionId,
+    },
+    /// A session started its work (exec, shell, subsystem).
+    SessionStarted {
+        /// The connection.
+        conn: ConnId,
+        /// The session.
+        session: SessionId,
+        /// What it runs.
+        kind: SessionKind,
+        /// The command or subsystem name.
+        command: Option<String>,
+    },
+    /// A session ended and its actor stopped.
+    SessionClosed {
+        /// The connection.
+        conn: ConnId,
+        /// The session.
+        session: SessionId,
+        /// How its work ended.
+        exit: SessionExit,
+        /// The kill reason, when it was killed.
+        killed: Option<String>,
+    },
+    /// A connection ended and every actor under it stopped.
+    Disconnected {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        #[serde(flatten)]
+        cause: DisconnectCause,
+    },
+}
+
+/// Serde for `SystemTime` as an RFC 3339 string (UTC, milliseconds).
+pub mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::SystemTime;
+
+    /// Writes the time as `2026-11-23T19:25:11.123Z`.
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+
+    /// Reads an RFC 3339 time.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde for `Duration` as fractional milliseconds.
+pub mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Writes the duration as milliseconds with microsecond precision.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_micros() as f64 / 1000.0)
+    }
+
+    /// Reads fractional milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let ms = f64::deserialize(d)?;
+        if !ms.is_finite() || ms < 0.0 {
+            return Err(serde::de::Error::custom("a duration must be a non-negative number"));
+        }
+        Ok(Duration::from_secs_f64(ms / 1000.0))
+    }
+}

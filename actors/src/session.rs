@@ -1,0 +1,263 @@
+//! `SessionActor`: one per session channel, a child of its `ConnectionActor`.
+//!
+//! It owns the channel's [`SessionLink`] (the channel and whatever runs behind it, such as a
+//! process) and decides when the session is over: when the work ends by itself, when the client
+//! closes the channel, or when it is told to [`Terminate`](SessionMsg::Terminate) — politely
+//! first, forced once the grace runs out, and abandoned (the link dropped, which kills what is
+//! left) if even the forced end does not report back within [`FORCE_MARGIN`].
+//!
+//! ## Supervision
+//!
+//! A session has no children. It stops itself when its work is over; its parent learns how it
+//! ended from the final state carried by ractor's `ActorTerminated` event. A panic in its
+//! handlers fails only this actor: the parent counts it as a session that ended with an error.
+
+use std::time::Duration;
+
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{debug, info, warn, Instrument, Span};
+
+use crate::ids::{ConnId, SessionId};
+use crate::link::{SessionEvents, SessionLink, SessionRequest, Winding};
+use crate::report::SessionExit;
+use crate::supervisor::{Notice, SupervisorMsg};
+
+/// How long a forced session may take to report that its work is gone before the actor stops
+/// anyway (dropping its link, which kills whatever is left).
+pub const FORCE_MARGIN: Duration = Duration::from_millis(500);
+
+/// The session actor. Spawned by `ConnectionActor` only.
+pub struct SessionActor;
+
+/// What a session actor starts with.
+pub struct SessionArgs {
+    /// Its ID, already registered with the supervisor.
+    pub id: SessionId,
+    /// Its connection.
+    pub conn: ConnId,
+    /// The channel and the work behind it.
+    pub link: Box<dyn SessionLink>,
+    /// Where to report what it starts.
+    pub supervisor: ActorRef<SupervisorMsg>,
+    /// How long the work may take to end after the client closed the channel.
+    pub close_grace: Duration,
+    /// The connection's span, the parent of this session's span.
+    pub parent_span: Span,
+}
+
+/// Messages a session actor handles.
+pub enum SessionMsg {
+    /// Start what the client asked for (exec, shell, subsystem). A session runs one thing.
+    Start {
+        /// What to run.
+        request: SessionRequest,
+        /// `Err` carries a text fit for the client.
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// The client sent bytes on the channel.
+    Data {
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The client sent EOF on the channel.
+    ClientEof,
+    /// The client closed the channel, or the connection under it is gone.
+    ClientClosed,
+    /// End this session: politely now, forced once `grace` runs out.
+    Terminate {
+        /// The kill reason; `None` when the connection is going away by itself.
+        reason: Option<String>,
+        /// How long the work may take to end before it is killed.
+        grace: Duration,
+    },
+    /// The link reports that the work has ended and the channel is closed on our side.
+    Finished {
+        /// How it ended.
+        exit: SessionExit,
+    },
+    /// The grace of a terminate ran out.
+    GraceElapsed,
+    /// A forced end did not report back within [`FORCE_MARGIN`].
+    GiveUp,
+}
+
+/// How a session ended, read by its parent from the final state.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionOutcome {
+    pub(crate) exit: SessionExit,
+    pub(crate) killed: Option<String>,
+    pub(crate) forced: bool,
+}
+
+/// The actor's state; its parent reads `outcome` from it once the actor has stopped.
+pub struct SessionState {
+    id: SessionId,
+    conn: ConnId,
+    link: Box<dyn SessionLink>,
+    supervisor: ActorRef<SupervisorMsg>,
+    close_grace: Duration,
+    span: Span,
+    started: bool,
+    ending: bool,
+    killed: Option<String>,
+    forced: bool,
+    timers: Vec<JoinHandle<()>>,
+    pub(crate) outcome: Option<SessionOutcome>,
+}
+
+impl SessionState {
+    fn finish(&mut self, myself: &ActorRef<SessionMsg>, exit: SessionExit) {
+        if self.outcome.is_none() {
+            self.outcome = Some(SessionOutcome {
+                exit,
+                killed: self.killed.clone(),
+                forced: self.forced,
+            });
+        }
+        myself.stop(None);
+    }
+
+    fn after(&mut self, myself: &ActorRef<SessionMsg>, delay: Duration, msg: fn() -> SessionMsg) {
+        let target = myself.clone();
+        self.timers.push(ractor::concurrency::spawn(async move {
+            ractor::concurrency::sleep(delay).await;
+            let _ = target.cast(msg());
+        }));
+    }
+
+    /// Starts the polite end; arms the force for when `grace` runs out.
+    fn begin_end(&mut self, myself: &ActorRef<SessionMsg>, grace: Duration) {
+        if self.ending {
+            return;
+        }
+        self.ending = true;
+        match self.link.terminate() {
+            Winding::Done => self.finish(myself, SessionExit::Closed),
+            Winding::Pending => self.after(myself, grace, || SessionMsg::GraceElapsed),
+        }
+    }
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
+        let span = tracing::info_span!(parent: &args.parent_span, "session", session_id = %args.id);
+        Ok(SessionState {
+            id: args.id,
+            conn: args.conn,
+            link: args.link,
+            supervisor: args.supervisor,
+            close_grace: args.close_grace,
+            span,
+            started: false,
+            ending: false,
+            killed: None,
+            forced: false,
+            timers: Vec::new(),
+            outcome: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = state.span.clone();
+        async move {
+            match msg {
+                SessionMsg::Start { request, reply } => {
+                    let result = if state.ending {
+                        Err("the session is closing".to_string())
+                    } else if state.started {
+                        Err("this session already runs something: open a new channel".to_string())
+                    } else {
+                        let events = SessionEvents {
+                            actor: myself.clone(),
+                        };
+                        state.link.start(&request, events)
+                    };
+                    match &result {
+                        Ok(()) => {
+                            state.started = true;
+                            info!(kind = ?request.kind(), command = request.command(), "session started");
+                            let _ = state.supervisor.cast(SupervisorMsg::Notice(Notice::SessionStarted {
+                                conn: state.conn,
+                                session: state.id,
+                                kind: request.kind(),
+                                command: request.command().map(str::to_string),
+                            }));
+                        }
+                        Err(e) => info!(error = %e, "session request refused"),
+                    }
+                    let _ = reply.send(result);
+                }
+                SessionMsg::Data { data } => {
+                    if !state.ending {
+                        state.link.data(data);
+                    }
+                }
+                SessionMsg::ClientEof => {
+                    if !state.ending {
+                        state.link.eof();
+                    }
+                }
+                SessionMsg::ClientClosed => {
+                    debug!("client closed the channel");
+                    let grace = state.close_grace;
+                    state.begin_end(&myself, grace);
+                }
+                SessionMsg::Terminate { reason, grace } => {
+                    if state.killed.is_none() {
+                        state.killed = reason;
+                    }
+                    info!(reason = state.killed.as_deref(), grace = %humantime::format_duration(grace), "terminating session");
+                    state.begin_end(&myself, grace);
+                }
+                SessionMsg::Finished { exit } => {
+                    debug!(?exit, "session work finished");
+                    state.finish(&myself, exit);
+                }
+                SessionMsg::GraceElapsed => {
+                    if state.outcome.is_none() {
+                        warn!("grace ran out: forcing the session's end");
+                        state.forced = true;
+                        match state.link.force() {
+                            Winding::Done => state.finish(&myself, SessionExit::Signal("KILL".into())),
+                            Winding::Pending => state.after(&myself, FORCE_MARGIN, || SessionMsg::GiveUp),
+                        }
+                    }
+                }
+                SessionMsg::GiveUp => {
+                    if state.outcome.is_none() {
+                        warn!("the forced end did not report back: abandoning the session's work");
+                        state.finish(&myself, SessionExit::Failed("abandoned after a forced end".into()));
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        for timer in state.timers.drain(..) {
+            timer.abort();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,545 @@
+//! `SupervisorActor`: the root of the tree and the owner of the ID map.
+//!
+//! Every connection and session is known here by its ID, with a snapshot of what it is
+//! (`List`/`Get`), and every kill is answered from here: the supervisor keeps the reply ports of
+//! all callers waiting on a target and answers each exactly once, when the target's actor has
+//! stopped (for a connection: after its sessions and its transport are gone, since a connection
+//! actor stops only then). Lifecycle [`Event`]s are published on the output port given at spawn.
+//!
+//! ## Supervision
+//!
+//! Connection actors are spawned linked and unnamed. `handle_supervisor_evt` is overridden: a
+//! connection that stops or fails is removed from the map and its waiters are answered; the
+//! supervisor itself never stops because a child did.
+//!
+//! Architecture Invariant: only this actor writes the map, and it removes an entry only when the
+//! entry's actor has terminated (or, for a session that could not be spawned, never existed).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ractor::{
+    Actor, ActorId, ActorProcessingErr, ActorRef, OutputPort, RpcReplyPort, SupervisionEvent,
+};
+use tokio::time::Instant;
+use tracing::{info, warn, Span};
+
+use crate::connection::{ConnectionActor, ConnectionArgs, ConnectionMsg, ConnectionState};
+use crate::ids::{ConnId, SessionId, Target};
+use crate::link::ConnectionLink;
+use crate::report::{
+    ConnState, ConnectionInfo, DisconnectCause, Event, KillError, KillReport, Refusal, SessionExit,
+    SessionInfo, SessionKind,
+};
+use crate::Policy;
+
+/// The supervisor actor.
+pub struct SupervisorActor;
+
+/// What a supervisor starts with.
+pub struct SupervisorArgs {
+    /// Where lifecycle events are published; subscribe to it before or after the spawn.
+    pub events: Arc<OutputPort<Event>>,
+    /// Timeouts and graces applied to connections admitted from now on.
+    pub policy: Policy,
+}
+
+impl SupervisorArgs {
+    /// Default policy and a fresh event port.
+    pub fn new() -> Self {
+        Self {
+            events: Arc::new(OutputPort::default()),
+            policy: Policy::default(),
+        }
+    }
+}
+
+impl Default for SupervisorArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Messages the supervisor handles.
+pub enum SupervisorMsg {
+    /// (from the binding) Admit a new transport: spawns its `ConnectionActor`.
+    Connect {
+        /// The client's address.
+        peer: SocketAddr,
+        /// The transport.
+        link: Box<dyn ConnectionLink>,
+        /// The new connection's ID and actor (the binding sends it the transport's events).
+        reply: RpcReplyPort<Result<(ConnId, ActorRef<ConnectionMsg>), Refusal>>,
+    },
+    /// A snapshot of every live connection with its sessions, oldest first.
+    List {
+        /// The snapshot.
+        reply: RpcReplyPort<Vec<ConnectionInfo>>,
+    },
+    /// A snapshot of one connection.
+    Get {
+        /// The connection.
+        conn: ConnId,
+        /// `None` when no such connection is live.
+        reply: RpcReplyPort<Option<ConnectionInfo>>,
+    },
+    /// End a connection (its sessions first, then a disconnect with `reason`, then the
+    /// transport) or a single session. The reply comes once everything under the target has
+    /// stopped, within `grace` plus a bounded margin, exactly once; `NotFound` at once for an
+    /// unknown ID.
+    Kill {
+        /// What to end.
+        target: Target,
+        /// Shown to the client (SSH disconnect text) and in events and logs.
+        reason: String,
+        /// How long the polite end may take before it is forced.
+        grace: Duration,
+        /// Who asked, for events and the audit log (`uid 1000 via ctl`, ...).
+        by: Option<String>,
+        /// The report, once the target is gone.
+        reply: RpcReplyPort<Result<KillReport, KillError>>,
+    },
+    /// `Kill` every connection live now; one reply, with one report per connection, once all of
+    /// them are gone. Connections admitted afterwards are not part of it: stop admitting first
+    /// (the daemon stops its listener) for the tree to be empty at the reply.
+    KillAll {
+        /// Shown to every client.
+        reason: String,
+        /// How long the polite end may take before it is forced.
+        grace: Duration,
+        /// Who asked.
+        by: Option<String>,
+        /// One report per connection.
+        reply: RpcReplyPort<Vec<KillReport>>,
+    },
+    /// Sent by the tree's own actors; not constructible outside this crate.
+    Notice(Notice),
+}
+
+/// Notices from connection and session actors to the supervisor.
+#[doc(hidden)]
+pub enum Notice {
+    Authenticated {
+        conn: ConnId,
+        user: String,
+        method: String,
+        client_version: Option<String>,
+    },
+    SessionOpened {
+        conn: ConnId,
+        session: SessionId,
+    },
+    SessionStarted {
+        conn: ConnId,
+        session: SessionId,
+        kind: SessionKind,
+        command: Option<String>,
+    },
+    SessionEnded {
+        conn: ConnId,
+        session: SessionId,
+        exit: SessionExit,
+        killed: Option<String>,
+        forced: bool,
+    },
+}
+
+struct Waiter {
+    reply: RpcReplyPort<Result<KillReport, KillError>>,
+    since: Instant,
+}
+
+struct SessionEntry {
+    info: SessionInfo,
+    waiters: Vec<Waiter>,
+}
+
+struct ConnEntry {
+    actor: ActorRef<ConnectionMsg>,
+    info: ConnectionInfo,
+    sessions: Vec<SessionEntry>,
+    waiters: Vec<Waiter>,
+    kill_sent: bool,
+}
+
+struct Group {
+    pending: HashSet<ConnId>,
+    reports: Vec<KillReport>,
+    since: Instant,
+    reply: RpcReplyPort<Vec<KillReport>>,
+}
+
+/// The supervisor's state: the ID map and everyone waiting on it.
+pub struct SupervisorState {
+    events: Arc<OutputPort<Event>>,
+    policy: Policy,
+    conns: HashMap<ConnId, ConnEntry>,
+    by_actor: HashMap<ActorId, ConnId>,
+    sessions: HashMap<SessionId, ConnId>,
+    groups: Vec<Group>,
+    span: Span,
+}
+
+impl SupervisorState {
+    fn snapshot(entry: &ConnEntry) -> ConnectionInfo {
+        let mut info = entry.info.clone();
+        info.sessions = entry.sessions.iter().map(|s| s.info.clone()).collect();
+        info
+    }
+
+    fn kill_connection(&mut self, conn: ConnId, reason: &str, grace: Duration, by: &Option<String>) {
+        if let Some(entry) = self.conns.get_mut(&conn) {
+            entry.info.state = ConnState::Closing;
+            if !entry.kill_sent {
+                entry.kill_sent = true;
+                // If the actor is already gone its termination event is queued and answers.
+                let _ = entry.actor.cast(ConnectionMsg::Kill {
+                    reason: reason.to_string(),
+                    grace,
+                    by: by.clone(),
+                });
+            }
+        }
+    }
+
+    fn session_ended(
+        &mut self,
+        conn: ConnId,
+        session: SessionId,
+        exit: SessionExit,
+        killed: Option<String>,
+        forced: bool,
+    ) {
+        self.sessions.remove(&session);
+        let Some(entry) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(pos) = entry.sessions.iter().position(|s| s.info.id == session) else {
+            return;
+        };
+        let removed = entry.sessions.remove(pos);
+        for waiter in removed.waiters {
+            let _ = waiter.reply.send(Ok(KillReport {
+                target: Target::Session(session),
+                sessions_closed: 1,
+                elapsed: waiter.since.elapsed(),
+                forced,
+            }));
+        }
+        self.events.send(Event::SessionClosed {
+            conn,
+            session,
+            exit,
+            killed,
+        });
+    }
+
+    fn connection_ended(&mut self, actor: ActorId, outcome: Option<crate::connection::ConnOutcome>, failure: Option<String>) {
+        let Some(conn) = self.by_actor.remove(&actor) else {
+            return;
+        };
+        let Some(entry) = self.conns.remove(&conn) else {
+            return;
+        };
+        let (cause, sessions_closed, forced) = match (outcome, failure) {
+            (Some(o), _) => (o.cause, o.sessions_closed, o.forced),
+            (None, message) => (
+                DisconnectCause::Error {
+                    message: message.unwrap_or_else(|| "the connection actor was killed".into()),
+                },
+                entry.sessions.len(),
+                true,
+            ),
+        };
+        // Sessions still listed here died with their connection (it crashed or was killed).
+        for session in entry.sessions {
+            self.sessions.remove(&session.info.id);
+            for waiter in session.waiters {
+                let _ = waiter.reply.send(Ok(KillReport {
+                    target: Target::Session(session.info.id),
+                    sessions_closed: 1,
+                    elapsed: waiter.since.elapsed(),
+                    forced: true,
+                }));
+            }
+            self.events.send(Event::SessionClosed {
+                conn,
+                session: session.info.id,
+                exit: SessionExit::Failed("its connection ended".into()),
+                killed: None,
+            });
+        }
+        info!(parent: &self.span, conn_id = %conn, ?cause, sessions_closed, forced, "connection gone");
+        for waiter in entry.waiters {
+            let _ = waiter.reply.send(Ok(KillReport {
+                target: Target::Connection(conn),
+                sessions_closed,
+                elapsed: waiter.since.elapsed(),
+                forced,
+            }));
+        }
+        let report = |since: Instant| KillReport {
+            target: Target::Connection(conn),
+            sessions_closed,
+            elapsed: since.elapsed(),
+            forced,
+        };
+        let mut i = 0;
+        while i < self.groups.len() {
+            if self.groups[i].pending.remove(&conn) {
+                let since = self.groups[i].since;
+                self.groups[i].reports.push(report(since));
+                if self.groups[i].pending.is_empty() {
+                    let group = self.groups.swap_remove(i);
+                    let _ = group.reply.send(group.reports);
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        self.events.send(Event::Disconnected { conn, cause });
+    }
+}
+
+impl Actor for SupervisorActor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        Ok(SupervisorState {
+            events: args.events,
+            policy: args.policy,
+            conns: HashMap::new(),
+            by_actor: HashMap::new(),
+            sessions: HashMap::new(),
+            groups: Vec::new(),
+            span: tracing::info_span!(parent: None, "supervisor"),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Connect { peer, link, reply } => {
+                let id = ConnId::new_random();
+                let args = ConnectionArgs {
+                    id,
+                    peer,
+                    link,
+                    supervisor: myself.clone(),
+                    policy: state.policy.clone(),
+                };
+                match Actor::spawn_linked(None, ConnectionActor, args, myself.get_cell()).await {
+                    Ok((actor, _)) => {
+                        state.by_actor.insert(actor.get_id(), id);
+                        state.conns.insert(
+                            id,
+                            ConnEntry {
+                                actor: actor.clone(),
+                                info: ConnectionInfo {
+                                    id,
+                                    user: None,
+                                    peer,
+                                    client_version: None,
+                                    auth_method: None,
+                                    started: SystemTime::now(),
+                                    state: ConnState::Handshaking,
+                                    sessions: Vec::new(),
+                                },
+                                sessions: Vec::new(),
+                                waiters: Vec::new(),
+                                kill_sent: false,
+                            },
+                        );
+                        state.events.send(Event::Connected { conn: id, peer });
+                        let _ = reply.send(Ok((id, actor)));
+                    }
+                    Err(e) => {
+                        warn!(parent: &state.span, error = %e, %peer, "could not start a connection actor");
+                        let _ = reply.send(Err(Refusal::SpawnFailed(e.to_string())));
+                    }
+                }
+            }
+            SupervisorMsg::List { reply } => {
+                let mut all: Vec<ConnectionInfo> =
+                    state.conns.values().map(SupervisorState::snapshot).collect();
+                all.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
+                let _ = reply.send(all);
+            }
+            SupervisorMsg::Get { conn, reply } => {
+                let _ = reply.send(state.conns.get(&conn).map(SupervisorState::snapshot));
+            }
+            SupervisorMsg::Kill {
+                target,
+                reason,
+                grace,
+                by,
+                reply,
+            } => {
+                let waiter = Waiter {
+                    reply,
+                    since: Instant::now(),
+                };
+                info!(parent: &state.span, %target, reason = %reason, by = by.as_deref(), "kill requested");
+                match target {
+                    Target::Connection(conn) => match state.conns.get_mut(&conn) {
+                        Some(entry) => {
+                            entry.waiters.push(waiter);
+                            state.kill_connection(conn, &reason, grace, &by);
+                        }
+                        None => {
+                            let _ = waiter.reply.send(Err(KillError::NotFound(target)));
+                        }
+                    },
+                    Target::Session(session) => {
+                        let entry = state
+                            .sessions
+                            .get(&session)
+                            .and_then(|conn| state.conns.get_mut(conn));
+                        let found = entry.and_then(|entry| {
+                            let actor = entry.actor.clone();
+                            entry
+                                .sessions
+                                .iter_mut()
+                                .find(|s| s.info.id == session)
+                                .map(|s| (actor, s))
+                        });
+                        match found {
+                            Some((actor, s)) => {
+                                let first = s.waiters.is_empty();
+                                s.waiters.push(waiter);
+                                if first {
+                                    let _ = actor.cast(ConnectionMsg::KillSession {
+                                        session,
+                                        reason,
+                                        grace,
+                                    });
+                                }
+                            }
+                            None => {
+                                let _ = waiter.reply.send(Err(KillError::NotFound(target)));
+                            }
+                        }
+                    }
+                }
+            }
+            SupervisorMsg::KillAll {
+                reason,
+                grace,
+                by,
+                reply,
+            } => {
+                let pending: HashSet<ConnId> = state.conns.keys().copied().collect();
+                info!(parent: &state.span, connections = pending.len(), reason = %reason, by = by.as_deref(), "kill all requested");
+                if pending.is_empty() {
+                    let _ = reply.send(Vec::new());
+                    return Ok(());
+                }
+                for conn in &pending {
+                    state.kill_connection(*conn, &reason, grace, &by);
+                }
+                state.groups.push(Group {
+                    reports: Vec::with_capacity(pending.len()),
+                    pending,
+                    since: Instant::now(),
+                    reply,
+                });
+            }
+            SupervisorMsg::Notice(notice) => match notice {
+                Notice::Authenticated {
+                    conn,
+                    user,
+                    method,
+                    client_version,
+                } => {
+                    if let Some(entry) = state.conns.get_mut(&conn) {
+                        if entry.info.state == ConnState::Handshaking {
+                            entry.info.state = ConnState::Authenticated;
+                        }
+                        entry.info.user = Some(user.clone());
+                        entry.info.auth_method = Some(method.clone());
+                        entry.info.client_version = client_version;
+                        state.events.send(Event::Authenticated { conn, user, method });
+                    }
+                }
+                Notice::SessionOpened { conn, session } => {
+                    if let Some(entry) = state.conns.get_mut(&conn) {
+                        entry.sessions.push(SessionEntry {
+                            info: SessionInfo {
+                                id: session,
+                                kind: SessionKind::Pending,
+                                command: None,
+                                started: SystemTime::now(),
+                            },
+                            waiters: Vec::new(),
+                        });
+                        state.sessions.insert(session, conn);
+                        state.events.send(Event::SessionOpened { conn, session });
+                    }
+                }
+                Notice::SessionStarted {
+                    conn,
+                    session,
+                    kind,
+                    command,
+                } => {
+                    if let Some(s) = state
+                        .conns
+                        .get_mut(&conn)
+                        .and_then(|e| e.sessions.iter_mut().find(|s| s.info.id == session))
+                    {
+                        s.info.kind = kind;
+                        s.info.command = command.clone();
+                        state.events.send(Event::SessionStarted {
+                            conn,
+                            session,
+                            kind,
+                            command,
+                        });
+                    }
+                }
+                Notice::SessionEnded {
+                    conn,
+                    session,
+                    exit,
+                    killed,
+                    forced,
+                } => state.session_ended(conn, session, exit, killed, forced),
+            },
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, final_state, _) => {
+                let outcome = final_state
+                    .and_then(|mut s| s.take::<ConnectionState>().ok())
+                    .and_then(|s| s.outcome.clone());
+                state.connection_ended(cell.get_id(), outcome, None);
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                warn!(parent: &state.span, error = %err, "a connection actor crashed");
+                state.connection_ended(cell.get_id(), None, Some(format!("the connection actor crashed: {err}")));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
