@@ -1,1 +1,257 @@
-fn main(){}
+//! The `sshvisor` binary: `serve` runs the server, `ctl` talks to a running one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sshvisor::control::Command as CtlCommand;
+use sshvisor::ctl::{self, CtlClient, CtlError};
+use sshvisor::daemon::{Daemon, DaemonOptions, DEFAULT_LISTEN, DEFAULT_STATE_DIR};
+use sshvisor_actors::{ConnectionInfo, KillReport};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// An SSH server in which every connection and session is a supervised actor.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (127.0.0.1:2222, state in ./.sshvisor by default).
+    Serve {
+        /// Address to listen on for SSH.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Directory for the host key, the control socket and generated keys.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// OpenSSH authorized_keys file; without it a client key is generated and authorized.
+        #[arg(long)]
+        authorized_keys: Option<PathBuf>,
+        /// Grace of kills that name none, and of the shutdown (humantime: 5s, 500ms).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        kill_grace: Duration,
+    },
+    /// Inspect and control a running server through its control socket.
+    Ctl {
+        /// The state directory of the server to talk to.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[command(subcommand)]
+        command: CtlCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// List live connections and their sessions.
+    Ls {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one connection (by its ID, a session's ID, or a unique prefix).
+    Show {
+        /// The ID or a unique prefix.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kill connections or sessions (full IDs or unique prefixes); returns once they are gone.
+    Kill {
+        /// IDs or unique prefixes of connections or sessions.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Kill every connection.
+        #[arg(long)]
+        all: bool,
+        /// Shown to the client that is cut off.
+        #[arg(long)]
+        reason: Option<String>,
+        /// How long sessions get to end politely before they are forced (humantime).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// Print each report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sshvisor: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Cmd::Serve {
+                listen,
+                state_dir,
+                authorized_keys,
+                kill_grace,
+            } => {
+                serve(DaemonOptions {
+                    listen,
+                    state_dir,
+                    authorized_keys,
+                    kill_grace,
+                })
+                .await
+            }
+            Cmd::Ctl { state_dir, command } => run_ctl(state_dir, command).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sshvisor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,russh=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let daemon = Daemon::start(options).await?;
+    println!("sshvisor listening on {}", daemon.ssh_addr());
+    if let Some(hint) = daemon.connect_hint() {
+        println!(
+            "No --authorized-keys given: a client key was generated and authorized. Connect with:"
+        );
+        println!("  {hint}");
+    }
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received: shutting down (a second signal forces)");
+    let shutdown = daemon.shutdown(None);
+    tokio::select! {
+        reports = shutdown => {
+            tracing::info!(connections = reports.len(), "all connections closed; bye");
+            Ok(ExitCode::SUCCESS)
+        }
+        _ = term.recv() => forced_exit(),
+        _ = int.recv() => forced_exit(),
+    }
+}
+
+fn forced_exit() -> anyhow::Result<ExitCode> {
+    tracing::warn!("second signal: exiting at once");
+    Ok(ExitCode::from(130))
+}
+
+async fn run_ctl(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<ExitCode> {
+    let mut client = CtlClient::connect(&state_dir).await?;
+    match command {
+        CtlCmd::Ls { json } => {
+            let all = client.list().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                print!("{}", ctl::format_table(&all));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCmd::Show { id, json } => {
+            let value = client.request(CtlCommand::Show { target: id }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let info: ConnectionInfo = serde_json::from_value(value)?;
+                print!("{}", ctl::format_show(&info));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCmd::Kill {
+            ids,
+            all,
+            reason,
+            grace,
+            json,
+        } => kill(&mut client, ids, all, reason, grace, json).await,
+    }
+}
+
+async fn kill(
+    client: &mut CtlClient,
+    ids: Vec<String>,
+    all: bool,
+    reason: Option<String>,
+    grace: Duration,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let grace = Some(humantime::format_duration(grace).to_string());
+    let print = |report: &KillReport| -> anyhow::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string(report)?);
+        } else {
+            println!("{}", ctl::format_report(report));
+        }
+        Ok(())
+    };
+    if all {
+        let value = client
+            .request(CtlCommand::KillAll { reason, grace })
+            .await?;
+        let reports: Vec<KillReport> = serde_json::from_value(value)?;
+        for report in &reports {
+            print(report)?;
+        }
+        if !json {
+            println!("{} connection(s) killed", reports.len());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // All kills go out at once; each report is printed as soon as its target is gone.
+    let mut pending = std::collections::HashMap::new();
+    for id in ids {
+        let request = CtlCommand::Kill {
+            target: id.clone(),
+            reason: reason.clone(),
+            grace: grace.clone(),
+        };
+        pending.insert(client.send(request).await?, id);
+    }
+    let mut failed = false;
+    while !pending.is_empty() {
+        let response = client.recv().await?;
+        let Some(id) = pending.remove(&response.id) else {
+            continue;
+        };
+        match ctl::into_result(response) {
+            Ok(value) => print(&serde_json::from_value(value)?)?,
+            Err(CtlError::Refused(error)) => {
+                eprintln!("sshvisor: cannot kill {id:?}: {error}");
+                failed = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

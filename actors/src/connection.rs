@@ -135,7 +135,12 @@ pub struct ConnectionState {
 }
 
 impl ConnectionState {
-    fn after(&mut self, myself: &ActorRef<ConnectionMsg>, delay: Duration, msg: fn() -> ConnectionMsg) {
+    fn after(
+        &mut self,
+        myself: &ActorRef<ConnectionMsg>,
+        delay: Duration,
+        msg: fn() -> ConnectionMsg,
+    ) {
         let target = myself.clone();
         self.timers.push(ractor::concurrency::spawn(async move {
             ractor::concurrency::sleep(delay).await;
@@ -398,15 +403,21 @@ impl Actor for ConnectionActor {
         };
         let (exit, killed, forced) = match outcome {
             Some(o) => (o.exit, o.killed, o.forced),
-            None => (SessionExit::Failed("the session crashed".into()), None, false),
+            None => (
+                SessionExit::Failed("the session crashed".into()),
+                None,
+                false,
+            ),
         };
-        let _ = state.supervisor.cast(SupervisorMsg::Notice(Notice::SessionEnded {
-            conn: state.id,
-            session,
-            exit,
-            killed,
-            forced,
-        }));
+        let _ = state
+            .supervisor
+            .cast(SupervisorMsg::Notice(Notice::SessionEnded {
+                conn: state.id,
+                session,
+                exit,
+                killed,
+                forced,
+            }));
         state.advance(&myself);
         Ok(())
     }

@@ -229,7 +229,9 @@ pub mod millis {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let ms = f64::deserialize(d)?;
         if !ms.is_finite() || ms < 0.0 {
-            return Err(serde::de::Error::custom("a duration must be a non-negative number"));
+            return Err(serde::de::Error::custom(
+                "a duration must be a non-negative number",
+            ));
         }
         Ok(Duration::from_secs_f64(ms / 1000.0))
     }

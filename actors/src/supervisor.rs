@@ -189,7 +189,13 @@ impl SupervisorState {
         info
     }
 
-    fn kill_connection(&mut self, conn: ConnId, reason: &str, grace: Duration, by: &Option<String>) {
+    fn kill_connection(
+        &mut self,
+        conn: ConnId,
+        reason: &str,
+        grace: Duration,
+        by: &Option<String>,
+    ) {
         if let Some(entry) = self.conns.get_mut(&conn) {
             entry.info.state = ConnState::Closing;
             if !entry.kill_sent {
@@ -236,7 +242,12 @@ impl SupervisorState {
         });
     }
 
-    fn connection_ended(&mut self, actor: ActorId, outcome: Option<crate::connection::ConnOutcome>, failure: Option<String>) {
+    fn connection_ended(
+        &mut self,
+        actor: ActorId,
+        outcome: Option<crate::connection::ConnOutcome>,
+        failure: Option<String>,
+    ) {
         let Some(conn) = self.by_actor.remove(&actor) else {
             return;
         };
@@ -372,8 +383,11 @@ impl Actor for SupervisorActor {
                 }
             }
             SupervisorMsg::List { reply } => {
-                let mut all: Vec<ConnectionInfo> =
-                    state.conns.values().map(SupervisorState::snapshot).collect();
+                let mut all: Vec<ConnectionInfo> = state
+                    .conns
+                    .values()
+                    .map(SupervisorState::snapshot)
+                    .collect();
                 all.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
                 let _ = reply.send(all);
             }
@@ -470,7 +484,9 @@ impl Actor for SupervisorActor {
                         entry.info.user = Some(user.clone());
                         entry.info.auth_method = Some(method.clone());
                         entry.info.client_version = client_version;
-                        state.events.send(Event::Authenticated { conn, user, method });
+                        state
+                            .events
+                            .send(Event::Authenticated { conn, user, method });
                     }
                 }
                 Notice::SessionOpened { conn, session } => {
@@ -536,7 +552,11 @@ impl Actor for SupervisorActor {
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 warn!(parent: &state.span, error = %err, "a connection actor crashed");
-                state.connection_ended(cell.get_id(), None, Some(format!("the connection actor crashed: {err}")));
+                state.connection_ended(
+                    cell.get_id(),
+                    None,
+                    Some(format!("the connection actor crashed: {err}")),
+                );
             }
             _ => {}
         }

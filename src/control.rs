@@ -1,0 +1,485 @@
+//! The control socket: JSON lines over a Unix socket, one request and one response per line.
+//!
+//! Only the server's own user (or root) may talk to it: the socket file has mode 0600 and every
+//! peer's uid is checked with SO_PEERCRED. Requests on one connection run concurrently and each
+//! response carries its request's `id`, so `ctl kill A B C` sees each report as soon as that
+//! target is gone. A bad request (malformed, oversized, unknown command, unknown ID) gets an
+//! error response; the server serves on.
+//!
+//! ```text
+//! > {"id":1,"cmd":"ls"}
+//! < {"id":1,"ok":true,"result":[{"id":"…","user":"alice",…}]}
+//! > {"id":2,"cmd":"kill","target":"3f2a","reason":"maintenance","grace":"5s"}
+//! < {"id":2,"ok":true,"result":{"target":{"kind":"connection","id":"3f2a…"},"sessions_closed":1,…}}
+//! ```
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::ActorRef;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sshvisor_actors::{
+    resolve_prefix, ConnectionInfo, KillError, PrefixMatch, SupervisorMsg, Target,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info, info_span, warn, Instrument};
+
+/// The longest request line accepted, in bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// How long a request may wait on the supervisor beyond a kill's grace.
+const CALL_MARGIN: Duration = Duration::from_secs(10);
+
+/// The commands of the control protocol.
+pub const COMMANDS: &[&str] = &["ls", "show", "kill", "kill_all"];
+
+/// One request, as sent on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// Echoed in the response.
+    #[serde(default)]
+    pub id: u64,
+    /// What to do.
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+/// What a request asks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Every live connection with its sessions.
+    Ls,
+    /// One connection (by its ID, or the ID of one of its sessions, or a unique prefix).
+    Show {
+        /// The ID or prefix.
+        target: String,
+    },
+    /// Kill a connection or a session (full ID or unique prefix); answers once it is gone.
+    Kill {
+        /// The ID or prefix.
+        target: String,
+        /// Shown to the client.
+        #[serde(default)]
+        reason: Option<String>,
+        /// Humantime duration (`5s`, `500ms`).
+        #[serde(default)]
+        grace: Option<String>,
+    },
+    /// Kill every connection; answers once all of them are gone.
+    KillAll {
+        /// Shown to the clients.
+        #[serde(default)]
+        reason: Option<String>,
+        /// Humantime duration.
+        #[serde(default)]
+        grace: Option<String>,
+    },
+}
+
+/// One response, as sent on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's `id`.
+    pub id: u64,
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// The result, when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// What went wrong, when it failed: a sentence for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    fn ok(id: u64, result: Value) -> Self {
+        Self {
+            id,
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    fn err(id: u64, error: impl Into<String>) -> Self {
+        Self {
+            id,
+            ok: false,
+            result: None,
+            error: Some(error.into()),
+        }
+    }
+}
+
+/// Defaults applied to control requests.
+#[derive(Debug, Clone)]
+pub struct ControlDefaults {
+    /// The grace of a kill that names none.
+    pub kill_grace: Duration,
+}
+
+/// A running control socket.
+pub struct ControlServer {
+    path: PathBuf,
+    task: JoinHandle<()>,
+}
+
+impl ControlServer {
+    /// Binds the socket at `path` (replacing a stale one; refusing if a live server answers on
+    /// it) with mode 0600 and starts serving.
+    pub async fn bind(
+        path: &Path,
+        supervisor: ActorRef<SupervisorMsg>,
+        defaults: ControlDefaults,
+    ) -> io::Result<Self> {
+        if path.exists() {
+            if UnixStream::connect(path).await.is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "{} is in use: another `sshvisor serve` runs with this state directory",
+                        path.display()
+                    ),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let owner = nix::unistd::geteuid().as_raw();
+        let task = tokio::spawn(accept_loop(listener, supervisor, defaults, owner));
+        info!(path = %path.display(), "control socket ready");
+        Ok(Self {
+            path: path.to_path_buf(),
+            task,
+        })
+    }
+
+    /// Stops serving and removes the socket file.
+    pub fn close(self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    supervisor: ActorRef<SupervisorMsg>,
+    defaults: ControlDefaults,
+    owner: u32,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let uid = stream.peer_cred().map(|c| c.uid()).ok();
+                let span = info_span!("ctl", uid = uid.map(i64::from).unwrap_or(-1));
+                let supervisor = supervisor.clone();
+                let defaults = defaults.clone();
+                tokio::spawn(
+                    async move {
+                        match uid {
+                            Some(uid) if uid == owner || uid == 0 => {
+                                serve_client(stream, supervisor, defaults, uid).await
+                            }
+                            _ => refuse(stream, owner).await,
+                        }
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(e) => {
+                warn!(error = %e, "control accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn refuse(mut stream: UnixStream, owner: u32) {
+    warn!("control connection refused: not the server's user");
+    let line = serde_json::to_string(&Response::err(
+        0,
+        format!("permission denied: only uid {owner} (the server's user) or root may control this server"),
+    ))
+    .unwrap_or_default();
+    let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
+}
+
+async fn serve_client(
+    stream: UnixStream,
+    supervisor: ActorRef<SupervisorMsg>,
+    defaults: ControlDefaults,
+    uid: u32,
+) {
+    let (read, mut write) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
+    let writer = tokio::spawn(async move {
+        while let Some(response) = rx.recv().await {
+            let mut line = serde_json::to_vec(&response).unwrap_or_default();
+            line.push(b'\n');
+            if write.write_all(&line).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = match (&mut reader)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "control read failed");
+                break;
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        if line.len() > MAX_REQUEST {
+            warn!(bytes = line.len(), "control request too long");
+            let _ = tx.send(Response::err(
+                0,
+                format!("request too long: the limit is {MAX_REQUEST} bytes per line"),
+            ));
+            break;
+        }
+        let text = String::from_utf8_lossy(&line);
+        if text.trim().is_empty() {
+            continue;
+        }
+        match parse_request(&text) {
+            Ok(request) => {
+                let tx = tx.clone();
+                let supervisor = supervisor.clone();
+                let defaults = defaults.clone();
+                tokio::spawn(
+                    async move {
+                        let response = execute(request, &supervisor, &defaults, uid).await;
+                        let _ = tx.send(response);
+                    }
+                    .in_current_span(),
+                );
+            }
+            Err(response) => {
+                warn!(error = response.error.as_deref(), "bad control request");
+                let _ = tx.send(response);
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Parses one request line, or explains what is wrong with it.
+pub fn parse_request(text: &str) -> Result<Request, Response> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Response::err(0, format!("malformed request (not JSON): {e}")))?;
+    let id = value.get("id").and_then(Value::as_u64).unwrap_or(0);
+    let Some(cmd) = value.get("cmd") else {
+        return Err(Response::err(
+            id,
+            format!(
+                "malformed request: no \"cmd\" field; expected one of {}",
+                COMMANDS.join(", ")
+            ),
+        ));
+    };
+    let Some(cmd) = cmd.as_str().map(str::to_string) else {
+        return Err(Response::err(
+            id,
+            "malformed request: \"cmd\" must be a string",
+        ));
+    };
+    if !COMMANDS.contains(&cmd.as_str()) {
+        return Err(Response::err(
+            id,
+            format!(
+                "unknown command {cmd:?}: expected one of {}",
+                COMMANDS.join(", ")
+            ),
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| Response::err(id, format!("malformed {cmd:?} request: {e}")))
+}
+
+fn parse_grace(text: Option<&str>, default: Duration) -> Result<Duration, String> {
+    match text {
+        None => Ok(default),
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| format!("invalid grace {text:?}: {e} (use e.g. \"5s\", \"500ms\")")),
+    }
+}
+
+async fn list(supervisor: &ActorRef<SupervisorMsg>) -> Result<Vec<ConnectionInfo>, String> {
+    match supervisor
+        .call(|reply| SupervisorMsg::List { reply }, Some(CALL_MARGIN))
+        .await
+    {
+        Ok(CallResult::Success(all)) => Ok(all),
+        _ => Err("the supervisor did not answer".into()),
+    }
+}
+
+/// Resolves an operator's ID text to one live connection or session.
+pub fn resolve(text: &str, all: &[ConnectionInfo]) -> Result<Target, String> {
+    let candidates = all.iter().flat_map(|c| {
+        std::iter::once((c.id.to_string(), Target::Connection(c.id))).chain(
+            c.sessions
+                .iter()
+                .map(|s| (s.id.to_string(), Target::Session(s.id))),
+        )
+    });
+    match resolve_prefix(text, candidates) {
+        PrefixMatch::One(target) => Ok(target),
+        PrefixMatch::None => Err(format!(
+            "no live connection or session has an ID starting with {text:?}"
+        )),
+        PrefixMatch::Ambiguous(targets) => {
+            let names: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+            Err(format!(
+                "{text:?} is ambiguous: it starts {}; type more of the ID",
+                names.join(", ")
+            ))
+        }
+    }
+}
+
+async fn execute(
+    request: Request,
+    supervisor: &ActorRef<SupervisorMsg>,
+    defaults: &ControlDefaults,
+    uid: u32,
+) -> Response {
+    let id = request.id;
+    let result = run(request.command, supervisor, defaults, uid).await;
+    match result {
+        Ok(value) => Response::ok(id, value),
+        Err(error) => Response::err(id, error),
+    }
+}
+
+async fn run(
+    command: Command,
+    supervisor: &ActorRef<SupervisorMsg>,
+    defaults: &ControlDefaults,
+    uid: u32,
+) -> Result<Value, String> {
+    let by = Some(format!("uid {uid} via ctl"));
+    match command {
+        Command::Ls => Ok(json!(list(supervisor).await?)),
+        Command::Show { target } => {
+            let all = list(supervisor).await?;
+            let conn = match resolve(&target, &all)? {
+                Target::Connection(conn) => conn,
+                Target::Session(session) => all
+                    .iter()
+                    .find(|c| c.sessions.iter().any(|s| s.id == session))
+                    .map(|c| c.id)
+                    .ok_or("the session ended meanwhile")?,
+            };
+            let info = all.into_iter().find(|c| c.id == conn);
+            Ok(json!(info))
+        }
+        Command::Kill {
+            target,
+            reason,
+            grace,
+        } => {
+            let grace = parse_grace(grace.as_deref(), defaults.kill_grace)?;
+            let all = list(supervisor).await?;
+            let target = resolve(&target, &all)?;
+            let reason = reason.unwrap_or_else(|| "killed by the operator".into());
+            info!(%target, reason = %reason, by = by.as_deref(), "audit: kill requested");
+            let answer = supervisor
+                .call(
+                    |reply| SupervisorMsg::Kill {
+                        target,
+                        reason,
+                        grace,
+                        by,
+                        reply,
+                    },
+                    Some(grace + CALL_MARGIN),
+                )
+                .await;
+            match answer {
+                Ok(CallResult::Success(Ok(report))) => {
+                    info!(%target, forced = report.forced, elapsed_ms = report.elapsed.as_secs_f64() * 1e3, "audit: kill done");
+                    Ok(json!(report))
+                }
+                Ok(CallResult::Success(Err(KillError::NotFound(target)))) => {
+                    Err(format!("{target} ended before the kill reached it"))
+                }
+                _ => Err("the supervisor did not answer the kill in time".into()),
+            }
+        }
+        Command::KillAll { reason, grace } => {
+            let grace = parse_grace(grace.as_deref(), defaults.kill_grace)?;
+            let reason = reason.unwrap_or_else(|| "killed by the operator".into());
+            info!(reason = %reason, by = by.as_deref(), "audit: kill all requested");
+            match supervisor
+                .call(
+                    |reply| SupervisorMsg::KillAll {
+                        reason,
+                        grace,
+                        by,
+                        reply,
+                    },
+                    Some(grace + CALL_MARGIN * 3),
+                )
+                .await
+            {
+                Ok(CallResult::Success(reports)) => Ok(json!(reports)),
+                _ => Err("the supervisor did not answer the kill in time".into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_bad_ones_are_explained() {
+        let r = parse_request(r#"{"id":7,"cmd":"kill","target":"ab","grace":"1s"}"#).unwrap();
+        assert_eq!(r.id, 7);
+        assert!(matches!(r.command, Command::Kill { ref target, .. } if target == "ab"));
+        let e = parse_request("{nope").unwrap_err();
+        assert!(e.error.unwrap().contains("not JSON"));
+        let e = parse_request(r#"{"id":3,"cmd":"reboot"}"#).unwrap_err();
+        assert_eq!(e.id, 3);
+        assert!(e.error.unwrap().contains("unknown command \"reboot\""));
+        let e = parse_request(r#"{"id":4,"cmd":"show"}"#).unwrap_err();
+        assert!(e.error.unwrap().contains("target"));
+        let e = parse_request(r#"{"id":5}"#).unwrap_err();
+        assert!(e.error.unwrap().contains("no \"cmd\""));
+    }
+
+    #[test]
+    fn grace_is_humantime() {
+        let d = Duration::from_secs(5);
+        assert_eq!(parse_grace(None, d).unwrap(), d);
+        assert_eq!(
+            parse_grace(Some("250ms"), d).unwrap(),
+            Duration::from_millis(250)
+        );
+        assert!(parse_grace(Some("soon"), d)
+            .unwrap_err()
+            .contains("invalid grace"));
+    }
+}

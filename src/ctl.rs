@@ -1,0 +1,251 @@
+//! `sshvisor ctl`: the operator's client of the control socket.
+//!
+//! Tables with humantime ages for people, `--json` for scripts. Every error says what failed and
+//! what to do; the exit status is non-zero when any request failed.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use sshvisor_actors::{ConnectionInfo, KillReport, Target};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::control::{Command, Request, Response};
+use crate::daemon::CTL_SOCKET;
+
+/// Errors of the ctl client.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// No server listens in this state directory.
+    #[error(
+        "control socket {0} not found: is `sshvisor serve` running in this directory? (or pass --state-dir)"
+    )]
+    NoSocket(PathBuf),
+    /// Talking to the server failed.
+    #[error("control socket {path}: {source}")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
+    /// The server answered something this client does not understand.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+    /// The server refused a request.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A connection to the control socket.
+pub struct CtlClient {
+    path: PathBuf,
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+    next_id: u64,
+}
+
+impl CtlClient {
+    /// Connects to the control socket of the server whose state directory is `state_dir`.
+    pub async fn connect(state_dir: &Path) -> Result<Self, CtlError> {
+        let path = state_dir.join(CTL_SOCKET);
+        let stream = UnixStream::connect(&path)
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                    CtlError::NoSocket(path.clone())
+                }
+                _ => CtlError::Io {
+                    path: path.clone(),
+                    source: e,
+                },
+            })?;
+        let (read, writer) = stream.into_split();
+        Ok(Self {
+            path,
+            reader: BufReader::new(read),
+            writer,
+            next_id: 1,
+        })
+    }
+
+    fn io(&self, source: io::Error) -> CtlError {
+        CtlError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Sends a request without waiting for its answer; returns its id.
+    pub async fn send(&mut self, command: Command) -> Result<u64, CtlError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line = serde_json::to_vec(&Request { id, command })
+            .map_err(|e| CtlError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line).await.map_err(|e| self.io(e))?;
+        Ok(id)
+    }
+
+    /// Reads the next response, whichever request it answers.
+    pub async fn recv(&mut self) -> Result<Response, CtlError> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .await
+            .map_err(|e| self.io(e))?;
+        if n == 0 {
+            return Err(self.io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            )));
+        }
+        serde_json::from_str(&line).map_err(|e| CtlError::Protocol(format!("{e}: {line}")))
+    }
+
+    /// Sends one request and waits for its answer.
+    pub async fn request(&mut self, command: Command) -> Result<Value, CtlError> {
+        let id = self.send(command).await?;
+        loop {
+            let response = self.recv().await?;
+            if response.id == id || response.id == 0 {
+                return into_result(response);
+            }
+        }
+    }
+
+    /// Every live connection.
+    pub async fn list(&mut self) -> Result<Vec<ConnectionInfo>, CtlError> {
+        let value = self.request(Command::Ls).await?;
+        serde_json::from_value(value).map_err(|e| CtlError::Protocol(e.to_string()))
+    }
+}
+
+/// The result of a response, or its error as a [`CtlError::Refused`].
+pub fn into_result(response: Response) -> Result<Value, CtlError> {
+    if response.ok {
+        Ok(response.result.unwrap_or(Value::Null))
+    } else {
+        Err(CtlError::Refused(
+            response
+                .error
+                .unwrap_or_else(|| "the request failed".into()),
+        ))
+    }
+}
+
+fn age(since: SystemTime) -> String {
+    let secs = SystemTime::now()
+        .duration_since(since)
+        .unwrap_or_default()
+        .as_secs();
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+fn or_dash(text: Option<&str>) -> &str {
+    match text {
+        Some(t) if !t.is_empty() => t,
+        _ => "-",
+    }
+}
+
+/// The `ls` table: one row per connection, its sessions indented beneath it.
+pub fn format_table(all: &[ConnectionInfo]) -> String {
+    let mut rows: Vec<[String; 6]> = vec![[
+        "ID".into(),
+        "USER".into(),
+        "PEER".into(),
+        "AGE".into(),
+        "STATE".into(),
+        "SESSIONS".into(),
+    ]];
+    for c in all {
+        rows.push([
+            c.id.to_string(),
+            or_dash(c.user.as_deref()).to_string(),
+            c.peer.to_string(),
+            age(c.started),
+            format!("{:?}", c.state).to_lowercase(),
+            c.sessions.len().to_string(),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths.iter())
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+        if i > 0 {
+            for s in &all[i - 1].sessions {
+                let what = match &s.command {
+                    Some(cmd) => format!("{:?} {cmd}", s.kind).to_lowercase(),
+                    None => format!("{:?}", s.kind).to_lowercase(),
+                };
+                out.push_str(&format!("  └ {}  {}  {}\n", s.id, age(s.started), what));
+            }
+        }
+    }
+    if all.is_empty() {
+        out.push_str("(no connections)\n");
+    }
+    out
+}
+
+/// One connection in detail.
+pub fn format_show(c: &ConnectionInfo) -> String {
+    let mut out = format!(
+        "connection {}\n  user:     {}\n  peer:     {}\n  client:   {}\n  auth:     {}\n  started:  {} ({} ago)\n  state:    {}\n  sessions: {}\n",
+        c.id,
+        or_dash(c.user.as_deref()),
+        c.peer,
+        or_dash(c.client_version.as_deref()),
+        or_dash(c.auth_method.as_deref()),
+        humantime::format_rfc3339_seconds(c.started),
+        age(c.started),
+        format!("{:?}", c.state).to_lowercase(),
+        c.sessions.len()
+    );
+    for s in &c.sessions {
+        out.push_str(&format!(
+            "    {}  {:?}  {}  started {} ago\n",
+            s.id,
+            s.kind,
+            or_dash(s.command.as_deref()),
+            age(s.started)
+        ));
+    }
+    out
+}
+
+/// One kill report as a sentence.
+pub fn format_report(report: &KillReport) -> String {
+    let what = match report.target {
+        Target::Connection(id) => format!(
+            "killed connection {id} ({} session{} closed)",
+            report.sessions_closed,
+            if report.sessions_closed == 1 { "" } else { "s" }
+        ),
+        Target::Session(id) => format!("killed session {id}"),
+    };
+    format!(
+        "{what} in {:.1} ms{}",
+        report.elapsed.as_secs_f64() * 1e3,
+        if report.forced {
+            " (forced: the grace ran out)"
+        } else {
+            ""
+        }
+    )
+}

@@ -1,0 +1,290 @@
+//! `sshvisor serve`: the whole server on its embedded defaults.
+//!
+//! The state directory (mode 0700) holds the host key (`host_ed25519`, generated once and kept),
+//! the control socket (`ctl.sock`) and, when no authorized keys file is given, a generated client
+//! key (`client_ed25519` + `.pub`) that is authorized, plus a `known_hosts` file so the printed
+//! `ssh` command line checks the host key strictly.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::ActorRef;
+use russh::keys::PrivateKey;
+use sshvisor_actors::{spawn_supervisor, Event, KillReport, Policy, SupervisorArgs, SupervisorMsg};
+use tracing::info;
+
+use crate::app::ExecEnv;
+use crate::control::{ControlDefaults, ControlServer};
+use crate::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
+use crate::server::{SshListener, SshOptions};
+
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:2222";
+/// The default state directory, relative to the working directory.
+pub const DEFAULT_STATE_DIR: &str = ".sshvisor";
+/// The control socket's file name inside the state directory.
+pub const CTL_SOCKET: &str = "ctl.sock";
+
+/// What `serve` starts with.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// Where to listen for SSH.
+    pub listen: SocketAddr,
+    /// Where keys and the control socket live.
+    pub state_dir: PathBuf,
+    /// An OpenSSH authorized_keys file; `None` generates and authorizes a client key.
+    pub authorized_keys: Option<PathBuf>,
+    /// The grace of kills that name none, and of the shutdown.
+    pub kill_grace: Duration,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| ([127, 0, 0, 1], 2222).into()),
+            state_dir: DEFAULT_STATE_DIR.into(),
+            authorized_keys: None,
+            kill_grace: sshvisor_actors::DEFAULT_KILL_GRACE,
+        }
+    }
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The state directory could not be created or used.
+    #[error("cannot use the state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A key could not be loaded or created.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The SSH address could not be bound.
+    #[error("cannot listen on {addr}: {source} (is another server using it? pick another with --listen)")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The control socket could not be created.
+    #[error("cannot create the control socket {path}: {source}")]
+    Control {
+        /// The socket path.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The supervisor could not be spawned.
+    #[error("cannot start the supervisor: {0}")]
+    Supervisor(String),
+}
+
+/// A running server: supervisor, SSH listener and control socket.
+pub struct Daemon {
+    supervisor: ActorRef<SupervisorMsg>,
+    events: Arc<ractor::OutputPort<Event>>,
+    listener: SshListener,
+    control: ControlServer,
+    connect_hint: Option<String>,
+    kill_grace: Duration,
+}
+
+impl Daemon {
+    /// Prepares the state directory and keys, then starts everything.
+    pub async fn start(options: DaemonOptions) -> Result<Self, DaemonError> {
+        let dir = &options.state_dir;
+        let dir_err = |source| DaemonError::StateDir {
+            path: dir.clone(),
+            source,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(dir_err)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+
+        let (host_key, created) =
+            load_or_create_key(&dir.join("host_ed25519"), "sshvisor host key")?;
+        if created {
+            info!(path = %dir.join("host_ed25519").display(), "generated the host key");
+        }
+        let (authorized, client_key) = match &options.authorized_keys {
+            Some(path) => (AuthorizedKeys::read_file(path)?, None),
+            None => {
+                let path = dir.join("client_ed25519");
+                let (key, _) = load_or_create_key(&path, "sshvisor generated client key")?;
+                write_public_key(&key, &dir.join("client_ed25519.pub")).map_err(dir_err)?;
+                (
+                    AuthorizedKeys::from_keys([key.public_key().clone()]),
+                    Some(path),
+                )
+            }
+        };
+
+        let events = Arc::new(ractor::OutputPort::default());
+        let supervisor = spawn_supervisor(
+            None,
+            SupervisorArgs {
+                events: events.clone(),
+                policy: Policy {
+                    kill_grace: options.kill_grace,
+                },
+            },
+        )
+        .await
+        .map_err(|e| DaemonError::Supervisor(e.to_string()))?;
+
+        let ctl_path = dir.join(CTL_SOCKET);
+        let control = match ControlServer::bind(
+            &ctl_path,
+            supervisor.clone(),
+            ControlDefaults {
+                kill_grace: options.kill_grace,
+            },
+        )
+        .await
+        {
+            Ok(control) => control,
+            Err(source) => {
+                supervisor.stop(None);
+                return Err(DaemonError::Control {
+                    path: ctl_path,
+                    source,
+                });
+            }
+        };
+        let listener = match SshListener::bind(
+            SshOptions {
+                listen: options.listen,
+                host_key: host_key.clone(),
+                authorized,
+                env: ExecEnv::default(),
+            },
+            supervisor.clone(),
+        )
+        .await
+        {
+            Ok(listener) => listener,
+            Err(source) => {
+                control.close();
+                supervisor.stop(None);
+                return Err(DaemonError::Listen {
+                    addr: options.listen,
+                    source,
+                });
+            }
+        };
+        let addr = listener.local_addr();
+        let known_hosts = dir.join("known_hosts");
+        write_known_hosts(&known_hosts, addr, &host_key).map_err(dir_err)?;
+        let connect_hint = client_key.map(|key| connect_command(&key, &known_hosts, addr));
+        Ok(Self {
+            supervisor,
+            events,
+            listener,
+            control,
+            connect_hint,
+            kill_grace: options.kill_grace,
+        })
+    }
+
+    /// The SSH address actually bound.
+    pub fn ssh_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// The supervisor, for messages.
+    pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
+        &self.supervisor
+    }
+
+    /// The lifecycle event port.
+    pub fn events(&self) -> &Arc<ractor::OutputPort<Event>> {
+        &self.events
+    }
+
+    /// The `ssh` command line that connects with the generated client key, when one was made.
+    pub fn connect_hint(&self) -> Option<&str> {
+        self.connect_hint.as_deref()
+    }
+
+    /// Stops accepting, kills every connection with `grace` (the default kill grace when
+    /// `None`), and stops everything once the tree is empty. Returns one report per connection.
+    pub async fn shutdown(self, grace: Option<Duration>) -> Vec<KillReport> {
+        let grace = grace.unwrap_or(self.kill_grace);
+        self.listener.stop_accepting().await;
+        let reports = match self
+            .supervisor
+            .call(
+                |reply| SupervisorMsg::KillAll {
+                    reason: "the server is shutting down".into(),
+                    grace,
+                    by: Some("shutdown".into()),
+                    reply,
+                },
+                Some(grace + Duration::from_secs(10)),
+            )
+            .await
+        {
+            Ok(CallResult::Success(reports)) => reports,
+            _ => Vec::new(),
+        };
+        self.control.close();
+        let _ = self
+            .supervisor
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+        reports
+    }
+}
+
+fn host_for(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        match addr {
+            SocketAddr::V4(_) => "127.0.0.1".to_string(),
+            SocketAddr::V6(_) => "::1".to_string(),
+        }
+    } else {
+        addr.ip().to_string()
+    };
+    ip
+}
+
+fn write_known_hosts(path: &Path, addr: SocketAddr, key: &PrivateKey) -> std::io::Result<()> {
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let host = host_for(addr);
+    let name = if addr.port() == 22 {
+        host
+    } else {
+        format!("[{host}]:{}", addr.port())
+    };
+    fs::write(path, format!("{name} {public}\n"))
+}
+
+fn connect_command(key: &Path, known_hosts: &Path, addr: SocketAddr) -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "sshvisor".into());
+    format!(
+        "ssh -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -p {} {}@{} 'echo hello from sshvisor'",
+        key.display(),
+        known_hosts.display(),
+        addr.port(),
+        user,
+        host_for(addr)
+    )
+}

@@ -1,0 +1,272 @@
+//! The russh `Handler`: a thin adapter that turns russh callbacks into actor messages.
+//!
+//! It decides nothing about a connection's life. Authentication is checked here (it is a pure
+//! function of the key), everything else goes to the connection's or the session's actor. Calls
+//! into actors are bounded by [`ACTOR_CALL_TIMEOUT`], and the actors answer them without waiting
+//! on the network, so a callback never stalls russh's session loop for long.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::ActorRef;
+use russh::keys::PublicKey;
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure};
+use sshvisor_actors::{ConnectionMsg, SessionMsg, SessionRequest};
+use tracing::{debug, info};
+
+use crate::app::{ChannelSession, ExecEnv};
+use crate::keys::{fingerprint, AuthorizedKeys};
+
+/// The longest a callback waits for an actor's answer.
+pub const ACTOR_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors that end a connection from inside a callback.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// russh itself failed.
+    #[error(transparent)]
+    Russh(#[from] russh::Error),
+    /// The connection's actor is gone or did not answer.
+    #[error("the connection's actor is gone: {0}")]
+    ActorGone(String),
+}
+
+/// One connection's russh handler.
+pub struct SshHandler {
+    conn: ActorRef<ConnectionMsg>,
+    authorized: Arc<AuthorizedKeys>,
+    env: Arc<ExecEnv>,
+    user: Option<String>,
+    sessions: HashMap<ChannelId, ActorRef<SessionMsg>>,
+}
+
+impl SshHandler {
+    /// The handler of the connection whose actor is `conn`.
+    pub fn new(
+        conn: ActorRef<ConnectionMsg>,
+        authorized: Arc<AuthorizedKeys>,
+        env: Arc<ExecEnv>,
+    ) -> Self {
+        Self {
+            conn,
+            authorized,
+            env,
+            user: None,
+            sessions: HashMap::new(),
+        }
+    }
+
+    fn check(&self, user: &str, key: &PublicKey) -> Auth {
+        if self.authorized.allows(key) {
+            Auth::Accept
+        } else {
+            debug!(user, key = %fingerprint(key), "public key not authorized");
+            Auth::reject()
+        }
+    }
+
+    fn session(&self, channel: ChannelId) -> Option<&ActorRef<SessionMsg>> {
+        self.sessions.get(&channel)
+    }
+
+    /// Starts what the client asked for on `channel`; answers the request.
+    async fn start(
+        &mut self,
+        channel: ChannelId,
+        request: SessionRequest,
+        session: &mut Session,
+    ) -> Result<(), HandlerError> {
+        let Some(actor) = self.session(channel).cloned() else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        let answer = actor
+            .call(
+                |reply| SessionMsg::Start { request, reply },
+                Some(ACTOR_CALL_TIMEOUT),
+            )
+            .await;
+        match answer {
+            Ok(ractor::rpc::CallResult::Success(Ok(()))) => session.channel_success(channel)?,
+            Ok(ractor::rpc::CallResult::Success(Err(text))) => {
+                session.extended_data(channel, 1, format!("sshvisor: {text}\r\n").into_bytes())?;
+                session.channel_failure(channel)?;
+            }
+            _ => session.channel_failure(channel)?,
+        }
+        Ok(())
+    }
+}
+
+impl russh::server::Handler for SshHandler {
+    type Error = HandlerError;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.check(user, offer.public_key))
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let auth = self.check(user, key.public_key);
+        if auth == Auth::Accept {
+            info!(user, key = %fingerprint(key.public_key), "public key accepted");
+            self.user = Some(user.to_string());
+        }
+        Ok(auth)
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        let client_version = String::from_utf8_lossy(session.remote_sshid())
+            .trim()
+            .to_string();
+        self.conn
+            .cast(ConnectionMsg::Authenticated {
+                user: self.user.clone().unwrap_or_default(),
+                method: "publickey".into(),
+                client_version: Some(client_version),
+            })
+            .map_err(|e| HandlerError::ActorGone(e.to_string()))
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let id = channel.id();
+        // The channel's own message queue is not used: callbacks carry everything, and a kept
+        // but undrained Channel would freeze the connection.
+        drop(channel);
+        let link = ChannelSession::new(session.handle(), id, self.env.clone());
+        let answer = self
+            .conn
+            .call(
+                |reply| ConnectionMsg::OpenSession {
+                    link: Box::new(link),
+                    reply,
+                },
+                Some(ACTOR_CALL_TIMEOUT),
+            )
+            .await;
+        match answer {
+            Ok(ractor::rpc::CallResult::Success(Ok((_, actor)))) => {
+                self.sessions.insert(id, actor);
+                reply.accept().await;
+            }
+            Ok(ractor::rpc::CallResult::Success(Err(text))) => {
+                debug!(reason = %text, "session refused");
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+            }
+            Ok(_) | Err(_) => {
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data).into_owned();
+        self.start(channel, SessionRequest::Exec { command }, session)
+            .await
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.start(channel, SessionRequest::Shell, session).await
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let request = SessionRequest::Subsystem {
+            name: name.to_string(),
+        };
+        self.start(channel, request, session).await
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // PTYs come with interactive shells; until then commands run without one.
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(actor) = self.session(channel) {
+            let _ = actor.cast(SessionMsg::Data {
+                data: data.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(actor) = self.session(channel) {
+            let _ = actor.cast(SessionMsg::ClientEof);
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(actor) = self.sessions.remove(&channel) {
+            let _ = actor.cast(SessionMsg::ClientClosed);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,29 @@
+//! sshvisor: an SSH server in which every connection and every session is a supervised actor.
+//!
+//! This crate binds the pure actor tree of `sshvisor-actors` to russh and runs it as a daemon.
+//!
+//! # Layout
+//!
+//! - `server`: the accept loop; one task per connection driving `russh::server::run_stream`.
+//! - `stream`: the TCP stream wrapper the connection actor can cut (the forced path).
+//! - `handler`: the russh `Handler`, a thin adapter from callbacks to actor messages.
+//! - `link`: the russh implementation of the tree's `ConnectionLink`.
+//! - `app`: the default session application (exec through `sh -c`), the `SessionLink`.
+//! - `keys`: host key, generated client key, authorized_keys.
+//! - `control`: the control socket (JSON lines) and its protocol.
+//! - `ctl`: the operator's client of the control socket.
+//! - `daemon`: `sshvisor serve`, everything put together.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod app;
+pub mod control;
+pub mod ctl;
+pub mod daemon;
+pub mod handler;
+pub mod keys;
+pub mod link;
+pub mod server;
+pub mod stream;
+
+pub use sshvisor_actors as actors;

@@ -1,0 +1,57 @@
+//! The russh side of a connection's [`ConnectionLink`].
+//!
+//! The russh `Handle` exists only once the client's banner has arrived, later than the
+//! connection actor, so the link holds it in a cell filled by the connection's task. Nothing here
+//! awaits on the actor's behalf: the disconnect is queued from a task of its own (it may wait
+//! behind a stalled client forever, until the stream is cut), and [`abort`](ConnectionLink::abort)
+//! cuts the stream at once.
+
+use std::sync::{Arc, OnceLock};
+
+use russh::server::Handle;
+use russh::Disconnect;
+use sshvisor_actors::ConnectionLink;
+
+use crate::stream::CutSwitch;
+
+/// The link of one russh connection.
+pub struct RusshConnectionLink {
+    handle: Arc<OnceLock<Handle>>,
+    switch: Arc<CutSwitch>,
+}
+
+impl RusshConnectionLink {
+    /// A link over the handle cell and cut switch of one connection.
+    pub fn new(handle: Arc<OnceLock<Handle>>, switch: Arc<CutSwitch>) -> Self {
+        Self { handle, switch }
+    }
+}
+
+impl ConnectionLink for RusshConnectionLink {
+    fn disconnect(&self, reason: &str) {
+        let Some(handle) = self.handle.get().cloned() else {
+            // Still before the banner: there is no SSH session to say goodbye on.
+            self.switch.cut();
+            return;
+        };
+        let reason = reason.to_string();
+        // Ends by itself: sent, or failed once the session loop is gone (after a cut).
+        tokio::spawn(async move {
+            let _ = handle
+                .disconnect(Disconnect::ByApplication, reason, "en".into())
+                .await;
+        });
+    }
+
+    fn abort(&self) {
+        self.switch.cut();
+    }
+}
+
+impl Drop for RusshConnectionLink {
+    fn drop(&mut self) {
+        // The connection actor is gone (normally after the transport ended; or it crashed):
+        // never leave a transport behind without an actor.
+        self.switch.cut();
+    }
+}

@@ -1,0 +1,217 @@
+//! The SSH listener: our own accept loop, one task per connection, each registered with the
+//! supervisor before russh sees a byte.
+//!
+//! Each accepted socket gets nodelay (russh's `run_stream` ignores `Config::nodelay`), is wrapped
+//! in a [`CuttableStream`], admitted by the supervisor (`Connect`), and then driven by
+//! `russh::server::run_stream` inside its own task, which also waits for the client's banner, so
+//! a client that never speaks holds nothing but its own task. When the russh session ends, for
+//! whatever reason, the task tells the connection actor (`TransportClosed`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::ActorRef;
+use russh::keys::PrivateKey;
+use russh::server::Config;
+use russh::MethodKind;
+use sshvisor_actors::{ConnectionMsg, SupervisorMsg, TransportEnd};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::app::ExecEnv;
+use crate::handler::{HandlerError, SshHandler};
+use crate::keys::AuthorizedKeys;
+use crate::link::RusshConnectionLink;
+use crate::stream::{CutSwitch, CuttableStream};
+
+/// How long a new connection waits for the supervisor to admit it.
+const ADMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the SSH side of the server needs.
+pub struct SshOptions {
+    /// The address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The host key.
+    pub host_key: PrivateKey,
+    /// Who may log in.
+    pub authorized: AuthorizedKeys,
+    /// What sessions run with.
+    pub env: ExecEnv,
+}
+
+/// The russh configuration sshvisor runs with.
+pub fn russh_config(host_key: PrivateKey) -> Config {
+    Config {
+        server_id: russh::SshId::Standard(
+            concat!("SSH-2.0-sshvisor_", env!("CARGO_PKG_VERSION")).into(),
+        ),
+        methods: russh::MethodSet::from(&[MethodKind::PublicKey][..]),
+        // OpenSSH always probes with "none" first: answering that at once saves every login a
+        // second, while real rejections stay constant-time.
+        auth_rejection_time: Duration::from_millis(500),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![host_key],
+        // Idle connections are the operator's business (kill, or an idle policy), not a fixed
+        // russh timer's; dead peers are found by keepalives.
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 3,
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
+/// A running SSH listener.
+pub struct SshListener {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl SshListener {
+    /// Binds `options.listen` and starts accepting connections into `supervisor`'s tree.
+    pub async fn bind(
+        options: SshOptions,
+        supervisor: ActorRef<SupervisorMsg>,
+    ) -> io::Result<Self> {
+        let listener = TcpListener::bind(options.listen).await?;
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            config: Arc::new(russh_config(options.host_key)),
+            authorized: Arc::new(options.authorized),
+            env: Arc::new(options.env),
+            supervisor,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, shared, stopped));
+        info!(%local_addr, "listening for SSH connections");
+        Ok(Self {
+            local_addr,
+            stop,
+            task,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting and closes the listening socket (the port is free when this returns).
+    /// Live connections are not touched.
+    pub async fn stop_accepting(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+struct Shared {
+    config: Arc<Config>,
+    authorized: Arc<AuthorizedKeys>,
+    env: Arc<ExecEnv>,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.changed() => break,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                tokio::spawn(serve_socket(shared.clone(), socket, peer));
+            }
+            Err(e) => {
+                // Out of descriptors or a transient network error: back off instead of spinning.
+                error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    info!("stopped accepting SSH connections");
+}
+
+async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
+    if let Err(e) = socket.set_nodelay(true) {
+        debug!(%peer, error = %e, "could not set nodelay");
+    }
+    let switch = CutSwitch::new();
+    let handle_cell = Arc::new(OnceLock::new());
+    let link = RusshConnectionLink::new(handle_cell.clone(), switch.clone());
+    let admitted = shared
+        .supervisor
+        .call(
+            |reply| SupervisorMsg::Connect {
+                peer,
+                link: Box::new(link),
+                reply,
+            },
+            Some(ADMIT_TIMEOUT),
+        )
+        .await;
+    let (conn_id, conn) = match admitted {
+        Ok(CallResult::Success(Ok(admitted))) => admitted,
+        Ok(CallResult::Success(Err(refusal))) => {
+            warn!(%peer, reason = %refusal, "connection refused");
+            return;
+        }
+        Ok(_) | Err(_) => {
+            warn!(%peer, "connection dropped: the supervisor did not admit it in time");
+            return;
+        }
+    };
+    let span = info_span!("conn", conn_id = %conn_id, peer = %peer);
+    async move {
+        let handler = SshHandler::new(conn.clone(), shared.authorized.clone(), shared.env.clone());
+        let stream = CuttableStream::new(socket, switch.clone());
+        let end = match russh::server::run_stream(shared.config.clone(), stream, handler).await {
+            Ok(running) => {
+                let _ = handle_cell.set(running.handle());
+                match running.await {
+                    Ok(()) => TransportEnd::Closed,
+                    Err(e) => classify(e, &switch),
+                }
+            }
+            Err(e) => classify(e, &switch),
+        };
+        debug!(?end, "transport ended");
+        send_end(&conn, end);
+    }
+    .instrument(span)
+    .await;
+}
+
+fn classify(error: HandlerError, switch: &CutSwitch) -> TransportEnd {
+    if switch.is_cut() {
+        return TransportEnd::Aborted;
+    }
+    match &error {
+        HandlerError::Russh(russh::Error::IO(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            TransportEnd::Closed
+        }
+        HandlerError::Russh(russh::Error::Disconnect) => TransportEnd::Closed,
+        _ => TransportEnd::Error(error.to_string()),
+    }
+}
+
+fn send_end(conn: &ActorRef<ConnectionMsg>, end: TransportEnd) {
+    // The actor may already be gone (it crashed): then there is nobody left to tell.
+    let _ = conn.cast(ConnectionMsg::TransportClosed { end });
+}

@@ -1,0 +1,140 @@
+//! A TCP stream the connection actor can cut.
+//!
+//! russh owns the stream once `run_stream` has it, and a client that stops reading keeps russh
+//! from ever processing our disconnect (see PITFALLS). The forced path therefore needs a way to
+//! end the stream from outside: [`CutSwitch::cut`] makes every pending and future read and write
+//! fail with `ConnectionAborted`, which ends russh's session loop, which drops (closes) the
+//! socket.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The shared switch that cuts one [`CuttableStream`].
+#[derive(Debug, Default)]
+pub struct CutSwitch {
+    cut: AtomicBool,
+    read_waker: AtomicWaker,
+    write_waker: AtomicWaker,
+}
+
+impl CutSwitch {
+    /// A new, uncut switch.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Cuts the stream: wakes whoever waits on it so they see the error at once.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.read_waker.wake();
+        self.write_waker.wake();
+    }
+
+    /// Whether the stream was cut.
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+}
+
+/// Wraps a stream so that a [`CutSwitch`] can make it fail.
+#[derive(Debug)]
+pub struct CuttableStream<S> {
+    inner: S,
+    switch: Arc<CutSwitch>,
+}
+
+impl<S> CuttableStream<S> {
+    /// Wraps `inner`; `switch` cuts it.
+    pub fn new(inner: S, switch: Arc<CutSwitch>) -> Self {
+        Self { inner, switch }
+    }
+}
+
+fn aborted() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "connection cut by sshvisor",
+    )
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CuttableStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.switch.read_waker.register(cx.waker());
+        if self.switch.is_cut() {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CuttableStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.switch.write_waker.register(cx.waker());
+        if self.switch.is_cut() {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.switch.write_waker.register(cx.waker());
+        if self.switch.is_cut() {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.switch.is_cut() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_cut_wakes_a_pending_read_with_connection_aborted() {
+        let (a, _b) = tokio::io::duplex(64);
+        let switch = CutSwitch::new();
+        let mut stream = CuttableStream::new(a, switch.clone());
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            stream.read(&mut buf).await
+        });
+        tokio::task::yield_now().await;
+        switch.cut();
+        let err = reader.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    #[tokio::test]
+    async fn a_cut_wakes_a_write_blocked_on_a_full_peer() {
+        let (a, _b) = tokio::io::duplex(8);
+        let switch = CutSwitch::new();
+        let mut stream = CuttableStream::new(a, switch.clone());
+        let writer = tokio::spawn(async move { stream.write_all(&[0u8; 1024]).await });
+        tokio::task::yield_now().await;
+        switch.cut();
+        let err = writer.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    }
+}
