@@ -8,6 +8,7 @@
 //! No process outlives its session.
 
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use russh::server::Handle;
 use russh::{ChannelId, Sig};
-use sshvisor_actors::{SessionEvents, SessionExit, SessionLink, SessionRequest, Winding};
+use sshvisor_actors::{EndScope, SessionEvents, SessionExit, SessionLink, SessionRequest, Winding};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::{mpsc, Notify};
@@ -49,7 +50,8 @@ struct Running {
     pgid: Pid,
     stdin: Option<mpsc::UnboundedSender<Vec<u8>>>,
     forced: Arc<Notify>,
-    done: Arc<std::sync::atomic::AtomicBool>,
+    done: Arc<AtomicBool>,
+    leave_channel_open: Arc<AtomicBool>,
 }
 
 /// One session channel and the process it runs.
@@ -130,7 +132,8 @@ impl SessionLink for ChannelSession {
             .ok_or_else(|| "the command exited before it could be tracked".to_string())?;
         let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
         let forced = Arc::new(Notify::new());
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let leave_channel_open = Arc::new(AtomicBool::new(false));
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -145,6 +148,7 @@ impl SessionLink for ChannelSession {
             pgid,
             forced: forced.clone(),
             done: done.clone(),
+            leave_channel_open: leave_channel_open.clone(),
             events,
         };
         tokio::spawn(driver.run(child, stdout, stderr));
@@ -153,6 +157,7 @@ impl SessionLink for ChannelSession {
             stdin: Some(stdin_tx),
             forced,
             done,
+            leave_channel_open,
         });
         Ok(())
     }
@@ -169,13 +174,18 @@ impl SessionLink for ChannelSession {
         }
     }
 
-    fn terminate(&mut self) -> Winding {
+    fn terminate(&mut self, scope: EndScope) -> Winding {
         match self.running.as_mut() {
             None => {
-                self.close_channel_later();
+                if scope == EndScope::Session {
+                    self.close_channel_later();
+                }
                 Winding::Done
             }
             Some(running) => {
+                running
+                    .leave_channel_open
+                    .store(scope == EndScope::Connection, Ordering::SeqCst);
                 running.stdin = None;
                 signal_group(running.pgid, Signal::SIGHUP);
                 signal_group(running.pgid, Signal::SIGCONT);
@@ -186,10 +196,8 @@ impl SessionLink for ChannelSession {
 
     fn force(&mut self) -> Winding {
         match &self.running {
-            None => {
-                self.close_channel_later();
-                Winding::Done
-            }
+            // Nothing runs: whatever the scope, the channel is not ours to wait for.
+            None => Winding::Done,
             Some(running) => {
                 signal_group(running.pgid, Signal::SIGKILL);
                 running.forced.notify_one();
@@ -204,7 +212,7 @@ impl Drop for ChannelSession {
         let finished = self
             .running
             .as_ref()
-            .is_none_or(|r| r.done.load(std::sync::atomic::Ordering::SeqCst));
+            .is_none_or(|r| r.done.load(Ordering::SeqCst));
         if !finished {
             // The session actor went away without a finished session (killed outright or
             // crashed): nothing of it may stay behind.
@@ -235,7 +243,8 @@ struct Driver {
     channel: ChannelId,
     pgid: Pid,
     forced: Arc<Notify>,
-    done: Arc<std::sync::atomic::AtomicBool>,
+    done: Arc<AtomicBool>,
+    leave_channel_open: Arc<AtomicBool>,
     events: SessionEvents,
 }
 
@@ -277,6 +286,7 @@ impl Driver {
             let handle = self.handle.clone();
             let channel = self.channel;
             let exit = exit.clone();
+            let leave_open = self.leave_channel_open.clone();
             async move {
                 match &exit {
                     SessionExit::Status(code) => {
@@ -296,7 +306,9 @@ impl Driver {
                     _ => {}
                 }
                 let _ = handle.eof(channel).await;
-                let _ = handle.close(channel).await;
+                if !leave_open.load(Ordering::SeqCst) {
+                    let _ = handle.close(channel).await;
+                }
             }
         };
         if forced {
@@ -306,7 +318,7 @@ impl Driver {
         } else {
             let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
         }
-        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.done.store(true, Ordering::SeqCst);
         self.events.finished(exit);
     }
 }

@@ -91,8 +91,14 @@ impl SshHandler {
         match answer {
             Ok(ractor::rpc::CallResult::Success(Ok(()))) => session.channel_success(channel)?,
             Ok(ractor::rpc::CallResult::Success(Err(text))) => {
+                // A failed request makes OpenSSH exit before it prints anything the server
+                // sent: accept it, explain on stderr, and end the channel with status 1.
+                info!(reason = %text, "session request refused");
+                session.channel_success(channel)?;
                 session.extended_data(channel, 1, format!("sshvisor: {text}\r\n").into_bytes())?;
-                session.channel_failure(channel)?;
+                session.exit_status_request(channel, 1)?;
+                session.eof(channel)?;
+                session.close(channel)?;
             }
             _ => session.channel_failure(channel)?,
         }

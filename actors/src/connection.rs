@@ -23,7 +23,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use tracing::{debug, info, warn, Instrument, Span};
 
 use crate::ids::{ConnId, SessionId};
-use crate::link::{ConnectionLink, SessionLink, TransportEnd};
+use crate::link::{ConnectionLink, EndScope, SessionLink, TransportEnd};
 use crate::report::{DisconnectCause, SessionExit};
 use crate::session::{SessionActor, SessionArgs, SessionMsg, SessionState};
 use crate::supervisor::{Notice, SupervisorMsg};
@@ -155,6 +155,7 @@ impl ConnectionState {
             let _ = session.cast(SessionMsg::Terminate {
                 reason: reason.map(str::to_string),
                 grace,
+                scope: EndScope::Connection,
             });
         }
     }
@@ -331,6 +332,7 @@ impl Actor for ConnectionActor {
                         let _ = actor.cast(SessionMsg::Terminate {
                             reason: Some(reason),
                             grace,
+                            scope: EndScope::Session,
                         });
                     }
                 }

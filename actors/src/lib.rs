@@ -11,6 +11,7 @@
 //! - `link`: the link traits, the only way out of the tree.
 //! - `report`: plain data handed out: snapshots, kill reports, events.
 //! - `supervisor`, `connection`, `session`: one actor each.
+//! - `events`: lifecycle events as a channel, for code that is not an actor.
 //!
 //! # Embedding
 //!
@@ -20,6 +21,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod connection;
+pub mod events;
 pub mod ids;
 pub mod link;
 pub mod report;
@@ -32,7 +34,9 @@ use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 
 pub use connection::{ConnectionActor, ConnectionMsg};
 pub use ids::{resolve_prefix, ConnId, PrefixMatch, SessionId, Target};
-pub use link::{ConnectionLink, SessionEvents, SessionLink, SessionRequest, TransportEnd, Winding};
+pub use link::{
+    ConnectionLink, EndScope, SessionEvents, SessionLink, SessionRequest, TransportEnd, Winding,
+};
 pub use report::{
     ConnState, ConnectionInfo, DisconnectCause, Event, KillError, KillReport, Refusal, SessionExit,
     SessionInfo, SessionKind,

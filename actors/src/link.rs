@@ -83,6 +83,18 @@ pub enum Winding {
     Pending,
 }
 
+/// Who closes the channel when a session ends on request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndScope {
+    /// Only this session ends: the link sends CLOSE on its channel once the work is over.
+    Session,
+    /// The whole connection ends: the link delivers the output, the exit status and EOF, but
+    /// leaves the channel to the connection's SSH_MSG_DISCONNECT, which closes every channel at
+    /// once. (OpenSSH stops reading when its last channel closes: a CLOSE sent before the
+    /// disconnect would keep the person from ever seeing the reason.)
+    Connection,
+}
+
 /// What a `SessionActor` may do to its channel and the work behind it.
 ///
 /// Calls come from the actor only, one at a time, in this order: [`start`](Self::start) at most
@@ -104,11 +116,12 @@ pub trait SessionLink: Send + 'static {
     fn eof(&mut self);
 
     /// Ends the session politely: the work is asked to stop (for a process: SIGHUP to its
-    /// process group), pending output is delivered, then EOF and CLOSE go to the client.
-    fn terminate(&mut self) -> Winding;
+    /// process group), pending output is delivered, then the exit status and EOF go to the
+    /// client, and CLOSE when `scope` is [`EndScope::Session`].
+    fn terminate(&mut self, scope: EndScope) -> Winding;
 
     /// Ends the session now: the work is killed (SIGKILL), pending output is dropped, and the
-    /// channel is closed without waiting for the client.
+    /// channel is closed (per the scope given to `terminate`) without waiting for the client.
     fn force(&mut self) -> Winding;
 }
 

@@ -19,7 +19,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, warn, Instrument, Span};
 
 use crate::ids::{ConnId, SessionId};
-use crate::link::{SessionEvents, SessionLink, SessionRequest, Winding};
+use crate::link::{EndScope, SessionEvents, SessionLink, SessionRequest, Winding};
 use crate::report::SessionExit;
 use crate::supervisor::{Notice, SupervisorMsg};
 
@@ -70,6 +70,8 @@ pub enum SessionMsg {
         reason: Option<String>,
         /// How long the work may take to end before it is killed.
         grace: Duration,
+        /// Whether only this session ends, or its whole connection.
+        scope: EndScope,
     },
     /// The link reports that the work has ended and the channel is closed on our side.
     Finished {
@@ -127,12 +129,12 @@ impl SessionState {
     }
 
     /// Starts the polite end; arms the force for when `grace` runs out.
-    fn begin_end(&mut self, myself: &ActorRef<SessionMsg>, grace: Duration) {
+    fn begin_end(&mut self, myself: &ActorRef<SessionMsg>, grace: Duration, scope: EndScope) {
         if self.ending {
             return;
         }
         self.ending = true;
-        match self.link.terminate() {
+        match self.link.terminate(scope) {
             Winding::Done => self.finish(myself, SessionExit::Closed),
             Winding::Pending => self.after(myself, grace, || SessionMsg::GraceElapsed),
         }
@@ -214,14 +216,18 @@ impl Actor for SessionActor {
                 SessionMsg::ClientClosed => {
                     debug!("client closed the channel");
                     let grace = state.close_grace;
-                    state.begin_end(&myself, grace);
+                    state.begin_end(&myself, grace, EndScope::Session);
                 }
-                SessionMsg::Terminate { reason, grace } => {
+                SessionMsg::Terminate {
+                    reason,
+                    grace,
+                    scope,
+                } => {
                     if state.killed.is_none() {
                         state.killed = reason;
                     }
                     info!(reason = state.killed.as_deref(), grace = %humantime::format_duration(grace), "terminating session");
-                    state.begin_end(&myself, grace);
+                    state.begin_end(&myself, grace, scope);
                 }
                 SessionMsg::Finished { exit } => {
                     debug!(?exit, "session work finished");

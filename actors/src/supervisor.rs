@@ -10,7 +10,10 @@
 //!
 //! Connection actors are spawned linked and unnamed. `handle_supervisor_evt` is overridden: a
 //! connection that stops or fails is removed from the map and its waiters are answered; the
-//! supervisor itself never stops because a child did.
+//! supervisor itself never stops because a child did. ractor hands a supervision event over
+//! before messages already queued, so the end of a connection goes through this actor's own
+//! queue (`Notice::ConnectionEnded`) and is handled after the notices the connection sent
+//! before it stopped (its sessions' real ends).
 //!
 //! Architecture Invariant: only this actor writes the map, and it removes an entry only when the
 //! entry's actor has terminated (or, for a session that could not be spawned, never existed).
@@ -21,7 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ractor::{
-    Actor, ActorId, ActorProcessingErr, ActorRef, OutputPort, RpcReplyPort, SupervisionEvent,
+    Actor, ActorId, ActorProcessingErr, ActorRef, MessagingErr, OutputPort, RpcReplyPort,
+    SupervisionEvent,
 };
 use tokio::time::Instant;
 use tracing::{info, warn, Span};
@@ -144,6 +148,19 @@ pub enum Notice {
         killed: Option<String>,
         forced: bool,
     },
+    /// Sent by the supervisor to itself when a connection actor has terminated, so that it is
+    /// handled after every notice the connection cast before it stopped.
+    ConnectionEnded {
+        actor: ActorId,
+        end: ConnectionEnd,
+    },
+}
+
+/// How a connection actor ended, as read from its supervision event.
+#[doc(hidden)]
+pub struct ConnectionEnd {
+    outcome: Option<crate::connection::ConnOutcome>,
+    failure: Option<String>,
 }
 
 struct Waiter {
@@ -532,6 +549,9 @@ impl Actor for SupervisorActor {
                     killed,
                     forced,
                 } => state.session_ended(conn, session, exit, killed, forced),
+                Notice::ConnectionEnded { actor, end } => {
+                    state.connection_ended(actor, end.outcome, end.failure)
+                }
             },
         }
         Ok(())
@@ -539,26 +559,40 @@ impl Actor for SupervisorActor {
 
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<SupervisorMsg>,
+        myself: ActorRef<SupervisorMsg>,
         event: SupervisionEvent,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        match event {
+        let (actor, end) = match event {
             SupervisionEvent::ActorTerminated(cell, final_state, _) => {
                 let outcome = final_state
                     .and_then(|mut s| s.take::<ConnectionState>().ok())
                     .and_then(|s| s.outcome.clone());
-                state.connection_ended(cell.get_id(), outcome, None);
+                let end = ConnectionEnd {
+                    outcome,
+                    failure: None,
+                };
+                (cell.get_id(), end)
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 warn!(parent: &state.span, error = %err, "a connection actor crashed");
-                state.connection_ended(
-                    cell.get_id(),
-                    None,
-                    Some(format!("the connection actor crashed: {err}")),
-                );
+                let end = ConnectionEnd {
+                    outcome: None,
+                    failure: Some(format!("the connection actor crashed: {err}")),
+                };
+                (cell.get_id(), end)
             }
-            _ => {}
+            _ => return Ok(()),
+        };
+        // This event may have overtaken the connection's last notices (its sessions' ends) in
+        // our queue: handle the end behind them.
+        let deferred = SupervisorMsg::Notice(Notice::ConnectionEnded { actor, end });
+        if let Err(MessagingErr::SendErr(SupervisorMsg::Notice(Notice::ConnectionEnded {
+            actor,
+            end,
+        }))) = myself.cast(deferred)
+        {
+            state.connection_ended(actor, end.outcome, end.failure);
         }
         Ok(())
     }

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::*;
 use ractor::{Actor, ActorStatus};
+use sshvisor_actors::connection::GIVE_UP_MARGIN;
 use sshvisor_actors::{
-    ConnId, ConnectionMsg, DisconnectCause, Event, KillError, Policy, SessionExit, SessionId,
+    ConnId, DisconnectCause, EndScope, Event, KillError, Policy, SessionExit, SessionId,
     SessionKind, SessionMsg, Target, TransportEnd,
 };
 use tokio::time::Instant;
@@ -33,7 +34,7 @@ fn disconnected(conn: ConnId) -> impl Fn(&Event) -> bool {
 
 /// The kill sequence for one connection with three started sessions, checked end to end.
 async fn kill_sequence_is_ordered(client: Client) {
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     let c = h.connect("c1", client).await;
     let mut sessions = Vec::new();
     for i in 1..=3 {
@@ -84,6 +85,7 @@ async fn kill_sequence_is_ordered(client: Client) {
     for s in &sessions {
         let terminate = h.log.only(&LogEvent::Terminate {
             session: s.label.clone(),
+            scope: EndScope::Connection,
         });
         let finished = h.log.only(&LogEvent::Finished {
             session: s.label.clone(),
@@ -118,7 +120,7 @@ async fn kill_sequence_holds_when_the_transport_ends_inside_disconnect() {
 
 #[tokio::test(start_paused = true)]
 async fn kill_of_an_unknown_id_replies_not_found_at_once() {
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     let start = Instant::now();
 
     let conn = Target::Connection(unknown_conn());
@@ -153,7 +155,7 @@ async fn kill_of_an_unknown_id_replies_not_found_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn two_concurrent_kills_of_one_connection_both_get_the_report() {
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     let c = h
         .connect("c1", Client::HealthyAfter(Duration::from_millis(10)))
         .await;
@@ -183,7 +185,7 @@ async fn two_concurrent_kills_of_one_connection_both_get_the_report() {
 
 #[tokio::test(start_paused = true)]
 async fn two_concurrent_kills_of_one_session_both_get_the_report() {
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     let c = h.connect("c1", Client::Healthy).await;
     let s1 = h
         .open_started(&c, "c1/s1", Work::SlowToEnd(Duration::from_millis(50)))
@@ -202,6 +204,7 @@ async fn two_concurrent_kills_of_one_session_both_get_the_report() {
     }
     h.log.only(&LogEvent::Terminate {
         session: "c1/s1".into(),
+        scope: EndScope::Session,
     });
     let conn = h.listed(c.id).await.expect("the connection is still up");
     let ids: Vec<SessionId> = conn.sessions.iter().map(|s| s.id).collect();
@@ -262,7 +265,7 @@ async fn a_client_disconnect_during_a_kill_still_answers_the_kill_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_client_disconnect_just_before_the_kill_arrives_still_answers_the_kill() {
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     let c = h.connect("c1", Client::Healthy).await;
     h.open_started(&c, "c1/s1", Work::Healthy).await;
 
@@ -280,7 +283,7 @@ async fn a_client_disconnect_just_before_the_kill_arrives_still_answers_the_kill
 
 #[tokio::test(start_paused = true)]
 async fn a_stalled_client_is_cut_after_the_grace_and_the_kill_reports_forced() {
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     let c = h.connect("c1", Client::Stalled).await;
     h.open_started(&c, "c1/s1", Work::Healthy).await;
     h.open_started(&c, "c1/s2", Work::Healthy).await;
@@ -302,6 +305,10 @@ async fn a_stalled_client_is_cut_after_the_grace_and_the_kill_reports_forced() {
         elapsed >= grace && elapsed <= grace + Duration::from_secs(2),
         "replied after {elapsed:?}, grace {grace:?}"
     );
+    assert!(
+        elapsed < grace + GIVE_UP_MARGIN,
+        "the stream was not cut promptly: only the give-up path ended it ({elapsed:?})"
+    );
     assert!(report.elapsed >= grace && report.elapsed <= elapsed);
     assert!(is_stopped(c.actor.get_status()));
 
@@ -321,7 +328,7 @@ async fn a_stalled_client_is_cut_after_the_grace_and_the_kill_reports_forced() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stubborn_session_is_forced_after_the_grace_and_the_kill_reports_forced() {
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     let c = h.connect("c1", Client::Healthy).await;
     let stubborn = h.open_started(&c, "c1/stubborn", Work::Stubborn).await;
     h.open_started(&c, "c1/polite", Work::Healthy).await;
@@ -356,6 +363,7 @@ async fn a_stubborn_session_is_forced_after_the_grace_and_the_kill_reports_force
     // The stubborn session was told politely first.
     let terminate = h.log.only(&LogEvent::Terminate {
         session: "c1/stubborn".into(),
+        scope: EndScope::Connection,
     });
     let force = h.log.only(&LogEvent::Force {
         session: "c1/stubborn".into(),
@@ -365,7 +373,7 @@ async fn a_stubborn_session_is_forced_after_the_grace_and_the_kill_reports_force
 
 #[tokio::test(start_paused = true)]
 async fn a_stubborn_session_kill_is_forced_after_the_grace() {
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     let c = h.connect("c1", Client::Healthy).await;
     let s = h.open_started(&c, "c1/stubborn", Work::Stubborn).await;
 
@@ -428,16 +436,21 @@ async fn killing_one_session_leaves_its_connection_and_siblings_up() {
     );
     assert_eq!(
         h.log
-            .count(|e| matches!(e, LogEvent::Terminate { session } if session == "c1/s2")),
+            .count(|e| matches!(e, LogEvent::Terminate { session, .. } if session == "c1/s2")),
         0
     );
+    // Only this channel closes: the link is told the session alone ends.
+    h.log.only(&LogEvent::Terminate {
+        session: "c1/s1".into(),
+        scope: EndScope::Session,
+    });
 
-    let events =
-        h.h.probe
-            .until("session closed", |e| {
-                matches!(e, Event::SessionClosed { .. })
-            })
-            .await;
+    let events = h
+        .probe
+        .until("session closed", |e| {
+            matches!(e, Event::SessionClosed { .. })
+        })
+        .await;
     assert_eq!(
         events.last().unwrap(),
         &Event::SessionClosed {
@@ -551,7 +564,7 @@ async fn a_crashing_connection_actor_still_answers_its_kill_and_the_supervisor_l
 async fn a_thousand_concurrent_kills_racing_client_disconnects_each_get_one_reply() {
     const CONNS: usize = 300;
     const KILLS: usize = 1_000;
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     let mut conns = Vec::with_capacity(CONNS);
     for i in 0..CONNS {
         let client = match i % 5 {
@@ -630,7 +643,7 @@ async fn a_thousand_concurrent_kills_racing_client_disconnects_each_get_one_repl
 
 #[tokio::test(start_paused = true)]
 async fn kill_all_replies_once_the_tree_is_empty_with_one_report_per_connection() {
-    let mut h = Harness::start().await;
+    let h = Harness::start().await;
     assert!(h.kill_all("nothing", GRACE).await.is_empty());
 
     let mut conns = Vec::new();
@@ -841,13 +854,15 @@ async fn a_supervisor_linked_under_a_host_outlives_its_connections_and_keeps_the
         .unwrap();
     left.client_closes();
     bad.actor.cast(SessionMsg::Data { data: vec![0] }).unwrap();
-    h.probe.until("left gone", disconnected(left.id)).await;
-    h.probe
-        .until(
-            "bad session gone",
-            |e| matches!(e, Event::SessionClosed { session, .. } if *session == bad.id),
-        )
-        .await;
+    // Both ends race: wait for each, in whichever order they come.
+    let (mut left_gone, mut bad_gone) = (false, false);
+    while !(left_gone && bad_gone) {
+        match h.probe.next().await {
+            e if disconnected(left.id)(&e) => left_gone = true,
+            Event::SessionClosed { session, .. } if session == bad.id => bad_gone = true,
+            _ => {}
+        }
+    }
     h.kill(Target::Connection(crashy.id), "bye", GRACE)
         .await
         .unwrap();

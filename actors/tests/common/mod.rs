@@ -19,8 +19,8 @@ use ractor::{
     RpcReplyPort,
 };
 use sshvisor_actors::{
-    spawn_supervisor, ConnId, ConnectionInfo, ConnectionLink, ConnectionMsg, Event, KillError,
-    KillReport, Policy, SessionEvents, SessionExit, SessionId, SessionLink, SessionMsg,
+    spawn_supervisor, ConnId, ConnectionInfo, ConnectionLink, ConnectionMsg, EndScope, Event,
+    KillError, KillReport, Policy, SessionEvents, SessionExit, SessionId, SessionLink, SessionMsg,
     SessionRequest, SupervisorArgs, SupervisorMsg, Target, TransportEnd, Winding,
 };
 use tokio::sync::{mpsc, watch};
@@ -62,8 +62,8 @@ pub enum LogEvent {
     Data { session: String, data: Vec<u8> },
     /// `SessionLink::eof`.
     Eof { session: String },
-    /// `SessionLink::terminate`.
-    Terminate { session: String },
+    /// `SessionLink::terminate(scope)`.
+    Terminate { session: String, scope: EndScope },
     /// `SessionLink::force`.
     Force { session: String },
     /// The fake work ended and called `SessionEvents::finished`.
@@ -316,9 +316,10 @@ impl SessionLink for FakeSessionLink {
         });
     }
 
-    fn terminate(&mut self) -> Winding {
+    fn terminate(&mut self, scope: EndScope) -> Winding {
         self.log.push(LogEvent::Terminate {
             session: self.label.clone(),
+            scope,
         });
         let hup = SessionExit::Signal("HUP".into());
         match self.work {

@@ -1,0 +1,274 @@
+//! Shared helpers of the real-client tests: a server on 127.0.0.1:0 in a temporary state
+//! directory, the OpenSSH `ssh` binary pointed at it, `sshvisor ctl`, and a russh client.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
+use sshvisor::daemon::{Daemon, DaemonOptions};
+use sshvisor_actors::{ConnectionInfo, Event, SessionId, SupervisorMsg};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A server started for one test.
+pub struct TestServer {
+    pub daemon: Daemon,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let daemon = Daemon::start(DaemonOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            state_dir: dir.path().join("state"),
+            authorized_keys: None,
+            kill_grace: Duration::from_secs(5),
+        })
+        .await
+        .expect("server starts");
+        Self { daemon, dir }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.daemon.ssh_addr().port()
+    }
+
+    pub fn client_key_path(&self) -> PathBuf {
+        self.state_dir().join("client_ed25519")
+    }
+
+    pub fn client_key(&self) -> PrivateKey {
+        PrivateKey::read_openssh_file(self.client_key_path()).expect("client key")
+    }
+
+    /// The OpenSSH client, set up to log in as `user` with the generated key and to check the
+    /// host key strictly against the written known_hosts.
+    pub fn ssh(&self, user: &str) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-F")
+            .arg("/dev/null")
+            .arg("-i")
+            .arg(self.client_key_path())
+            .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                self.state_dir().join("known_hosts").display()
+            ))
+            .arg("-p")
+            .arg(self.port().to_string())
+            .arg(format!("{user}@127.0.0.1"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// `sshvisor ctl --state-dir DIR ARGS...`
+    pub fn ctl(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sshvisor"));
+        cmd.arg("ctl")
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    pub async fn list(&self) -> Vec<ConnectionInfo> {
+        ractor::call_t!(
+            self.daemon.supervisor(),
+            |reply| SupervisorMsg::List { reply },
+            5000
+        )
+        .expect("list")
+    }
+
+    pub async fn events(&self) -> mpsc::UnboundedReceiver<Event> {
+        sshvisor_actors::events::subscribe(self.daemon.events())
+            .await
+            .expect("subscribe")
+    }
+
+    /// A russh client logged in as `user`.
+    pub async fn russh_client(&self, user: &str) -> Client {
+        let config = Arc::new(client::Config {
+            nodelay: true,
+            ..Default::default()
+        });
+        let recorder = Recorder::default();
+        let mut handle = client::connect(
+            config,
+            ("127.0.0.1", self.port()),
+            ClientHandler {
+                disconnect: recorder.clone(),
+            },
+        )
+        .await
+        .expect("connect");
+        let key = PrivateKeyWithHashAlg::new(Arc::new(self.client_key()), None);
+        let auth = handle
+            .authenticate_publickey(user, key)
+            .await
+            .expect("auth runs");
+        assert!(auth.success(), "the generated key is authorized");
+        Client {
+            handle,
+            disconnect: recorder,
+        }
+    }
+}
+
+/// What the server said when it disconnected a russh client.
+pub type Recorder = Arc<Mutex<Option<String>>>;
+
+pub struct ClientHandler {
+    disconnect: Recorder,
+}
+
+impl client::Handler for ClientHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+
+    async fn disconnected(
+        &mut self,
+        reason: client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        if let client::DisconnectReason::ReceivedDisconnect(info) = &reason {
+            *self.disconnect.lock().unwrap() = Some(info.message.clone());
+        }
+        match reason {
+            client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
+            client::DisconnectReason::Error(e) => Err(e),
+        }
+    }
+}
+
+pub struct Client {
+    pub handle: client::Handle<ClientHandler>,
+    pub disconnect: Recorder,
+}
+
+/// Output and end of one exec channel.
+#[derive(Debug, Default)]
+pub struct ExecResult {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub status: Option<u32>,
+    pub signal: Option<String>,
+}
+
+/// Reads a channel to its end.
+pub async fn drain(channel: &mut russh::Channel<client::Msg>) -> ExecResult {
+    let mut result = ExecResult::default();
+    while let Some(msg) = tokio::time::timeout(WAIT, channel.wait())
+        .await
+        .expect("channel ends in time")
+    {
+        match msg {
+            russh::ChannelMsg::Data { data } => result.stdout.extend_from_slice(&data),
+            russh::ChannelMsg::ExtendedData { data, .. } => result.stderr.extend_from_slice(&data),
+            russh::ChannelMsg::ExitStatus { exit_status } => result.status = Some(exit_status),
+            russh::ChannelMsg::ExitSignal { signal_name, .. } => {
+                result.signal = Some(format!("{signal_name:?}"))
+            }
+            _ => {}
+        }
+    }
+    result
+}
+
+/// Waits for the first event that `pick` accepts, failing the test after [`WAIT`].
+pub async fn wait_event<T>(
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    mut pick: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let event = events.recv().await.expect("event stream open");
+            if let Some(found) = pick(&event) {
+                return found;
+            }
+        }
+    })
+    .await
+    .expect("the awaited event arrives in time")
+}
+
+/// Waits until a session running exactly `command` has started; returns its ID.
+pub async fn wait_started(events: &mut mpsc::UnboundedReceiver<Event>, command: &str) -> SessionId {
+    wait_event(events, |e| match e {
+        Event::SessionStarted {
+            session,
+            command: Some(c),
+            ..
+        } if c == command => Some(*session),
+        _ => None,
+    })
+    .await
+}
+
+/// PIDs of live processes whose command line is exactly `argv`.
+pub fn processes_with_argv(argv: &[&str]) -> Vec<u32> {
+    let wanted: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if cmdline == wanted {
+                // A zombie has an empty cmdline, so this process still runs.
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// Waits until `cond` holds, checking every 20 ms, failing the test after [`WAIT`].
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}

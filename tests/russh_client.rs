@@ -1,0 +1,120 @@
+//! The kill contract seen from a russh client: one session killed, its sibling serves on; a
+//! whole connection killed, the client receives the reason.
+
+mod common;
+
+use common::*;
+use sshvisor_actors::{SupervisorMsg, Target};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_two_sessions_keeps_the_other_working() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    let client = server.russh_client("erin").await;
+
+    let mut echo = client.handle.channel_open_session().await.unwrap();
+    echo.exec(true, "cat").await.unwrap();
+    let echo_id = wait_started(&mut events, "cat").await;
+    let mut sleeper = client.handle.channel_open_session().await.unwrap();
+    sleeper.exec(true, "sleep 987010").await.unwrap();
+    let sleeper_id = wait_started(&mut events, "sleep 987010").await;
+
+    let listed = server.list().await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].sessions.len(), 2);
+
+    let out = server
+        .ctl(&[
+            "kill",
+            &sleeper_id.to_string()[..13],
+            "--reason",
+            "too sleepy",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&format!("killed session {sleeper_id}")));
+
+    // The killed session's channel ends: the process died of the hangup.
+    let ended = drain(&mut sleeper).await;
+    assert_eq!(ended.signal.as_deref(), Some("HUP"));
+    assert!(processes_with_argv(&["sleep", "987010"]).is_empty());
+
+    // The sibling and the connection serve on.
+    let listed = server.list().await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].sessions.len(), 1);
+    assert_eq!(listed[0].sessions[0].id, echo_id);
+    echo.data_bytes(&b"still alive\n"[..]).await.unwrap();
+    echo.eof().await.unwrap();
+    let result = drain(&mut echo).await;
+    assert_eq!(text(&result.stdout), "still alive\n");
+    assert_eq!(result.status, Some(0));
+
+    // And a new session on the same connection works too.
+    let mut again = client.handle.channel_open_session().await.unwrap();
+    again.exec(true, "echo again").await.unwrap();
+    assert_eq!(text(&drain(&mut again).await.stdout), "again\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_russh_client_receives_the_reason_and_every_session_closes_first() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    let client = server.russh_client("frank").await;
+    let mut a = client.handle.channel_open_session().await.unwrap();
+    a.exec(true, "sleep 987011").await.unwrap();
+    wait_started(&mut events, "sleep 987011").await;
+    let mut b = client.handle.channel_open_session().await.unwrap();
+    b.exec(true, "sleep 987012").await.unwrap();
+    wait_started(&mut events, "sleep 987012").await;
+    let conn = server.list().await[0].id;
+
+    let report = ractor::call_t!(
+        server.daemon.supervisor(),
+        |reply| SupervisorMsg::Kill {
+            target: Target::Connection(conn),
+            reason: "access revoked".into(),
+            grace: std::time::Duration::from_secs(5),
+            by: Some("test".into()),
+            reply,
+        },
+        20_000
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(report.sessions_closed, 2);
+    assert!(!report.forced);
+    // Both channels saw their process end and their close before the disconnect.
+    assert_eq!(drain(&mut a).await.signal.as_deref(), Some("HUP"));
+    assert_eq!(drain(&mut b).await.signal.as_deref(), Some("HUP"));
+    eventually("the client saw the disconnect", || {
+        client.disconnect.lock().unwrap().is_some()
+    })
+    .await;
+    assert_eq!(
+        client.disconnect.lock().unwrap().as_deref(),
+        Some("access revoked")
+    );
+    assert!(processes_with_argv(&["sleep", "987011"]).is_empty());
+    assert!(processes_with_argv(&["sleep", "987012"]).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_closing_its_channel_ends_the_process() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    let client = server.russh_client("gina").await;
+    let channel = client.handle.channel_open_session().await.unwrap();
+    channel.exec(true, "sleep 987013").await.unwrap();
+    let session = wait_started(&mut events, "sleep 987013").await;
+    channel.close().await.unwrap();
+    wait_event(&mut events, |e| match e {
+        sshvisor_actors::Event::SessionClosed { session: s, .. } if *s == session => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(processes_with_argv(&["sleep", "987013"]).is_empty());
+    assert_eq!(server.list().await[0].sessions.len(), 0);
+}
