@@ -85,7 +85,15 @@ impl CtlClient {
         let mut line = serde_json::to_vec(&Request { id, command })
             .map_err(|e| CtlError::Protocol(e.to_string()))?;
         line.push(b'\n');
-        self.writer.write_all(&line).await.map_err(|e| self.io(e))?;
+        if let Err(e) = self.writer.write_all(&line).await {
+            // The server may have refused us and hung up: its reason beats "broken pipe".
+            if let Ok(Ok(response)) =
+                tokio::time::timeout(Duration::from_secs(1), self.recv()).await
+            {
+                into_result(response)?;
+            }
+            return Err(self.io(e));
+        }
         Ok(id)
     }
 

@@ -252,15 +252,14 @@ impl Daemon {
 }
 
 fn host_for(addr: SocketAddr) -> String {
-    let ip = if addr.ip().is_unspecified() {
+    if addr.ip().is_unspecified() {
         match addr {
             SocketAddr::V4(_) => "127.0.0.1".to_string(),
             SocketAddr::V6(_) => "::1".to_string(),
         }
     } else {
         addr.ip().to_string()
-    };
-    ip
+    }
 }
 
 fn write_known_hosts(path: &Path, addr: SocketAddr, key: &PrivateKey) -> std::io::Result<()> {

@@ -117,7 +117,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("sshvisor: {e:#}");
+            eprintln!("sshvisor: {e}");
             ExitCode::FAILURE
         }
     }
