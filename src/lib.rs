@@ -27,3 +27,8 @@ pub mod server;
 pub mod stream;
 
 pub use sshvisor_actors as actors;
+
+/// The README's examples, compiled as doctests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
