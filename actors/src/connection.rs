@@ -115,6 +115,8 @@ struct Killing {
     reason: String,
     by: Option<String>,
     disconnect_sent: bool,
+    /// The client had already left when the kill came: it is the cause, not the kill.
+    client_left_first: bool,
 }
 
 /// The actor's private state; the supervisor reads `outcome` from it once the actor has stopped.
@@ -148,9 +150,8 @@ impl ConnectionState {
         }));
     }
 
-    /// Asks every session to end; counts them as closed by this closing.
-    fn end_sessions(&mut self, reason: Option<&str>, grace: Duration) {
-        self.sessions_closed += self.sessions.len();
+    /// Asks every session to end within `grace`.
+    fn end_sessions(&self, reason: Option<&str>, grace: Duration) {
         for (_, session) in self.sessions.values() {
             let _ = session.cast(SessionMsg::Terminate {
                 reason: reason.map(str::to_string),
@@ -183,14 +184,14 @@ impl ConnectionState {
             return;
         }
         let cause = match (&self.killing, &self.transport) {
-            (Some(kill), _) => DisconnectCause::Killed {
+            (Some(kill), _) if !kill.client_left_first => DisconnectCause::Killed {
                 reason: kill.reason.clone(),
                 by: kill.by.clone(),
             },
-            (None, Some(TransportEnd::Error(message))) => DisconnectCause::Error {
+            (_, Some(TransportEnd::Error(message))) => DisconnectCause::Error {
                 message: message.clone(),
             },
-            (None, _) => DisconnectCause::ByClient,
+            _ => DisconnectCause::ByClient,
         };
         self.outcome = Some(ConnOutcome {
             cause,
@@ -304,21 +305,20 @@ impl Actor for ConnectionActor {
                     state.advance(&myself);
                 }
                 ConnectionMsg::Kill { reason, grace, by } => {
-                    if state.killing.is_some() || state.transport.is_some() {
-                        // Already being killed, or the client left first: the kill is answered
-                        // when this actor stops, like any other.
+                    if state.killing.is_some() {
+                        // Already being killed: the supervisor answers every waiter at the end.
                         return;
                     }
                     info!(reason = %reason, by = by.as_deref(), grace = %humantime::format_duration(grace), "killing connection");
-                    let first = !state.closing;
+                    let client_left_first = state.transport.is_some();
                     state.closing = true;
-                    if first {
-                        state.end_sessions(Some(&reason), grace);
-                    }
+                    // Sessions already ending (the client left) keep the shorter of the graces.
+                    state.end_sessions(Some(&reason), grace);
                     state.killing = Some(Killing {
                         reason,
                         by,
-                        disconnect_sent: false,
+                        disconnect_sent: client_left_first,
+                        client_left_first,
                     });
                     state.after(&myself, grace, || ConnectionMsg::GraceElapsed);
                     state.advance(&myself);
@@ -411,6 +411,14 @@ impl Actor for ConnectionActor {
                 false,
             ),
         };
+        // A session that had to be forced while the connection closes makes its end forced too
+        // (the connection's own grace may never run out: the client can leave first).
+        if state.closing {
+            state.sessions_closed += 1;
+            if forced {
+                state.forced = true;
+            }
+        }
         let _ = state
             .supervisor
             .cast(SupervisorMsg::Notice(Notice::SessionEnded {

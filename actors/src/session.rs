@@ -131,6 +131,10 @@ impl SessionState {
     /// Starts the polite end; arms the force for when `grace` runs out.
     fn begin_end(&mut self, myself: &ActorRef<SessionMsg>, grace: Duration, scope: EndScope) {
         if self.ending {
+            // Already ending: a second request may only bring the force closer.
+            if !self.forced && self.outcome.is_none() {
+                self.after(myself, grace, || SessionMsg::GraceElapsed);
+            }
             return;
         }
         self.ending = true;
@@ -234,7 +238,7 @@ impl Actor for SessionActor {
                     state.finish(&myself, exit);
                 }
                 SessionMsg::GraceElapsed => {
-                    if state.outcome.is_none() {
+                    if state.outcome.is_none() && !state.forced {
                         warn!("grace ran out: forcing the session's end");
                         state.forced = true;
                         match state.link.force() {

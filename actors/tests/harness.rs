@@ -281,6 +281,32 @@ async fn a_client_disconnect_just_before_the_kill_arrives_still_answers_the_kill
     assert!(h.listed(c.id).await.is_none());
 }
 
+/// The client leaves first, a kill follows, and a stubborn session has to be forced on the way
+/// out: the kill's report must say so.
+#[tokio::test(start_paused = true)]
+async fn a_kill_after_the_client_left_reports_forced_when_a_session_was_forced() {
+    let policy = Policy {
+        kill_grace: Duration::from_secs(2),
+    };
+    let h = Harness::start_with(None, policy).await;
+    let c = h.connect("c1", Client::Healthy).await;
+    h.open_started(&c, "c1/stubborn", Work::Stubborn).await;
+
+    c.client_closes();
+    let report = h
+        .kill(Target::Connection(c.id), "bye", Duration::from_secs(2))
+        .await
+        .expect("the kill reports success");
+    h.log.only(&LogEvent::Force {
+        session: "c1/stubborn".into(),
+    });
+    assert_eq!(report.sessions_closed, 1);
+    assert!(
+        report.forced,
+        "a session was killed, yet the report says it was not forced"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_stalled_client_is_cut_after_the_grace_and_the_kill_reports_forced() {
     let h = Harness::start().await;
@@ -562,6 +588,22 @@ async fn a_crashing_connection_actor_still_answers_its_kill_and_the_supervisor_l
 
 #[tokio::test(start_paused = true)]
 async fn a_thousand_concurrent_kills_racing_client_disconnects_each_get_one_reply() {
+    thousand_kills_racing_disconnects(Duration::from_millis(500)).await;
+}
+
+/// The same storm on two worker threads in real time, where the actors truly run in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_kills_on_parallel_threads_each_get_one_reply() {
+    let start = std::time::Instant::now();
+    thousand_kills_racing_disconnects(Duration::from_millis(200)).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+async fn thousand_kills_racing_disconnects(grace: Duration) {
     const CONNS: usize = 300;
     const KILLS: usize = 1_000;
     let h = Harness::start().await;
@@ -582,7 +624,6 @@ async fn a_thousand_concurrent_kills_racing_client_disconnects_each_get_one_repl
     }
     assert_eq!(h.list().await.len(), CONNS);
 
-    let grace = Duration::from_millis(500);
     let mut tasks = tokio::task::JoinSet::new();
     for k in 0..KILLS {
         let c = &conns[k % CONNS];
@@ -888,4 +929,28 @@ async fn a_supervisor_linked_under_a_host_outlives_its_connections_and_keeps_the
     h.kill(Target::Connection(again.id), "bye", GRACE)
         .await
         .unwrap();
+}
+
+/// Every subscriber must see every event, even in a burst (a KillAll publishes several per
+/// connection at once). ractor's default OutputPort (v1) is a 10-slot broadcast that silently
+/// skips what a slow subscriber missed; its `output-port-v2` feature delivers everything.
+#[tokio::test(start_paused = true)]
+
+async fn every_event_of_a_burst_reaches_a_subscriber() {
+    const CONNS: usize = 50;
+    let mut h = Harness::start().await;
+    let mut ids = HashSet::new();
+    for i in 0..CONNS {
+        let c = h.connect(&format!("c{i}"), Client::Healthy).await;
+        h.open_started(&c, &format!("c{i}/s1"), Work::Healthy).await;
+        ids.insert(c.id);
+    }
+    assert_eq!(h.kill_all("bye", GRACE).await.len(), CONNS);
+    let mut closed = HashSet::new();
+    while closed.len() < CONNS {
+        if let Event::Disconnected { conn, .. } = h.probe.next().await {
+            closed.insert(conn);
+        }
+    }
+    assert_eq!(closed, ids);
 }
