@@ -323,19 +323,28 @@ impl Driver {
     }
 }
 
+/// The first read buffer of an output pump: small, because most sessions sit idle.
+const PUMP_MIN: usize = 1024;
+/// The read buffer a busy pump grows to.
+const PUMP_MAX: usize = 32 * 1024;
+
 async fn pump(
     mut from: impl AsyncRead + Unpin,
     handle: Handle,
     channel: ChannelId,
     ext: Option<u32>,
 ) {
-    let mut buf = vec![0u8; 32 * 1024];
+    // An idle session holds only a small buffer; one that fills it gets a bigger one.
+    let mut buf = vec![0u8; PUMP_MIN];
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
         let data = bytes::Bytes::copy_from_slice(&buf[..n]);
+        if n == buf.len() && buf.len() < PUMP_MAX {
+            buf.resize(buf.len() * 4, 0);
+        }
         let sent = match ext {
             None => handle.data(channel, data).await,
             Some(code) => handle.extended_data(channel, code, data).await,

@@ -163,6 +163,15 @@ fn forced_exit() -> anyhow::Result<ExitCode> {
 }
 
 async fn run_ctl(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<ExitCode> {
+    // `sshvisor ctl ls | head` should end quietly, like any Unix tool, not panic on EPIPE.
+    // SAFETY: called before any other thread of ours writes to stdout; restoring the default
+    // disposition of SIGPIPE has no other effect on this short-lived client.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     let mut client = CtlClient::connect(&state_dir).await?;
     match command {
         CtlCmd::Ls { json } => {
