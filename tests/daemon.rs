@@ -1,0 +1,181 @@
+//! `sshvisor serve` as a person runs it: embedded defaults, the printed ssh line, a host key kept
+//! across restarts, and SIGTERM draining live connections with a reason.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+
+use common::{text, WAIT};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Starts `sshvisor serve --listen 127.0.0.1:0` in `cwd`; returns the child and the stdout lines
+/// up to the printed ssh command (or the listening line when keys are given).
+async fn serve(cwd: &Path, extra: &[&str]) -> (Child, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sshvisor"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.trim_start().starts_with("ssh ");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("serve prints its ssh line");
+    (child, seen)
+}
+
+async fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    kill(Pid::from_raw(child.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_its_defaults_prints_an_ssh_line_that_works_and_keeps_its_host_key() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (mut server, lines) = serve(cwd.path(), &[]).await;
+    let ssh_line = lines.last().unwrap().trim().to_string();
+    assert!(
+        ssh_line.contains("-i .sshvisor/client_ed25519"),
+        "{ssh_line}"
+    );
+
+    // The printed line, typed as is (the shell splits it), connects and runs its command.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(ssh_line.replacen("ssh ", "ssh -F /dev/null ", 1))
+        .current_dir(cwd.path())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "hello from sshvisor\n",
+        "{}",
+        text(&out.stderr)
+    );
+
+    let state = cwd.path().join(".sshvisor");
+    for (file, mode) in [
+        ("host_ed25519", 0o600),
+        ("client_ed25519", 0o600),
+        ("ctl.sock", 0o600),
+    ] {
+        let got = std::fs::metadata(state.join(file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(got, mode, "{file}");
+    }
+    let host_key = std::fs::read(state.join("host_ed25519")).unwrap();
+
+    assert!(terminate(&mut server).await.success());
+    assert!(
+        !state.join("ctl.sock").exists(),
+        "the control socket is removed on exit"
+    );
+
+    // A restart reuses the host key, so the same known_hosts line still verifies it.
+    let (mut server, lines) = serve(cwd.path(), &[]).await;
+    assert_eq!(std::fs::read(state.join("host_ed25519")).unwrap(), host_key);
+    let ssh_line = lines.last().unwrap().trim().to_string();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(ssh_line.replacen("ssh ", "ssh -F /dev/null -o StrictHostKeyChecking=yes ", 1))
+        .current_dir(cwd.path())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "hello from sshvisor\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(terminate(&mut server).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_live_connections_with_a_reason_and_exits() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (mut server, lines) = serve(cwd.path(), &["--kill-grace", "2s"]).await;
+    let ssh_line = lines.last().unwrap().trim().to_string();
+    let held = ssh_line.replace("'echo hello from sshvisor'", "'sleep 987020'");
+    let mut ssh = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec {}",
+            held.replacen("ssh ", "ssh -F /dev/null ", 1)
+        ))
+        .current_dir(cwd.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    common::eventually("the held session runs", || {
+        common::processes_with_argv(&["sleep", "987020"]).len() == 1
+    })
+    .await;
+
+    assert!(terminate(&mut server).await.success());
+    let out = tokio::time::timeout(WAIT, ssh.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("the server is shutting down"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(common::processes_with_argv(&["sleep", "987020"]).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_authorized_keys_file_stops_serve_with_a_clear_error() {
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::write(cwd.path().join("keys"), "not a key\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sshvisor"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--authorized-keys",
+            "keys",
+        ])
+        .current_dir(cwd.path())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot read authorized keys from keys"),
+        "{}",
+        text(&out.stderr)
+    );
+}
