@@ -124,7 +124,7 @@ async fn sigterm_ends_live_connections_with_a_reason_and_exits() {
     let (mut server, lines) = serve(cwd.path(), &["--kill-grace", "2s"]).await;
     let ssh_line = lines.last().unwrap().trim().to_string();
     let held = ssh_line.replace("'echo hello from sshvisor'", "'sleep 987020'");
-    let mut ssh = Command::new("sh")
+    let ssh = Command::new("sh")
         .arg("-c")
         .arg(format!(
             "exec {}",
