@@ -141,6 +141,7 @@ impl Daemon {
                 events: events.clone(),
                 policy: Policy {
                     kill_grace: options.kill_grace,
+                    ..Policy::default()
                 },
             },
         )

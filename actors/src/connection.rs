@@ -95,6 +95,8 @@ pub enum ConnectionMsg {
         /// How long the polite end may take before it is forced.
         grace: Duration,
     },
+    /// The login grace ran out.
+    LoginGraceElapsed,
     /// The kill's grace ran out.
     GraceElapsed,
     /// Cut the transport if it is still up.
@@ -130,6 +132,7 @@ pub struct ConnectionState {
     transport: Option<TransportEnd>,
     killing: Option<Killing>,
     closing: bool,
+    authenticated: bool,
     sessions_closed: usize,
     forced: bool,
     timers: Vec<JoinHandle<()>>,
@@ -159,6 +162,33 @@ impl ConnectionState {
                 scope: EndScope::Connection,
             });
         }
+    }
+
+    /// Starts the kill sequence (see the module docs); a second kill changes nothing.
+    fn begin_kill(
+        &mut self,
+        myself: &ActorRef<ConnectionMsg>,
+        reason: String,
+        grace: Duration,
+        by: Option<String>,
+    ) {
+        if self.killing.is_some() {
+            // Already being killed: the supervisor answers every waiter at the end.
+            return;
+        }
+        info!(reason = %reason, by = by.as_deref(), grace = %humantime::format_duration(grace), "killing connection");
+        let client_left_first = self.transport.is_some();
+        self.closing = true;
+        // Sessions already ending (the client left) keep the shorter of the graces.
+        self.end_sessions(Some(&reason), grace);
+        self.killing = Some(Killing {
+            reason,
+            by,
+            disconnect_sent: client_left_first,
+            client_left_first,
+        });
+        self.after(myself, grace, || ConnectionMsg::GraceElapsed);
+        self.advance(myself);
     }
 
     /// Moves the closing sequence on as far as it can go now.
@@ -223,11 +253,23 @@ impl Actor for ConnectionActor {
             transport: None,
             killing: None,
             closing: false,
+            authenticated: false,
             sessions_closed: 0,
             forced: false,
             timers: Vec::new(),
             outcome: None,
         })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<ConnectionMsg>,
+        state: &mut ConnectionState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(limit) = state.policy.login_grace {
+            state.after(&myself, limit, || ConnectionMsg::LoginGraceElapsed);
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -245,12 +287,15 @@ impl Actor for ConnectionActor {
                     client_version,
                 } => {
                     info!(user = %user, method = %method, "authenticated");
-                    let _ = state.supervisor.cast(SupervisorMsg::Notice(Notice::Authenticated {
-                        conn: state.id,
-                        user,
-                        method,
-                        client_version,
-                    }));
+                    state.authenticated = true;
+                    let _ = state
+                        .supervisor
+                        .cast(SupervisorMsg::Notice(Notice::Authenticated {
+                            conn: state.id,
+                            user,
+                            method,
+                            client_version,
+                        }));
                 }
                 ConnectionMsg::OpenSession { link, reply } => {
                     if state.closing {
@@ -259,10 +304,12 @@ impl Actor for ConnectionActor {
                     }
                     let session = SessionId::new_random();
                     // Registered before it exists, so the map never lacks a live session.
-                    let _ = state.supervisor.cast(SupervisorMsg::Notice(Notice::SessionOpened {
-                        conn: state.id,
-                        session,
-                    }));
+                    let _ = state
+                        .supervisor
+                        .cast(SupervisorMsg::Notice(Notice::SessionOpened {
+                            conn: state.id,
+                            session,
+                        }));
                     let args = SessionArgs {
                         id: session,
                         conn: state.id,
@@ -273,19 +320,24 @@ impl Actor for ConnectionActor {
                     };
                     match Actor::spawn_linked(None, SessionActor, args, myself.get_cell()).await {
                         Ok((actor, _)) => {
-                            state.sessions.insert(actor.get_id(), (session, actor.clone()));
+                            state
+                                .sessions
+                                .insert(actor.get_id(), (session, actor.clone()));
                             let _ = reply.send(Ok((session, actor)));
                         }
                         Err(e) => {
                             warn!(error = %e, "could not start a session actor");
-                            let _ = state.supervisor.cast(SupervisorMsg::Notice(Notice::SessionEnded {
-                                conn: state.id,
-                                session,
-                                exit: SessionExit::Failed(e.to_string()),
-                                killed: None,
-                                forced: false,
-                            }));
-                            let _ = reply.send(Err("the server could not start the session".to_string()));
+                            let _ = state.supervisor.cast(SupervisorMsg::Notice(
+                                Notice::SessionEnded {
+                                    conn: state.id,
+                                    session,
+                                    exit: SessionExit::Failed(e.to_string()),
+                                    killed: None,
+                                    forced: false,
+                                },
+                            ));
+                            let _ = reply
+                                .send(Err("the server could not start the session".to_string()));
                         }
                     }
                 }
@@ -305,30 +357,26 @@ impl Actor for ConnectionActor {
                     state.advance(&myself);
                 }
                 ConnectionMsg::Kill { reason, grace, by } => {
-                    if state.killing.is_some() {
-                        // Already being killed: the supervisor answers every waiter at the end.
-                        return;
+                    state.begin_kill(&myself, reason, grace, by);
+                }
+                ConnectionMsg::LoginGraceElapsed => {
+                    if !state.authenticated && !state.closing {
+                        let limit = state.policy.login_grace.unwrap_or_default();
+                        let reason = format!(
+                            "login grace time ({}) exceeded",
+                            humantime::format_duration(limit)
+                        );
+                        let grace = state.policy.kill_grace;
+                        state.begin_kill(&myself, reason, grace, Some("login_grace".into()));
                     }
-                    info!(reason = %reason, by = by.as_deref(), grace = %humantime::format_duration(grace), "killing connection");
-                    let client_left_first = state.transport.is_some();
-                    state.closing = true;
-                    // Sessions already ending (the client left) keep the shorter of the graces.
-                    state.end_sessions(Some(&reason), grace);
-                    state.killing = Some(Killing {
-                        reason,
-                        by,
-                        disconnect_sent: client_left_first,
-                        client_left_first,
-                    });
-                    state.after(&myself, grace, || ConnectionMsg::GraceElapsed);
-                    state.advance(&myself);
                 }
                 ConnectionMsg::KillSession {
                     session,
                     reason,
                     grace,
                 } => {
-                    if let Some((_, actor)) = state.sessions.values().find(|(id, _)| *id == session) {
+                    if let Some((_, actor)) = state.sessions.values().find(|(id, _)| *id == session)
+                    {
                         let _ = actor.cast(SessionMsg::Terminate {
                             reason: Some(reason),
                             grace,
@@ -340,7 +388,10 @@ impl Actor for ConnectionActor {
                     if state.outcome.is_some() {
                         return;
                     }
-                    warn!(sessions = state.sessions.len(), "grace ran out: forcing the connection's end");
+                    warn!(
+                        sessions = state.sessions.len(),
+                        "grace ran out: forcing the connection's end"
+                    );
                     state.forced = true;
                     if state.transport.is_none() {
                         if let Some(kill) = state.killing.as_mut() {
@@ -363,7 +414,10 @@ impl Actor for ConnectionActor {
                     if state.outcome.is_some() {
                         return;
                     }
-                    warn!(sessions = state.sessions.len(), "the connection did not wind down: killing what is left");
+                    warn!(
+                        sessions = state.sessions.len(),
+                        "the connection did not wind down: killing what is left"
+                    );
                     state.forced = true;
                     for (_, session) in state.sessions.values() {
                         session.kill();

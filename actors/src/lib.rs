@@ -53,12 +53,19 @@ pub struct Policy {
     /// How long a session's work may take to end when its connection goes away by itself (the
     /// client left): after it, the work is killed.
     pub kill_grace: Duration,
+    /// A connection not authenticated within this time is disconnected (like OpenSSH's
+    /// LoginGraceTime); `None` waits forever.
+    pub login_grace: Option<Duration>,
 }
+
+/// The default login grace.
+pub const DEFAULT_LOGIN_GRACE: Duration = Duration::from_secs(30);
 
 impl Default for Policy {
     fn default() -> Self {
         Self {
             kill_grace: DEFAULT_KILL_GRACE,
+            login_grace: Some(DEFAULT_LOGIN_GRACE),
         }
     }
 }

@@ -287,6 +287,7 @@ async fn a_client_disconnect_just_before_the_kill_arrives_still_answers_the_kill
 async fn a_kill_after_the_client_left_reports_forced_when_a_session_was_forced() {
     let policy = Policy {
         kill_grace: Duration::from_secs(2),
+        ..Policy::default()
     };
     let h = Harness::start_with(None, policy).await;
     let c = h.connect("c1", Client::Healthy).await;
