@@ -9,11 +9,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use ractor::ActorRef;
+use ractor::ActorStatus;
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelOpenFailure};
-use sshvisor_actors::{ConnectionMsg, SessionMsg, SessionRequest};
+use russh::{ChannelId, ChannelOpenFailure};
+use sshvisor_actors::{ConnectionMsg, SessionMsg, SessionRequest, StartRefusal};
+use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::app::{ChannelSession, ExecEnv};
@@ -39,7 +42,14 @@ pub struct SshHandler {
     authorized: Arc<AuthorizedKeys>,
     env: Arc<ExecEnv>,
     user: Option<String>,
-    sessions: HashMap<ChannelId, ActorRef<SessionMsg>>,
+    sessions: HashMap<ChannelId, Channel>,
+}
+
+/// What the handler keeps per session channel.
+struct Channel {
+    actor: ActorRef<SessionMsg>,
+    /// The command's stdin; dropped on the client's EOF.
+    stdin: Option<mpsc::Sender<Bytes>>,
 }
 
 impl SshHandler {
@@ -68,7 +78,7 @@ impl SshHandler {
     }
 
     fn session(&self, channel: ChannelId) -> Option<&ActorRef<SessionMsg>> {
-        self.sessions.get(&channel)
+        self.sessions.get(&channel).map(|c| &c.actor)
     }
 
     /// Starts what the client asked for on `channel`; answers the request.
@@ -90,15 +100,15 @@ impl SshHandler {
             .await;
         match answer {
             Ok(ractor::rpc::CallResult::Success(Ok(()))) => session.channel_success(channel)?,
-            Ok(ractor::rpc::CallResult::Success(Err(text))) => {
+            Ok(ractor::rpc::CallResult::Success(Err(StartRefusal::Failed(text)))) => {
                 // A failed request makes OpenSSH exit before it prints anything the server
-                // sent: accept it, explain on stderr, and end the channel with status 1.
+                // sent: accept it, explain on stderr, and end with status 1. The session actor
+                // ends itself and closes the channel (queued behind these messages).
                 info!(reason = %text, "session request refused");
                 session.channel_success(channel)?;
                 session.extended_data(channel, 1, format!("sshvisor: {text}\r\n").into_bytes())?;
                 session.exit_status_request(channel, 1)?;
                 session.eof(channel)?;
-                session.close(channel)?;
             }
             _ => session.channel_failure(channel)?,
         }
@@ -145,7 +155,7 @@ impl russh::server::Handler for SshHandler {
 
     async fn channel_open_session(
         &mut self,
-        channel: Channel<Msg>,
+        channel: russh::Channel<Msg>,
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
@@ -153,7 +163,15 @@ impl russh::server::Handler for SshHandler {
         // The channel's own message queue is not used: callbacks carry everything, and a kept
         // but undrained Channel would freeze the connection.
         drop(channel);
-        let link = ChannelSession::new(session.handle(), id, self.env.clone());
+        // Channels the server closed itself never get a `channel_close` callback: forget the
+        // sessions that are over.
+        self.sessions.retain(|_, c| {
+            !matches!(
+                c.actor.get_status(),
+                ActorStatus::Stopping | ActorStatus::Stopped
+            )
+        });
+        let (link, stdin) = ChannelSession::new(session.handle(), id, self.env.clone());
         let answer = self
             .conn
             .call(
@@ -166,7 +184,13 @@ impl russh::server::Handler for SshHandler {
             .await;
         match answer {
             Ok(ractor::rpc::CallResult::Success(Ok((_, actor)))) => {
-                self.sessions.insert(id, actor);
+                self.sessions.insert(
+                    id,
+                    Channel {
+                        actor,
+                        stdin: Some(stdin),
+                    },
+                );
                 reply.accept().await;
             }
             Ok(ractor::rpc::CallResult::Success(Err(text))) => {
@@ -246,10 +270,12 @@ impl russh::server::Handler for SshHandler {
         data: &[u8],
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(actor) = self.session(channel) {
-            let _ = actor.cast(SessionMsg::Data {
-                data: data.to_vec(),
-            });
+        // Straight to the command's stdin, waiting when its queue is full: that stops reading
+        // the client's stream, which is the only backpressure SSH leaves us (russh refills
+        // the channel window by itself).
+        let stdin = self.sessions.get(&channel).and_then(|c| c.stdin.clone());
+        if let Some(stdin) = stdin {
+            let _ = stdin.send(Bytes::copy_from_slice(data)).await;
         }
         Ok(())
     }
@@ -259,8 +285,9 @@ impl russh::server::Handler for SshHandler {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(actor) = self.session(channel) {
-            let _ = actor.cast(SessionMsg::ClientEof);
+        if let Some(c) = self.sessions.get_mut(&channel) {
+            c.stdin = None;
+            let _ = c.actor.cast(SessionMsg::ClientEof);
         }
         Ok(())
     }
@@ -270,8 +297,8 @@ impl russh::server::Handler for SshHandler {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(actor) = self.sessions.remove(&channel) {
-            let _ = actor.cast(SessionMsg::ClientClosed);
+        if let Some(c) = self.sessions.remove(&channel) {
+            let _ = c.actor.cast(SessionMsg::ClientClosed);
         }
         Ok(())
     }

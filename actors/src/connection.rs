@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
 use crate::ids::{ConnId, SessionId};
@@ -119,6 +120,8 @@ struct Killing {
     disconnect_sent: bool,
     /// The client had already left when the kill came: it is the cause, not the kill.
     client_left_first: bool,
+    /// When the grace of the most pressing kill runs out.
+    deadline: Instant,
 }
 
 /// The actor's private state; the supervisor reads `outcome` from it once the actor has stopped.
@@ -132,6 +135,8 @@ pub struct ConnectionState {
     transport: Option<TransportEnd>,
     killing: Option<Killing>,
     closing: bool,
+    grace_ran_out: bool,
+    giving_up: bool,
     authenticated: bool,
     sessions_closed: usize,
     forced: bool,
@@ -164,7 +169,8 @@ impl ConnectionState {
         }
     }
 
-    /// Starts the kill sequence (see the module docs); a second kill changes nothing.
+    /// Starts the kill sequence (see the module docs). A later kill whose grace ends sooner
+    /// brings the force closer; any other later kill changes nothing.
     fn begin_kill(
         &mut self,
         myself: &ActorRef<ConnectionMsg>,
@@ -172,13 +178,20 @@ impl ConnectionState {
         grace: Duration,
         by: Option<String>,
     ) {
-        if self.killing.is_some() {
-            // Already being killed: the supervisor answers every waiter at the end.
+        let deadline = Instant::now().checked_add(grace).unwrap_or_else(far_future);
+        if let Some(kill) = self.killing.as_mut() {
+            if deadline < kill.deadline && !self.forced {
+                debug!(grace = %humantime::format_duration(grace), "a later kill shortens the grace");
+                kill.deadline = deadline;
+                let reason = kill.reason.clone();
+                self.end_sessions(Some(&reason), grace);
+                self.after(myself, grace, || ConnectionMsg::GraceElapsed);
+            }
             return;
         }
         info!(reason = %reason, by = by.as_deref(), grace = %humantime::format_duration(grace), "killing connection");
         let client_left_first = self.transport.is_some();
-        self.closing = true;
+        self.enter_closing();
         // Sessions already ending (the client left) keep the shorter of the graces.
         self.end_sessions(Some(&reason), grace);
         self.killing = Some(Killing {
@@ -186,9 +199,20 @@ impl ConnectionState {
             by,
             disconnect_sent: client_left_first,
             client_left_first,
+            deadline,
         });
         self.after(myself, grace, || ConnectionMsg::GraceElapsed);
         self.advance(myself);
+    }
+
+    /// Marks the connection as closing, here and in the supervisor's listing.
+    fn enter_closing(&mut self) {
+        if !self.closing {
+            self.closing = true;
+            let _ = self
+                .supervisor
+                .cast(SupervisorMsg::Notice(Notice::Closing { conn: self.id }));
+        }
     }
 
     /// Moves the closing sequence on as far as it can go now.
@@ -253,6 +277,8 @@ impl Actor for ConnectionActor {
             transport: None,
             killing: None,
             closing: false,
+            grace_ran_out: false,
+            giving_up: false,
             authenticated: false,
             sessions_closed: 0,
             forced: false,
@@ -345,10 +371,12 @@ impl Actor for ConnectionActor {
                     debug!(?end, "transport ended");
                     state.transport = Some(end);
                     if !state.closing {
-                        state.closing = true;
+                        state.enter_closing();
                         let grace = state.policy.kill_grace;
                         state.end_sessions(None, grace);
-                        state.after(&myself, grace + GIVE_UP_MARGIN, || ConnectionMsg::GiveUp);
+                        state.after(&myself, grace.saturating_add(GIVE_UP_MARGIN), || {
+                            ConnectionMsg::GiveUp
+                        });
                     } else {
                         for (_, session) in state.sessions.values() {
                             let _ = session.cast(SessionMsg::ClientClosed);
@@ -385,9 +413,11 @@ impl Actor for ConnectionActor {
                     }
                 }
                 ConnectionMsg::GraceElapsed => {
-                    if state.outcome.is_some() {
+                    // Only the first grace to run out acts (a shorter later kill arms its own).
+                    if state.outcome.is_some() || state.grace_ran_out {
                         return;
                     }
+                    state.grace_ran_out = true;
                     warn!(
                         sessions = state.sessions.len(),
                         "grace ran out: forcing the connection's end"
@@ -414,18 +444,29 @@ impl Actor for ConnectionActor {
                     if state.outcome.is_some() {
                         return;
                     }
+                    if state.giving_up {
+                        warn!("sessions did not stop even when killed: stopping anyway");
+                        state.stop(&myself);
+                        return;
+                    }
                     warn!(
                         sessions = state.sessions.len(),
                         "the connection did not wind down: killing what is left"
                     );
+                    state.giving_up = true;
                     state.forced = true;
+                    state.enter_closing();
                     for (_, session) in state.sessions.values() {
                         session.kill();
                     }
                     if state.transport.is_none() {
                         state.link.abort();
+                        state.transport = Some(TransportEnd::Aborted);
                     }
-                    state.stop(&myself);
+                    // The killed sessions' ends come as supervision events; then `advance` stops
+                    // this actor. Should even that not happen, the next give-up stops it.
+                    state.after(&myself, GIVE_UP_MARGIN, || ConnectionMsg::GiveUp);
+                    state.advance(&myself);
                 }
             }
         }
@@ -496,4 +537,9 @@ impl Actor for ConnectionActor {
         }
         Ok(())
     }
+}
+
+/// An instant far enough ahead to mean "never" (a grace too long to add to now).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }

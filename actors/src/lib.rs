@@ -41,7 +41,7 @@ pub use report::{
     ConnState, ConnectionInfo, DisconnectCause, Event, KillError, KillReport, Refusal, SessionExit,
     SessionInfo, SessionKind,
 };
-pub use session::{SessionActor, SessionMsg};
+pub use session::{SessionActor, SessionMsg, StartRefusal};
 pub use supervisor::{SupervisorActor, SupervisorArgs, SupervisorMsg};
 
 /// The default grace of a kill: how long sessions get to end politely before they are forced.

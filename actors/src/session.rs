@@ -49,11 +49,12 @@ pub struct SessionArgs {
 /// Messages a session actor handles.
 pub enum SessionMsg {
     /// Start what the client asked for (exec, shell, subsystem). A session runs one thing.
+    /// When the work cannot be started the session ends itself (its channel is closed).
     Start {
         /// What to run.
         request: SessionRequest,
-        /// `Err` carries a text fit for the client.
-        reply: RpcReplyPort<Result<(), String>>,
+        /// Why it was not started, when it was not.
+        reply: RpcReplyPort<Result<(), StartRefusal>>,
     },
     /// The client sent bytes on the channel.
     Data {
@@ -82,6 +83,20 @@ pub enum SessionMsg {
     GraceElapsed,
     /// A forced end did not report back within [`FORCE_MARGIN`].
     GiveUp,
+}
+
+/// Why a session did not start what the client asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartRefusal {
+    /// The session already runs something; it goes on unchanged.
+    #[error("this session already runs something: open a new channel")]
+    AlreadyStarted,
+    /// The session is ending.
+    #[error("the session is closing")]
+    Closing,
+    /// The work could not be started (the text is fit for the client); the session ends.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// How a session ended, read by its parent from the final state.
@@ -183,14 +198,14 @@ impl Actor for SessionActor {
             match msg {
                 SessionMsg::Start { request, reply } => {
                     let result = if state.ending {
-                        Err("the session is closing".to_string())
+                        Err(StartRefusal::Closing)
                     } else if state.started {
-                        Err("this session already runs something: open a new channel".to_string())
+                        Err(StartRefusal::AlreadyStarted)
                     } else {
                         let events = SessionEvents {
                             actor: myself.clone(),
                         };
-                        state.link.start(&request, events)
+                        state.link.start(&request, events).map_err(StartRefusal::Failed)
                     };
                     match &result {
                         Ok(()) => {
@@ -205,7 +220,13 @@ impl Actor for SessionActor {
                         }
                         Err(e) => info!(error = %e, "session request refused"),
                     }
+                    let failed = matches!(result, Err(StartRefusal::Failed(_)));
                     let _ = reply.send(result);
+                    if failed {
+                        // Nothing runs and nothing will: the session is over.
+                        let grace = state.close_grace;
+                        state.begin_end(&myself, grace, EndScope::Session);
+                    }
                 }
                 SessionMsg::Data { data } => {
                     if !state.ending {

@@ -125,6 +125,9 @@ pub enum SupervisorMsg {
 /// Notices from connection and session actors to the supervisor.
 #[doc(hidden)]
 pub enum Notice {
+    Closing {
+        conn: ConnId,
+    },
     Authenticated {
         conn: ConnId,
         user: String,
@@ -178,7 +181,6 @@ struct ConnEntry {
     info: ConnectionInfo,
     sessions: Vec<SessionEntry>,
     waiters: Vec<Waiter>,
-    kill_sent: bool,
 }
 
 struct Group {
@@ -215,15 +217,13 @@ impl SupervisorState {
     ) {
         if let Some(entry) = self.conns.get_mut(&conn) {
             entry.info.state = ConnState::Closing;
-            if !entry.kill_sent {
-                entry.kill_sent = true;
-                // If the actor is already gone its termination event is queued and answers.
-                let _ = entry.actor.cast(ConnectionMsg::Kill {
-                    reason: reason.to_string(),
-                    grace,
-                    by: by.clone(),
-                });
-            }
+            // Every kill goes on: a later one with a shorter grace brings the end closer. If the
+            // actor is already gone its termination is queued and answers.
+            let _ = entry.actor.cast(ConnectionMsg::Kill {
+                reason: reason.to_string(),
+                grace,
+                by: by.clone(),
+            });
         }
     }
 
@@ -387,7 +387,6 @@ impl Actor for SupervisorActor {
                                 },
                                 sessions: Vec::new(),
                                 waiters: Vec::new(),
-                                kill_sent: false,
                             },
                         );
                         state.events.send(Event::Connected { conn: id, peer });
@@ -448,15 +447,12 @@ impl Actor for SupervisorActor {
                         });
                         match found {
                             Some((actor, s)) => {
-                                let first = s.waiters.is_empty();
                                 s.waiters.push(waiter);
-                                if first {
-                                    let _ = actor.cast(ConnectionMsg::KillSession {
-                                        session,
-                                        reason,
-                                        grace,
-                                    });
-                                }
+                                let _ = actor.cast(ConnectionMsg::KillSession {
+                                    session,
+                                    reason,
+                                    grace,
+                                });
                             }
                             None => {
                                 let _ = waiter.reply.send(Err(KillError::NotFound(target)));
@@ -488,6 +484,11 @@ impl Actor for SupervisorActor {
                 });
             }
             SupervisorMsg::Notice(notice) => match notice {
+                Notice::Closing { conn } => {
+                    if let Some(entry) = state.conns.get_mut(&conn) {
+                        entry.info.state = ConnState::Closing;
+                    }
+                }
                 Notice::Authenticated {
                     conn,
                     user,
