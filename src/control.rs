@@ -16,6 +16,7 @@
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::rpc::CallResult;
@@ -27,7 +28,8 @@ use sshvisor_actors::{
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
 use tokio::task::JoinHandle;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -36,6 +38,15 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 
 /// How long a request may wait on the supervisor beyond a kill's grace.
 const CALL_MARGIN: Duration = Duration::from_secs(10);
+
+/// Requests of one control connection that may be under way (or answered but unread) at once.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// How long writing one answer may take before a client that does not read is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest grace a kill may ask for.
+pub const MAX_GRACE: Duration = Duration::from_secs(3600);
 
 /// The commands of the control protocol.
 pub const COMMANDS: &[&str] = &["ls", "show", "kill", "kill_all"];
@@ -220,25 +231,38 @@ async fn serve_client(
     uid: u32,
 ) {
     let (read, mut write) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
+    // Each queued response holds its request's permit until it is written, so a client that
+    // sends without reading is held back once MAX_IN_FLIGHT answers wait for it.
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Response, Option<OwnedSemaphorePermit>)>();
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let writer = tokio::spawn(async move {
-        while let Some(response) = rx.recv().await {
+        while let Some((response, _permit)) = rx.recv().await {
             let mut line = serde_json::to_vec(&response).unwrap_or_default();
             line.push(b'\n');
-            if write.write_all(&line).await.is_err() {
-                return;
+            match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&line)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    warn!("control client stopped reading its answers: closing");
+                    return;
+                }
             }
         }
     });
+    let mut requests = JoinSet::new();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
     loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         line.clear();
-        let n = match (&mut reader)
-            .take(MAX_REQUEST as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await
-        {
+        let mut limited = (&mut reader).take(MAX_REQUEST as u64 + 1);
+        let read = tokio::select! {
+            read = limited.read_until(b'\n', &mut line) => read,
+            () = tx.closed() => break,
+        };
+        let n = match read {
             Ok(n) => n,
             Err(e) => {
                 warn!(error = %e, "control read failed");
@@ -250,9 +274,12 @@ async fn serve_client(
         }
         if line.len() > MAX_REQUEST {
             warn!(bytes = line.len(), "control request too long");
-            let _ = tx.send(Response::err(
-                0,
-                format!("request too long: the limit is {MAX_REQUEST} bytes per line"),
+            let _ = tx.send((
+                Response::err(
+                    0,
+                    format!("request too long: the limit is {MAX_REQUEST} bytes per line"),
+                ),
+                Some(permit),
             ));
             break;
         }
@@ -265,19 +292,36 @@ async fn serve_client(
                 let tx = tx.clone();
                 let supervisor = supervisor.clone();
                 let defaults = defaults.clone();
-                tokio::spawn(
+                requests.spawn(
                     async move {
-                        let response = execute(request, &supervisor, &defaults, uid).await;
-                        let _ = tx.send(response);
+                        let id = request.id;
+                        // A bug in one request must still produce its answer.
+                        let run = tokio::spawn(
+                            async move { execute(request, &supervisor, &defaults, uid).await }
+                                .in_current_span(),
+                        );
+                        let response = run.await.unwrap_or_else(|e| {
+                            warn!(error = %e, "control request failed internally");
+                            Response::err(id, "internal error: see the server log")
+                        });
+                        let _ = tx.send((response, Some(permit)));
                     }
                     .in_current_span(),
                 );
             }
             Err(response) => {
                 warn!(error = response.error.as_deref(), "bad control request");
-                let _ = tx.send(response);
+                let _ = tx.send((response, Some(permit)));
             }
         }
+        // Forget requests that are done.
+        while requests.try_join_next().is_some() {}
+    }
+    // The client may have half-closed after its requests (a script): answer what is in flight,
+    // unless nobody reads any more.
+    tokio::select! {
+        () = async { while requests.join_next().await.is_some() {} } => {}
+        () = tx.closed() => requests.abort_all(),
     }
     drop(tx);
     let _ = writer.await;
@@ -319,9 +363,21 @@ pub fn parse_request(text: &str) -> Result<Request, Response> {
 fn parse_grace(text: Option<&str>, default: Duration) -> Result<Duration, String> {
     match text {
         None => Ok(default),
-        Some(text) => humantime::parse_duration(text)
-            .map_err(|e| format!("invalid grace {text:?}: {e} (use e.g. \"5s\", \"500ms\")")),
+        Some(text) => grace_from_str(text),
     }
+}
+
+/// Parses a kill grace (humantime, at most [`MAX_GRACE`]), with an error fit for a person.
+pub fn grace_from_str(text: &str) -> Result<Duration, String> {
+    let grace = humantime::parse_duration(text)
+        .map_err(|e| format!("invalid grace {text:?}: {e} (use e.g. \"5s\", \"500ms\")"))?;
+    if grace > MAX_GRACE {
+        return Err(format!(
+            "grace {text:?} is too long: at most {}",
+            humantime::format_duration(MAX_GRACE)
+        ));
+    }
+    Ok(grace)
 }
 
 async fn list(supervisor: &ActorRef<SupervisorMsg>) -> Result<Vec<ConnectionInfo>, String> {
@@ -413,7 +469,7 @@ async fn run(
                         by,
                         reply,
                     },
-                    Some(grace + CALL_MARGIN),
+                    Some(grace.saturating_add(CALL_MARGIN)),
                 )
                 .await;
             match answer {
@@ -439,7 +495,7 @@ async fn run(
                         by,
                         reply,
                     },
-                    Some(grace + CALL_MARGIN * 3),
+                    Some(grace.saturating_add(CALL_MARGIN * 3)),
                 )
                 .await
             {

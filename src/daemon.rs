@@ -236,7 +236,7 @@ impl Daemon {
                     by: Some("shutdown".into()),
                     reply,
                 },
-                Some(grace + Duration::from_secs(10)),
+                Some(grace.saturating_add(Duration::from_secs(10))),
             )
             .await
         {
@@ -280,11 +280,36 @@ fn write_known_hosts(path: &Path, addr: SocketAddr, key: &PrivateKey) -> std::io
 fn connect_command(key: &Path, known_hosts: &Path, addr: SocketAddr) -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "sshvisor".into());
     format!(
-        "ssh -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -p {} {}@{} 'echo hello from sshvisor'",
-        key.display(),
-        known_hosts.display(),
+        "ssh -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} -p {} {} 'echo hello from sshvisor'",
+        shell_quote(&key.display().to_string()),
+        shell_quote(&known_hosts.display().to_string()),
         addr.port(),
-        user,
-        host_for(addr)
+        shell_quote(&format!("{user}@{}", host_for(addr)))
     )
+}
+
+/// Quotes `text` for a POSIX shell when it needs it, so the printed line can be pasted as is.
+fn shell_quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_with_spaces_and_quotes_are_quoted_for_the_shell() {
+        assert_eq!(shell_quote(".sshvisor/client_ed25519"), ".sshvisor/client_ed25519");
+        assert_eq!(shell_quote("my dir/key"), "'my dir/key'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("::1"), "::1");
+    }
 }

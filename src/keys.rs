@@ -84,7 +84,9 @@ pub struct AuthorizedKeys {
 }
 
 impl AuthorizedKeys {
-    /// Reads an OpenSSH authorized_keys file. Options on a line are ignored.
+    /// Reads an OpenSSH authorized_keys file. A line with options (`from=`, `command=`,
+    /// `restrict`, ...) is refused: sshvisor does not enforce them yet, and silently granting
+    /// full access to a key meant to be restricted would be worse than not starting.
     pub fn read_file(path: &Path) -> Result<Self, KeyError> {
         let text = fs::read_to_string(path).map_err(|e| KeyError::Authorized {
             path: path.to_path_buf(),
@@ -96,6 +98,16 @@ impl AuthorizedKeys {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
+            if !entry.config_opts().is_empty() {
+                return Err(KeyError::Authorized {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "the key {} has options ({}), which sshvisor does not support yet: remove them or the line",
+                        fingerprint(entry.public_key()),
+                        entry.config_opts().as_str()
+                    ),
+                });
+            }
             keys.push(entry.public_key().key_data().clone());
         }
         if keys.is_empty() {
@@ -178,5 +190,10 @@ mod tests {
         fs::write(&file, "ssh-ed25519 not-base64!!\n").unwrap();
         assert!(AuthorizedKeys::read_file(&file).is_err());
         assert!(AuthorizedKeys::read_file(&dir.path().join("missing")).is_err());
+        let (key, _) = load_or_create_key(&dir.path().join("k"), "x").unwrap();
+        let line = key.public_key().to_openssh().unwrap();
+        fs::write(&file, format!("from=\"10.0.0.1\" {line}\n")).unwrap();
+        let err = AuthorizedKeys::read_file(&file).unwrap_err().to_string();
+        assert!(err.contains("has options (from=\"10.0.0.1\")"), "{err}");
     }
 }

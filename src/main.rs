@@ -34,7 +34,7 @@ enum Cmd {
         #[arg(long)]
         authorized_keys: Option<PathBuf>,
         /// Grace of kills that name none, and of the shutdown (humantime: 5s, 500ms).
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = sshvisor::control::grace_from_str)]
         kill_grace: Duration,
     },
     /// Inspect and control a running server through its control socket.
@@ -75,7 +75,7 @@ enum CtlCmd {
         #[arg(long)]
         reason: Option<String>,
         /// How long sessions get to end politely before they are forced (humantime).
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = sshvisor::control::grace_from_str)]
         grace: Duration,
         /// Print each report as JSON.
         #[arg(long)]
@@ -233,18 +233,25 @@ async fn kill(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    // All kills go out at once; each report is printed as soon as its target is gone.
+    // Kills go out together (a bounded window of them); each report is printed as soon as its
+    // target is gone.
+    const WINDOW: usize = 64;
+    let mut queue = ids.into_iter();
     let mut pending = std::collections::HashMap::new();
-    for id in ids {
-        let request = CtlCommand::Kill {
-            target: id.clone(),
-            reason: reason.clone(),
-            grace: grace.clone(),
-        };
-        pending.insert(client.send(request).await?, id);
-    }
     let mut failed = false;
-    while !pending.is_empty() {
+    loop {
+        while pending.len() < WINDOW {
+            let Some(id) = queue.next() else { break };
+            let request = CtlCommand::Kill {
+                target: id.clone(),
+                reason: reason.clone(),
+                grace: grace.clone(),
+            };
+            pending.insert(client.send(request).await?, id);
+        }
+        if pending.is_empty() {
+            break;
+        }
         let response = client.recv().await?;
         let Some(id) = pending.remove(&response.id) else {
             continue;

@@ -83,3 +83,60 @@ async fn a_kill_after_the_client_left_still_keeps_its_own_shorter_grace() {
         "the kill waited for the longer grace: {took:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_second_kill_with_a_shorter_grace_is_answered_within_its_own_grace() {
+    let h = Harness::start().await;
+    let c = h.connect("c1", Client::Healthy).await;
+    c.authenticate("carol");
+    let s = h.open_started(&c, "c1/stubborn", Work::Stubborn).await;
+    let sup = h.sup.clone();
+    let conn = c.id;
+    let slow = tokio::spawn(async move {
+        kill(&sup, Target::Connection(conn), "slow", Duration::from_secs(30)).await
+    });
+    // Let the first kill reach the connection before the second one.
+    h.log
+        .wait_for("the stubborn session is asked to end", |e| {
+            matches!(e, LogEvent::Terminate { .. })
+        })
+        .await;
+    let start = Instant::now();
+    let report = h
+        .kill(Target::Connection(c.id), "now", Duration::from_secs(1))
+        .await
+        .expect("the second kill answers");
+    let took = start.elapsed();
+    assert!(report.forced);
+    assert!(took < Duration::from_secs(3), "waited for the first kill's grace: {took:?}");
+    let first = slow.await.unwrap().expect("the first kill answers too");
+    assert!(first.forced);
+    let _ = s;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_session_kill_with_a_shorter_grace_is_answered_within_its_own_grace() {
+    let h = Harness::start().await;
+    let c = h.connect("c1", Client::Healthy).await;
+    c.authenticate("dan");
+    let s = h.open_started(&c, "c1/stubborn", Work::Stubborn).await;
+    let sup = h.sup.clone();
+    let session = s.id;
+    let slow = tokio::spawn(async move {
+        kill(&sup, Target::Session(session), "slow", Duration::from_secs(30)).await
+    });
+    h.log
+        .wait_for("the stubborn session is asked to end", |e| {
+            matches!(e, LogEvent::Terminate { .. })
+        })
+        .await;
+    let start = Instant::now();
+    let report = h
+        .kill(Target::Session(s.id), "now", Duration::from_secs(1))
+        .await
+        .expect("the second kill answers");
+    assert!(report.forced);
+    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(slow.await.unwrap().is_ok());
+    assert!(h.listed(c.id).await.is_some(), "the connection stays");
+}
