@@ -307,7 +307,10 @@ mod tests {
 
     #[test]
     fn paths_with_spaces_and_quotes_are_quoted_for_the_shell() {
-        assert_eq!(shell_quote(".sshvisor/client_ed25519"), ".sshvisor/client_ed25519");
+        assert_eq!(
+            shell_quote(".sshvisor/client_ed25519"),
+            ".sshvisor/client_ed25519"
+        );
         assert_eq!(shell_quote("my dir/key"), "'my dir/key'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote("::1"), "::1");

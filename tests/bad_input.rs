@@ -168,6 +168,19 @@ async fn bad_control_requests_get_clear_errors_and_the_socket_serves_on() {
     )
     .await;
     assert!(r["error"].as_str().unwrap().contains("invalid grace"));
+    let r = roundtrip(
+        &mut ctl,
+        b"{\"id\":12,\"cmd\":\"kill\",\"target\":\"ab\",\"grace\":\"18446744073709551615s\"}\n",
+    )
+    .await;
+    assert_eq!(r["id"], 12);
+    assert!(r["error"].as_str().unwrap().contains("grace"), "{r}");
+    let r = roundtrip(
+        &mut ctl,
+        b"{\"id\":13,\"cmd\":\"kill_all\",\"grace\":\"3h\"}\n",
+    )
+    .await;
+    assert!(r["error"].as_str().unwrap().contains("too long"), "{r}");
     let r = roundtrip(&mut ctl, b"{\"id\":11,\"cmd\":\"ls\"}\n").await;
     assert_eq!(r["ok"], true);
     assert_eq!(r["result"], serde_json::json!([]));
@@ -240,4 +253,30 @@ async fn another_user_is_refused_by_peer_credentials_even_if_the_file_mode_allow
     // The owner still gets in.
     let out = server.ctl(&["ls"]).output().await.unwrap();
     assert!(out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_client_that_never_reads_does_not_hold_up_the_others() {
+    let server = TestServer::start().await;
+    let path = server.state_dir().join("ctl.sock");
+    let mut greedy = UnixStream::connect(&path).await.unwrap();
+    let mut burst = Vec::new();
+    for id in 0..2000 {
+        burst.extend_from_slice(format!("{{\"id\":{id},\"cmd\":\"ls\"}}\n").as_bytes());
+    }
+    // Written from a task: the server stops reading this client once enough answers wait.
+    let writer = tokio::spawn(async move {
+        let _ = greedy.write_all(&burst).await;
+        greedy
+    });
+    for _ in 0..3 {
+        let out = tokio::time::timeout(WAIT, server.ctl(&["ls", "--json"]).output())
+            .await
+            .expect("ctl answers while another client hogs the socket")
+            .unwrap();
+        assert!(out.status.success());
+    }
+    let out = server.ssh("nora").arg("echo ok").output().await.unwrap();
+    assert_eq!(text(&out.stdout), "ok\n");
+    writer.abort();
 }

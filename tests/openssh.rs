@@ -176,19 +176,22 @@ async fn a_client_that_stops_reading_is_cut_after_the_grace_and_the_report_says_
     let mut ssh = server.ssh("dave").arg("yes 987004").spawn().unwrap();
     let session = wait_started(&mut events, "yes 987004").await;
     let pid = ssh.id().unwrap() as i32;
-    // The client stops reading: the server's window and buffers fill up.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let conn = server
         .list()
         .await
         .into_iter()
         .find(|c| c.sessions.iter().any(|s| s.id == session))
         .unwrap();
+    // The client stops reading: wait until its socket holds unread output from the server.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    eventually("the stopped client's socket fills up", || {
+        tcp_rx_queue(conn.peer).is_some_and(|queued| queued > 64 * 1024)
+    })
+    .await;
 
     let grace = Duration::from_secs(1);
     let started = Instant::now();

@@ -86,13 +86,28 @@ async fn a_killed_russh_client_receives_the_reason_and_every_session_closes_firs
     .unwrap();
     assert_eq!(report.sessions_closed, 2);
     assert!(!report.forced);
-    // Both channels saw their process end and their close before the disconnect.
     assert_eq!(drain(&mut a).await.signal.as_deref(), Some("HUP"));
     assert_eq!(drain(&mut b).await.signal.as_deref(), Some("HUP"));
     eventually("the client saw the disconnect", || {
         client.disconnect.lock().unwrap().is_some()
     })
     .await;
+    // Both sessions ended (exit signal, EOF) before the disconnect reached the client.
+    let (ida, idb) = (a.id(), b.id());
+    let disconnect = client.log.position("disconnect ").unwrap();
+    for prefix in [
+        format!("exit-signal {ida} HUP"),
+        format!("eof {ida}"),
+        format!("exit-signal {idb} HUP"),
+        format!("eof {idb}"),
+    ] {
+        let at = client.log.position(&prefix);
+        assert!(
+            at.is_some_and(|at| at < disconnect),
+            "{prefix} not before the disconnect: {:?}",
+            client.log.entries()
+        );
+    }
     assert_eq!(
         client.disconnect.lock().unwrap().as_deref(),
         Some("access revoked")
@@ -117,4 +132,99 @@ async fn a_client_closing_its_channel_ends_the_process() {
     .await;
     assert!(processes_with_argv(&["sleep", "987013"]).is_empty());
     assert_eq!(server.list().await[0].sessions.len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_ends_its_session_and_leaves_no_ghost() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    let client = server.russh_client("kim").await;
+    for _ in 0..3 {
+        let mut channel = client.handle.channel_open_session().await.unwrap();
+        channel.request_shell(true).await.unwrap();
+        let result = drain(&mut channel).await;
+        assert_eq!(result.status, Some(1));
+        assert!(text(&result.stderr).contains("interactive shells are not supported yet"));
+        wait_event(&mut events, |e| match e {
+            sshvisor_actors::Event::SessionClosed { .. } => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    let listed = server.list().await;
+    assert_eq!(listed.len(), 1);
+    assert!(
+        listed[0].sessions.is_empty(),
+        "ghost sessions: {:?}",
+        listed[0].sessions
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_exec_on_one_channel_is_refused_and_the_first_runs_on() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    let client = server.russh_client("lea").await;
+    let mut channel = client.handle.channel_open_session().await.unwrap();
+    channel
+        .exec(true, "read line; echo got $line")
+        .await
+        .unwrap();
+    wait_started(&mut events, "read line; echo got $line").await;
+    channel.exec(true, "echo intruder").await.unwrap();
+    let id = channel.id();
+    eventually("the second exec is refused", || {
+        client.log.position(&format!("failure {id}")).is_some()
+    })
+    .await;
+    channel.data_bytes(&b"hello\n"[..]).await.unwrap();
+    let result = drain(&mut channel).await;
+    assert_eq!(text(&result.stdout), "got hello\n");
+    assert_eq!(result.status, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_a_command_that_does_not_read_is_held_back_and_still_killable() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    let client = server.russh_client("max").await;
+    let channel = client.handle.channel_open_session().await.unwrap();
+    channel.exec(true, "sleep 987031").await.unwrap();
+    let session = wait_started(&mut events, "sleep 987031").await;
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let before = rss();
+    // 64 MiB towards a command that never reads: the server must stop taking it.
+    let flood = {
+        let chunk = vec![b'x'; 1 << 20];
+        async move {
+            for _ in 0..64 {
+                channel.data_bytes(chunk.clone()).await.unwrap();
+            }
+        }
+    };
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(3), flood).await;
+    assert!(
+        finished.is_err(),
+        "64 MiB were accepted by a command that reads nothing"
+    );
+    let grown_kib = rss().saturating_sub(before);
+    assert!(
+        grown_kib < 24 * 1024,
+        "memory grew by {grown_kib} KiB under the flood"
+    );
+
+    // The held-back connection is still fully under control.
+    let out = server
+        .ctl(&["kill", &session.to_string(), "--grace", "1s"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut again = client.handle.channel_open_session().await.unwrap();
+    again.exec(true, "echo after").await.unwrap();
+    assert_eq!(text(&drain(&mut again).await.stdout), "after\n");
 }

@@ -93,7 +93,13 @@ async fn a_second_kill_with_a_shorter_grace_is_answered_within_its_own_grace() {
     let sup = h.sup.clone();
     let conn = c.id;
     let slow = tokio::spawn(async move {
-        kill(&sup, Target::Connection(conn), "slow", Duration::from_secs(30)).await
+        kill(
+            &sup,
+            Target::Connection(conn),
+            "slow",
+            Duration::from_secs(30),
+        )
+        .await
     });
     // Let the first kill reach the connection before the second one.
     h.log
@@ -108,7 +114,10 @@ async fn a_second_kill_with_a_shorter_grace_is_answered_within_its_own_grace() {
         .expect("the second kill answers");
     let took = start.elapsed();
     assert!(report.forced);
-    assert!(took < Duration::from_secs(3), "waited for the first kill's grace: {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "waited for the first kill's grace: {took:?}"
+    );
     let first = slow.await.unwrap().expect("the first kill answers too");
     assert!(first.forced);
     let _ = s;
@@ -123,7 +132,13 @@ async fn a_second_session_kill_with_a_shorter_grace_is_answered_within_its_own_g
     let sup = h.sup.clone();
     let session = s.id;
     let slow = tokio::spawn(async move {
-        kill(&sup, Target::Session(session), "slow", Duration::from_secs(30)).await
+        kill(
+            &sup,
+            Target::Session(session),
+            "slow",
+            Duration::from_secs(30),
+        )
+        .await
     });
     h.log
         .wait_for("the stubborn session is asked to end", |e| {
@@ -136,7 +151,11 @@ async fn a_second_session_kill_with_a_shorter_grace_is_answered_within_its_own_g
         .await
         .expect("the second kill answers");
     assert!(report.forced);
-    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(slow.await.unwrap().is_ok());
     assert!(h.listed(c.id).await.is_some(), "the connection stays");
 }

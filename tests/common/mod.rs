@@ -115,11 +115,13 @@ impl TestServer {
             ..Default::default()
         });
         let recorder = Recorder::default();
+        let log = ClientLog::default();
         let mut handle = client::connect(
             config,
             ("127.0.0.1", self.port()),
             ClientHandler {
                 disconnect: recorder.clone(),
+                log: log.clone(),
             },
         )
         .await
@@ -133,6 +135,7 @@ impl TestServer {
         Client {
             handle,
             disconnect: recorder,
+            log,
         }
     }
 }
@@ -140,8 +143,29 @@ impl TestServer {
 /// What the server said when it disconnected a russh client.
 pub type Recorder = Arc<Mutex<Option<String>>>;
 
+/// What a russh client saw, in order: `eof N`, `close N`, `exit-signal N SIG`,
+/// `exit-status N CODE`, `failure N`, `disconnect TEXT`.
+#[derive(Clone, Default)]
+pub struct ClientLog(Arc<Mutex<Vec<String>>>);
+
+impl ClientLog {
+    fn push(&self, entry: String) {
+        self.0.lock().unwrap().push(entry);
+    }
+
+    pub fn entries(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The position of the first entry starting with `prefix`.
+    pub fn position(&self, prefix: &str) -> Option<usize> {
+        self.entries().iter().position(|e| e.starts_with(prefix))
+    }
+}
+
 pub struct ClientHandler {
     disconnect: Recorder,
+    log: ClientLog,
 }
 
 impl client::Handler for ClientHandler {
@@ -154,12 +178,63 @@ impl client::Handler for ClientHandler {
         Ok(true)
     }
 
+    async fn channel_eof(
+        &mut self,
+        channel: russh::ChannelId,
+        _: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.log.push(format!("eof {channel}"));
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: russh::ChannelId,
+        _: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.log.push(format!("close {channel}"));
+        Ok(())
+    }
+
+    async fn channel_failure(
+        &mut self,
+        channel: russh::ChannelId,
+        _: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.log.push(format!("failure {channel}"));
+        Ok(())
+    }
+
+    async fn exit_status(
+        &mut self,
+        channel: russh::ChannelId,
+        code: u32,
+        _: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.log.push(format!("exit-status {channel} {code}"));
+        Ok(())
+    }
+
+    async fn exit_signal(
+        &mut self,
+        channel: russh::ChannelId,
+        signal: russh::Sig,
+        _core_dumped: bool,
+        _message: &str,
+        _lang: &str,
+        _: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.log.push(format!("exit-signal {channel} {signal:?}"));
+        Ok(())
+    }
+
     async fn disconnected(
         &mut self,
         reason: client::DisconnectReason<Self::Error>,
     ) -> Result<(), Self::Error> {
         if let client::DisconnectReason::ReceivedDisconnect(info) = &reason {
             *self.disconnect.lock().unwrap() = Some(info.message.clone());
+            self.log.push(format!("disconnect {}", info.message));
         }
         match reason {
             client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
@@ -171,6 +246,7 @@ impl client::Handler for ClientHandler {
 pub struct Client {
     pub handle: client::Handle<ClientHandler>,
     pub disconnect: Recorder,
+    pub log: ClientLog,
 }
 
 /// Output and end of one exec channel.
@@ -271,4 +347,27 @@ pub fn text(bytes: &[u8]) -> String {
 
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// Bytes waiting unread in the receive queue of the local TCP socket bound to `local`
+/// (IPv4 only), from /proc/net/tcp.
+pub fn tcp_rx_queue(local: std::net::SocketAddr) -> Option<u64> {
+    let std::net::SocketAddr::V4(local) = local else {
+        return None;
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(local.ip().octets()),
+        local.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&want.as_str()) {
+            return None;
+        }
+        let queues = fields.get(4)?;
+        let rx = queues.split(':').nth(1)?;
+        u64::from_str_radix(rx, 16).ok()
+    })
 }
