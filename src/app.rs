@@ -1,18 +1,25 @@
-//! The default session application: `exec` runs the command through `sh -c` as the server's own
-//! user, in its own process group, with the channel as stdin/stdout/stderr and the exit status
-//! (or the signal) sent back to the client.
+//! The default session application: commands and interactive shells as the server's own user.
 //!
-//! It is the [`SessionLink`] of one session channel. Ending a session ends its process group:
-//! SIGHUP on [`terminate`](SessionLink::terminate), SIGKILL on [`force`](SessionLink::force),
-//! and SIGKILL to whatever is left of the group once the session is over or the link is dropped.
+//! `exec` runs the command through `sh -c`; `shell` runs the user's login shell. With a terminal
+//! (`pty-req` first) the process gets its own session with the terminal as its controlling tty;
+//! without, it runs in its own process group with pipes. Either way the exit status (or the
+//! signal) goes back to the client.
 //!
-//! The group's leader is watched through a pidfd and reaped only at the very end: until then
-//! it holds its process ID, so the group ID can never be recycled under a signal of ours.
-//! Stdin is a bounded queue written straight by the russh handler, so a client that floods a
-//! command that does not read is held back by TCP instead of filling the server's memory.
+//! It is the [`SessionLink`] of one session channel. Ending a session ends every process it
+//! started: SIGHUP on [`terminate`](SessionLink::terminate), SIGKILL on
+//! [`force`](SessionLink::force), and SIGKILL to whatever is left once the session is over or
+//! the link is dropped — the process group, and every process carrying the session's mark in
+//! its environment (see `procs`), so `setsid`, `nohup` and double forks do not escape.
+//!
+//! The leader is watched through a pidfd and reaped only at the very end: until then it holds
+//! its process ID, so the group ID can never be recycled under a signal of ours. Stdin is a
+//! bounded queue written straight by the russh handler, so a client that floods a command that
+//! does not read is held back by TCP instead of filling the server's memory.
 
+use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,13 +31,18 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use russh::server::Handle;
 use russh::{ChannelId, Sig};
-use sshvisor_actors::{EndScope, SessionEvents, SessionExit, SessionLink, SessionRequest, Winding};
+use sshvisor_actors::{
+    EndScope, PtySpec, SessionEvents, SessionExit, SessionLink, SessionRequest, Winding,
+};
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
+
+use crate::procs;
+use crate::pty;
 
 /// How long the last messages of a session (exit status, EOF, CLOSE) may wait for room in the
 /// connection's send queue before they are given up.
@@ -40,58 +52,132 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
 /// russh handler waits, which stops reading the client's TCP stream.
 pub const STDIN_QUEUE: usize = 16;
 
-/// What a session's process runs with, beyond its command.
+/// After a terminal session's shell exits, how long its remaining output may take to drain
+/// (background jobs may hold the terminal open forever).
+const PTY_DRAIN: Duration = Duration::from_millis(200);
+
+/// How long the session's marked processes may take to disappear after the final SIGKILL.
+const VANISH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The most environment variables one session may set, and the longest value.
+pub const MAX_ENV_VARS: usize = 64;
+/// The longest environment value accepted.
+pub const MAX_ENV_VALUE: usize = 4096;
+
+/// What sessions run with: the user, their shells, and which client variables are accepted.
 #[derive(Debug, Clone)]
 pub struct ExecEnv {
-    /// The user's home directory: the working directory of every command.
-    pub home: std::path::PathBuf,
-    /// The shell that runs commands (`/bin/sh`).
-    pub shell: std::path::PathBuf,
+    /// The user's name (`USER`, `LOGNAME`).
+    pub user: String,
+    /// The user's home directory: the working directory of every command (`HOME`).
+    pub home: PathBuf,
+    /// The user's login shell, for interactive sessions (`SHELL`).
+    pub login_shell: PathBuf,
+    /// The shell that runs `exec` commands (`/bin/sh -c`).
+    pub shell: PathBuf,
+    /// `PATH` for sessions.
+    pub path: String,
+    /// Client environment names accepted besides `LANG`, `LC_*` and `TERM`.
+    pub accept_env: Vec<String>,
 }
 
 impl Default for ExecEnv {
     fn default() -> Self {
+        let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten();
+        let user = me
+            .as_ref()
+            .map(|u| u.name.clone())
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "sshvisor".into());
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .or_else(|| me.as_ref().map(|u| u.dir.clone()))
+            .unwrap_or_else(|| "/".into());
+        let login_shell = me
+            .as_ref()
+            .map(|u| u.shell.clone())
+            .filter(|s| s.is_file())
+            .unwrap_or_else(|| "/bin/sh".into());
         Self {
-            home: std::env::var_os("HOME")
-                .map(Into::into)
-                .unwrap_or_else(|| "/".into()),
+            user,
+            home,
+            login_shell,
             shell: "/bin/sh".into(),
+            path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+            accept_env: Vec::new(),
         }
     }
 }
 
-/// A process group whose leader is not reaped yet, so its ID stays ours.
+impl ExecEnv {
+    /// Whether a client may set `name` (`LANG`, `LC_*`, `TERM` and the configured names).
+    pub fn accepts(&self, name: &str) -> bool {
+        name == "LANG"
+            || name == "TERM"
+            || name.starts_with("LC_")
+            || self.accept_env.iter().any(|n| n == name)
+    }
+}
+
+/// The two ends of the connection a session runs on (for `SSH_CONNECTION`, `SSH_CLIENT`).
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoints {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The server's address the client reached.
+    pub local: SocketAddr,
+}
+
+/// The processes of one session: a group whose leader is not reaped yet (so its ID stays
+/// ours), plus everything carrying the session's mark.
 struct Group {
     pgid: Pid,
+    mark: String,
+    since: u64,
     reaped: Mutex<bool>,
 }
 
 impl Group {
-    /// Signals the whole group, unless its leader was already reaped.
+    /// Signals every process of the session.
     fn signal(&self, signal: Signal) {
-        let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
-        if *reaped {
-            return;
-        }
-        match killpg(self.pgid, signal) {
-            Ok(()) => debug!(
-                pgid = self.pgid.as_raw(),
-                ?signal,
-                "signalled process group"
-            ),
-            Err(nix::errno::Errno::ESRCH) => {}
-            Err(e) => {
-                warn!(pgid = self.pgid.as_raw(), ?signal, error = %e, "could not signal process group")
+        {
+            let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
+            // After the reap the group ID may belong to someone else: only marks count then.
+            if !*reaped {
+                match killpg(self.pgid, signal) {
+                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                    Err(e) => {
+                        warn!(pgid = self.pgid.as_raw(), ?signal, error = %e, "could not signal process group")
+                    }
+                }
             }
         }
+        let escaped = procs::signal_session(&self.mark, self.since, signal);
+        debug!(
+            pgid = self.pgid.as_raw(),
+            ?signal,
+            marked = escaped,
+            "signalled the session's processes"
+        );
     }
 
-    /// Kills what is left of the group, then reaps the (exited) leader. Called once the pidfd
-    /// said the leader exited, so `waitpid` does not block.
+    /// Signals only the process group (what a client's `signal` request reaches).
+    fn signal_group(&self, signal: Signal) -> Result<(), String> {
+        let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
+        if *reaped {
+            return Err("the session's processes have exited".into());
+        }
+        killpg(self.pgid, signal).map_err(|e| e.to_string())
+    }
+
+    /// Kills whatever is left of the session, then reaps the (exited) leader. Called once the
+    /// pidfd said the leader exited, so `waitpid` does not block.
     fn reap(&self) -> SessionExit {
         let mut reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
-        // Nothing started by the session outlives it.
         let _ = killpg(self.pgid, Signal::SIGKILL);
+        procs::signal_session(&self.mark, self.since, Signal::SIGKILL);
         let status = waitpid(self.pgid, None);
         *reaped = true;
         match status {
@@ -103,11 +189,25 @@ impl Group {
             Err(e) => SessionExit::Failed(format!("waiting for the command failed: {e}")),
         }
     }
+
+    /// Waits (bounded) until no marked process of the session is alive any more.
+    async fn vanished(&self) {
+        let deadline = tokio::time::Instant::now() + VANISH_TIMEOUT;
+        while !procs::session_processes(&self.mark, self.since).is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                warn!(mark = %self.mark, "some of the session's processes survived SIGKILL");
+                return;
+            }
+            procs::signal_session(&self.mark, self.since, Signal::SIGKILL);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 struct Running {
     group: Arc<Group>,
     feed: AbortHandle,
+    master: Option<pty::Master>,
     forced: Arc<Notify>,
     done: Arc<AtomicBool>,
     leave_channel_open: Arc<AtomicBool>,
@@ -118,6 +218,9 @@ pub struct ChannelSession {
     handle: Handle,
     channel: ChannelId,
     env: Arc<ExecEnv>,
+    ends: Endpoints,
+    pty: Option<PtySpec>,
+    vars: Vec<(String, String)>,
     stdin_tx: Option<mpsc::Sender<Bytes>>,
     stdin_rx: Option<mpsc::Receiver<Bytes>>,
     running: Option<Running>,
@@ -130,12 +233,16 @@ impl ChannelSession {
         handle: Handle,
         channel: ChannelId,
         env: Arc<ExecEnv>,
+        ends: Endpoints,
     ) -> (Self, mpsc::Sender<Bytes>) {
         let (tx, rx) = mpsc::channel(STDIN_QUEUE);
         let session = Self {
             handle,
             channel,
             env,
+            ends,
+            pty: None,
+            vars: Vec::new(),
             stdin_tx: Some(tx.clone()),
             stdin_rx: Some(rx),
             running: None,
@@ -153,37 +260,147 @@ impl ChannelSession {
         }
     }
 
-    fn spawn(&mut self, command: &str, events: SessionEvents) -> Result<Running, String> {
-        let mut child = std::process::Command::new(&self.env.shell)
-            .arg("-c")
-            .arg(command)
-            .current_dir(&self.env.home)
-            .process_group(0)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", self.env.shell.display()))?;
+    /// The command line and environment of a session.
+    fn command(
+        &self,
+        request: &SessionRequest,
+        mark: &str,
+    ) -> Result<std::process::Command, String> {
+        let env = &self.env;
+        let mut cmd = match request {
+            SessionRequest::Exec { command } => {
+                let mut cmd = std::process::Command::new(&env.shell);
+                cmd.arg("-c").arg(command);
+                cmd
+            }
+            SessionRequest::Shell => {
+                let mut cmd = std::process::Command::new(&env.login_shell);
+                let name = env
+                    .login_shell
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "sh".into());
+                // A leading dash makes it a login shell, as sshd does.
+                cmd.arg0(format!("-{name}"));
+                cmd
+            }
+            SessionRequest::Subsystem { name } => {
+                return Err(format!(
+                    "subsystem {name:?} is not available on this server"
+                ));
+            }
+        };
+        let Endpoints { peer, local } = self.ends;
+        cmd.current_dir(&env.home)
+            .env_clear()
+            .env("USER", &env.user)
+            .env("LOGNAME", &env.user)
+            .env("HOME", &env.home)
+            .env("SHELL", &env.login_shell)
+            .env("PATH", &env.path)
+            .env(
+                "SSH_CONNECTION",
+                format!(
+                    "{} {} {} {}",
+                    peer.ip(),
+                    peer.port(),
+                    local.ip(),
+                    local.port()
+                ),
+            )
+            .env(
+                "SSH_CLIENT",
+                format!("{} {} {}", peer.ip(), peer.port(), local.port()),
+            )
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .env(procs::SESSION_ENV, mark);
+        if let Some(pty) = &self.pty {
+            cmd.env("TERM", &pty.term);
+        }
+        Ok(cmd)
+    }
+
+    fn spawn(
+        &mut self,
+        request: &SessionRequest,
+        events: SessionEvents,
+    ) -> Result<Running, String> {
+        let mark = events.session().to_string();
+        let mut cmd = self.command(request, &mark)?;
+        let terminal = match &self.pty {
+            Some(spec) => {
+                Some(pty::open(spec).map_err(|e| format!("cannot open a terminal: {e}"))?)
+            }
+            None => None,
+        };
+        let spawned = match &terminal {
+            Some(t) => {
+                let slave = |what: &str| {
+                    t.slave
+                        .try_clone()
+                        .map(Stdio::from)
+                        .map_err(|e| format!("cannot set up the terminal's {what}: {e}"))
+                };
+                cmd.stdin(slave("stdin")?)
+                    .stdout(slave("stdout")?)
+                    .stderr(slave("stderr")?);
+                // SAFETY: between fork and exec only async-signal-safe calls are made: a new
+                // session, then the terminal (fd 0) as its controlling tty.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                cmd.spawn()
+            }
+            None => cmd
+                .process_group(0)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn(),
+        };
+        let mut child = spawned.map_err(|e| format!("cannot start the session: {e}"))?;
+        let leader = Pid::from_raw(child.id() as i32);
         let group = Arc::new(Group {
-            pgid: Pid::from_raw(child.id() as i32),
+            pgid: leader,
+            mark,
+            since: procs::start_ticks(leader).unwrap_or(0),
             reaped: Mutex::new(false),
         });
-        let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-        let setup = (|| {
-            let (Some(stdin), Some(stdout), Some(stderr)) = pipes else {
-                return Err("the command's pipes could not be set up".to_string());
+        let io = (|| -> Result<(AsyncFd<OwnedFd>, Io), String> {
+            let pidfd = pidfd_open(leader).map_err(|e| format!("cannot watch the command: {e}"))?;
+            let io = match terminal {
+                Some(t) => {
+                    drop(t.slave);
+                    let master = pty::Master::new(t.master)
+                        .map_err(|e| format!("cannot use the terminal: {e}"))?;
+                    Io::Pty(master)
+                }
+                None => {
+                    let (Some(stdin), Some(stdout), Some(stderr)) =
+                        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+                    else {
+                        return Err("the command's pipes could not be set up".into());
+                    };
+                    let pipe_err =
+                        |e: std::io::Error| format!("cannot use the command's pipes: {e}");
+                    Io::Pipes {
+                        stdin: pipe::Sender::from_owned_fd(OwnedFd::from(stdin))
+                            .map_err(pipe_err)?,
+                        stdout: pipe::Receiver::from_owned_fd(OwnedFd::from(stdout))
+                            .map_err(pipe_err)?,
+                        stderr: pipe::Receiver::from_owned_fd(OwnedFd::from(stderr))
+                            .map_err(pipe_err)?,
+                    }
+                }
             };
-            let pidfd =
-                pidfd_open(group.pgid).map_err(|e| format!("cannot watch the command: {e}"))?;
-            let stdin = pipe::Sender::from_owned_fd(OwnedFd::from(stdin))
-                .map_err(|e| format!("cannot use the command's stdin: {e}"))?;
-            let stdout = pipe::Receiver::from_owned_fd(OwnedFd::from(stdout))
-                .map_err(|e| format!("cannot use the command's stdout: {e}"))?;
-            let stderr = pipe::Receiver::from_owned_fd(OwnedFd::from(stderr))
-                .map_err(|e| format!("cannot use the command's stderr: {e}"))?;
-            Ok((pidfd, stdin, stdout, stderr))
+            Ok((pidfd, io))
         })();
-        let (pidfd, stdin, stdout, stderr) = match setup {
+        let (pidfd, io) = match io {
             Ok(parts) => parts,
             Err(e) => {
                 group.signal(Signal::SIGKILL);
@@ -192,7 +409,22 @@ impl ChannelSession {
             }
         };
         let rx = self.stdin_rx.take().unwrap_or_else(|| mpsc::channel(1).1);
-        let feed = tokio::spawn(feed_stdin(stdin, rx)).abort_handle();
+        let (feed, outputs, master) = match io {
+            Io::Pty(master) => (
+                tokio::spawn(feed_stdin(master.clone(), rx)).abort_handle(),
+                Outputs::Pty(master.clone()),
+                Some(master),
+            ),
+            Io::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => (
+                tokio::spawn(feed_stdin(stdin, rx)).abort_handle(),
+                Outputs::Pipes(stdout, stderr),
+                None,
+            ),
+        };
         let forced = Arc::new(Notify::new());
         let done = Arc::new(AtomicBool::new(false));
         let leave_channel_open = Arc::new(AtomicBool::new(false));
@@ -206,15 +438,30 @@ impl ChannelSession {
             feed: feed.clone(),
             events,
         };
-        tokio::spawn(driver.run(pidfd, stdout, stderr));
+        tokio::spawn(driver.run(pidfd, outputs));
         Ok(Running {
             group,
             feed,
+            master,
             forced,
             done,
             leave_channel_open,
         })
     }
+}
+
+enum Io {
+    Pty(pty::Master),
+    Pipes {
+        stdin: pipe::Sender,
+        stdout: pipe::Receiver,
+        stderr: pipe::Receiver,
+    },
+}
+
+enum Outputs {
+    Pty(pty::Master),
+    Pipes(pipe::Receiver, pipe::Receiver),
 }
 
 /// A pidfd for `pid`: readable once the process has exited, without reaping it.
@@ -232,23 +479,67 @@ fn pidfd_open(pid: Pid) -> std::io::Result<AsyncFd<OwnedFd>> {
         .map_err(|e| e.into())
 }
 
+/// The signal a client names (`INT`, `TERM`, ... without `SIG`).
+fn signal_named(name: &str) -> Result<Signal, String> {
+    let full = format!("SIG{name}");
+    full.parse::<Signal>().map_err(|_| {
+        format!(
+            "unknown signal {:?}",
+            name.chars().take(32).collect::<String>()
+        )
+    })
+}
+
 impl SessionLink for ChannelSession {
+    fn pty(&mut self, spec: &PtySpec) -> Result<PtySpec, String> {
+        if self.pty.is_some() {
+            return Err("this session already has a terminal".into());
+        }
+        let used = pty::validate(spec)?;
+        self.pty = Some(used.clone());
+        Ok(used)
+    }
+
+    fn env(&mut self, name: &str, value: &str) -> Result<(), String> {
+        if !self.env.accepts(name) {
+            return Err(format!("{name} is not among the accepted variables"));
+        }
+        if value.len() > MAX_ENV_VALUE || value.contains('\0') {
+            return Err(format!(
+                "the value of {name} is too long or holds a NUL byte (at most {MAX_ENV_VALUE} bytes)"
+            ));
+        }
+        if self.vars.len() >= MAX_ENV_VARS {
+            return Err(format!("at most {MAX_ENV_VARS} variables per session"));
+        }
+        self.vars.retain(|(n, _)| n != name);
+        self.vars.push((name.to_string(), value.to_string()));
+        Ok(())
+    }
+
+    fn resize(&mut self, cols: u32, rows: u32, pix_width: u32, pix_height: u32) {
+        if let Some(master) = self.running.as_ref().and_then(|r| r.master.as_ref()) {
+            master.resize(cols, rows, pix_width, pix_height);
+        } else if let Some(pty) = self.pty.as_mut() {
+            pty.cols = cols.clamp(1, pty::MAX_DIMENSION);
+            pty.rows = rows.clamp(1, pty::MAX_DIMENSION);
+        }
+    }
+
+    fn signal(&mut self, name: &str) -> Result<(), String> {
+        let signal = signal_named(name)?;
+        match &self.running {
+            Some(running) => running.group.signal_group(signal),
+            None => Err("nothing runs in this session yet".into()),
+        }
+    }
+
     fn start(&mut self, request: &SessionRequest, events: SessionEvents) -> Result<(), String> {
-        let command = match request {
-            SessionRequest::Exec { command } => command.clone(),
-            SessionRequest::Shell => {
-                return Err(
-                    "interactive shells are not supported yet: give a command to run, e.g. `ssh HOST uptime`"
-                        .into(),
-                );
-            }
-            SessionRequest::Subsystem { name } => {
-                return Err(format!(
-                    "subsystem {name:?} is not available on this server"
-                ));
-            }
-        };
-        self.running = Some(self.spawn(&command, events)?);
+        if request == &SessionRequest::Shell && self.pty.is_none() {
+            // Like sshd: a shell without a terminal still runs, reading commands from stdin.
+            debug!("shell without a terminal");
+        }
+        self.running = Some(self.spawn(request, events)?);
         Ok(())
     }
 
@@ -316,13 +607,14 @@ impl Drop for ChannelSession {
     }
 }
 
-async fn feed_stdin(mut stdin: pipe::Sender, mut rx: mpsc::Receiver<Bytes>) {
+async fn feed_stdin(mut stdin: impl AsyncWrite + Unpin, mut rx: mpsc::Receiver<Bytes>) {
     while let Some(data) = rx.recv().await {
         if stdin.write_all(&data).await.is_err() {
             return;
         }
     }
-    // Dropping stdin closes the pipe: the command sees EOF.
+    // Dropping stdin closes the pipe: the command sees EOF. (A terminal stays open: the client
+    // ends a shell with Ctrl-D, which the terminal turns into EOF.)
 }
 
 /// Drives one process: pumps its output to the channel, then reports how it ended.
@@ -338,10 +630,26 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(self, pidfd: AsyncFd<OwnedFd>, stdout: pipe::Receiver, stderr: pipe::Receiver) {
-        let out = tokio::spawn(pump(stdout, self.handle.clone(), self.channel, None));
-        let err = tokio::spawn(pump(stderr, self.handle.clone(), self.channel, Some(1)));
-        let (out_abort, err_abort) = (out.abort_handle(), err.abort_handle());
+    async fn run(self, pidfd: AsyncFd<OwnedFd>, outputs: Outputs) {
+        let (pumps, is_pty) = match outputs {
+            Outputs::Pty(master) => (
+                vec![tokio::spawn(pump(
+                    master,
+                    self.handle.clone(),
+                    self.channel,
+                    None,
+                ))],
+                true,
+            ),
+            Outputs::Pipes(stdout, stderr) => (
+                vec![
+                    tokio::spawn(pump(stdout, self.handle.clone(), self.channel, None)),
+                    tokio::spawn(pump(stderr, self.handle.clone(), self.channel, Some(1))),
+                ],
+                false,
+            ),
+        };
+        let aborts: Vec<AbortHandle> = pumps.iter().map(|p| p.abort_handle()).collect();
         // The leader exits (it stays a zombie, pinning the group ID until `reap`).
         tokio::select! {
             _ = pidfd.readable() => {}
@@ -351,17 +659,24 @@ impl Driver {
                 let _ = pidfd.readable().await;
             }
         }
-        // Output written just before the exit is still in the pipes: deliver it, unless the
-        // session is being forced (then nothing more is owed to the client).
-        let forced = tokio::select! {
-            _ = async { let _ = out.await; let _ = err.await; } => false,
-            () = self.forced.notified() => true,
+        // Output written just before the exit is still buffered: deliver it, unless the session
+        // is being forced (then nothing more is owed to the client). A terminal may be held open
+        // by background jobs: give it a moment, not forever.
+        let drained = async {
+            for pump in pumps {
+                let _ = pump.await;
+            }
         };
-        if forced {
-            out_abort.abort();
-            err_abort.abort();
+        let forced = tokio::select! {
+            _ = drained => false,
+            () = self.forced.notified() => true,
+            () = tokio::time::sleep(PTY_DRAIN), if is_pty => false,
+        };
+        for abort in &aborts {
+            abort.abort();
         }
         let exit = self.group.reap();
+        self.group.vanished().await;
         // Stdin has no reader any more.
         self.feed.abort();
         let goodbye = {
@@ -454,5 +769,50 @@ fn sig_of(name: &str) -> Sig {
         "TERM" => Sig::TERM,
         "USR1" => Sig::USR1,
         other => Sig::Custom(other.to_string()),
+    }
+}
+
+/// The client's name for a signal russh parsed (`Sig` → `INT`, `TERM`, ...).
+pub fn sig_name(sig: &Sig) -> String {
+    match sig {
+        Sig::ABRT => "ABRT".into(),
+        Sig::ALRM => "ALRM".into(),
+        Sig::FPE => "FPE".into(),
+        Sig::HUP => "HUP".into(),
+        Sig::ILL => "ILL".into(),
+        Sig::INT => "INT".into(),
+        Sig::KILL => "KILL".into(),
+        Sig::PIPE => "PIPE".into(),
+        Sig::QUIT => "QUIT".into(),
+        Sig::SEGV => "SEGV".into(),
+        Sig::TERM => "TERM".into(),
+        Sig::USR1 => "USR1".into(),
+        Sig::Custom(name) => name.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names_map_to_signals_and_unknown_ones_are_refused() {
+        assert_eq!(signal_named("INT").unwrap(), Signal::SIGINT);
+        assert_eq!(signal_named("USR2").unwrap(), Signal::SIGUSR2);
+        assert!(signal_named("FROBNICATE")
+            .unwrap_err()
+            .contains("unknown signal"));
+        assert!(signal_named("").is_err());
+    }
+
+    #[test]
+    fn only_allowlisted_variables_are_accepted() {
+        let env = ExecEnv {
+            accept_env: vec!["EDITOR".into()],
+            ..ExecEnv::default()
+        };
+        assert!(env.accepts("LANG") && env.accepts("LC_ALL") && env.accepts("TERM"));
+        assert!(env.accepts("EDITOR"));
+        assert!(!env.accepts("LD_PRELOAD") && !env.accepts("PATH"));
     }
 }

@@ -390,6 +390,17 @@ async fn list(supervisor: &ActorRef<SupervisorMsg>) -> Result<Vec<ConnectionInfo
     }
 }
 
+/// Fills in how many live processes each session has (one scan of /proc, off the runtime).
+async fn with_process_counts(mut all: Vec<ConnectionInfo>) -> Vec<ConnectionInfo> {
+    let counts = tokio::task::spawn_blocking(crate::procs::count_by_session)
+        .await
+        .unwrap_or_default();
+    for session in all.iter_mut().flat_map(|c| c.sessions.iter_mut()) {
+        session.processes = Some(counts.get(&session.id.to_string()).copied().unwrap_or(0));
+    }
+    all
+}
+
 /// Resolves an operator's ID text to one live connection or session.
 pub fn resolve(text: &str, all: &[ConnectionInfo]) -> Result<Target, String> {
     let candidates = all.iter().flat_map(|c| {
@@ -436,7 +447,7 @@ async fn run(
 ) -> Result<Value, String> {
     let by = Some(format!("uid {uid} via ctl"));
     match command {
-        Command::Ls => Ok(json!(list(supervisor).await?)),
+        Command::Ls => Ok(json!(with_process_counts(list(supervisor).await?).await)),
         Command::Show { target } => {
             let all = list(supervisor).await?;
             let conn = match resolve(&target, &all)? {
@@ -448,7 +459,9 @@ async fn run(
                     .ok_or("the session ended meanwhile")?,
             };
             let info = all.into_iter().find(|c| c.id == conn);
-            Ok(json!(info))
+            Ok(json!(with_process_counts(info.into_iter().collect())
+                .await
+                .pop()))
         }
         Command::Kill {
             target,

@@ -201,7 +201,22 @@ pub fn format_table(all: &[ConnectionInfo]) -> String {
                     Some(cmd) => format!("{:?} {cmd}", s.kind).to_lowercase(),
                     None => format!("{:?}", s.kind).to_lowercase(),
                 };
-                out.push_str(&format!("  └ {}  {}  {}\n", s.id, age(s.started), what));
+                let pty = match &s.pty {
+                    Some(p) => format!("pty {}x{}", p.cols, p.rows),
+                    None => "no pty".into(),
+                };
+                let procs = s
+                    .processes
+                    .map(|n| format!("{n} proc{}", if n == 1 { "" } else { "s" }))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "  └ {}  {}  {}  {}  {}\n",
+                    s.id,
+                    age(s.started),
+                    what,
+                    pty,
+                    procs
+                ));
             }
         }
     }
@@ -226,11 +241,17 @@ pub fn format_show(c: &ConnectionInfo) -> String {
         c.sessions.len()
     );
     for s in &c.sessions {
+        let pty = match &s.pty {
+            Some(p) => format!("pty {} {}x{}", p.term, p.cols, p.rows),
+            None => "no pty".into(),
+        };
         out.push_str(&format!(
-            "    {}  {:?}  {}  started {} ago\n",
+            "    {}  {:?}  {}  {}  {} processes  started {} ago\n",
             s.id,
             s.kind,
             or_dash(s.command.as_deref()),
+            pty,
+            s.processes.unwrap_or(0),
             age(s.started)
         ));
     }

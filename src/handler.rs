@@ -15,11 +15,11 @@ use ractor::ActorStatus;
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{ChannelId, ChannelOpenFailure};
-use sshvisor_actors::{ConnectionMsg, SessionMsg, SessionRequest, StartRefusal};
+use sshvisor_actors::{ConnectionMsg, PtySpec, SessionMsg, SessionRequest, StartRefusal};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::app::{ChannelSession, ExecEnv};
+use crate::app::{sig_name, ChannelSession, Endpoints, ExecEnv};
 use crate::keys::{fingerprint, AuthorizedKeys};
 
 /// The longest a callback waits for an actor's answer.
@@ -41,6 +41,7 @@ pub struct SshHandler {
     conn: ActorRef<ConnectionMsg>,
     authorized: Arc<AuthorizedKeys>,
     env: Arc<ExecEnv>,
+    ends: Endpoints,
     user: Option<String>,
     sessions: HashMap<ChannelId, Channel>,
 }
@@ -58,11 +59,13 @@ impl SshHandler {
         conn: ActorRef<ConnectionMsg>,
         authorized: Arc<AuthorizedKeys>,
         env: Arc<ExecEnv>,
+        ends: Endpoints,
     ) -> Self {
         Self {
             conn,
             authorized,
             env,
+            ends,
             user: None,
             sessions: HashMap::new(),
         }
@@ -79,6 +82,36 @@ impl SshHandler {
 
     fn session(&self, channel: ChannelId) -> Option<&ActorRef<SessionMsg>> {
         self.sessions.get(&channel).map(|c| &c.actor)
+    }
+
+    /// Asks the session actor of `channel` something answered with `Ok`/`Err(reason)`.
+    async fn ask(
+        &self,
+        channel: ChannelId,
+        msg: impl FnOnce(ractor::RpcReplyPort<Result<(), String>>) -> SessionMsg,
+    ) -> bool {
+        let Some(actor) = self.session(channel) else {
+            return false;
+        };
+        matches!(
+            actor.call(msg, Some(ACTOR_CALL_TIMEOUT)).await,
+            Ok(ractor::rpc::CallResult::Success(Ok(())))
+        )
+    }
+
+    /// Answers a channel request that wanted a reply.
+    fn answer(
+        &self,
+        channel: ChannelId,
+        ok: bool,
+        session: &mut Session,
+    ) -> Result<(), HandlerError> {
+        if ok {
+            session.channel_success(channel)?;
+        } else {
+            session.channel_failure(channel)?;
+        }
+        Ok(())
     }
 
     /// Starts what the client asked for on `channel`; answers the request.
@@ -171,7 +204,7 @@ impl russh::server::Handler for SshHandler {
                 ActorStatus::Stopping | ActorStatus::Stopped
             )
         });
-        let (link, stdin) = ChannelSession::new(session.handle(), id, self.env.clone());
+        let (link, stdin) = ChannelSession::new(session.handle(), id, self.env.clone(), self.ends);
         let answer = self
             .conn
             .call(
@@ -240,27 +273,73 @@ impl russh::server::Handler for SshHandler {
     async fn pty_request(
         &mut self,
         channel: ChannelId,
-        _term: &str,
-        _col_width: u32,
-        _row_height: u32,
-        _pix_width: u32,
-        _pix_height: u32,
-        _modes: &[(russh::Pty, u32)],
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // PTYs come with interactive shells; until then commands run without one.
-        session.channel_failure(channel)?;
-        Ok(())
+        let pty = PtySpec {
+            term: term.to_string(),
+            cols: col_width,
+            rows: row_height,
+            pix_width,
+            pix_height,
+            modes: modes.iter().map(|(op, v)| (*op as u8, *v)).collect(),
+        };
+        let ok = self
+            .ask(channel, |reply| SessionMsg::Pty { pty, reply })
+            .await;
+        self.answer(channel, ok, session)
     }
 
     async fn env_request(
         &mut self,
         channel: ChannelId,
-        _name: &str,
-        _value: &str,
+        name: &str,
+        value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)?;
+        let (name, value) = (name.to_string(), value.to_string());
+        let ok = self
+            .ask(channel, |reply| SessionMsg::Env { name, value, reply })
+            .await;
+        self.answer(channel, ok, session)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        cols: u32,
+        rows: u32,
+        pix_width: u32,
+        pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(actor) = self.session(channel) {
+            let _ = actor.cast(SessionMsg::Resize {
+                cols,
+                rows,
+                pix_width,
+                pix_height,
+            });
+        }
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: russh::Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(actor) = self.session(channel) {
+            let _ = actor.cast(SessionMsg::Signal {
+                name: sig_name(&signal),
+            });
+        }
         Ok(())
     }
 

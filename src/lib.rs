@@ -8,7 +8,10 @@
 //! - `stream`: the TCP stream wrapper the connection actor can cut (the forced path).
 //! - `handler`: the russh `Handler`, a thin adapter from callbacks to actor messages.
 //! - `link`: the russh implementation of the tree's `ConnectionLink`.
-//! - `app`: the default session application (exec through `sh -c`), the `SessionLink`.
+//! - `app`: the default session application (exec, shells, terminals), the `SessionLink`.
+//! - `pty`: pseudo-terminals: open with size and modes, resize, async master.
+//! - `procs`: finding a session's processes (its mark in their environment) to end them all.
+//! - `sftp`: the in-process SFTP server (`serve`) over the `SftpFs` trait; `LocalFs` by default.
 //! - `keys`: host key, generated client key, authorized_keys.
 //! - `control`: the control socket (JSON lines) and its protocol.
 //! - `ctl`: the operator's client of the control socket.
@@ -23,7 +26,10 @@ pub mod daemon;
 pub mod handler;
 pub mod keys;
 pub mod link;
+pub mod procs;
+pub mod pty;
 pub mod server;
+pub mod sftp;
 pub mod stream;
 
 pub use sshvisor_actors as actors;

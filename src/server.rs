@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use crate::app::ExecEnv;
+use crate::app::{Endpoints, ExecEnv};
 use crate::handler::{HandlerError, SshHandler};
 use crate::keys::AuthorizedKeys;
 use crate::link::RusshConnectionLink;
@@ -172,7 +172,16 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
     };
     let span = info_span!("conn", conn_id = %conn_id, peer = %peer);
     async move {
-        let handler = SshHandler::new(conn.clone(), shared.authorized.clone(), shared.env.clone());
+        let ends = Endpoints {
+            peer,
+            local: socket.local_addr().unwrap_or(peer),
+        };
+        let handler = SshHandler::new(
+            conn.clone(),
+            shared.authorized.clone(),
+            shared.env.clone(),
+            ends,
+        );
         let stream = CuttableStream::new(socket, switch.clone());
         let end = match russh::server::run_stream(shared.config.clone(), stream, handler).await {
             Ok(running) => {

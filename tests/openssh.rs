@@ -46,15 +46,22 @@ async fn output_written_just_before_exit_is_delivered_in_full() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shell_request_is_refused_with_a_clear_message() {
+async fn unknown_subsystems_are_refused_with_a_clear_message() {
     let server = TestServer::start().await;
-    let out = server.ssh("alice").arg("-T").output().await.unwrap();
-    assert_ne!(out.status.code(), Some(0));
-    assert!(
-        text(&out.stderr).contains("interactive shells are not supported yet"),
-        "stderr: {}",
-        text(&out.stderr)
-    );
+    for name in ["nosuch", "../../bin/sh"] {
+        let out = server
+            .ssh("alice")
+            .args(["-s", name])
+            .output()
+            .await
+            .unwrap();
+        assert_ne!(out.status.code(), Some(0));
+        assert!(
+            text(&out.stderr).contains("is not available on this server"),
+            "stderr: {}",
+            text(&out.stderr)
+        );
+    }
     // The server serves on.
     let out = server
         .ssh("alice")

@@ -141,10 +141,10 @@ async fn a_refused_request_ends_its_session_and_leaves_no_ghost() {
     let client = server.russh_client("kim").await;
     for _ in 0..3 {
         let mut channel = client.handle.channel_open_session().await.unwrap();
-        channel.request_shell(true).await.unwrap();
+        channel.request_subsystem(true, "nosuch").await.unwrap();
         let result = drain(&mut channel).await;
         assert_eq!(result.status, Some(1));
-        assert!(text(&result.stderr).contains("interactive shells are not supported yet"));
+        assert!(text(&result.stderr).contains("subsystem \"nosuch\" is not available"));
         wait_event(&mut events, |e| match e {
             sshvisor_actors::Event::SessionClosed { .. } => Some(()),
             _ => None,

@@ -35,11 +35,12 @@ use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 pub use connection::{ConnectionActor, ConnectionMsg};
 pub use ids::{resolve_prefix, ConnId, PrefixMatch, SessionId, Target};
 pub use link::{
-    ConnectionLink, EndScope, SessionEvents, SessionLink, SessionRequest, TransportEnd, Winding,
+    ConnectionLink, EndScope, PtySpec, SessionEvents, SessionLink, SessionRequest, TransportEnd,
+    Winding,
 };
 pub use report::{
-    ConnState, ConnectionInfo, DisconnectCause, Event, KillError, KillReport, Refusal, SessionExit,
-    SessionInfo, SessionKind,
+    ConnState, ConnectionInfo, DisconnectCause, Event, KillError, KillReport, PtyInfo, Refusal,
+    SessionExit, SessionInfo, SessionKind,
 };
 pub use session::{SessionActor, SessionMsg, StartRefusal};
 pub use supervisor::{SupervisorActor, SupervisorArgs, SupervisorMsg};

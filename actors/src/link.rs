@@ -73,6 +73,23 @@ impl SessionRequest {
     }
 }
 
+/// A terminal the client asked for (`pty-req`), as sent; the link validates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PtySpec {
+    /// The terminal type (`TERM`).
+    pub term: String,
+    /// Width in characters.
+    pub cols: u32,
+    /// Height in rows.
+    pub rows: u32,
+    /// Width in pixels.
+    pub pix_width: u32,
+    /// Height in pixels.
+    pub pix_height: u32,
+    /// Terminal modes (RFC 4254 opcode, value).
+    pub modes: Vec<(u8, u32)>,
+}
+
 /// Whether a session's work is still winding down after [`SessionLink::terminate`] or
 /// [`SessionLink::force`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +126,29 @@ pub trait SessionLink: Send + 'static {
     /// error text is shown to the client.
     fn start(&mut self, request: &SessionRequest, events: SessionEvents) -> Result<(), String>;
 
+    /// The client asks for a terminal before starting. `Ok` holds what will be used (sizes may
+    /// be clamped); `Err` says why not.
+    fn pty(&mut self, pty: &PtySpec) -> Result<PtySpec, String> {
+        let _ = pty;
+        Err("terminals are not supported here".into())
+    }
+
+    /// The client asks for an environment variable before starting.
+    fn env(&mut self, name: &str, value: &str) -> Result<(), String> {
+        let _ = (name, value);
+        Err(format!("{name} is not accepted"))
+    }
+
+    /// The client's terminal changed size.
+    fn resize(&mut self, cols: u32, rows: u32, pix_width: u32, pix_height: u32) {
+        let _ = (cols, rows, pix_width, pix_height);
+    }
+
+    /// The client sends a signal (name without `SIG`) to the running work.
+    fn signal(&mut self, name: &str) -> Result<(), String> {
+        Err(format!("signal {name} cannot be delivered here"))
+    }
+
     /// Bytes the client sent on the channel (stdin).
     fn data(&mut self, data: Vec<u8>);
 
@@ -129,9 +169,15 @@ pub trait SessionLink: Send + 'static {
 #[derive(Clone)]
 pub struct SessionEvents {
     pub(crate) actor: ActorRef<SessionMsg>,
+    pub(crate) session: crate::ids::SessionId,
 }
 
 impl SessionEvents {
+    /// The session this link serves (e.g. to mark its processes).
+    pub fn session(&self) -> crate::ids::SessionId {
+        self.session
+    }
+
     /// The work has ended and the channel is closed on our side. Extra calls are ignored.
     pub fn finished(&self, exit: SessionExit) {
         // The session may already be gone (killed outright); nothing is waiting then.

@@ -48,6 +48,24 @@ pub struct SessionInfo {
     /// When the channel was opened.
     #[serde(with = "rfc3339")]
     pub started: SystemTime,
+    /// The session's terminal, when it has one.
+    #[serde(default)]
+    pub pty: Option<PtyInfo>,
+    /// How many live processes the session has; filled in by the binding (the tree does not
+    /// know about processes), `None` when unknown.
+    #[serde(default)]
+    pub processes: Option<usize>,
+}
+
+/// A session's terminal as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtyInfo {
+    /// The terminal type (`TERM`).
+    pub term: String,
+    /// Width in characters.
+    pub cols: u32,
+    /// Height in rows.
+    pub rows: u32,
 }
 
 /// A snapshot of one connection and its sessions.

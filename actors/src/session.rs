@@ -19,7 +19,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, warn, Instrument, Span};
 
 use crate::ids::{ConnId, SessionId};
-use crate::link::{EndScope, SessionEvents, SessionLink, SessionRequest, Winding};
+use crate::link::{EndScope, PtySpec, SessionEvents, SessionLink, SessionRequest, Winding};
+use crate::report::PtyInfo;
 use crate::report::SessionExit;
 use crate::supervisor::{Notice, SupervisorMsg};
 
@@ -55,6 +56,38 @@ pub enum SessionMsg {
         request: SessionRequest,
         /// Why it was not started, when it was not.
         reply: RpcReplyPort<Result<(), StartRefusal>>,
+    },
+    /// The client asks for a terminal (before starting).
+    Pty {
+        /// What it asked for.
+        pty: PtySpec,
+        /// `Err` says why not.
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// The client asks for an environment variable (before starting).
+    Env {
+        /// The variable's name.
+        name: String,
+        /// Its value.
+        value: String,
+        /// `Err` says why not.
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// The client's terminal changed size.
+    Resize {
+        /// Width in characters.
+        cols: u32,
+        /// Height in rows.
+        rows: u32,
+        /// Width in pixels.
+        pix_width: u32,
+        /// Height in pixels.
+        pix_height: u32,
+    },
+    /// The client sends a signal to the running work (name without `SIG`).
+    Signal {
+        /// The signal's name.
+        name: String,
     },
     /// The client sent bytes on the channel.
     Data {
@@ -120,10 +153,21 @@ pub struct SessionState {
     killed: Option<String>,
     forced: bool,
     timers: Vec<JoinHandle<()>>,
+    pty: Option<PtyInfo>,
     pub(crate) outcome: Option<SessionOutcome>,
 }
 
 impl SessionState {
+    fn report_pty(&self) {
+        let _ = self
+            .supervisor
+            .cast(SupervisorMsg::Notice(Notice::SessionPty {
+                conn: self.conn,
+                session: self.id,
+                pty: self.pty.clone(),
+            }));
+    }
+
     fn finish(&mut self, myself: &ActorRef<SessionMsg>, exit: SessionExit) {
         if self.outcome.is_none() {
             self.outcome = Some(SessionOutcome {
@@ -183,6 +227,7 @@ impl Actor for SessionActor {
             killed: None,
             forced: false,
             timers: Vec::new(),
+            pty: None,
             outcome: None,
         })
     }
@@ -204,6 +249,7 @@ impl Actor for SessionActor {
                     } else {
                         let events = SessionEvents {
                             actor: myself.clone(),
+                            session: state.id,
                         };
                         state.link.start(&request, events).map_err(StartRefusal::Failed)
                     };
@@ -226,6 +272,63 @@ impl Actor for SessionActor {
                         // Nothing runs and nothing will: the session is over.
                         let grace = state.close_grace;
                         state.begin_end(&myself, grace, EndScope::Session);
+                    }
+                }
+                SessionMsg::Pty { pty, reply } => {
+                    let result = if state.started || state.ending {
+                        Err("a terminal must be asked for before the session starts".to_string())
+                    } else {
+                        state.link.pty(&pty)
+                    };
+                    match result {
+                        Ok(used) => {
+                            info!(term = %used.term, cols = used.cols, rows = used.rows, "terminal allocated");
+                            state.pty = Some(PtyInfo {
+                                term: used.term,
+                                cols: used.cols,
+                                rows: used.rows,
+                            });
+                            state.report_pty();
+                            let _ = reply.send(Ok(()));
+                        }
+                        Err(e) => {
+                            info!(error = %e, "terminal refused");
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                SessionMsg::Env { name, value, reply } => {
+                    let result = if state.started || state.ending {
+                        Err("environment must be set before the session starts".to_string())
+                    } else {
+                        state.link.env(&name, &value)
+                    };
+                    if let Err(e) = &result {
+                        info!(name = %name, error = %e, "environment variable refused");
+                    }
+                    let _ = reply.send(result);
+                }
+                SessionMsg::Resize {
+                    cols,
+                    rows,
+                    pix_width,
+                    pix_height,
+                } => {
+                    if !state.ending {
+                        state.link.resize(cols, rows, pix_width, pix_height);
+                        if let Some(pty) = state.pty.as_mut() {
+                            pty.cols = cols;
+                            pty.rows = rows;
+                            state.report_pty();
+                        }
+                    }
+                }
+                SessionMsg::Signal { name } => {
+                    if !state.ending {
+                        match state.link.signal(&name) {
+                            Ok(()) => info!(signal = %name, "signal delivered"),
+                            Err(e) => info!(signal = %name, error = %e, "signal refused"),
+                        }
                     }
                 }
                 SessionMsg::Data { data } => {

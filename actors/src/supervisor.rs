@@ -34,8 +34,8 @@ use crate::connection::{ConnectionActor, ConnectionArgs, ConnectionMsg, Connecti
 use crate::ids::{ConnId, SessionId, Target};
 use crate::link::ConnectionLink;
 use crate::report::{
-    ConnState, ConnectionInfo, DisconnectCause, Event, KillError, KillReport, Refusal, SessionExit,
-    SessionInfo, SessionKind,
+    ConnState, ConnectionInfo, DisconnectCause, Event, KillError, KillReport, PtyInfo, Refusal,
+    SessionExit, SessionInfo, SessionKind,
 };
 use crate::Policy;
 
@@ -127,6 +127,11 @@ pub enum SupervisorMsg {
 pub enum Notice {
     Closing {
         conn: ConnId,
+    },
+    SessionPty {
+        conn: ConnId,
+        session: SessionId,
+        pty: Option<PtyInfo>,
     },
     Authenticated {
         conn: ConnId,
@@ -484,6 +489,15 @@ impl Actor for SupervisorActor {
                 });
             }
             SupervisorMsg::Notice(notice) => match notice {
+                Notice::SessionPty { conn, session, pty } => {
+                    if let Some(s) = state
+                        .conns
+                        .get_mut(&conn)
+                        .and_then(|e| e.sessions.iter_mut().find(|s| s.info.id == session))
+                    {
+                        s.info.pty = pty;
+                    }
+                }
                 Notice::Closing { conn } => {
                     if let Some(entry) = state.conns.get_mut(&conn) {
                         entry.info.state = ConnState::Closing;
@@ -515,6 +529,8 @@ impl Actor for SupervisorActor {
                                 kind: SessionKind::Pending,
                                 command: None,
                                 started: SystemTime::now(),
+                                pty: None,
+                                processes: None,
                             },
                             waiters: Vec::new(),
                         });
