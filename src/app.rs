@@ -43,6 +43,7 @@ use tracing::{debug, warn};
 
 use crate::procs;
 use crate::pty;
+use crate::sftp::{self, LocalFs, SftpFs};
 
 /// How long the last messages of a session (exit status, EOF, CLOSE) may wait for room in the
 /// connection's send queue before they are given up.
@@ -79,6 +80,27 @@ pub struct ExecEnv {
     pub path: String,
     /// Client environment names accepted besides `LANG`, `LC_*` and `TERM`.
     pub accept_env: Vec<String>,
+    /// What serves the `sftp` subsystem.
+    pub sftp: SftpService,
+}
+
+/// What serves the `sftp` subsystem (and so `scp`, which speaks sftp in OpenSSH 9).
+#[derive(Clone)]
+pub enum SftpService {
+    /// In-process, over the channel, from a filesystem (the local one by default).
+    InProcess(Option<Arc<dyn SftpFs>>),
+    /// An external `sftp-server` binary, run like a command.
+    External(PathBuf),
+}
+
+impl std::fmt::Debug for SftpService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SftpService::InProcess(None) => write!(f, "InProcess(LocalFs)"),
+            SftpService::InProcess(Some(_)) => write!(f, "InProcess(custom)"),
+            SftpService::External(path) => write!(f, "External({})", path.display()),
+        }
+    }
 }
 
 impl Default for ExecEnv {
@@ -107,6 +129,7 @@ impl Default for ExecEnv {
             shell: "/bin/sh".into(),
             path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
             accept_env: Vec::new(),
+            sftp: SftpService::InProcess(None),
         }
     }
 }
@@ -223,22 +246,38 @@ pub struct ChannelSession {
     vars: Vec<(String, String)>,
     stdin_tx: Option<mpsc::Sender<Bytes>>,
     stdin_rx: Option<mpsc::Receiver<Bytes>>,
+    /// The channel's own stream, kept until we know whether a subsystem wants it.
+    stream: Option<russh::Channel<russh::server::Msg>>,
     running: Option<Running>,
+    sftp: Option<SftpRun>,
+}
+
+/// An in-process sftp session: the task serving it.
+struct SftpRun {
+    task: AbortHandle,
+    done: Arc<AtomicBool>,
+    leave_channel_open: Arc<AtomicBool>,
 }
 
 impl ChannelSession {
     /// The session of `channel` on the connection behind `handle`, and the sender the russh
     /// handler writes the client's data into (drop it on the client's EOF).
+    ///
+    /// `stream` is the russh channel itself: kept only until the session starts (an in-process
+    /// subsystem reads it as a stream; everything else drops it, so it never fills up).
     pub fn new(
         handle: Handle,
-        channel: ChannelId,
+        stream: russh::Channel<russh::server::Msg>,
         env: Arc<ExecEnv>,
         ends: Endpoints,
     ) -> (Self, mpsc::Sender<Bytes>) {
         let (tx, rx) = mpsc::channel(STDIN_QUEUE);
+        let channel = stream.id();
         let session = Self {
             handle,
             channel,
+            stream: Some(stream),
+            sftp: None,
             env,
             ends,
             pty: None,
@@ -450,6 +489,67 @@ impl ChannelSession {
     }
 }
 
+impl ChannelSession {
+    fn start_sftp(
+        &mut self,
+        fs: Option<Arc<dyn SftpFs>>,
+        events: SessionEvents,
+    ) -> Result<(), String> {
+        let stream = self
+            .stream
+            .take()
+            .ok_or("the channel cannot carry a subsystem any more")?
+            .into_stream();
+        // Data reaches sftp through the channel's stream: the stdin path must fail fast.
+        self.stdin_tx = None;
+        self.stdin_rx = None;
+        let fs = fs.unwrap_or_else(|| Arc::new(LocalFs::new(self.env.home.clone())));
+        let done = Arc::new(AtomicBool::new(false));
+        let leave_channel_open = Arc::new(AtomicBool::new(false));
+        let (handle, channel) = (self.handle.clone(), self.channel);
+        let (done2, leave_open) = (done.clone(), leave_channel_open.clone());
+        // The stream comes back after serving: dropping it sends CLOSE, which must follow the
+        // exit status, not race it.
+        let serving = tokio::spawn(async move {
+            let mut stream = stream;
+            let result = sftp::serve(&mut stream, fs).await;
+            (result, stream)
+        });
+        let task = serving.abort_handle();
+        tokio::spawn(async move {
+            // Aborted (a kill) or ended by the client: either way every open file is closed once
+            // the serving future is gone, which `serving.await` waits for.
+            let (exit, stream) = match serving.await {
+                Ok((Ok(()), stream)) => (SessionExit::Status(0), Some(stream)),
+                Ok((Err(e), stream)) => {
+                    debug!(error = %e, "sftp session ended with an error");
+                    (SessionExit::Status(1), Some(stream))
+                }
+                Err(_) => (SessionExit::Closed, None),
+            };
+            let goodbye = async {
+                if let SessionExit::Status(code) = exit {
+                    let _ = handle.exit_status_request(channel, code).await;
+                }
+                let _ = handle.eof(channel).await;
+                if !leave_open.load(Ordering::SeqCst) {
+                    let _ = handle.close(channel).await;
+                }
+                drop(stream);
+            };
+            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
+            done2.store(true, Ordering::SeqCst);
+            events.finished(exit);
+        });
+        self.sftp = Some(SftpRun {
+            task,
+            done,
+            leave_channel_open,
+        });
+        Ok(())
+    }
+}
+
 enum Io {
     Pty(pty::Master),
     Pipes {
@@ -535,10 +635,16 @@ impl SessionLink for ChannelSession {
     }
 
     fn start(&mut self, request: &SessionRequest, events: SessionEvents) -> Result<(), String> {
-        if request == &SessionRequest::Shell && self.pty.is_none() {
-            // Like sshd: a shell without a terminal still runs, reading commands from stdin.
-            debug!("shell without a terminal");
+        if let (SessionRequest::Subsystem { name }, SftpService::InProcess(fs)) =
+            (request, &self.env.sftp)
+        {
+            if name == "sftp" {
+                let fs = fs.clone();
+                return self.start_sftp(fs, events);
+            }
         }
+        // Everything else talks through callbacks: the channel's own queue must not fill up.
+        self.stream = None;
         self.running = Some(self.spawn(request, events)?);
         Ok(())
     }
@@ -559,6 +665,12 @@ impl SessionLink for ChannelSession {
 
     fn terminate(&mut self, scope: EndScope) -> Winding {
         self.stdin_tx = None;
+        if let Some(sftp) = &self.sftp {
+            sftp.leave_channel_open
+                .store(scope == EndScope::Connection, Ordering::SeqCst);
+            sftp.task.abort();
+            return Winding::Pending;
+        }
         match &self.running {
             None => {
                 if scope == EndScope::Session {
@@ -579,6 +691,10 @@ impl SessionLink for ChannelSession {
     }
 
     fn force(&mut self) -> Winding {
+        if let Some(sftp) = &self.sftp {
+            sftp.task.abort();
+            return Winding::Pending;
+        }
         match &self.running {
             // Nothing runs: whatever the scope, the channel is not ours to wait for.
             None => Winding::Done,
@@ -593,6 +709,12 @@ impl SessionLink for ChannelSession {
 
 impl Drop for ChannelSession {
     fn drop(&mut self) {
+        if let Some(sftp) = &self.sftp {
+            if !sftp.done.load(Ordering::SeqCst) {
+                sftp.task.abort();
+                self.close_channel_later();
+            }
+        }
         let Some(running) = &self.running else {
             return;
         };

@@ -193,9 +193,6 @@ impl russh::server::Handler for SshHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let id = channel.id();
-        // The channel's own message queue is not used: callbacks carry everything, and a kept
-        // but undrained Channel would freeze the connection.
-        drop(channel);
         // Channels the server closed itself never get a `channel_close` callback: forget the
         // sessions that are over.
         self.sessions.retain(|_, c| {
@@ -204,7 +201,10 @@ impl russh::server::Handler for SshHandler {
                 ActorStatus::Stopping | ActorStatus::Stopped
             )
         });
-        let (link, stdin) = ChannelSession::new(session.handle(), id, self.env.clone(), self.ends);
+        // The channel itself goes to the session: dropped at start unless an in-process
+        // subsystem (sftp) reads it as a stream. Callbacks carry everything else.
+        let (link, stdin) =
+            ChannelSession::new(session.handle(), channel, self.env.clone(), self.ends);
         let answer = self
             .conn
             .call(
