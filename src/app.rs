@@ -323,11 +323,15 @@ impl ChannelSession {
                 cmd.arg0(format!("-{name}"));
                 cmd
             }
-            SessionRequest::Subsystem { name } => {
-                return Err(format!(
-                    "subsystem {name:?} is not available on this server"
-                ));
-            }
+            SessionRequest::Subsystem { name } => match (name.as_str(), &env.sftp) {
+                ("sftp", SftpService::External(path)) => std::process::Command::new(path),
+                _ => {
+                    return Err(format!(
+                        "subsystem {:?} is not available on this server",
+                        name.chars().take(64).collect::<String>()
+                    ));
+                }
+            },
         };
         let Endpoints { peer, local } = self.ends;
         cmd.current_dir(&env.home)

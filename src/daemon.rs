@@ -18,7 +18,7 @@ use russh::keys::PrivateKey;
 use sshvisor_actors::{spawn_supervisor, Event, KillReport, Policy, SupervisorArgs, SupervisorMsg};
 use tracing::info;
 
-use crate::app::ExecEnv;
+use crate::app::{ExecEnv, SftpService};
 use crate::control::{ControlDefaults, ControlServer};
 use crate::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
 use crate::server::{SshListener, SshOptions};
@@ -41,6 +41,11 @@ pub struct DaemonOptions {
     pub authorized_keys: Option<PathBuf>,
     /// The grace of kills that name none, and of the shutdown.
     pub kill_grace: Duration,
+    /// Client environment variables accepted besides `LANG`, `LC_*` and `TERM`.
+    pub accept_env: Vec<String>,
+    /// An external `sftp-server` binary to run for the sftp subsystem instead of the
+    /// in-process one.
+    pub sftp_server: Option<PathBuf>,
 }
 
 impl Default for DaemonOptions {
@@ -52,6 +57,8 @@ impl Default for DaemonOptions {
             state_dir: DEFAULT_STATE_DIR.into(),
             authorized_keys: None,
             kill_grace: sshvisor_actors::DEFAULT_KILL_GRACE,
+            accept_env: Vec::new(),
+            sftp_server: None,
         }
     }
 }
@@ -172,7 +179,14 @@ impl Daemon {
                 listen: options.listen,
                 host_key: host_key.clone(),
                 authorized,
-                env: ExecEnv::default(),
+                env: ExecEnv {
+                    accept_env: options.accept_env.clone(),
+                    sftp: match &options.sftp_server {
+                        Some(path) => SftpService::External(path.clone()),
+                        None => SftpService::InProcess(None),
+                    },
+                    ..ExecEnv::default()
+                },
             },
             supervisor.clone(),
         )

@@ -36,6 +36,12 @@ enum Cmd {
         /// Grace of kills that name none, and of the shutdown (humantime: 5s, 500ms).
         #[arg(long, default_value = "5s", value_parser = sshvisor::control::grace_from_str)]
         kill_grace: Duration,
+        /// Also accept this client environment variable (besides LANG, LC_*, TERM); repeatable.
+        #[arg(long = "accept-env", value_name = "NAME")]
+        accept_env: Vec<String>,
+        /// Run this sftp-server binary for the sftp subsystem instead of the in-process one.
+        #[arg(long, value_name = "PATH")]
+        sftp_server: Option<PathBuf>,
     },
     /// Inspect and control a running server through its control socket.
     Ctl {
@@ -102,12 +108,16 @@ fn main() -> ExitCode {
                 state_dir,
                 authorized_keys,
                 kill_grace,
+                accept_env,
+                sftp_server,
             } => {
                 serve(DaemonOptions {
                     listen,
                     state_dir,
                     authorized_keys,
                     kill_grace,
+                    accept_env,
+                    sftp_server,
                 })
                 .await
             }

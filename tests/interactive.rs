@@ -259,3 +259,29 @@ async fn a_session_whose_command_exits_leaves_no_background_process() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_variables_are_accepted_and_an_external_sftp_server_can_serve_the_subsystem() {
+    let scripts = tempfile::tempdir().unwrap();
+    let fake = scripts.path().join("sftp-server");
+    // Stands in for OpenSSH's sftp-server: proves it runs with the channel as its stdio.
+    std::fs::write(&fake, "#!/bin/sh\necho \"external:$EDITOR\"\nexec cat\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = TestServer::start_with(|o| {
+        o.accept_env = vec!["EDITOR".into()];
+        o.sftp_server = Some(fake.clone());
+    })
+    .await;
+    let client = server.russh_client("val").await;
+    let mut ch = client.handle.channel_open_session().await.unwrap();
+    ch.set_env(true, "EDITOR", "vi").await.unwrap();
+    assert!(replied(&mut ch).await, "a configured name is accepted");
+    ch.request_subsystem(true, "sftp").await.unwrap();
+    assert!(replied(&mut ch).await);
+    ch.data_bytes(&b"echoed\n"[..]).await.unwrap();
+    ch.eof().await.unwrap();
+    let out = drain(&mut ch).await;
+    assert_eq!(text(&out.stdout), "external:vi\nechoed\n", "{out:?}");
+    assert_eq!(out.status, Some(0));
+}

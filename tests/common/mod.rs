@@ -26,15 +26,21 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A server whose options `tweak` adjusts first.
+    pub async fn start_with(tweak: impl FnOnce(&mut DaemonOptions)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let daemon = Daemon::start(DaemonOptions {
+        let mut options = DaemonOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
             state_dir: dir.path().join("state"),
             authorized_keys: None,
             kill_grace: Duration::from_secs(5),
-        })
-        .await
-        .expect("server starts");
+            ..DaemonOptions::default()
+        };
+        tweak(&mut options);
+        let daemon = Daemon::start(options).await.expect("server starts");
         Self { daemon, dir }
     }
 
