@@ -285,3 +285,107 @@ async fn configured_variables_are_accepted_and_an_external_sftp_server_can_serve
     assert_eq!(text(&out.stdout), "external:vi\nechoed\n", "{out:?}");
     assert_eq!(out.status, Some(0));
 }
+
+/// Reads the terminal until the accumulated output contains `pattern`.
+async fn read_tty_until(master: &mut sshvisor::pty::Master, seen: &mut String, pattern: &str) {
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        while !seen.contains(pattern) {
+            let n = master.read(&mut buf).await.expect("terminal read");
+            assert!(
+                n > 0,
+                "the terminal closed before {pattern:?}; saw {seen:?}"
+            );
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {pattern:?}; saw {seen:?}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_on_a_real_terminal_resizes_interrupts_and_exits_with_the_shell_status() {
+    use std::os::unix::process::CommandExt;
+    use tokio::io::AsyncWriteExt;
+
+    let server = TestServer::start().await;
+    // The test is the person's terminal: ssh runs on a pseudo-terminal we hold the master of.
+    let local = sshvisor::pty::open(&sshvisor::actors::PtySpec {
+        term: "xterm".into(),
+        cols: 80,
+        rows: 24,
+        pix_width: 0,
+        pix_height: 0,
+        modes: vec![],
+    })
+    .unwrap();
+    let mut cmd = server.ssh("wes").into_std();
+    cmd.arg("-tt")
+        .stdin(local.slave.try_clone().unwrap())
+        .stdout(local.slave.try_clone().unwrap())
+        .stderr(local.slave.try_clone().unwrap());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut ssh = tokio::process::Command::from(cmd).spawn().unwrap();
+    drop(local.slave);
+    let master_fd = local.master;
+    let resize_fd = master_fd.try_clone().unwrap();
+    let mut master = sshvisor::pty::Master::new(master_fd).unwrap();
+    let mut seen = String::new();
+
+    master
+        .write_all(b"PS1=Q\\>\\  ; stty size\n")
+        .await
+        .unwrap();
+    read_tty_until(&mut master, &mut seen, "24 80").await;
+
+    // The person resizes their window: ssh sends window-change, the remote terminal follows.
+    sshvisor::pty::resize(&resize_fd, 100, 30, 0, 0);
+    let listed_pty = || async {
+        server.list().await[0].sessions[0]
+            .pty
+            .clone()
+            .map(|p| (p.cols, p.rows))
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while listed_pty().await != Some((100, 30)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the window change never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    master.write_all(b"stty size\n").await.unwrap();
+    read_tty_until(&mut master, &mut seen, "30 100").await;
+
+    // Ctrl-C interrupts the remote foreground program.
+    master.write_all(b"sleep 987061\n").await.unwrap();
+    eventually("sleep runs", || {
+        !processes_with_argv(&["sleep", "987061"]).is_empty()
+    })
+    .await;
+    master.write_all(b"\x03").await.unwrap();
+    eventually("Ctrl-C ended sleep", || {
+        processes_with_argv(&["sleep", "987061"]).is_empty()
+    })
+    .await;
+
+    master.write_all(b"exit 7\n").await.unwrap();
+    let status = tokio::time::timeout(WAIT, ssh.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(7),
+        "ssh exits with the shell's status; saw {seen:?}"
+    );
+}
