@@ -154,21 +154,27 @@ pub struct Endpoints {
 }
 
 /// The processes of one session: a group whose leader is not reaped yet (so its ID stays
-/// ours), plus everything carrying the session's mark.
+/// ours), plus every descendant and adopted orphan carrying the session's mark.
 struct Group {
     pgid: Pid,
     mark: String,
-    since: u64,
     reaped: Mutex<bool>,
 }
 
 impl Group {
     /// Signals every process of the session.
     fn signal(&self, signal: Signal) {
-        {
-            let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
-            // After the reap the group ID may belong to someone else: only marks count then.
-            if !*reaped {
+        self.signal_all(&[signal]);
+    }
+
+    /// Sends each of `signals`, in order, to every process of the session (one walk).
+    fn signal_all(&self, signals: &[Signal]) {
+        let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
+        // After the reap the leader's ID may belong to someone else: only marks count then.
+        let leader = (!*reaped).then_some(self.pgid);
+        let found = procs::session_processes(leader, &self.mark);
+        for &signal in signals {
+            if leader.is_some() {
                 match killpg(self.pgid, signal) {
                     Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
                     Err(e) => {
@@ -176,13 +182,15 @@ impl Group {
                     }
                 }
             }
+            for pid in &found.all {
+                let _ = nix::sys::signal::kill(*pid, signal);
+            }
         }
-        let escaped = procs::signal_session(&self.mark, self.since, signal);
         debug!(
             pgid = self.pgid.as_raw(),
-            ?signal,
-            marked = escaped,
-            "signalled the session's processes"
+            ?signals,
+            processes = found.all.len(),
+            "signalled the session"
         );
     }
 
@@ -200,9 +208,11 @@ impl Group {
     fn reap(&self) -> SessionExit {
         let mut reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
         let _ = killpg(self.pgid, Signal::SIGKILL);
-        procs::signal_session(&self.mark, self.since, Signal::SIGKILL);
+        let left = procs::signal_session(Some(self.pgid), &self.mark, Signal::SIGKILL);
+        procs::reap_adopted(&left.adopted);
         let status = waitpid(self.pgid, None);
         *reaped = true;
+        procs::unregister_leader(self.pgid);
         match status {
             Ok(WaitStatus::Exited(_, code)) => SessionExit::Status(code as u32),
             Ok(WaitStatus::Signaled(_, signal, _)) => {
@@ -213,16 +223,21 @@ impl Group {
         }
     }
 
-    /// Waits (bounded) until no marked process of the session is alive any more.
+    /// Waits (bounded) until no process of the session is alive any more, reaping the orphans
+    /// it adopted.
     async fn vanished(&self) {
         let deadline = tokio::time::Instant::now() + VANISH_TIMEOUT;
-        while !procs::session_processes(&self.mark, self.since).is_empty() {
+        loop {
+            let left = procs::signal_session(None, &self.mark, Signal::SIGKILL);
+            procs::reap_adopted(&left.adopted);
+            if left.all.is_empty() {
+                return;
+            }
             if tokio::time::Instant::now() >= deadline {
                 warn!(mark = %self.mark, "some of the session's processes survived SIGKILL");
                 return;
             }
-            procs::signal_session(&self.mark, self.since, Signal::SIGKILL);
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }
@@ -408,10 +423,10 @@ impl ChannelSession {
         };
         let mut child = spawned.map_err(|e| format!("cannot start the session: {e}"))?;
         let leader = Pid::from_raw(child.id() as i32);
+        procs::register_leader(leader);
         let group = Arc::new(Group {
             pgid: leader,
             mark,
-            since: procs::start_ticks(leader).unwrap_or(0),
             reaped: Mutex::new(false),
         });
         let io = (|| -> Result<(AsyncFd<OwnedFd>, Io), String> {
@@ -687,8 +702,7 @@ impl SessionLink for ChannelSession {
                     .leave_channel_open
                     .store(scope == EndScope::Connection, Ordering::SeqCst);
                 running.feed.abort();
-                running.group.signal(Signal::SIGHUP);
-                running.group.signal(Signal::SIGCONT);
+                running.group.signal_all(&[Signal::SIGHUP, Signal::SIGCONT]);
                 Winding::Pending
             }
         }

@@ -141,6 +141,10 @@ impl Daemon {
             }
         };
 
+        // Session processes whose parent exits come to us, not to init: none escapes the tree.
+        if let Err(e) = crate::procs::become_subreaper() {
+            tracing::warn!(error = %e, "cannot become a child subreaper: escaped processes are found by their mark only while their parent lives");
+        }
         let events = Arc::new(ractor::OutputPort::default());
         let supervisor = spawn_supervisor(
             None,

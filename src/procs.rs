@@ -1,48 +1,87 @@
 //! Finding every process a session started, including the ones that left its process group.
 //!
-//! Each session's processes carry `SSHVISOR_SESSION=<session id>` in their environment, which
-//! their descendants inherit whatever they do with process groups and sessions (`setsid`,
-//! `nohup cmd &`, a double fork). To end a session, sshvisor signals its process group and every
-//! live process that carries its mark. Only a process that wipes its own environment *and*
-//! leaves the group escapes this; a cgroup per session would close that gap.
+//! The server is a child subreaper (`PR_SET_CHILD_SUBREAPER`): a session process whose parent
+//! exits is re-parented to the server instead of to init, so it never leaves the server's
+//! process tree. A session's processes are then its leader's descendants (walked through
+//! `/proc/PID/task/TID/children`, cost proportional to the session) plus the orphans the server
+//! adopted that carry the session's mark (`SSHVISOR_SESSION=<id>` in the environment, inherited
+//! whatever a process does with process groups and sessions: `setsid`, `nohup cmd &`, a double
+//! fork). Adopted orphans the server kills are reaped here.
+//!
+//! `count_by_session` (for `ctl ls`) scans all of /proc instead: it is an operator's command,
+//! not a kill's hot path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::sync::{Mutex, OnceLock};
 
 use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
 /// The environment variable that marks a session's processes.
 pub const SESSION_ENV: &str = "SSHVISOR_SESSION";
 
-/// One process as read from /proc.
-struct Proc {
-    pid: i32,
-    start_ticks: u64,
+/// Session leaders this process spawned and has not reaped yet: its own children that are not
+/// adopted orphans.
+fn leaders() -> &'static Mutex<HashSet<i32>> {
+    static LEADERS: OnceLock<Mutex<HashSet<i32>>> = OnceLock::new();
+    LEADERS.get_or_init(|| Mutex::new(HashSet::new()))
 }
 
-/// Live (non-zombie) processes other than this one, with their start times.
-fn live_processes() -> Vec<Proc> {
-    let me = std::process::id() as i32;
-    let Ok(dir) = fs::read_dir("/proc") else {
+/// Records a session leader this process spawned.
+pub fn register_leader(pid: Pid) {
+    leaders()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(pid.as_raw());
+}
+
+/// Forgets a session leader (it was reaped).
+pub fn unregister_leader(pid: Pid) {
+    leaders()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&pid.as_raw());
+}
+
+/// Makes this process the subreaper of its descendants (Linux). Idempotent.
+pub fn become_subreaper() -> std::io::Result<()> {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes a plain integer argument.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The children of `pid` (all its threads).
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
-    dir.flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| *pid != me)
-        .filter_map(|pid| {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // The command name may hold spaces and parentheses: fields follow the last ')'.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let fields: Vec<&str> = rest.split(' ').collect();
-            // fields[0] is the state (field 3), start time is field 22 (index 19 here).
-            if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
-                return None;
-            }
-            let start_ticks = fields.get(19)?.parse().ok()?;
-            Some(Proc { pid, start_ticks })
-        })
-        .collect()
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        if let Ok(list) = fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+fn alive(pid: i32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat.get(i + 2..i + 3))
+        .unwrap_or("X");
+    !matches!(state, "Z" | "X")
 }
 
 /// The session mark in a process's environment, if it has one.
@@ -55,42 +94,87 @@ fn mark_of(pid: i32) -> Option<String> {
         .map(|value| String::from_utf8_lossy(value).into_owned())
 }
 
-/// The live processes marked as belonging to `session`, started at or after `since_ticks`
-/// (the session leader's start time: nothing of the session is older).
-pub fn session_processes(session: &str, since_ticks: u64) -> Vec<Pid> {
-    live_processes()
-        .into_iter()
-        .filter(|p| p.start_ticks >= since_ticks)
-        .filter(|p| mark_of(p.pid).as_deref() == Some(session))
-        .map(|p| Pid::from_raw(p.pid))
-        .collect()
+/// The processes of one session (without its leader).
+#[derive(Debug, Default)]
+pub struct SessionProcs {
+    /// Every live process of the session.
+    pub all: Vec<Pid>,
+    /// Those adopted by this process (orphans): its own children, to reap once killed.
+    pub adopted: Vec<Pid>,
 }
 
-/// How many live processes each session has, by session ID text.
+/// The live processes of the session marked `mark` whose leader is `leader` (`None` once the
+/// leader was reaped: its ID may belong to someone else then).
+pub fn session_processes(leader: Option<Pid>, mark: &str) -> SessionProcs {
+    let mut seen = HashSet::new();
+    let mut out = SessionProcs::default();
+    let mut queue: Vec<i32> = Vec::new();
+    if let Some(leader) = leader {
+        seen.insert(leader.as_raw());
+        queue.push(leader.as_raw());
+    }
+    let me = std::process::id() as i32;
+    let known_leaders = leaders().lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for orphan in children_of(me) {
+        if !known_leaders.contains(&orphan)
+            && !seen.contains(&orphan)
+            && mark_of(orphan).as_deref() == Some(mark)
+        {
+            seen.insert(orphan);
+            queue.push(orphan);
+            out.adopted.push(Pid::from_raw(orphan));
+            if alive(orphan) {
+                out.all.push(Pid::from_raw(orphan));
+            }
+        }
+    }
+    while let Some(pid) = queue.pop() {
+        for child in children_of(pid) {
+            if seen.insert(child) {
+                queue.push(child);
+                if alive(child) {
+                    out.all.push(Pid::from_raw(child));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Sends `signal` to every live process of the session; returns them.
+pub fn signal_session(leader: Option<Pid>, mark: &str, signal: Signal) -> SessionProcs {
+    let procs = session_processes(leader, mark);
+    for pid in &procs.all {
+        let _ = kill(*pid, signal);
+    }
+    procs
+}
+
+/// Reaps adopted orphans that have exited (they are this process's children).
+pub fn reap_adopted(pids: &[Pid]) {
+    for pid in pids {
+        let _ = waitpid(*pid, Some(WaitPidFlag::WNOHANG));
+    }
+}
+
+/// How many live processes each session has, by session ID text (a scan of all of /proc).
 pub fn count_by_session() -> HashMap<String, usize> {
+    let me = std::process::id() as i32;
     let mut counts = HashMap::new();
-    for p in live_processes() {
-        if let Some(session) = mark_of(p.pid) {
-            *counts.entry(session).or_insert(0) += 1;
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return counts;
+    };
+    for pid in dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        if pid != me && alive(pid) {
+            if let Some(session) = mark_of(pid) {
+                *counts.entry(session).or_insert(0) += 1;
+            }
         }
     }
     counts
-}
-
-/// The start time of `pid` in clock ticks since boot.
-pub fn start_ticks(pid: Pid) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
-}
-
-/// Sends `signal` to every live process of `session`; returns how many there were.
-pub fn signal_session(session: &str, since_ticks: u64, signal: Signal) -> usize {
-    let pids = session_processes(session, since_ticks);
-    for pid in &pids {
-        let _ = kill(*pid, signal);
-    }
-    pids.len()
 }
 
 #[cfg(test)]
@@ -99,24 +183,30 @@ mod tests {
     use std::process::Command;
 
     #[test]
-    fn marked_processes_are_found_even_in_a_new_session() {
+    fn descendants_are_found_through_the_leader_and_others_are_not() {
         let mark = format!("test-{}", std::process::id());
-        let mut child = Command::new("setsid")
-            .args(["sleep", "30"])
+        let mut leader = Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 31 & wait"])
             .env(SESSION_ENV, &mark)
             .spawn()
             .unwrap();
-        let pid = Pid::from_raw(child.id() as i32);
-        let since = start_ticks(pid).unwrap();
+        let pid = Pid::from_raw(leader.id() as i32);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while session_processes(&mark, since).is_empty() {
+        while session_processes(Some(pid), &mark).all.len() < 2 {
             assert!(std::time::Instant::now() < deadline);
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert_eq!(count_by_session().get(&mark), Some(&1));
-        assert_eq!(signal_session(&mark, since, Signal::SIGKILL), 1);
-        child.wait().unwrap();
-        assert!(session_processes(&mark, since).is_empty());
-        assert!(session_processes("some-other-session", 0).is_empty());
+        assert_eq!(
+            count_by_session().get(&mark),
+            Some(&3),
+            "the leader and two sleeps"
+        );
+        assert!(session_processes(None, "some-other-session").all.is_empty());
+        assert_eq!(
+            signal_session(Some(pid), &mark, Signal::SIGKILL).all.len(),
+            2
+        );
+        let _ = kill(pid, Signal::SIGKILL);
+        leader.wait().unwrap();
     }
 }
