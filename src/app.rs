@@ -21,7 +21,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,16 +49,62 @@ use crate::sftp::{self, LocalFs, SftpFs};
 /// connection's send queue before they are given up.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How many chunks of client data may wait for a command to read its stdin. Past that the
-/// russh handler waits, which stops reading the client's TCP stream.
-pub const STDIN_QUEUE: usize = 16;
+/// How many bytes of client data may wait for a command to read its stdin. russh refills the
+/// channel window by itself and the handler must never wait inside russh's loop (the command
+/// may be waiting for that very loop to send its output), so past this the session ends.
+pub const STDIN_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The writing end of a session's stdin queue: never blocks, bounded in bytes.
+#[derive(Clone)]
+pub struct StdinSender {
+    tx: mpsc::UnboundedSender<Bytes>,
+    pending: Arc<AtomicUsize>,
+}
+
+/// Why client data could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StdinError {
+    /// Nothing reads this session's stdin any more.
+    Closed,
+    /// The command left more than [`STDIN_LIMIT`] bytes unread.
+    Full,
+}
+
+impl StdinSender {
+    /// Queues `data` for the command's stdin.
+    pub fn push(&self, data: Bytes) -> Result<(), StdinError> {
+        let len = data.len();
+        if self.pending.fetch_add(len, Ordering::SeqCst) + len > STDIN_LIMIT {
+            self.pending.fetch_sub(len, Ordering::SeqCst);
+            return Err(StdinError::Full);
+        }
+        self.tx.send(data).map_err(|_| StdinError::Closed)
+    }
+}
+
+struct StdinReceiver {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    pending: Arc<AtomicUsize>,
+}
+
+fn stdin_queue() -> (StdinSender, StdinReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let pending = Arc::new(AtomicUsize::new(0));
+    (
+        StdinSender {
+            tx,
+            pending: pending.clone(),
+        },
+        StdinReceiver { rx, pending },
+    )
+}
 
 /// After a terminal session's shell exits, how long its remaining output may take to drain
 /// (background jobs may hold the terminal open forever).
 const PTY_DRAIN: Duration = Duration::from_millis(200);
 
 /// How long the session's marked processes may take to disappear after the final SIGKILL.
-const VANISH_TIMEOUT: Duration = Duration::from_secs(2);
+const VANISH_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The most environment variables one session may set, and the longest value.
 pub const MAX_ENV_VARS: usize = 64;
@@ -259,8 +305,8 @@ pub struct ChannelSession {
     ends: Endpoints,
     pty: Option<PtySpec>,
     vars: Vec<(String, String)>,
-    stdin_tx: Option<mpsc::Sender<Bytes>>,
-    stdin_rx: Option<mpsc::Receiver<Bytes>>,
+    stdin_tx: Option<StdinSender>,
+    stdin_rx: Option<StdinReceiver>,
     /// The channel's own stream, kept until we know whether a subsystem wants it.
     stream: Option<russh::Channel<russh::server::Msg>>,
     running: Option<Running>,
@@ -270,6 +316,7 @@ pub struct ChannelSession {
 /// An in-process sftp session: the task serving it.
 struct SftpRun {
     task: AbortHandle,
+    cancel: Arc<Notify>,
     done: Arc<AtomicBool>,
     leave_channel_open: Arc<AtomicBool>,
 }
@@ -285,8 +332,8 @@ impl ChannelSession {
         stream: russh::Channel<russh::server::Msg>,
         env: Arc<ExecEnv>,
         ends: Endpoints,
-    ) -> (Self, mpsc::Sender<Bytes>) {
-        let (tx, rx) = mpsc::channel(STDIN_QUEUE);
+    ) -> (Self, StdinSender) {
+        let (tx, rx) = stdin_queue();
         let channel = stream.id();
         let session = Self {
             handle,
@@ -412,18 +459,18 @@ impl ChannelSession {
                         Ok(())
                     });
                 }
-                cmd.spawn()
+                procs::spawn_leader(|| cmd.spawn())
             }
-            None => cmd
-                .process_group(0)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn(),
+            None => {
+                cmd.process_group(0)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                procs::spawn_leader(|| cmd.spawn())
+            }
         };
         let mut child = spawned.map_err(|e| format!("cannot start the session: {e}"))?;
         let leader = Pid::from_raw(child.id() as i32);
-        procs::register_leader(leader);
         let group = Arc::new(Group {
             pgid: leader,
             mark,
@@ -466,7 +513,7 @@ impl ChannelSession {
                 return Err(e);
             }
         };
-        let rx = self.stdin_rx.take().unwrap_or_else(|| mpsc::channel(1).1);
+        let rx = self.stdin_rx.take().unwrap_or_else(|| stdin_queue().1);
         let (feed, outputs, master) = match io {
             Io::Pty(master) => (
                 tokio::spawn(feed_stdin(master.clone(), rx)).abort_handle(),
@@ -529,39 +576,58 @@ impl ChannelSession {
         let (done2, leave_open) = (done.clone(), leave_channel_open.clone());
         // The stream comes back after serving: dropping it sends CLOSE, which must follow the
         // exit status, not race it.
+        // A kill cancels the serving future (closing every file it opened) but keeps the
+        // stream, whose drop sends CLOSE: that must not beat the connection's DISCONNECT.
+        let cancel = Arc::new(Notify::new());
+        let cancelled = cancel.clone();
         let serving = tokio::spawn(async move {
             let mut stream = stream;
-            let result = sftp::serve(&mut stream, fs).await;
+            let result = tokio::select! {
+                result = sftp::serve(&mut stream, fs) => Some(result),
+                () = cancelled.notified() => None,
+            };
             (result, stream)
         });
         let task = serving.abort_handle();
         tokio::spawn(async move {
-            // Aborted (a kill) or ended by the client: either way every open file is closed once
-            // the serving future is gone, which `serving.await` waits for.
+            // Cancelled, aborted (a forced kill) or ended by the client: either way every open
+            // file is closed once the serving future is gone, which `serving.await` waits for.
             let (exit, stream) = match serving.await {
-                Ok((Ok(()), stream)) => (SessionExit::Status(0), Some(stream)),
-                Ok((Err(e), stream)) => {
+                Ok((Some(Ok(())), stream)) => (SessionExit::Status(0), Some(stream)),
+                Ok((Some(Err(e)), stream)) => {
                     debug!(error = %e, "sftp session ended with an error");
                     (SessionExit::Status(1), Some(stream))
                 }
+                Ok((None, stream)) => (SessionExit::Closed, Some(stream)),
                 Err(_) => (SessionExit::Closed, None),
             };
+            let leave = leave_open.load(Ordering::SeqCst);
             let goodbye = async {
                 if let SessionExit::Status(code) = exit {
                     let _ = handle.exit_status_request(channel, code).await;
                 }
                 let _ = handle.eof(channel).await;
-                if !leave_open.load(Ordering::SeqCst) {
+                if !leave {
                     let _ = handle.close(channel).await;
                 }
-                drop(stream);
             };
             let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
+            if leave {
+                // The connection's DISCONNECT closes the channel; the stream's own CLOSE may
+                // only follow it.
+                tokio::spawn(async move {
+                    tokio::time::sleep(GOODBYE_TIMEOUT).await;
+                    drop(stream);
+                });
+            } else {
+                drop(stream);
+            }
             done2.store(true, Ordering::SeqCst);
             events.finished(exit);
         });
         self.sftp = Some(SftpRun {
             task,
+            cancel,
             done,
             leave_channel_open,
         });
@@ -670,10 +736,9 @@ impl SessionLink for ChannelSession {
 
     fn data(&mut self, data: Vec<u8>) {
         if let Some(stdin) = &self.stdin_tx {
-            // This path (data routed through the session actor) must not block: drop on a
-            // full queue. The russh handler writes stdin directly, with backpressure.
-            if stdin.try_send(Bytes::from(data)).is_err() {
-                debug!("stdin queue full: data dropped");
+            // Data routed through the session actor (the russh handler writes stdin directly).
+            if let Err(e) = stdin.push(Bytes::from(data)) {
+                debug!(?e, "stdin data dropped");
             }
         }
     }
@@ -687,7 +752,7 @@ impl SessionLink for ChannelSession {
         if let Some(sftp) = &self.sftp {
             sftp.leave_channel_open
                 .store(scope == EndScope::Connection, Ordering::SeqCst);
-            sftp.task.abort();
+            sftp.cancel.notify_one();
             return Winding::Pending;
         }
         match &self.running {
@@ -747,9 +812,11 @@ impl Drop for ChannelSession {
     }
 }
 
-async fn feed_stdin(mut stdin: impl AsyncWrite + Unpin, mut rx: mpsc::Receiver<Bytes>) {
-    while let Some(data) = rx.recv().await {
-        if stdin.write_all(&data).await.is_err() {
+async fn feed_stdin(mut stdin: impl AsyncWrite + Unpin, mut rx: StdinReceiver) {
+    while let Some(data) = rx.rx.recv().await {
+        let written = stdin.write_all(&data).await;
+        rx.pending.fetch_sub(data.len(), Ordering::SeqCst);
+        if written.is_err() {
             return;
         }
     }
@@ -771,20 +838,31 @@ struct Driver {
 
 impl Driver {
     async fn run(self, pidfd: AsyncFd<OwnedFd>, outputs: Outputs) {
-        let (pumps, is_pty) = match outputs {
+        // Tells a terminal's pump that the leader exited: from then on, a terminal that stays
+        // silent for PTY_DRAIN is done (background jobs may hold it open forever), however
+        // long the client takes to accept what was already read.
+        let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
+        let (pumps, _is_pty) = match outputs {
             Outputs::Pty(master) => (
                 vec![tokio::spawn(pump(
                     master,
                     self.handle.clone(),
                     self.channel,
                     None,
+                    Some(exited_rx),
                 ))],
                 true,
             ),
             Outputs::Pipes(stdout, stderr) => (
                 vec![
-                    tokio::spawn(pump(stdout, self.handle.clone(), self.channel, None)),
-                    tokio::spawn(pump(stderr, self.handle.clone(), self.channel, Some(1))),
+                    tokio::spawn(pump(stdout, self.handle.clone(), self.channel, None, None)),
+                    tokio::spawn(pump(
+                        stderr,
+                        self.handle.clone(),
+                        self.channel,
+                        Some(1),
+                        None,
+                    )),
                 ],
                 false,
             ),
@@ -799,6 +877,7 @@ impl Driver {
                 let _ = pidfd.readable().await;
             }
         }
+        let _ = exited_tx.send(true);
         // Output written just before the exit is still buffered: deliver it, unless the session
         // is being forced (then nothing more is owed to the client). A terminal may be held open
         // by background jobs: give it a moment, not forever.
@@ -810,7 +889,6 @@ impl Driver {
         let forced = tokio::select! {
             _ = drained => false,
             () = self.forced.notified() => true,
-            () = tokio::time::sleep(PTY_DRAIN), if is_pty => false,
         };
         for abort in &aborts {
             abort.abort();
@@ -870,11 +948,25 @@ async fn pump(
     handle: Handle,
     channel: ChannelId,
     ext: Option<u32>,
+    mut leader_exited: Option<tokio::sync::watch::Receiver<bool>>,
 ) {
     // An idle session holds only a small buffer; one that fills it gets a bigger one.
     let mut buf = vec![0u8; PUMP_MIN];
     loop {
-        let n = match from.read(&mut buf).await {
+        let read = match leader_exited.as_mut() {
+            None => from.read(&mut buf).await,
+            Some(exited) if *exited.borrow() => {
+                match tokio::time::timeout(PTY_DRAIN, from.read(&mut buf)).await {
+                    Ok(read) => read,
+                    Err(_) => return,
+                }
+            }
+            Some(exited) => tokio::select! {
+                read = from.read(&mut buf) => read,
+                _ = exited.changed() => continue,
+            },
+        };
+        let n = match read {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };

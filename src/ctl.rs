@@ -197,9 +197,10 @@ pub fn format_table(all: &[ConnectionInfo]) -> String {
         out.push('\n');
         if i > 0 {
             for s in &all[i - 1].sessions {
+                let kind = format!("{:?}", s.kind).to_lowercase();
                 let what = match &s.command {
-                    Some(cmd) => format!("{:?} {cmd}", s.kind).to_lowercase(),
-                    None => format!("{:?}", s.kind).to_lowercase(),
+                    Some(cmd) => format!("{kind} {cmd}"),
+                    None => kind,
                 };
                 let pty = match &s.pty {
                     Some(p) => format!("pty {}x{}", p.cols, p.rows),

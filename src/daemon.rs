@@ -46,6 +46,9 @@ pub struct DaemonOptions {
     /// An external `sftp-server` binary to run for the sftp subsystem instead of the
     /// in-process one.
     pub sftp_server: Option<PathBuf>,
+    /// Reap the orphans the server adopts as subreaper. Leave on unless the embedding program
+    /// spawns children of its own (the reaper would take their exit status).
+    pub reap_orphans: bool,
 }
 
 impl Default for DaemonOptions {
@@ -59,6 +62,7 @@ impl Default for DaemonOptions {
             kill_grace: sshvisor_actors::DEFAULT_KILL_GRACE,
             accept_env: Vec::new(),
             sftp_server: None,
+            reap_orphans: true,
         }
     }
 }
@@ -144,6 +148,9 @@ impl Daemon {
         // Session processes whose parent exits come to us, not to init: none escapes the tree.
         if let Err(e) = crate::procs::become_subreaper() {
             tracing::warn!(error = %e, "cannot become a child subreaper: escaped processes are found by their mark only while their parent lives");
+        }
+        if options.reap_orphans {
+            spawn_orphan_reaper();
         }
         let events = Arc::new(ractor::OutputPort::default());
         let supervisor = spawn_supervisor(
@@ -267,6 +274,28 @@ impl Daemon {
             .stop_and_wait(None, Some(Duration::from_secs(5)))
             .await;
         reports
+    }
+}
+
+/// Reaps adopted orphans whenever a child exits.
+fn spawn_orphan_reaper() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::child()) {
+        Ok(mut children) => {
+            tokio::spawn(async move {
+                while children.recv().await.is_some() {
+                    let reaped = tokio::task::spawn_blocking(crate::procs::reap_orphans)
+                        .await
+                        .unwrap_or(0);
+                    if reaped > 0 {
+                        tracing::debug!(reaped, "reaped adopted orphans");
+                    }
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGCHLD: adopted orphans are reaped only when killed")
+        }
     }
 }
 

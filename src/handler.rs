@@ -16,10 +16,11 @@ use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{ChannelId, ChannelOpenFailure};
 use sshvisor_actors::{ConnectionMsg, PtySpec, SessionMsg, SessionRequest, StartRefusal};
-use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use crate::app::{sig_name, ChannelSession, Endpoints, ExecEnv};
+use crate::app::{
+    sig_name, ChannelSession, Endpoints, ExecEnv, StdinError, StdinSender, STDIN_LIMIT,
+};
 use crate::keys::{fingerprint, AuthorizedKeys};
 
 /// The longest a callback waits for an actor's answer.
@@ -50,7 +51,7 @@ pub struct SshHandler {
 struct Channel {
     actor: ActorRef<SessionMsg>,
     /// The command's stdin; dropped on the client's EOF.
-    stdin: Option<mpsc::Sender<Bytes>>,
+    stdin: Option<StdinSender>,
 }
 
 impl SshHandler {
@@ -320,8 +321,8 @@ impl russh::server::Handler for SshHandler {
     ) -> Result<(), Self::Error> {
         if let Some(actor) = self.session(channel) {
             let _ = actor.cast(SessionMsg::Resize {
-                cols,
-                rows,
+                cols: cols.clamp(1, crate::pty::MAX_DIMENSION),
+                rows: rows.clamp(1, crate::pty::MAX_DIMENSION),
                 pix_width,
                 pix_height,
             });
@@ -349,12 +350,29 @@ impl russh::server::Handler for SshHandler {
         data: &[u8],
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // Straight to the command's stdin, waiting when its queue is full: that stops reading
-        // the client's stream, which is the only backpressure SSH leaves us (russh refills
-        // the channel window by itself).
-        let stdin = self.sessions.get(&channel).and_then(|c| c.stdin.clone());
-        if let Some(stdin) = stdin {
-            let _ = stdin.send(Bytes::copy_from_slice(data)).await;
+        // Straight to the command's stdin, never waiting: russh's loop must keep running to
+        // send the command's output, which the command may be blocked on. A command that
+        // leaves too much unread ends its session instead of filling the server's memory.
+        let Some(c) = self.sessions.get_mut(&channel) else {
+            return Ok(());
+        };
+        let Some(stdin) = &c.stdin else {
+            return Ok(());
+        };
+        if stdin.push(Bytes::copy_from_slice(data)) == Err(StdinError::Full) {
+            warn!(
+                limit = STDIN_LIMIT,
+                "the command leaves its input unread: ending the session"
+            );
+            c.stdin = None;
+            let _ = c.actor.cast(SessionMsg::Terminate {
+                reason: Some(format!(
+                    "the command left more than {} MiB of input unread",
+                    STDIN_LIMIT / (1024 * 1024)
+                )),
+                grace: ACTOR_CALL_TIMEOUT,
+                scope: sshvisor_actors::EndScope::Session,
+            });
         }
         Ok(())
     }

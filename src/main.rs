@@ -118,6 +118,7 @@ fn main() -> ExitCode {
                     kill_grace,
                     accept_env,
                     sftp_server,
+                    reap_orphans: true,
                 })
                 .await
             }

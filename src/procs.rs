@@ -29,12 +29,33 @@ fn leaders() -> &'static Mutex<HashSet<i32>> {
     LEADERS.get_or_init(|| Mutex::new(HashSet::new()))
 }
 
-/// Records a session leader this process spawned.
-pub fn register_leader(pid: Pid) {
-    leaders()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(pid.as_raw());
+/// Spawns a session leader and records it, under the lock the orphan reaper takes, so the
+/// reaper can never mistake a leader that exits at once for an orphan.
+pub fn spawn_leader(
+    spawn: impl FnOnce() -> std::io::Result<std::process::Child>,
+) -> std::io::Result<std::process::Child> {
+    let mut leaders = leaders().lock().unwrap_or_else(|e| e.into_inner());
+    let child = spawn()?;
+    leaders.insert(child.id() as i32);
+    Ok(child)
+}
+
+/// Reaps every exited child of this process that is not a session leader: orphans the server
+/// adopted as subreaper. Only for a process whose other children are all session leaders (the
+/// daemon): it would steal the exit status of any other child.
+pub fn reap_orphans() -> usize {
+    let leaders = leaders().lock().unwrap_or_else(|e| e.into_inner());
+    let me = std::process::id() as i32;
+    let mut reaped = 0;
+    for child in children_of(me) {
+        if !leaders.contains(&child)
+            && !alive(child)
+            && waitpid(Pid::from_raw(child), Some(WaitPidFlag::WNOHANG)).is_ok()
+        {
+            reaped += 1;
+        }
+    }
+    reaped
 }
 
 /// Forgets a session leader (it was reaped).

@@ -52,6 +52,7 @@ pub fn validate(spec: &PtySpec) -> Result<PtySpec, String> {
 }
 
 fn winsize(cols: u32, rows: u32, pix_width: u32, pix_height: u32) -> libc::winsize {
+    // (Sizes are validated before; this only keeps them in the kernel's 16 bits.)
     let cap = |v: u32| v.min(u32::from(u16::MAX)) as u16;
     libc::winsize {
         ws_row: cap(rows),
@@ -85,23 +86,38 @@ pub struct OpenPty {
 }
 
 /// Opens a terminal of the spec's size and applies its modes.
+///
+/// Both ends are close-on-exec from the start (never inherited by another session's process,
+/// even one forked at the same moment on another thread); the session's process gets the
+/// slave as its stdin, stdout and stderr, which clears the flag for it alone.
 pub fn open(spec: &PtySpec) -> io::Result<OpenPty> {
-    let ws = winsize(spec.cols, spec.rows, spec.pix_width, spec.pix_height);
-    let pty = nix::pty::openpty(
-        Some(&nix::pty::Winsize {
-            ws_row: ws.ws_row,
-            ws_col: ws.ws_col,
-            ws_xpixel: ws.ws_xpixel,
-            ws_ypixel: ws.ws_ypixel,
-        }),
-        None,
-    )
-    .map_err(io::Error::from)?;
-    apply_modes(&pty.slave, &spec.modes);
-    Ok(OpenPty {
-        master: pty.master,
-        slave: pty.slave,
-    })
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    nix::pty::grantpt(&master)?;
+    nix::pty::unlockpt(&master)?;
+    let name = nix::pty::ptsname_r(&master)?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: `open` just returned this descriptor and nothing else owns it.
+    let slave = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave) };
+    // SAFETY: PtyMaster owns its descriptor; into_raw_fd hands that ownership over.
+    let master = unsafe {
+        <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(
+            master,
+        ))
+    };
+    resize(
+        &slave,
+        spec.cols,
+        spec.rows,
+        spec.pix_width,
+        spec.pix_height,
+    );
+    apply_modes(&slave, &spec.modes);
+    Ok(OpenPty { master, slave })
 }
 
 /// Applies RFC 4254 terminal modes; unknown opcodes and out-of-range values are skipped.
@@ -318,6 +334,15 @@ mod tests {
         assert!(validate(&spec("", 80, 24)).is_err());
         assert!(validate(&spec("x\u{1b}[2J", 80, 24)).is_err());
         assert!(validate(&spec(&"x".repeat(1000), 80, 24)).is_err());
+    }
+
+    #[test]
+    fn both_ends_of_a_terminal_are_close_on_exec() {
+        let pty = open(&spec("xterm", 80, 24)).unwrap();
+        for fd in [&pty.master, &pty.slave] {
+            let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+            assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        }
     }
 
     #[test]

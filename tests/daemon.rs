@@ -179,3 +179,45 @@ async fn a_bad_authorized_keys_file_stops_serve_with_a_clear_error() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopted_orphans_are_reaped_not_left_as_zombies() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (mut server, lines) = serve(cwd.path(), &[]).await;
+    let server_pid = server.id().unwrap();
+    let ssh_line = lines.last().unwrap().trim().to_string();
+    // The background sleep outlives its parent shell: the server adopts it, and it exits on
+    // its own a moment later.
+    let line = ssh_line.replace(
+        "'echo hello from sshvisor'",
+        "'(sleep 0.3 &); sleep 0.6; echo done'",
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(line.replacen("ssh ", "ssh -F /dev/null ", 1))
+        .current_dir(cwd.path())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(text(&out.stdout), "done\n", "{}", text(&out.stderr));
+    common::eventually("no zombie children under the server", || {
+        let children = std::fs::read_dir(format!("/proc/{server_pid}/task"))
+            .unwrap()
+            .flatten()
+            .flat_map(|t| {
+                std::fs::read_to_string(t.path().join("children"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>();
+        children.iter().all(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            !stat.contains(") Z ")
+        })
+    })
+    .await;
+    assert!(terminate(&mut server).await.success());
+}

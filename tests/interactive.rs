@@ -389,3 +389,54 @@ async fn openssh_on_a_real_terminal_resizes_interrupts_and_exits_with_the_shell_
         "ssh exits with the shell's status; saw {seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_output_written_just_before_exit_reaches_a_slow_client() {
+    let server = TestServer::start().await;
+    let client = server.russh_client("olga").await;
+    let mut ch = client.handle.channel_open_session().await.unwrap();
+    ch.request_pty(false, "xterm", 80, 24, 0, 0, &[])
+        .await
+        .unwrap();
+    ch.exec(
+        false,
+        "head -c 600000 /dev/zero | tr '\\0' x; echo; echo THE-END",
+    )
+    .await
+    .unwrap();
+    // A slow client: nothing is read for a while, so the output waits on the channel window
+    // long after the command has exited.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = drain(&mut ch).await;
+    let text = text(&out.stdout);
+    assert!(
+        text.ends_with("THE-END\r\n"),
+        "the end of the output was lost"
+    );
+    assert_eq!(text.matches('x').count(), 600_000);
+    assert_eq!(out.status, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_session_inherits_another_sessions_terminal() {
+    let server = TestServer::start().await;
+    let client = server.russh_client("pia").await;
+    let mut shell = client.handle.channel_open_session().await.unwrap();
+    shell
+        .request_pty(true, "xterm", 80, 24, 0, 0, &[])
+        .await
+        .unwrap();
+    assert!(replied(&mut shell).await);
+    shell.exec(true, "sleep 987070").await.unwrap();
+    eventually("the terminal session runs", || {
+        !processes_with_argv(&["sleep", "987070"]).is_empty()
+    })
+    .await;
+    let mut other = client.handle.channel_open_session().await.unwrap();
+    other.exec(true, "ls -l /proc/self/fd/").await.unwrap();
+    let listing = text(&drain(&mut other).await.stdout);
+    assert!(
+        !listing.contains("ptmx") && !listing.contains("/dev/pts"),
+        "{listing}"
+    );
+}

@@ -236,3 +236,32 @@ async fn a_client_that_stops_reading_is_cut_after_the_grace_and_the_report_says_
         .unwrap();
     assert_eq!(status.code(), Some(255));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cat_echoes_megabytes_to_a_client_that_reads_late() {
+    let server = TestServer::start().await;
+    let mut cmd = server.ssh("ned");
+    cmd.arg("cat");
+    let ssh: Vec<String> = cmd
+        .as_std()
+        .get_args()
+        .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', "'\\''")))
+        .collect();
+    // All input is sent while the reader sleeps: cat blocks on its output meanwhile, and the
+    // server must neither deadlock nor lose input.
+    let pipeline = format!(
+        "head -c 6000000 /dev/zero | ssh {} | (sleep 2; wc -c)",
+        ssh.join(" ")
+    );
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&pipeline)
+            .output(),
+    )
+    .await
+    .expect("no deadlock")
+    .unwrap();
+    assert_eq!(text(&out.stdout).trim(), "6000000", "{}", text(&out.stderr));
+}

@@ -184,7 +184,7 @@ async fn a_second_exec_on_one_channel_is_refused_and_the_first_runs_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_flooding_a_command_that_does_not_read_is_held_back_and_still_killable() {
+async fn a_client_flooding_a_command_that_does_not_read_ends_that_session_only() {
     let server = TestServer::start().await;
     let mut events = server.events().await;
     let client = server.russh_client("max").await;
@@ -197,33 +197,38 @@ async fn a_client_flooding_a_command_that_does_not_read_is_held_back_and_still_k
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     };
     let before = rss();
-    // 64 MiB towards a command that never reads: the server must stop taking it.
-    let flood = {
+    // 64 MiB towards a command that never reads: the server stops taking it and ends the session.
+    let flood = tokio::spawn(async move {
         let chunk = vec![b'x'; 1 << 20];
-        async move {
-            for _ in 0..64 {
-                channel.data_bytes(chunk.clone()).await.unwrap();
+        for _ in 0..64 {
+            if channel.data_bytes(chunk.clone()).await.is_err() {
+                break;
             }
         }
-    };
-    let finished = tokio::time::timeout(std::time::Duration::from_secs(3), flood).await;
+        channel
+    });
+    let killed = wait_event(&mut events, |e| match e {
+        sshvisor_actors::Event::SessionClosed {
+            session: s, killed, ..
+        } if *s == session => Some(killed.clone()),
+        _ => None,
+    })
+    .await;
     assert!(
-        finished.is_err(),
-        "64 MiB were accepted by a command that reads nothing"
+        killed
+            .as_deref()
+            .is_some_and(|r| r.contains("input unread")),
+        "{killed:?}"
     );
     let grown_kib = rss().saturating_sub(before);
     assert!(
-        grown_kib < 24 * 1024,
+        grown_kib < 48 * 1024,
         "memory grew by {grown_kib} KiB under the flood"
     );
+    assert!(processes_with_argv(&["sleep", "987031"]).is_empty());
+    flood.abort();
 
-    // The held-back connection is still fully under control.
-    let out = server
-        .ctl(&["kill", &session.to_string(), "--grace", "1s"])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The connection serves on.
     let mut again = client.handle.channel_open_session().await.unwrap();
     again.exec(true, "echo after").await.unwrap();
     assert_eq!(text(&drain(&mut again).await.stdout), "after\n");

@@ -36,7 +36,7 @@ pub const CUT_DELAY: Duration = Duration::from_millis(100);
 
 /// After the grace runs out, how long the subtree may take to wind down before the remaining
 /// children are killed outright and the connection actor stops anyway.
-pub const GIVE_UP_MARGIN: Duration = Duration::from_secs(1);
+pub const GIVE_UP_MARGIN: Duration = Duration::from_millis(1500);
 
 /// The connection actor. Spawned by `SupervisorActor` only.
 pub struct ConnectionActor;

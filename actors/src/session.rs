@@ -26,7 +26,7 @@ use crate::supervisor::{Notice, SupervisorMsg};
 
 /// How long a forced session may take to report that its work is gone before the actor stops
 /// anyway (dropping its link, which kills whatever is left).
-pub const FORCE_MARGIN: Duration = Duration::from_millis(500);
+pub const FORCE_MARGIN: Duration = Duration::from_secs(1);
 
 /// The session actor. Spawned by `ConnectionActor` only.
 pub struct SessionActor;

@@ -37,6 +37,8 @@ impl TestServer {
             state_dir: dir.path().join("state"),
             authorized_keys: None,
             kill_grace: Duration::from_secs(5),
+            // The test process spawns ssh and ctl itself: their exit status is not ours to take.
+            reap_orphans: false,
             ..DaemonOptions::default()
         };
         tweak(&mut options);
