@@ -450,12 +450,13 @@ impl ChannelSession {
                     .stdout(slave("stdout")?)
                     .stderr(slave("stderr")?);
                 // SAFETY: between fork and exec only async-signal-safe calls are made: a new
-                // session, then the terminal (fd 0) as its controlling tty.
+                // session, the terminal (fd 0) as its controlling tty, the subreaper flag.
                 unsafe {
                     cmd.pre_exec(|| {
                         if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                             return Err(std::io::Error::last_os_error());
                         }
+                        leader_adopts_orphans();
                         Ok(())
                     });
                 }
@@ -466,6 +467,13 @@ impl ChannelSession {
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped());
+                // SAFETY: only prctl, async-signal-safe, between fork and exec.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        leader_adopts_orphans();
+                        Ok(())
+                    });
+                }
                 procs::spawn_leader(|| cmd.spawn())
             }
         };
@@ -647,6 +655,16 @@ enum Io {
 enum Outputs {
     Pty(pty::Master),
     Pipes(pipe::Receiver, pipe::Receiver),
+}
+
+/// Makes the session's leader (in the child, before exec; kept across exec) the subreaper of
+/// its descendants: while it lives, an orphan of the session is re-parented to it, so the walk
+/// from the leader finds even a process that left the group and wiped its environment.
+fn leader_adopts_orphans() {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes a plain integer; async-signal-safe.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
 }
 
 /// A pidfd for `pid`: readable once the process has exited, without reaping it.

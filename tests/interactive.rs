@@ -213,12 +213,12 @@ async fn a_killed_session_leaves_no_escaped_process_behind() {
     let mut events = server.events().await;
     let client = server.russh_client("tia").await;
     let mut ch = client.handle.channel_open_session().await.unwrap();
-    let cmd = "setsid sleep 987041 & nohup sleep 987042 >/dev/null 2>&1 & (sleep 987043 &); echo started; sleep 987044";
+    let cmd = "setsid sleep 987041 & nohup sleep 987042 >/dev/null 2>&1 & (sleep 987043 &); (env -u SSHVISOR_SESSION setsid sleep 987046 &); echo started; sleep 987044";
     ch.exec(true, cmd).await.unwrap();
     let session = wait_started(&mut events, cmd).await;
     let mut seen = String::new();
     read_until(&mut ch, &mut seen, "started").await;
-    let all = ["987041", "987042", "987043", "987044"];
+    let all = ["987041", "987042", "987043", "987044", "987046"];
     eventually("every sleep runs", || {
         all.iter()
             .all(|n| processes_with_argv(&["sleep", n]).len() == 1)
@@ -226,7 +226,8 @@ async fn a_killed_session_leaves_no_escaped_process_behind() {
     .await;
     let listed = server.ctl(&["ls", "--json"]).output().await.unwrap();
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    // The shell running the command line, and its four sleeps.
+    // The shell running the command line and four of its sleeps carry the mark (the fifth
+    // wiped it, and is found through the process tree).
     assert_eq!(listed[0]["sessions"][0]["processes"], 5, "{listed}");
 
     let out = server
