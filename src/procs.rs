@@ -1,8 +1,9 @@
 //! Finding every process a session started, including the ones that left its process group.
 //!
-//! The server is a child subreaper (`PR_SET_CHILD_SUBREAPER`): a session process whose parent
-//! exits is re-parented to the server instead of to init, so it never leaves the server's
-//! process tree. A session's processes are then its leader's descendants (walked through
+//! Each session leader is a child subreaper (`PR_SET_CHILD_SUBREAPER`, set before exec): while
+//! it lives, a session process whose parent exits is re-parented to it. The server is one too:
+//! once the leader is gone, the session's orphans come to the server instead of to init, so
+//! nothing leaves the server's process tree. A session's processes are then its leader's descendants (walked through
 //! `/proc/PID/task/TID/children`, cost proportional to the session) plus the orphans the server
 //! adopted that carry the session's mark (`SSHVISOR_SESSION=<id>` in the environment, inherited
 //! whatever a process does with process groups and sessions: `setsid`, `nohup cmd &`, a double
