@@ -24,7 +24,7 @@ use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sshvisor_actors::{
-    resolve_prefix, ConnectionInfo, KillError, PrefixMatch, SupervisorMsg, Target,
+    resolve_prefix, ConnectionInfo, Filter, KillError, PrefixMatch, SupervisorMsg, Target,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -49,7 +49,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_GRACE: Duration = Duration::from_secs(3600);
 
 /// The commands of the control protocol.
-pub const COMMANDS: &[&str] = &["ls", "show", "kill", "kill_all"];
+pub const COMMANDS: &[&str] = &["ls", "show", "kill", "kill_all", "kill_where"];
 
 /// One request, as sent on the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,8 +66,12 @@ pub struct Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
-    /// Every live connection with its sessions.
-    Ls,
+    /// Every live connection with its sessions (those the filter selects, when given).
+    Ls {
+        /// Which connections; all when empty.
+        #[serde(default)]
+        filter: Filter,
+    },
     /// One connection (by its ID, or the ID of one of its sessions, or a unique prefix).
     Show {
         /// The ID or prefix.
@@ -83,6 +87,21 @@ pub enum Command {
         /// Humantime duration (`5s`, `500ms`).
         #[serde(default)]
         grace: Option<String>,
+    },
+    /// Kill every connection the filter selects (AND of its criteria); answers once all of
+    /// them are gone, with one report per connection. With `dry_run`, only lists them.
+    KillWhere {
+        /// Which connections.
+        filter: Filter,
+        /// Shown to the clients.
+        #[serde(default)]
+        reason: Option<String>,
+        /// Humantime duration.
+        #[serde(default)]
+        grace: Option<String>,
+        /// List what would be killed, kill nothing.
+        #[serde(default)]
+        dry_run: bool,
     },
     /// Kill every connection; answers once all of them are gone.
     KillAll {
@@ -380,6 +399,22 @@ pub fn grace_from_str(text: &str) -> Result<Duration, String> {
     Ok(grace)
 }
 
+async fn select(
+    supervisor: &ActorRef<SupervisorMsg>,
+    filter: Filter,
+) -> Result<Vec<ConnectionInfo>, String> {
+    match supervisor
+        .call(
+            |reply| SupervisorMsg::Select { filter, reply },
+            Some(CALL_MARGIN),
+        )
+        .await
+    {
+        Ok(CallResult::Success(all)) => Ok(all),
+        _ => Err("the supervisor did not answer".into()),
+    }
+}
+
 async fn list(supervisor: &ActorRef<SupervisorMsg>) -> Result<Vec<ConnectionInfo>, String> {
     match supervisor
         .call(|reply| SupervisorMsg::List { reply }, Some(CALL_MARGIN))
@@ -447,7 +482,38 @@ async fn run(
 ) -> Result<Value, String> {
     let by = Some(format!("uid {uid} via ctl"));
     match command {
-        Command::Ls => Ok(json!(with_process_counts(list(supervisor).await?).await)),
+        Command::Ls { filter } => Ok(json!(
+            with_process_counts(select(supervisor, filter).await?).await
+        )),
+        Command::KillWhere {
+            filter,
+            reason,
+            grace,
+            dry_run,
+        } => {
+            let grace = parse_grace(grace.as_deref(), defaults.kill_grace)?;
+            if dry_run {
+                return Ok(json!(select(supervisor, filter).await?));
+            }
+            let reason = reason.unwrap_or_else(|| "killed by the operator".into());
+            info!(?filter, reason = %reason, by = by.as_deref(), "audit: kill by filter requested");
+            match supervisor
+                .call(
+                    |reply| SupervisorMsg::KillWhere {
+                        filter,
+                        reason,
+                        grace,
+                        by,
+                        reply,
+                    },
+                    Some(grace.saturating_add(CALL_MARGIN * 3)),
+                )
+                .await
+            {
+                Ok(CallResult::Success(reports)) => Ok(json!(reports)),
+                _ => Err("the supervisor did not answer the kill in time".into()),
+            }
+        }
         Command::Show { target } => {
             let all = list(supervisor).await?;
             let conn = match resolve(&target, &all)? {

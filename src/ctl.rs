@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use sshvisor_actors::{ConnectionInfo, KillReport, Target};
+use sshvisor_actors::{ConnectionInfo, Filter, KillReport, Target};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -125,9 +125,9 @@ impl CtlClient {
         }
     }
 
-    /// Every live connection.
-    pub async fn list(&mut self) -> Result<Vec<ConnectionInfo>, CtlError> {
-        let value = self.request(Command::Ls).await?;
+    /// Every live connection the filter selects.
+    pub async fn list(&mut self, filter: Filter) -> Result<Vec<ConnectionInfo>, CtlError> {
+        let value = self.request(Command::Ls { filter }).await?;
         serde_json::from_value(value).map_err(|e| CtlError::Protocol(e.to_string()))
     }
 }

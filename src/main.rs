@@ -57,6 +57,8 @@ enum Cmd {
 enum CtlCmd {
     /// List live connections and their sessions.
     Ls {
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -69,14 +71,20 @@ enum CtlCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Kill connections or sessions (full IDs or unique prefixes); returns once they are gone.
+    /// Kill connections or sessions (full IDs or unique prefixes), or every connection a filter
+    /// selects (--user, --peer, --older-than combine with AND; --all for every connection);
+    /// returns once they are gone.
     Kill {
         /// IDs or unique prefixes of connections or sessions.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
         ids: Vec<String>,
-        /// Kill every connection.
+        /// Kill every connection (with filters: every connection they select).
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// With filters or --all: list what would be killed, kill nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Shown to the client that is cut off.
         #[arg(long)]
         reason: Option<String>,
@@ -87,6 +95,30 @@ enum CtlCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Selecting connections by user, peer and age.
+#[derive(clap::Args, Debug, Default)]
+struct FilterArgs {
+    /// Connections of this user.
+    #[arg(long)]
+    user: Option<String>,
+    /// Connections from this address or network (CIDR: 10.0.0.0/8).
+    #[arg(long, value_parser = |s: &str| s.parse::<sshvisor_actors::PeerNet>())]
+    peer: Option<sshvisor_actors::PeerNet>,
+    /// Connections older than this (humantime: 10m, 1h 30m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    older_than: Option<Duration>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> sshvisor_actors::Filter {
+        sshvisor_actors::Filter {
+            user: self.user.clone(),
+            peer: self.peer,
+            older_than: self.older_than,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -185,8 +217,8 @@ async fn run_ctl(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<ExitCode
     }
     let mut client = CtlClient::connect(&state_dir).await?;
     match command {
-        CtlCmd::Ls { json } => {
-            let all = client.list().await?;
+        CtlCmd::Ls { filter, json } => {
+            let all = client.list(filter.filter()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
@@ -207,17 +239,75 @@ async fn run_ctl(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<ExitCode
         CtlCmd::Kill {
             ids,
             all,
+            filter,
+            dry_run,
             reason,
             grace,
             json,
-        } => kill(&mut client, ids, all, reason, grace, json).await,
+        } => {
+            let filter = filter.filter();
+            let by_filter = all || !filter.is_empty();
+            if by_filter && !ids.is_empty() {
+                anyhow::bail!(
+                    "give IDs, or filters (--all, --user, --peer, --older-than), not both"
+                );
+            }
+            if !by_filter && ids.is_empty() {
+                anyhow::bail!("nothing to kill: give IDs, or --all, --user, --peer, --older-than");
+            }
+            if by_filter {
+                kill_where(&mut client, filter, dry_run, reason, grace, json).await
+            } else {
+                kill(&mut client, ids, reason, grace, json).await
+            }
+        }
     }
+}
+
+async fn kill_where(
+    client: &mut CtlClient,
+    filter: sshvisor_actors::Filter,
+    dry_run: bool,
+    reason: Option<String>,
+    grace: Duration,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let grace = Some(humantime::format_duration(grace).to_string());
+    let value = client
+        .request(CtlCommand::KillWhere {
+            filter,
+            reason,
+            grace,
+            dry_run,
+        })
+        .await?;
+    if dry_run {
+        let matched: Vec<ConnectionInfo> = serde_json::from_value(value)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&matched)?);
+        } else {
+            print!("{}", ctl::format_table(&matched));
+            println!("{} connection(s) would be killed", matched.len());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let reports: Vec<KillReport> = serde_json::from_value(value)?;
+    for report in &reports {
+        if json {
+            println!("{}", serde_json::to_string(report)?);
+        } else {
+            println!("{}", ctl::format_report(report));
+        }
+    }
+    if !json {
+        println!("{} connection(s) killed", reports.len());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn kill(
     client: &mut CtlClient,
     ids: Vec<String>,
-    all: bool,
     reason: Option<String>,
     grace: Duration,
     json: bool,
@@ -231,19 +321,6 @@ async fn kill(
         }
         Ok(())
     };
-    if all {
-        let value = client
-            .request(CtlCommand::KillAll { reason, grace })
-            .await?;
-        let reports: Vec<KillReport> = serde_json::from_value(value)?;
-        for report in &reports {
-            print(report)?;
-        }
-        if !json {
-            println!("{} connection(s) killed", reports.len());
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
     // Kills go out together (a bounded window of them); each report is printed as soon as its
     // target is gone.
     const WINDOW: usize = 64;

@@ -233,3 +233,95 @@ async fn a_client_flooding_a_command_that_does_not_read_ends_that_session_only()
     again.exec(true, "echo after").await.unwrap();
     assert_eq!(text(&drain(&mut again).await.stdout), "after\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_kill_by_user_kills_exactly_that_users_connections() {
+    let server = TestServer::start().await;
+    let _a1 = server.russh_client("alice").await;
+    let _a2 = server.russh_client("alice").await;
+    let _b = server.russh_client("bob").await;
+    eventually_async(&server, |all| {
+        all.iter().filter(|c| c.user.is_some()).count() == 3
+    })
+    .await;
+
+    let out = server
+        .ctl(&["kill", "--user", "alice", "--dry-run"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("2 connection(s) would be killed"));
+    assert_eq!(server.list().await.len(), 3, "a dry run kills nothing");
+
+    let out = server
+        .ctl(&[
+            "kill",
+            "--user",
+            "alice",
+            "--peer",
+            "127.0.0.0/8",
+            "--reason",
+            "revoked",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("2 connection(s) killed"),
+        "{}",
+        text(&out.stdout)
+    );
+    let left = server.list().await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].user.as_deref(), Some("bob"));
+
+    let out = server
+        .ctl(&["ls", "--user", "bob", "--json"])
+        .output()
+        .await
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    // Bad filters and mixing IDs with filters are refused clearly.
+    let out = server
+        .ctl(&["kill", "--peer", "10.0.0.0/99"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("prefix length"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = server
+        .ctl(&["kill", "abc", "--user", "bob"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not both"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(server.list().await.len(), 1);
+}
+
+/// Waits until the listing satisfies `cond`.
+async fn eventually_async(
+    server: &TestServer,
+    cond: impl Fn(&[sshvisor_actors::ConnectionInfo]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond(&server.list().await) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting on the listing"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -22,6 +22,7 @@
 
 pub mod connection;
 pub mod events;
+pub mod filter;
 pub mod ids;
 pub mod link;
 pub mod report;
@@ -33,6 +34,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 
 pub use connection::{ConnectionActor, ConnectionMsg};
+pub use filter::{Filter, PeerNet};
 pub use ids::{resolve_prefix, ConnId, PrefixMatch, SessionId, Target};
 pub use link::{
     ConnectionLink, EndScope, PtySpec, SessionEvents, SessionLink, SessionRequest, TransportEnd,

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tracing::{info, warn, Span};
 
 use crate::connection::{ConnectionActor, ConnectionArgs, ConnectionMsg, ConnectionState};
+use crate::filter::Filter;
 use crate::ids::{ConnId, SessionId, Target};
 use crate::link::ConnectionLink;
 use crate::report::{
@@ -117,6 +118,27 @@ pub enum SupervisorMsg {
         by: Option<String>,
         /// One report per connection.
         reply: RpcReplyPort<Vec<KillReport>>,
+    },
+    /// `Kill` every live connection that `filter` selects (all of them for an empty filter);
+    /// one reply, with one report per connection, once all of them are gone.
+    KillWhere {
+        /// Which connections.
+        filter: Filter,
+        /// Shown to every client.
+        reason: String,
+        /// How long the polite end may take before it is forced.
+        grace: Duration,
+        /// Who asked.
+        by: Option<String>,
+        /// One report per connection.
+        reply: RpcReplyPort<Vec<KillReport>>,
+    },
+    /// A snapshot of the live connections that `filter` selects (what `KillWhere` would kill).
+    Select {
+        /// Which connections.
+        filter: Filter,
+        /// The snapshot, oldest first.
+        reply: RpcReplyPort<Vec<ConnectionInfo>>,
     },
     /// Sent by the tree's own actors; not constructible outside this crate.
     Notice(Notice),
@@ -230,6 +252,39 @@ impl SupervisorState {
                 by: by.clone(),
             });
         }
+    }
+
+    /// Kills every connection `filter` selects; `reply` gets one report per connection once
+    /// all of them are gone.
+    fn kill_group(
+        &mut self,
+        filter: &Filter,
+        reason: &str,
+        grace: Duration,
+        by: &Option<String>,
+        reply: RpcReplyPort<Vec<KillReport>>,
+    ) {
+        let now = SystemTime::now();
+        let pending: HashSet<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| filter.matches(&e.info, now))
+            .map(|(id, _)| *id)
+            .collect();
+        info!(parent: &self.span, connections = pending.len(), ?filter, reason = %reason, by = by.as_deref(), "kill of a set requested");
+        if pending.is_empty() {
+            let _ = reply.send(Vec::new());
+            return;
+        }
+        for conn in &pending {
+            self.kill_connection(*conn, reason, grace, by);
+        }
+        self.groups.push(Group {
+            reports: Vec::with_capacity(pending.len()),
+            pending,
+            since: Instant::now(),
+            reply,
+        });
     }
 
     fn session_ended(
@@ -471,22 +526,24 @@ impl Actor for SupervisorActor {
                 grace,
                 by,
                 reply,
-            } => {
-                let pending: HashSet<ConnId> = state.conns.keys().copied().collect();
-                info!(parent: &state.span, connections = pending.len(), reason = %reason, by = by.as_deref(), "kill all requested");
-                if pending.is_empty() {
-                    let _ = reply.send(Vec::new());
-                    return Ok(());
-                }
-                for conn in &pending {
-                    state.kill_connection(*conn, &reason, grace, &by);
-                }
-                state.groups.push(Group {
-                    reports: Vec::with_capacity(pending.len()),
-                    pending,
-                    since: Instant::now(),
-                    reply,
-                });
+            } => state.kill_group(&Filter::default(), &reason, grace, &by, reply),
+            SupervisorMsg::KillWhere {
+                filter,
+                reason,
+                grace,
+                by,
+                reply,
+            } => state.kill_group(&filter, &reason, grace, &by, reply),
+            SupervisorMsg::Select { filter, reply } => {
+                let now = SystemTime::now();
+                let mut selected: Vec<ConnectionInfo> = state
+                    .conns
+                    .values()
+                    .filter(|e| filter.matches(&e.info, now))
+                    .map(SupervisorState::snapshot)
+                    .collect();
+                selected.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
+                let _ = reply.send(selected);
             }
             SupervisorMsg::Notice(notice) => match notice {
                 Notice::SessionPty { conn, session, pty } => {

@@ -159,3 +159,87 @@ async fn a_second_session_kill_with_a_shorter_grace_is_answered_within_its_own_g
     assert!(slow.await.unwrap().is_ok());
     assert!(h.listed(c.id).await.is_some(), "the connection stays");
 }
+
+#[tokio::test(start_paused = true)]
+async fn kill_where_kills_exactly_the_selected_connections() {
+    use sshvisor_actors::{Filter, SupervisorMsg};
+    let mut h = Harness::start().await;
+    let a1 = h.connect("a1", Client::Healthy).await;
+    a1.authenticate("alice");
+    let a2 = h.connect("a2", Client::Healthy).await;
+    a2.authenticate("alice");
+    let b = h.connect("b", Client::Healthy).await;
+    b.authenticate("bob");
+    let anon = h.connect("anon", Client::Healthy).await;
+    for conn in [a1.id, a2.id, b.id] {
+        h.probe
+            .until("the authentication is known", |e| {
+                matches!(e, sshvisor_actors::Event::Authenticated { conn: c, .. } if *c == conn)
+            })
+            .await;
+    }
+
+    let alice = Filter {
+        user: Some("alice".into()),
+        ..Filter::default()
+    };
+    let selected = h
+        .sup
+        .call(
+            |reply| SupervisorMsg::Select {
+                filter: alice.clone(),
+                reply,
+            },
+            Some(WAIT),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ids: Vec<_> = selected.iter().map(|c| c.id).collect();
+    ids.sort();
+    let mut want = vec![a1.id, a2.id];
+    want.sort();
+    assert_eq!(ids, want);
+
+    let reports = h
+        .sup
+        .call(
+            |reply| SupervisorMsg::KillWhere {
+                filter: alice,
+                reason: "access revoked".into(),
+                grace: Duration::from_secs(1),
+                by: None,
+                reply,
+            },
+            Some(WAIT),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reports.len(), 2);
+    let left: Vec<_> = h.list().await.into_iter().map(|c| c.id).collect();
+    assert_eq!(left.len(), 2);
+    assert!(left.contains(&b.id) && left.contains(&anon.id));
+
+    // A filter that selects nothing answers at once with no report.
+    let none = h
+        .sup
+        .call(
+            |reply| SupervisorMsg::KillWhere {
+                filter: Filter {
+                    peer: Some("10.0.0.0/8".parse().unwrap()),
+                    ..Filter::default()
+                },
+                reason: "x".into(),
+                grace: Duration::from_secs(1),
+                by: None,
+                reply,
+            },
+            Some(WAIT),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(none.is_empty());
+    assert_eq!(h.list().await.len(), 2);
+}
