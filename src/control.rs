@@ -21,10 +21,11 @@ use std::time::Duration;
 
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
+use ractor::OutputPort;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sshvisor_actors::{
-    resolve_prefix, ConnectionInfo, Filter, KillError, PrefixMatch, SupervisorMsg, Target,
+    resolve_prefix, ConnectionInfo, Event, Filter, KillError, PrefixMatch, SupervisorMsg, Target,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -49,7 +50,15 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_GRACE: Duration = Duration::from_secs(3600);
 
 /// The commands of the control protocol.
-pub const COMMANDS: &[&str] = &["ls", "show", "kill", "kill_all", "kill_where"];
+pub const COMMANDS: &[&str] = &[
+    "ls",
+    "show",
+    "kill",
+    "kill_all",
+    "kill_where",
+    "drain",
+    "watch",
+];
 
 /// One request, as sent on the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,6 +112,16 @@ pub enum Command {
         #[serde(default)]
         dry_run: bool,
     },
+    /// Stop accepting (the port is released), kill every connection, answer once the tree is
+    /// empty.
+    Drain {
+        /// Humantime duration.
+        #[serde(default)]
+        grace: Option<String>,
+    },
+    /// Stream lifecycle events as they happen: one response line per event, all with this
+    /// request's id, until the client hangs up.
+    Watch,
     /// Kill every connection; answers once all of them are gone.
     KillAll {
         /// Shown to the clients.
@@ -149,12 +168,19 @@ impl Response {
     }
 }
 
-/// Defaults applied to control requests.
-#[derive(Debug, Clone)]
+/// What control requests can reach besides the supervisor.
+#[derive(Clone)]
 pub struct ControlDefaults {
     /// The grace of a kill that names none.
     pub kill_grace: Duration,
+    /// Lifecycle events, for `watch`.
+    pub events: Option<Arc<OutputPort<Event>>>,
+    /// The SSH listener, for `drain` (taken and closed by it).
+    pub listener: Option<ListenerSlot>,
 }
+
+/// The SSH listener, shared between the daemon and `drain`.
+pub type ListenerSlot = Arc<tokio::sync::Mutex<Option<crate::server::SshListener>>>;
 
 /// A running control socket.
 pub struct ControlServer {
@@ -307,6 +333,43 @@ async fn serve_client(
             continue;
         }
         match parse_request(&text) {
+            Ok(Request {
+                id,
+                command: Command::Watch,
+            }) => {
+                let Some(events) = defaults.events.clone() else {
+                    let _ = tx.send((
+                        Response::err(id, "watch is not available here"),
+                        Some(permit),
+                    ));
+                    continue;
+                };
+                let tx = tx.clone();
+                requests.spawn(
+                    async move {
+                        // The permit is held for as long as the watch lasts.
+                        let permit = permit;
+                        let mut events = match sshvisor_actors::events::subscribe(&events).await {
+                            Ok(events) => events,
+                            Err(e) => {
+                                let _ = tx.send((
+                                    Response::err(id, format!("cannot watch: {e}")),
+                                    Some(permit),
+                                ));
+                                return;
+                            }
+                        };
+                        info!("watch started");
+                        while let Some(event) = events.recv().await {
+                            if tx.send((Response::ok(id, json!(event)), None)).is_err() {
+                                break;
+                            }
+                        }
+                        drop(permit);
+                    }
+                    .in_current_span(),
+                );
+            }
             Ok(request) => {
                 let tx = tx.clone();
                 let supervisor = supervisor.clone();
@@ -560,6 +623,31 @@ async fn run(
                     Err(format!("{target} ended before the kill reached it"))
                 }
                 _ => Err("the supervisor did not answer the kill in time".into()),
+            }
+        }
+        Command::Watch => Err("watch streams on its own connection".into()),
+        Command::Drain { grace } => {
+            let grace = parse_grace(grace.as_deref(), defaults.kill_grace)?;
+            info!(by = by.as_deref(), "audit: drain requested");
+            if let Some(slot) = &defaults.listener {
+                if let Some(listener) = slot.lock().await.take() {
+                    listener.stop_accepting().await;
+                }
+            }
+            match supervisor
+                .call(
+                    |reply| SupervisorMsg::KillAll {
+                        reason: "the server is shutting down".into(),
+                        grace,
+                        by,
+                        reply,
+                    },
+                    Some(grace.saturating_add(CALL_MARGIN * 3)),
+                )
+                .await
+            {
+                Ok(CallResult::Success(reports)) => Ok(json!(reports)),
+                _ => Err("the supervisor did not answer the drain in time".into()),
             }
         }
         Command::KillAll { reason, grace } => {

@@ -279,3 +279,55 @@ pub fn format_report(report: &KillReport) -> String {
         }
     )
 }
+
+/// One lifecycle event as a line for people: time, what, which connection, details.
+pub fn format_event(event: &sshvisor_actors::Event) -> String {
+    use sshvisor_actors::{DisconnectCause, Event};
+    let now = humantime::format_rfc3339_millis(SystemTime::now());
+    let what = match event {
+        Event::Connected { conn, peer } => format!("connected      {conn}  from {peer}"),
+        Event::Authenticated { conn, user, method } => {
+            format!("authenticated  {conn}  user {user} ({method})")
+        }
+        Event::SessionOpened { conn, session } => format!("session opened {conn}  {session}"),
+        Event::SessionStarted {
+            conn,
+            session,
+            kind,
+            command,
+        } => format!(
+            "session start  {conn}  {session}  {}{}",
+            format!("{kind:?}").to_lowercase(),
+            command
+                .as_deref()
+                .map(|c| format!(" {c}"))
+                .unwrap_or_default()
+        ),
+        Event::SessionClosed {
+            conn,
+            session,
+            exit,
+            killed,
+        } => format!(
+            "session closed {conn}  {session}  {exit:?}{}",
+            killed
+                .as_deref()
+                .map(|r| format!(" (killed: {r})"))
+                .unwrap_or_default()
+        ),
+        Event::Disconnected { conn, cause } => {
+            let cause = match cause {
+                DisconnectCause::ByClient => "by the client".to_string(),
+                DisconnectCause::Killed { reason, by } => format!(
+                    "killed: {reason}{}",
+                    by.as_deref()
+                        .map(|b| format!(" (by {b})"))
+                        .unwrap_or_default()
+                ),
+                DisconnectCause::Error { message } => format!("error: {message}"),
+            };
+            format!("disconnected   {conn}  {cause}")
+        }
+    };
+    format!("{now}  {what}")
+}

@@ -19,7 +19,7 @@ use sshvisor_actors::{spawn_supervisor, Event, KillReport, Policy, SupervisorArg
 use tracing::info;
 
 use crate::app::{ExecEnv, SftpService};
-use crate::control::{ControlDefaults, ControlServer};
+use crate::control::{ControlDefaults, ControlServer, ListenerSlot};
 use crate::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
 use crate::server::{SshListener, SshOptions};
 
@@ -106,7 +106,8 @@ pub enum DaemonError {
 pub struct Daemon {
     supervisor: ActorRef<SupervisorMsg>,
     events: Arc<ractor::OutputPort<Event>>,
-    listener: SshListener,
+    listener: ListenerSlot,
+    ssh_addr: SocketAddr,
     control: ControlServer,
     connect_hint: Option<String>,
     kill_grace: Duration,
@@ -167,11 +168,14 @@ impl Daemon {
         .map_err(|e| DaemonError::Supervisor(e.to_string()))?;
 
         let ctl_path = dir.join(CTL_SOCKET);
+        let slot: ListenerSlot = Arc::new(tokio::sync::Mutex::new(None));
         let control = match ControlServer::bind(
             &ctl_path,
             supervisor.clone(),
             ControlDefaults {
                 kill_grace: options.kill_grace,
+                events: Some(events.clone()),
+                listener: Some(slot.clone()),
             },
         )
         .await
@@ -214,13 +218,15 @@ impl Daemon {
             }
         };
         let addr = listener.local_addr();
+        *slot.lock().await = Some(listener);
         let known_hosts = dir.join("known_hosts");
         write_known_hosts(&known_hosts, addr, &host_key).map_err(dir_err)?;
         let connect_hint = client_key.map(|key| connect_command(&key, &known_hosts, addr));
         Ok(Self {
             supervisor,
             events,
-            listener,
+            listener: slot,
+            ssh_addr: addr,
             control,
             connect_hint,
             kill_grace: options.kill_grace,
@@ -229,7 +235,7 @@ impl Daemon {
 
     /// The SSH address actually bound.
     pub fn ssh_addr(&self) -> SocketAddr {
-        self.listener.local_addr()
+        self.ssh_addr
     }
 
     /// The supervisor, for messages.
@@ -251,7 +257,9 @@ impl Daemon {
     /// `None`), and stops everything once the tree is empty. Returns one report per connection.
     pub async fn shutdown(self, grace: Option<Duration>) -> Vec<KillReport> {
         let grace = grace.unwrap_or(self.kill_grace);
-        self.listener.stop_accepting().await;
+        if let Some(listener) = self.listener.lock().await.take() {
+            listener.stop_accepting().await;
+        }
         let reports = match self
             .supervisor
             .call(

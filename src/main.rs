@@ -63,6 +63,21 @@ enum CtlCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Stop accepting (the port is released), kill every connection, return once all are gone.
+    Drain {
+        /// How long sessions get to end politely before they are forced (humantime).
+        #[arg(long, default_value = "5s", value_parser = sshvisor::control::grace_from_str)]
+        grace: Duration,
+        /// Print the reports as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream lifecycle events as they happen (Ctrl-C to stop).
+    Watch {
+        /// One JSON object per event.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one connection (by its ID, a session's ID, or a unique prefix).
     Show {
         /// The ID or a unique prefix.
@@ -225,6 +240,41 @@ async fn run_ctl(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<ExitCode
                 print!("{}", ctl::format_table(&all));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        CtlCmd::Drain { grace, json } => {
+            let grace = Some(humantime::format_duration(grace).to_string());
+            let value = client.request(CtlCommand::Drain { grace }).await?;
+            let reports: Vec<KillReport> = serde_json::from_value(value)?;
+            for report in &reports {
+                if json {
+                    println!("{}", serde_json::to_string(report)?);
+                } else {
+                    println!("{}", ctl::format_report(report));
+                }
+            }
+            if !json {
+                println!(
+                    "drained: no longer accepting; {} connection(s) closed",
+                    reports.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCmd::Watch { json } => {
+            let id = client.send(CtlCommand::Watch).await?;
+            loop {
+                let response = client.recv().await?;
+                if response.id != id {
+                    continue;
+                }
+                let value = ctl::into_result(response)?;
+                if json {
+                    println!("{value}");
+                } else {
+                    let event: sshvisor_actors::Event = serde_json::from_value(value)?;
+                    println!("{}", ctl::format_event(&event));
+                }
+            }
         }
         CtlCmd::Show { id, json } => {
             let value = client.request(CtlCommand::Show { target: id }).await?;

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use common::*;
 use sshvisor_actors::{ConnState, Event};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -279,4 +280,95 @@ async fn a_control_client_that_never_reads_does_not_hold_up_the_others() {
     let out = server.ssh("nora").arg("echo ok").output().await.unwrap();
     assert_eq!(text(&out.stdout), "ok\n");
     writer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_ends_every_session_releases_the_port_and_returns_after() {
+    let server = TestServer::start().await;
+    let mut events = server.events().await;
+    let port = server.port();
+    let mut ssh = server.ssh("zed").arg("sleep 987090").spawn().unwrap();
+    wait_started(&mut events, "sleep 987090").await;
+    let out = server
+        .ctl(&["drain", "--grace", "2s"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 connection(s) closed"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(server.list().await.is_empty());
+    assert!(processes_with_argv(&["sleep", "987090"]).is_empty());
+    // The port is free: nobody answers on it, and it can be bound again.
+    assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+    let rebound = std::net::TcpListener::bind(("127.0.0.1", port));
+    assert!(rebound.is_ok(), "the port was not released");
+    let status = tokio::time::timeout(WAIT, ssh.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(255));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_the_lifecycle_of_a_connection() {
+    let server = TestServer::start().await;
+    let mut watch = server.ctl(&["watch", "--json"]).spawn().unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(serde_json::from_str(&line).unwrap());
+        }
+    });
+    // Until the watch is live, connections may go unseen: probe until one is reported, then
+    // let it finish.
+    let mut first = loop {
+        let out = server.ssh("yuri").arg("true").output().await.unwrap();
+        assert!(out.status.success());
+        if let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+            break event;
+        }
+    };
+    // Skip the rest of that probe's lifecycle.
+    while first["event"] != "disconnected" {
+        first = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    let out = server
+        .ssh("yuri")
+        .arg("echo watched")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(text(&out.stdout), "watched\n");
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(event) = rx.recv().await {
+            seen.push(event["event"].as_str().unwrap().to_string());
+            if seen.last().map(String::as_str) == Some("disconnected") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the whole lifecycle is streamed");
+    assert_eq!(
+        seen,
+        [
+            "connected",
+            "authenticated",
+            "session_opened",
+            "session_started",
+            "session_closed",
+            "disconnected"
+        ]
+    );
+    let _ = watch.kill().await;
 }
