@@ -46,6 +46,10 @@ pub struct DaemonOptions {
     /// An external `sftp-server` binary to run for the sftp subsystem instead of the
     /// in-process one.
     pub sftp_server: Option<PathBuf>,
+    /// Timeouts (the kill grace above wins over `timeouts.kill_grace`).
+    pub timeouts: crate::config::Timeouts,
+    /// Limits on connections and sessions.
+    pub limits: crate::config::Limits,
     /// Reap the orphans the server adopts as subreaper. Leave on unless the embedding program
     /// spawns children of its own (the reaper would take their exit status).
     pub reap_orphans: bool,
@@ -62,6 +66,8 @@ impl Default for DaemonOptions {
             kill_grace: sshvisor_actors::DEFAULT_KILL_GRACE,
             accept_env: Vec::new(),
             sftp_server: None,
+            timeouts: crate::config::Timeouts::default(),
+            limits: crate::config::Limits::default(),
             reap_orphans: true,
         }
     }
@@ -160,7 +166,16 @@ impl Daemon {
                 events: events.clone(),
                 policy: Policy {
                     kill_grace: options.kill_grace,
-                    ..Policy::default()
+                    login_grace: Some(options.timeouts.login_grace),
+                    max_lifetime: options.timeouts.max_lifetime,
+                    limits: sshvisor_actors::Limits {
+                        max_connections: options.limits.max_connections as usize,
+                        max_per_source: options.limits.max_per_source as usize,
+                        max_per_user: options.limits.max_per_user as usize,
+                        max_unauthenticated: options.limits.max_unauthenticated as usize,
+                        max_sessions_per_connection: options.limits.max_sessions_per_connection
+                            as usize,
+                    },
                 },
             },
         )
@@ -194,6 +209,10 @@ impl Daemon {
                 listen: options.listen,
                 host_key: host_key.clone(),
                 authorized,
+                keepalive: (
+                    options.timeouts.keepalive_interval,
+                    options.timeouts.keepalive_count as usize,
+                ),
                 env: ExecEnv {
                     accept_env: options.accept_env.clone(),
                     sftp: match &options.sftp_server {

@@ -144,6 +144,9 @@ impl SshHandler {
                 session.exit_status_request(channel, 1)?;
                 session.eof(channel)?;
             }
+            // The connection is being ended: its disconnect, with the reason, is on its way.
+            // A failure now would make OpenSSH exit before it could print that reason.
+            Ok(ractor::rpc::CallResult::Success(Err(StartRefusal::Closing))) => {}
             _ => session.channel_failure(channel)?,
         }
         Ok(())

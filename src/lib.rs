@@ -20,6 +20,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod app;
+pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod daemon;

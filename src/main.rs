@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use sshvisor::control::Command as CtlCommand;
 use sshvisor::ctl::{self, CtlClient, CtlError};
-use sshvisor::daemon::{Daemon, DaemonOptions, DEFAULT_LISTEN, DEFAULT_STATE_DIR};
+use sshvisor::daemon::{Daemon, DaemonOptions, DEFAULT_STATE_DIR};
 use sshvisor_actors::{ConnectionInfo, KillReport};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -24,18 +24,21 @@ struct Cli {
 enum Cmd {
     /// Run the server (127.0.0.1:2222, state in ./.sshvisor by default).
     Serve {
-        /// Address to listen on for SSH.
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        listen: SocketAddr,
-        /// Directory for the host key, the control socket and generated keys.
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
+        /// Configuration file (TOML; see docs/OPERATIONS.md). Flags override it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Address to listen on for SSH [default: 127.0.0.1:2222].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Directory for the host key, the control socket and generated keys [default: .sshvisor].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
         /// OpenSSH authorized_keys file; without it a client key is generated and authorized.
         #[arg(long)]
         authorized_keys: Option<PathBuf>,
-        /// Grace of kills that name none, and of the shutdown (humantime: 5s, 500ms).
-        #[arg(long, default_value = "5s", value_parser = sshvisor::control::grace_from_str)]
-        kill_grace: Duration,
+        /// Grace of kills that name none, and of the shutdown (humantime: 5s, 500ms) [default: 5s].
+        #[arg(long, value_parser = sshvisor::control::grace_from_str)]
+        kill_grace: Option<Duration>,
         /// Also accept this client environment variable (besides LANG, LC_*, TERM); repeatable.
         #[arg(long = "accept-env", value_name = "NAME")]
         accept_env: Vec<String>,
@@ -151,6 +154,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Cmd::Serve {
+                config,
                 listen,
                 state_dir,
                 authorized_keys,
@@ -158,13 +162,21 @@ fn main() -> ExitCode {
                 accept_env,
                 sftp_server,
             } => {
+                let file = match &config {
+                    Some(path) => sshvisor::config::Config::load(path)?,
+                    None => sshvisor::config::Config::default(),
+                };
+                let mut accept = file.accept_env.clone();
+                accept.extend(accept_env);
                 serve(DaemonOptions {
-                    listen,
-                    state_dir,
-                    authorized_keys,
-                    kill_grace,
-                    accept_env,
-                    sftp_server,
+                    listen: listen.unwrap_or(file.listen),
+                    state_dir: state_dir.unwrap_or(file.state_dir),
+                    authorized_keys: authorized_keys.or(file.authorized_keys),
+                    kill_grace: kill_grace.unwrap_or(file.timeouts.kill_grace),
+                    accept_env: accept,
+                    sftp_server: sftp_server.or(file.sftp_server),
+                    timeouts: file.timeouts,
+                    limits: file.limits,
                     reap_orphans: true,
                 })
                 .await

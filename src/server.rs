@@ -42,10 +42,12 @@ pub struct SshOptions {
     pub authorized: AuthorizedKeys,
     /// What sessions run with.
     pub env: ExecEnv,
+    /// Keepalive probe interval (none: never) and how many may go unanswered.
+    pub keepalive: (Option<Duration>, usize),
 }
 
 /// The russh configuration sshvisor runs with.
-pub fn russh_config(host_key: PrivateKey) -> Config {
+pub fn russh_config(host_key: PrivateKey, keepalive: (Option<Duration>, usize)) -> Config {
     Config {
         server_id: russh::SshId::Standard(
             concat!("SSH-2.0-sshvisor_", env!("CARGO_PKG_VERSION")).into(),
@@ -59,8 +61,8 @@ pub fn russh_config(host_key: PrivateKey) -> Config {
         // Idle connections are the operator's business (kill, or an idle policy), not a fixed
         // russh timer's; dead peers are found by keepalives.
         inactivity_timeout: None,
-        keepalive_interval: Some(Duration::from_secs(15)),
-        keepalive_max: 3,
+        keepalive_interval: keepalive.0,
+        keepalive_max: keepalive.1,
         nodelay: true,
         ..Default::default()
     }
@@ -82,7 +84,7 @@ impl SshListener {
         let listener = TcpListener::bind(options.listen).await?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            config: Arc::new(russh_config(options.host_key)),
+            config: Arc::new(russh_config(options.host_key, options.keepalive)),
             authorized: Arc::new(options.authorized),
             env: Arc::new(options.env),
             supervisor,
@@ -163,6 +165,8 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
         Ok(CallResult::Success(Ok(admitted))) => admitted,
         Ok(CallResult::Success(Err(refusal))) => {
             warn!(%peer, reason = %refusal, "connection refused");
+            // Said over SSH, so the client prints why instead of seeing a bare reset.
+            refuse(shared.config.clone(), socket, refusal.to_string()).await;
             return;
         }
         Ok(_) | Err(_) => {
@@ -198,6 +202,27 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
     }
     .instrument(span)
     .await;
+}
+
+/// How long a refused client gets to receive its disconnect message.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Completes the key exchange only to send SSH_MSG_DISCONNECT (too many connections) with
+/// `reason`, then closes; bounded by [`REFUSAL_TIMEOUT`].
+async fn refuse(config: Arc<Config>, socket: TcpStream, reason: String) {
+    struct Refuser;
+    impl russh::server::Handler for Refuser {
+        type Error = russh::Error;
+    }
+    let session = async {
+        let running = russh::server::run_stream(config, socket, Refuser).await?;
+        let _ = running
+            .handle()
+            .disconnect(russh::Disconnect::TooManyConnections, reason, "en".into())
+            .await;
+        running.await
+    };
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, session).await;
 }
 
 fn classify(error: HandlerError, switch: &CutSwitch) -> TransportEnd {

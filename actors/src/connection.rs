@@ -98,6 +98,8 @@ pub enum ConnectionMsg {
     },
     /// The login grace ran out.
     LoginGraceElapsed,
+    /// The connection's maximum lifetime ran out.
+    LifetimeElapsed,
     /// The kill's grace ran out.
     GraceElapsed,
     /// Cut the transport if it is still up.
@@ -295,6 +297,9 @@ impl Actor for ConnectionActor {
         if let Some(limit) = state.policy.login_grace {
             state.after(&myself, limit, || ConnectionMsg::LoginGraceElapsed);
         }
+        if let Some(limit) = state.policy.max_lifetime {
+            state.after(&myself, limit, || ConnectionMsg::LifetimeElapsed);
+        }
         Ok(())
     }
 
@@ -326,6 +331,13 @@ impl Actor for ConnectionActor {
                 ConnectionMsg::OpenSession { link, reply } => {
                     if state.closing {
                         let _ = reply.send(Err("the connection is closing".to_string()));
+                        return;
+                    }
+                    let max = state.policy.limits.max_sessions_per_connection;
+                    if state.sessions.len() >= max {
+                        let reason = format!("max_sessions_per_connection ({max}) reached");
+                        info!(reason = %reason, "audit: session refused");
+                        let _ = reply.send(Err(reason));
                         return;
                     }
                     let session = SessionId::new_random();
@@ -386,6 +398,17 @@ impl Actor for ConnectionActor {
                 }
                 ConnectionMsg::Kill { reason, grace, by } => {
                     state.begin_kill(&myself, reason, grace, by);
+                }
+                ConnectionMsg::LifetimeElapsed => {
+                    if !state.closing {
+                        let limit = state.policy.max_lifetime.unwrap_or_default();
+                        let reason = format!(
+                            "max_lifetime ({}) reached",
+                            humantime::format_duration(limit)
+                        );
+                        let grace = state.policy.kill_grace;
+                        state.begin_kill(&myself, reason, grace, Some("max_lifetime".into()));
+                    }
                 }
                 ConnectionMsg::LoginGraceElapsed => {
                     if !state.authenticated && !state.closing {

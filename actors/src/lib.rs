@@ -59,6 +59,38 @@ pub struct Policy {
     /// A connection not authenticated within this time is disconnected (like OpenSSH's
     /// LoginGraceTime); `None` waits forever.
     pub login_grace: Option<Duration>,
+    /// The longest a connection may live; `None` for no limit.
+    pub max_lifetime: Option<Duration>,
+    /// How many connections and sessions are admitted.
+    pub limits: Limits,
+}
+
+/// How many connections and sessions the tree admits. A connection over a limit is refused
+/// with a text that names the limit by its configuration key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections in all.
+    pub max_connections: usize,
+    /// Connections from one address.
+    pub max_per_source: usize,
+    /// Connections of one user (checked at authentication).
+    pub max_per_user: usize,
+    /// Connections not yet authenticated, at once.
+    pub max_unauthenticated: usize,
+    /// Sessions on one connection.
+    pub max_sessions_per_connection: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_per_source: 100,
+            max_per_user: 50,
+            max_unauthenticated: 100,
+            max_sessions_per_connection: 10,
+        }
+    }
 }
 
 /// The default login grace.
@@ -69,6 +101,8 @@ impl Default for Policy {
         Self {
             kill_grace: DEFAULT_KILL_GRACE,
             login_grace: Some(DEFAULT_LOGIN_GRACE),
+            max_lifetime: None,
+            limits: Limits::default(),
         }
     }
 }

@@ -121,6 +121,10 @@ pub enum Refusal {
     /// The connection actor could not be started.
     #[error("could not start the connection: {0}")]
     SpawnFailed(String),
+    /// A limit is reached; the text names it by its configuration key, e.g.
+    /// `max_per_source (100) reached for 10.1.2.3`.
+    #[error("{0}")]
+    Limit(String),
 }
 
 /// Why a connection ended.
@@ -205,6 +209,13 @@ pub enum Event {
         exit: SessionExit,
         /// The kill reason, when it was killed.
         killed: Option<String>,
+    },
+    /// A connection was refused because of a limit.
+    Refused {
+        /// The client's address.
+        peer: SocketAddr,
+        /// The limit, by its configuration key.
+        reason: String,
     },
     /// A connection ended and every actor under it stopped.
     Disconnected {

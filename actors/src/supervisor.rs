@@ -254,6 +254,41 @@ impl SupervisorState {
         }
     }
 
+    /// The limit a new connection from `peer` would break, if any.
+    fn over_limit(&self, peer: SocketAddr) -> Option<Refusal> {
+        let limits = &self.policy.limits;
+        if self.conns.len() >= limits.max_connections {
+            return Some(Refusal::Limit(format!(
+                "max_connections ({}) reached",
+                limits.max_connections
+            )));
+        }
+        let ip = peer.ip().to_canonical();
+        let from_peer = self
+            .conns
+            .values()
+            .filter(|e| e.info.peer.ip().to_canonical() == ip)
+            .count();
+        if from_peer >= limits.max_per_source {
+            return Some(Refusal::Limit(format!(
+                "max_per_source ({}) reached for {ip}",
+                limits.max_per_source
+            )));
+        }
+        let unauthenticated = self
+            .conns
+            .values()
+            .filter(|e| e.info.state == ConnState::Handshaking)
+            .count();
+        if unauthenticated >= limits.max_unauthenticated {
+            return Some(Refusal::Limit(format!(
+                "max_unauthenticated ({}) reached",
+                limits.max_unauthenticated
+            )));
+        }
+        None
+    }
+
     /// Kills every connection `filter` selects; `reply` gets one report per connection once
     /// all of them are gone.
     fn kill_group(
@@ -420,6 +455,15 @@ impl Actor for SupervisorActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Connect { peer, link, reply } => {
+                if let Some(refusal) = state.over_limit(peer) {
+                    info!(parent: &state.span, %peer, reason = %refusal, "audit: connection refused");
+                    state.events.send(Event::Refused {
+                        peer,
+                        reason: refusal.to_string(),
+                    });
+                    let _ = reply.send(Err(refusal));
+                    return Ok(());
+                }
                 let id = ConnId::new_random();
                 let args = ConnectionArgs {
                     id,
@@ -566,16 +610,38 @@ impl Actor for SupervisorActor {
                     method,
                     client_version,
                 } => {
-                    if let Some(entry) = state.conns.get_mut(&conn) {
-                        if entry.info.state == ConnState::Handshaking {
-                            entry.info.state = ConnState::Authenticated;
-                        }
-                        entry.info.user = Some(user.clone());
-                        entry.info.auth_method = Some(method.clone());
-                        entry.info.client_version = client_version;
-                        state
-                            .events
-                            .send(Event::Authenticated { conn, user, method });
+                    let max = state.policy.limits.max_per_user;
+                    let same_user = state
+                        .conns
+                        .values()
+                        .filter(|e| {
+                            e.info.id != conn && e.info.user.as_deref() == Some(user.as_str())
+                        })
+                        .count();
+                    let Some(entry) = state.conns.get_mut(&conn) else {
+                        return Ok(());
+                    };
+                    if entry.info.state == ConnState::Handshaking {
+                        entry.info.state = ConnState::Authenticated;
+                    }
+                    entry.info.user = Some(user.clone());
+                    entry.info.auth_method = Some(method.clone());
+                    entry.info.client_version = client_version;
+                    let peer = entry.info.peer;
+                    state.events.send(Event::Authenticated {
+                        conn,
+                        user: user.clone(),
+                        method,
+                    });
+                    if same_user >= max {
+                        let reason = format!("max_per_user ({max}) reached for {user}");
+                        info!(parent: &state.span, conn_id = %conn, reason = %reason, "audit: connection refused");
+                        state.events.send(Event::Refused {
+                            peer,
+                            reason: reason.clone(),
+                        });
+                        let grace = state.policy.kill_grace;
+                        state.kill_connection(conn, &reason, grace, &Some("max_per_user".into()));
                     }
                 }
                 Notice::SessionOpened { conn, session } => {

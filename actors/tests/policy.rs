@@ -243,3 +243,44 @@ async fn kill_where_kills_exactly_the_selected_connections() {
     assert!(none.is_empty());
     assert_eq!(h.list().await.len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_over_max_per_source_is_refused_with_the_limit_and_an_event() {
+    let mut policy = unlimited();
+    policy.limits.max_per_source = 2;
+    let mut h = Harness::start_with(None, policy).await;
+    h.connect("c1", Client::Healthy).await;
+    h.connect("c2", Client::Healthy).await;
+    let refused = h
+        .sup
+        .call(
+            |reply| sshvisor_actors::SupervisorMsg::Connect {
+                peer: "192.0.2.7:60000".parse().unwrap(),
+                link: Box::new(NoLink),
+                reply,
+            },
+            Some(WAIT),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let Err(sshvisor_actors::Refusal::Limit(text)) = refused else {
+        panic!("the third connection was admitted");
+    };
+    assert_eq!(text, "max_per_source (2) reached for 192.0.2.7");
+    h.probe
+        .until(
+            "the refusal is published",
+            |e| matches!(e, Event::Refused { reason, .. } if reason.starts_with("max_per_source")),
+        )
+        .await;
+    assert_eq!(h.list().await.len(), 2);
+}
+
+/// A link for a connection that is never admitted.
+struct NoLink;
+
+impl sshvisor_actors::ConnectionLink for NoLink {
+    fn disconnect(&self, _reason: &str) {}
+    fn abort(&self) {}
+}

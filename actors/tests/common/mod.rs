@@ -433,21 +433,23 @@ impl Probe {
     }
 }
 
-/// The connection an event is about.
-pub fn event_conn(event: &Event) -> ConnId {
-    match event {
-        Event::Connected { conn, .. }
-        | Event::Authenticated { conn, .. }
-        | Event::SessionOpened { conn, .. }
-        | Event::SessionStarted { conn, .. }
-        | Event::SessionClosed { conn, .. }
-        | Event::Disconnected { conn, .. } => *conn,
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The harness itself.
 // ---------------------------------------------------------------------------------------------
+
+/// The default policy without connection limits.
+pub fn unlimited() -> Policy {
+    Policy {
+        limits: sshvisor_actors::Limits {
+            max_connections: usize::MAX,
+            max_per_source: usize::MAX,
+            max_per_user: usize::MAX,
+            max_unauthenticated: usize::MAX,
+            max_sessions_per_connection: usize::MAX,
+        },
+        ..Policy::default()
+    }
+}
 
 /// A supervisor with a probe on its events and one log for all its fake links.
 pub struct Harness {
@@ -458,8 +460,10 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// A supervisor with the default policy, but limits out of the way (every harness client
+    /// comes from one address).
     pub async fn start() -> Self {
-        Self::start_with(None, Policy::default()).await
+        Self::start_with(None, unlimited()).await
     }
 
     /// A supervisor linked under `parent` (when given) with `policy`.

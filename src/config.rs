@@ -1,0 +1,236 @@
+//! The configuration file of `sshvisor serve --config FILE` (TOML).
+//!
+//! Every field has a default and the defaults make a safe server; every duration is a humantime
+//! string (`"30s"`, `"10m"`, `"1h 30m"`) or `"off"`. A bad file (unknown key, wrong type,
+//! unparsable duration, negative limit) is refused with the file, the line and what was
+//! expected. docs/OPERATIONS.md documents every field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where to listen for SSH.
+    pub listen: SocketAddr,
+    /// Where keys and the control socket live.
+    pub state_dir: PathBuf,
+    /// An OpenSSH authorized_keys file; none generates and authorizes a client key.
+    pub authorized_keys: Option<PathBuf>,
+    /// Client environment variables accepted besides `LANG`, `LC_*`, `TERM`.
+    pub accept_env: Vec<String>,
+    /// An external sftp-server binary instead of the in-process sftp.
+    pub sftp_server: Option<PathBuf>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Limits.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2222)),
+            state_dir: ".sshvisor".into(),
+            authorized_keys: None,
+            accept_env: Vec::new(),
+            sftp_server: None,
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// `[timeouts]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Authentication must finish within this.
+    #[serde(deserialize_with = "duration")]
+    pub login_grace: Duration,
+    /// No channel data either way for this long ends a connection (`off` by default).
+    #[serde(deserialize_with = "optional_duration")]
+    pub idle: Option<Duration>,
+    /// The longest a connection may live (`off` by default).
+    #[serde(deserialize_with = "optional_duration")]
+    pub max_lifetime: Option<Duration>,
+    /// No data on a session for this long ends the session (`off` by default).
+    #[serde(deserialize_with = "optional_duration")]
+    pub session_idle: Option<Duration>,
+    /// How often a silent client is probed.
+    #[serde(deserialize_with = "optional_duration")]
+    pub keepalive_interval: Option<Duration>,
+    /// Unanswered probes before the connection is dropped.
+    pub keepalive_count: u32,
+    /// How long sessions get to end politely on a kill that names no grace, and at shutdown.
+    #[serde(deserialize_with = "duration")]
+    pub kill_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            login_grace: Duration::from_secs(30),
+            idle: None,
+            max_lifetime: None,
+            session_idle: None,
+            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_count: 3,
+            kill_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections in all.
+    pub max_connections: u32,
+    /// Connections from one address.
+    pub max_per_source: u32,
+    /// Connections of one user (checked at authentication).
+    pub max_per_user: u32,
+    /// Connections not yet authenticated, at once.
+    pub max_unauthenticated: u32,
+    /// Sessions on one connection.
+    pub max_sessions_per_connection: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_per_source: 100,
+            max_per_user: 50,
+            max_unauthenticated: 100,
+            max_sessions_per_connection: 10,
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("expected a duration such as \"30s\", \"10m\" or \"1h 30m\", got {text:?} ({e})")
+    })
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim() == "off" {
+        return Ok(None);
+    }
+    parse_duration(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("{e}, or \"off\"")))
+}
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The file is not a valid configuration.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Where and what (toml's message names the line and column).
+        message: String,
+    },
+}
+
+impl Config {
+    /// Parses a configuration text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_documented_example_parses_and_an_empty_file_gives_the_defaults() {
+        let text = r#"
+listen = "127.0.0.1:2222"
+state_dir = ".sshvisor"
+authorized_keys = "path/to/authorized_keys"
+[timeouts]
+login_grace = "30s"
+idle = "off"
+max_lifetime = "1h 30m"
+session_idle = "off"
+keepalive_interval = "15s"
+keepalive_count = 3
+kill_grace = "5s"
+[limits]
+max_connections = 10000
+max_per_source = 100
+max_per_user = 50
+max_unauthenticated = 100
+max_sessions_per_connection = 10
+"#;
+        let c = parse(text).unwrap();
+        assert_eq!(c.timeouts.max_lifetime, Some(Duration::from_secs(5400)));
+        assert_eq!(c.timeouts.idle, None);
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn each_kind_of_mistake_names_the_file_the_line_and_what_was_expected() {
+        let e = parse("listen = \"127.0.0.1:2222\"\nlisten_address = \"x\"\n").unwrap_err();
+        assert!(
+            e.contains("test.toml") && e.contains("line 2") && e.contains("unknown field"),
+            "{e}"
+        );
+        let e = parse("[limits]\nmax_connections = \"many\"\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("u32"), "{e}");
+        let e = parse("[timeouts]\n\nlogin_grace = \"soon\"\n").unwrap_err();
+        assert!(
+            e.contains("line 3") && e.contains("expected a duration"),
+            "{e}"
+        );
+        let e = parse("[limits]\nmax_per_user = -1\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("-1"), "{e}");
+        let e = parse("[timeouts]\nidle = \"sometimes\"\n").unwrap_err();
+        assert!(
+            e.contains("or \\\"off\\\"") || e.contains("or \"off\""),
+            "{e}"
+        );
+        let e = parse("listen = [1, 2\n").unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
+    }
+}
