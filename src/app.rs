@@ -41,6 +41,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
+use crate::link::Activity;
 use crate::procs;
 use crate::pty;
 use crate::sftp::{self, LocalFs, SftpFs};
@@ -311,6 +312,7 @@ pub struct ChannelSession {
     stream: Option<russh::Channel<russh::server::Msg>>,
     running: Option<Running>,
     sftp: Option<SftpRun>,
+    activity: Arc<Activity>,
 }
 
 /// An in-process sftp session: the task serving it.
@@ -332,6 +334,7 @@ impl ChannelSession {
         stream: russh::Channel<russh::server::Msg>,
         env: Arc<ExecEnv>,
         ends: Endpoints,
+        activity: Arc<Activity>,
     ) -> (Self, StdinSender) {
         let (tx, rx) = stdin_queue();
         let channel = stream.id();
@@ -340,6 +343,7 @@ impl ChannelSession {
             channel,
             stream: Some(stream),
             sftp: None,
+            activity,
             env,
             ends,
             pty: None,
@@ -549,6 +553,7 @@ impl ChannelSession {
             done: done.clone(),
             leave_channel_open: leave_channel_open.clone(),
             feed: feed.clone(),
+            activity: self.activity.clone(),
             events,
         };
         tokio::spawn(driver.run(pidfd, outputs));
@@ -851,6 +856,7 @@ struct Driver {
     done: Arc<AtomicBool>,
     leave_channel_open: Arc<AtomicBool>,
     feed: AbortHandle,
+    activity: Arc<Activity>,
     events: SessionEvents,
 }
 
@@ -868,18 +874,27 @@ impl Driver {
                     self.channel,
                     None,
                     Some(exited_rx),
+                    self.activity.clone(),
                 ))],
                 true,
             ),
             Outputs::Pipes(stdout, stderr) => (
                 vec![
-                    tokio::spawn(pump(stdout, self.handle.clone(), self.channel, None, None)),
+                    tokio::spawn(pump(
+                        stdout,
+                        self.handle.clone(),
+                        self.channel,
+                        None,
+                        None,
+                        self.activity.clone(),
+                    )),
                     tokio::spawn(pump(
                         stderr,
                         self.handle.clone(),
                         self.channel,
                         Some(1),
                         None,
+                        self.activity.clone(),
                     )),
                 ],
                 false,
@@ -967,6 +982,7 @@ async fn pump(
     channel: ChannelId,
     ext: Option<u32>,
     mut leader_exited: Option<tokio::sync::watch::Receiver<bool>>,
+    activity: Arc<Activity>,
 ) {
     // An idle session holds only a small buffer; one that fills it gets a bigger one.
     let mut buf = vec![0u8; PUMP_MIN];
@@ -996,6 +1012,7 @@ async fn pump(
             None => handle.data(channel, data).await,
             Some(code) => handle.extended_data(channel, code, data).await,
         };
+        activity.touch();
         if sent.is_err() {
             // The connection is gone; keep draining so the process never blocks on a full pipe.
             while matches!(from.read(&mut buf).await, Ok(n) if n > 0) {}

@@ -168,6 +168,7 @@ impl Daemon {
                     kill_grace: options.kill_grace,
                     login_grace: Some(options.timeouts.login_grace),
                     max_lifetime: options.timeouts.max_lifetime,
+                    idle: options.timeouts.idle,
                     limits: sshvisor_actors::Limits {
                         max_connections: options.limits.max_connections as usize,
                         max_per_source: options.limits.max_per_source as usize,

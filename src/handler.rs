@@ -22,6 +22,7 @@ use crate::app::{
     sig_name, ChannelSession, Endpoints, ExecEnv, StdinError, StdinSender, STDIN_LIMIT,
 };
 use crate::keys::{fingerprint, AuthorizedKeys};
+use crate::link::Activity;
 
 /// The longest a callback waits for an actor's answer.
 pub const ACTOR_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,6 +44,7 @@ pub struct SshHandler {
     authorized: Arc<AuthorizedKeys>,
     env: Arc<ExecEnv>,
     ends: Endpoints,
+    activity: Arc<Activity>,
     user: Option<String>,
     sessions: HashMap<ChannelId, Channel>,
 }
@@ -61,12 +63,14 @@ impl SshHandler {
         authorized: Arc<AuthorizedKeys>,
         env: Arc<ExecEnv>,
         ends: Endpoints,
+        activity: Arc<Activity>,
     ) -> Self {
         Self {
             conn,
             authorized,
             env,
             ends,
+            activity,
             user: None,
             sessions: HashMap::new(),
         }
@@ -207,8 +211,13 @@ impl russh::server::Handler for SshHandler {
         });
         // The channel itself goes to the session: dropped at start unless an in-process
         // subsystem (sftp) reads it as a stream. Callbacks carry everything else.
-        let (link, stdin) =
-            ChannelSession::new(session.handle(), channel, self.env.clone(), self.ends);
+        let (link, stdin) = ChannelSession::new(
+            session.handle(),
+            channel,
+            self.env.clone(),
+            self.ends,
+            self.activity.clone(),
+        );
         let answer = self
             .conn
             .call(
@@ -356,6 +365,7 @@ impl russh::server::Handler for SshHandler {
         // Straight to the command's stdin, never waiting: russh's loop must keep running to
         // send the command's output, which the command may be blocked on. A command that
         // leaves too much unread ends its session instead of filling the server's memory.
+        self.activity.touch();
         let Some(c) = self.sessions.get_mut(&channel) else {
             return Ok(());
         };

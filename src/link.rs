@@ -6,7 +6,9 @@
 //! behind a stalled client forever, until the stream is cut), and [`abort`](ConnectionLink::abort)
 //! cuts the stream at once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use russh::server::Handle;
 use russh::Disconnect;
@@ -14,16 +16,54 @@ use sshvisor_actors::ConnectionLink;
 
 use crate::stream::CutSwitch;
 
+/// When channel data last moved on a connection, either way (for the idle timeout).
+#[derive(Debug)]
+pub struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    /// Activity starting now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Channel data moved just now.
+    pub fn touch(&self) {
+        let now = self.base.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// How long since channel data last moved.
+    pub fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.base.elapsed().saturating_sub(last)
+    }
+}
+
 /// The link of one russh connection.
 pub struct RusshConnectionLink {
     handle: Arc<OnceLock<Handle>>,
     switch: Arc<CutSwitch>,
+    activity: Arc<Activity>,
 }
 
 impl RusshConnectionLink {
-    /// A link over the handle cell and cut switch of one connection.
-    pub fn new(handle: Arc<OnceLock<Handle>>, switch: Arc<CutSwitch>) -> Self {
-        Self { handle, switch }
+    /// A link over the handle cell, cut switch and activity of one connection.
+    pub fn new(
+        handle: Arc<OnceLock<Handle>>,
+        switch: Arc<CutSwitch>,
+        activity: Arc<Activity>,
+    ) -> Self {
+        Self {
+            handle,
+            switch,
+            activity,
+        }
     }
 }
 
@@ -45,6 +85,10 @@ impl ConnectionLink for RusshConnectionLink {
 
     fn abort(&self) {
         self.switch.cut();
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        Some(self.activity.idle_for())
     }
 }
 

@@ -26,7 +26,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use crate::app::{Endpoints, ExecEnv};
 use crate::handler::{HandlerError, SshHandler};
 use crate::keys::AuthorizedKeys;
-use crate::link::RusshConnectionLink;
+use crate::link::{Activity, RusshConnectionLink};
 use crate::stream::{CutSwitch, CuttableStream};
 
 /// How long a new connection waits for the supervisor to admit it.
@@ -149,7 +149,8 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
     }
     let switch = CutSwitch::new();
     let handle_cell = Arc::new(OnceLock::new());
-    let link = RusshConnectionLink::new(handle_cell.clone(), switch.clone());
+    let activity = Activity::new();
+    let link = RusshConnectionLink::new(handle_cell.clone(), switch.clone(), activity.clone());
     let admitted = shared
         .supervisor
         .call(
@@ -185,6 +186,7 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
             shared.authorized.clone(),
             shared.env.clone(),
             ends,
+            activity,
         );
         let stream = CuttableStream::new(socket, switch.clone());
         let end = match russh::server::run_stream(shared.config.clone(), stream, handler).await {

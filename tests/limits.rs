@@ -122,3 +122,29 @@ async fn serve_refuses_a_bad_configuration_file_with_the_line_and_runs_a_good_on
     let err = text(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("line 3"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_ended_at_the_idle_timeout_and_a_busy_one_is_not() {
+    let server = TestServer::start_with(|o| {
+        o.timeouts.idle = Some(Duration::from_secs(1));
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let busy = server
+        .ssh("fay")
+        .arg("for i in 1 2 3 4 5 6 7 8 9 10; do echo tick; sleep 0.2; done")
+        .output();
+    let idle = server.ssh("gus").arg("sleep 987110").output();
+    let (busy, idle) = tokio::join!(finish(busy), finish(idle));
+    assert_eq!(idle.status.code(), Some(255));
+    assert!(
+        text(&idle.stderr).contains("idle timeout (1s) reached"),
+        "{}",
+        text(&idle.stderr)
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(processes_with_argv(&["sleep", "987110"]).is_empty());
+    // Output every 0.2 s keeps the other one alive past the timeout.
+    assert_eq!(busy.status.code(), Some(0), "{}", text(&busy.stderr));
+    assert_eq!(text(&busy.stdout).matches("tick").count(), 10);
+}

@@ -100,6 +100,8 @@ pub enum ConnectionMsg {
     LoginGraceElapsed,
     /// The connection's maximum lifetime ran out.
     LifetimeElapsed,
+    /// Time to check whether the connection has been idle too long.
+    IdleCheck,
     /// The kill's grace ran out.
     GraceElapsed,
     /// Cut the transport if it is still up.
@@ -300,6 +302,9 @@ impl Actor for ConnectionActor {
         if let Some(limit) = state.policy.max_lifetime {
             state.after(&myself, limit, || ConnectionMsg::LifetimeElapsed);
         }
+        if let Some(limit) = state.policy.idle {
+            state.after(&myself, limit, || ConnectionMsg::IdleCheck);
+        }
         Ok(())
     }
 
@@ -398,6 +403,23 @@ impl Actor for ConnectionActor {
                 }
                 ConnectionMsg::Kill { reason, grace, by } => {
                     state.begin_kill(&myself, reason, grace, by);
+                }
+                ConnectionMsg::IdleCheck => {
+                    let (Some(limit), false) = (state.policy.idle, state.closing) else {
+                        return;
+                    };
+                    let idle_for = state.link.idle_for().unwrap_or_default();
+                    if idle_for >= limit {
+                        let reason = format!(
+                            "idle timeout ({}) reached",
+                            humantime::format_duration(limit)
+                        );
+                        let grace = state.policy.kill_grace;
+                        state.begin_kill(&myself, reason, grace, Some("idle".into()));
+                    } else {
+                        // Check again exactly when the connection would have been idle long enough.
+                        state.after(&myself, limit - idle_for, || ConnectionMsg::IdleCheck);
+                    }
                 }
                 ConnectionMsg::LifetimeElapsed => {
                     if !state.closing {

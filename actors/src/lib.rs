@@ -61,6 +61,8 @@ pub struct Policy {
     pub login_grace: Option<Duration>,
     /// The longest a connection may live; `None` for no limit.
     pub max_lifetime: Option<Duration>,
+    /// No channel data either way for this long ends a connection; `None` for no limit.
+    pub idle: Option<Duration>,
     /// How many connections and sessions are admitted.
     pub limits: Limits,
 }
@@ -102,6 +104,7 @@ impl Default for Policy {
             kill_grace: DEFAULT_KILL_GRACE,
             login_grace: Some(DEFAULT_LOGIN_GRACE),
             max_lifetime: None,
+            idle: None,
             limits: Limits::default(),
         }
     }

@@ -23,6 +23,12 @@ pub trait ConnectionLink: Send + Sync + 'static {
     /// binding must report the end of the transport promptly
     /// (`ConnectionMsg::TransportClosed`). Returns at once.
     fn abort(&self);
+
+    /// How long no channel data has moved either way (for the idle timeout); `None` when the
+    /// link does not know.
+    fn idle_for(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Why a transport ended, as the binding saw it.
