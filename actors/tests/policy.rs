@@ -284,3 +284,68 @@ impl sshvisor_actors::ConnectionLink for NoLink {
     fn disconnect(&self, _reason: &str) {}
     fn abort(&self) {}
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_is_disconnected_at_the_idle_timeout_not_before() {
+    let mut policy = unlimited();
+    policy.idle = Some(Duration::from_secs(10));
+    let mut h = Harness::start_with(None, policy).await;
+    let start = Instant::now();
+    let c = h.connect("idle", Client::Healthy).await;
+    c.authenticate("ivy");
+    tokio::time::sleep(Duration::from_millis(9_900)).await;
+    assert!(
+        h.listed(c.id).await.is_some(),
+        "ended before the idle timeout"
+    );
+    let events = h
+        .probe
+        .until(
+            "the idle connection is disconnected",
+            |e| matches!(e, Event::Disconnected { conn, .. } if *conn == c.id),
+        )
+        .await;
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(10) && took < Duration::from_secs(11),
+        "{took:?}"
+    );
+    let Some(Event::Disconnected {
+        cause: DisconnectCause::Killed { reason, by },
+        ..
+    }) = events.last()
+    else {
+        panic!("not ended by a kill: {events:?}");
+    };
+    assert_eq!(reason, "idle timeout (10s) reached");
+    assert_eq!(by.as_deref(), Some("idle"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_is_ended_at_its_max_lifetime_not_before() {
+    let mut policy = unlimited();
+    policy.max_lifetime = Some(Duration::from_secs(60));
+    let mut h = Harness::start_with(None, policy).await;
+    let start = Instant::now();
+    let c = h.connect("old", Client::Healthy).await;
+    c.authenticate("ole");
+    tokio::time::sleep(Duration::from_millis(59_900)).await;
+    assert!(h.listed(c.id).await.is_some(), "ended before its lifetime");
+    let events = h
+        .probe
+        .until(
+            "the old connection is disconnected",
+            |e| matches!(e, Event::Disconnected { conn, .. } if *conn == c.id),
+        )
+        .await;
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(60) && took < Duration::from_secs(61),
+        "{took:?}"
+    );
+    assert!(matches!(
+        events.last(),
+        Some(Event::Disconnected { cause: DisconnectCause::Killed { reason, .. }, .. })
+            if reason == "max_lifetime (1m) reached"
+    ));
+}

@@ -186,6 +186,8 @@ impl ConnShared {
 pub struct FakeConnLink {
     client: Client,
     shared: Arc<ConnShared>,
+    /// No channel data ever moves on a fake connection: it has been idle since it was made.
+    created: tokio::time::Instant,
 }
 
 /// The test's side of a fake connection: its ID, its actor, and the client's own moves.
@@ -240,6 +242,10 @@ impl ConnectionLink for FakeConnLink {
             conn: self.shared.label.clone(),
         });
         self.shared.end(TransportEnd::Aborted);
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        Some(self.created.elapsed())
     }
 }
 
@@ -496,6 +502,7 @@ impl Harness {
         let link = Box::new(FakeConnLink {
             client,
             shared: shared.clone(),
+            created: tokio::time::Instant::now(),
         });
         let peer = self.peer;
         let (id, actor) = replied(
