@@ -1005,6 +1005,7 @@ async fn pump(
             Ok(n) => n,
         };
         let data = Bytes::copy_from_slice(&buf[..n]);
+        let len = data.len();
         if n == buf.len() && buf.len() < PUMP_MAX {
             buf.resize(buf.len() * 4, 0);
         }
@@ -1012,7 +1013,7 @@ async fn pump(
             None => handle.data(channel, data).await,
             Some(code) => handle.extended_data(channel, code, data).await,
         };
-        activity.touch();
+        activity.sent(len);
         if sent.is_err() {
             // The connection is gone; keep draining so the process never blocks on a full pipe.
             while matches!(from.read(&mut buf).await, Ok(n) if n > 0) {}

@@ -153,6 +153,26 @@ fn age(since: SystemTime) -> String {
     humantime::format_duration(Duration::from_secs(secs)).to_string()
 }
 
+/// A byte count for people: 512B, 3.2K, 14M, 2.1G.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["K", "M", "G", "T"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let mut value = n as f64;
+    for unit in UNITS {
+        value /= 1024.0;
+        if value < 1024.0 || unit == "T" {
+            return if value < 10.0 {
+                format!("{value:.1}{unit}")
+            } else {
+                format!("{value:.0}{unit}")
+            };
+        }
+    }
+    format!("{n}B")
+}
+
 fn or_dash(text: Option<&str>) -> &str {
     match text {
         Some(t) if !t.is_empty() => t,
@@ -162,12 +182,14 @@ fn or_dash(text: Option<&str>) -> &str {
 
 /// The `ls` table: one row per connection, its sessions indented beneath it.
 pub fn format_table(all: &[ConnectionInfo]) -> String {
-    let mut rows: Vec<[String; 6]> = vec![[
+    let mut rows: Vec<[String; 8]> = vec![[
         "ID".into(),
         "USER".into(),
         "PEER".into(),
         "AGE".into(),
         "STATE".into(),
+        "IDLE".into(),
+        "IN/OUT".into(),
         "SESSIONS".into(),
     ]];
     for c in all {
@@ -177,10 +199,17 @@ pub fn format_table(all: &[ConnectionInfo]) -> String {
             c.peer.to_string(),
             age(c.started),
             format!("{:?}", c.state).to_lowercase(),
+            c.idle_ms
+                .map(|ms| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string())
+                .unwrap_or_else(|| "-".into()),
+            match (c.bytes_in, c.bytes_out) {
+                (Some(i), Some(o)) => format!("{}/{}", bytes(i), bytes(o)),
+                _ => "-".into(),
+            },
             c.sessions.len().to_string(),
         ]);
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 8];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row.iter()) {
             *w = (*w).max(cell.chars().count());

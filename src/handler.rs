@@ -365,7 +365,7 @@ impl russh::server::Handler for SshHandler {
         // Straight to the command's stdin, never waiting: russh's loop must keep running to
         // send the command's output, which the command may be blocked on. A command that
         // leaves too much unread ends its session instead of filling the server's memory.
-        self.activity.touch();
+        self.activity.received(data.len());
         let Some(c) = self.sessions.get_mut(&channel) else {
             return Ok(());
         };

@@ -12,15 +12,18 @@ use std::time::{Duration, Instant};
 
 use russh::server::Handle;
 use russh::Disconnect;
-use sshvisor_actors::ConnectionLink;
+use sshvisor_actors::{ConnectionLink, Traffic};
 
 use crate::stream::CutSwitch;
 
-/// When channel data last moved on a connection, either way (for the idle timeout).
+/// A connection's channel traffic: when data last moved either way (for the idle timeout) and
+/// how many bytes (for listings).
 #[derive(Debug)]
 pub struct Activity {
     base: Instant,
     last_ms: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
 }
 
 impl Activity {
@@ -29,19 +32,41 @@ impl Activity {
         Arc::new(Self {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
         })
     }
 
-    /// Channel data moved just now.
-    pub fn touch(&self) {
+    fn touch(&self) {
         let now = self.base.elapsed().as_millis() as u64;
         self.last_ms.fetch_max(now, Ordering::Relaxed);
     }
 
-    /// How long since channel data last moved.
-    pub fn idle_for(&self) -> Duration {
+    /// The client sent `bytes` of channel data.
+    pub fn received(&self, bytes: usize) {
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// `bytes` of channel data went to the client.
+    pub fn sent(&self, bytes: usize) {
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.touch();
+    }
+}
+
+impl Traffic for Activity {
+    fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.base.elapsed().saturating_sub(last)
+    }
+
+    fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
     }
 }
 
@@ -87,8 +112,8 @@ impl ConnectionLink for RusshConnectionLink {
         self.switch.cut();
     }
 
-    fn idle_for(&self) -> Option<Duration> {
-        Some(self.activity.idle_for())
+    fn traffic(&self) -> Option<Arc<dyn Traffic>> {
+        Some(self.activity.clone())
     }
 }
 

@@ -325,3 +325,26 @@ async fn eventually_async(
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_shows_idle_time_and_bytes_in_and_out() {
+    let server = TestServer::start().await;
+    let client = server.russh_client("ida").await;
+    let mut ch = client.handle.channel_open_session().await.unwrap();
+    ch.exec(true, "head -c 5000 /dev/zero; cat").await.unwrap();
+    ch.data_bytes(&[b'z'; 3000][..]).await.unwrap();
+    ch.eof().await.unwrap();
+    let out = drain(&mut ch).await;
+    assert_eq!(out.stdout.len(), 8000);
+    let listed = server.ctl(&["ls", "--json"]).output().await.unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["bytes_in"], 3000, "{listed}");
+    assert_eq!(listed[0]["bytes_out"], 8000, "{listed}");
+    assert!(listed[0]["idle_ms"].as_u64().is_some(), "{listed}");
+    let table = server.ctl(&["ls"]).output().await.unwrap();
+    let table = text(&table.stdout);
+    assert!(
+        table.contains("IN/OUT") && table.contains("2.9K/7.8K"),
+        "{table}"
+    );
+}

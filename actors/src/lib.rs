@@ -37,8 +37,8 @@ pub use connection::{ConnectionActor, ConnectionMsg};
 pub use filter::{Filter, PeerNet};
 pub use ids::{resolve_prefix, ConnId, PrefixMatch, SessionId, Target};
 pub use link::{
-    ConnectionLink, EndScope, PtySpec, SessionEvents, SessionLink, SessionRequest, TransportEnd,
-    Winding,
+    ConnectionLink, EndScope, PtySpec, SessionEvents, SessionLink, SessionRequest, Traffic,
+    TransportEnd, Winding,
 };
 pub use report::{
     ConnState, ConnectionInfo, DisconnectCause, Event, KillError, KillReport, PtyInfo, Refusal,

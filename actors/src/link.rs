@@ -27,8 +27,24 @@ pub trait ConnectionLink: Send + Sync + 'static {
     /// How long no channel data has moved either way (for the idle timeout); `None` when the
     /// link does not know.
     fn idle_for(&self) -> Option<std::time::Duration> {
+        self.traffic().map(|t| t.idle_for())
+    }
+
+    /// A shared view of the connection's traffic, kept by the supervisor for listings; `None`
+    /// when the link does not count.
+    fn traffic(&self) -> Option<std::sync::Arc<dyn Traffic>> {
         None
     }
+}
+
+/// A connection's traffic counters, readable from any thread at any time.
+pub trait Traffic: Send + Sync + 'static {
+    /// How long no channel data has moved either way.
+    fn idle_for(&self) -> std::time::Duration;
+    /// Channel bytes received from the client.
+    fn bytes_in(&self) -> u64;
+    /// Channel bytes sent to the client.
+    fn bytes_out(&self) -> u64;
 }
 
 /// Why a transport ended, as the binding saw it.

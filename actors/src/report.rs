@@ -86,6 +86,15 @@ pub struct ConnectionInfo {
     pub started: SystemTime,
     /// Where it is in its life.
     pub state: ConnState,
+    /// How long no channel data has moved either way, in milliseconds, when known.
+    #[serde(default)]
+    pub idle_ms: Option<u64>,
+    /// Channel bytes received from the client, when known.
+    #[serde(default)]
+    pub bytes_in: Option<u64>,
+    /// Channel bytes sent to the client, when known.
+    #[serde(default)]
+    pub bytes_out: Option<u64>,
     /// Its live sessions, oldest first.
     pub sessions: Vec<SessionInfo>,
 }

@@ -33,7 +33,7 @@ use tracing::{info, warn, Span};
 use crate::connection::{ConnectionActor, ConnectionArgs, ConnectionMsg, ConnectionState};
 use crate::filter::Filter;
 use crate::ids::{ConnId, SessionId, Target};
-use crate::link::ConnectionLink;
+use crate::link::{ConnectionLink, Traffic};
 use crate::report::{
     ConnState, ConnectionInfo, DisconnectCause, Event, KillError, KillReport, PtyInfo, Refusal,
     SessionExit, SessionInfo, SessionKind,
@@ -205,6 +205,7 @@ struct SessionEntry {
 
 struct ConnEntry {
     actor: ActorRef<ConnectionMsg>,
+    traffic: Option<Arc<dyn Traffic>>,
     info: ConnectionInfo,
     sessions: Vec<SessionEntry>,
     waiters: Vec<Waiter>,
@@ -231,6 +232,11 @@ pub struct SupervisorState {
 impl SupervisorState {
     fn snapshot(entry: &ConnEntry) -> ConnectionInfo {
         let mut info = entry.info.clone();
+        if let Some(t) = &entry.traffic {
+            info.idle_ms = Some(t.idle_for().as_millis() as u64);
+            info.bytes_in = Some(t.bytes_in());
+            info.bytes_out = Some(t.bytes_out());
+        }
         info.sessions = entry.sessions.iter().map(|s| s.info.clone()).collect();
         info
     }
@@ -465,6 +471,7 @@ impl Actor for SupervisorActor {
                     return Ok(());
                 }
                 let id = ConnId::new_random();
+                let traffic = link.traffic();
                 let args = ConnectionArgs {
                     id,
                     peer,
@@ -479,6 +486,7 @@ impl Actor for SupervisorActor {
                             id,
                             ConnEntry {
                                 actor: actor.clone(),
+                                traffic,
                                 info: ConnectionInfo {
                                     id,
                                     user: None,
@@ -487,6 +495,9 @@ impl Actor for SupervisorActor {
                                     auth_method: None,
                                     started: SystemTime::now(),
                                     state: ConnState::Handshaking,
+                                    idle_ms: None,
+                                    bytes_in: None,
+                                    bytes_out: None,
                                     sessions: Vec::new(),
                                 },
                                 sessions: Vec::new(),
