@@ -127,6 +127,9 @@ struct FilterArgs {
     /// Connections older than this (humantime: 10m, 1h 30m).
     #[arg(long, value_parser = humantime::parse_duration)]
     older_than: Option<Duration>,
+    /// Connections with no channel data either way for longer than this (humantime).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    idle_over: Option<Duration>,
 }
 
 impl FilterArgs {
@@ -135,6 +138,7 @@ impl FilterArgs {
             user: self.user.clone(),
             peer: self.peer,
             older_than: self.older_than,
+            idle_over: self.idle_over,
         }
     }
 }
@@ -315,7 +319,9 @@ async fn run_ctl(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<ExitCode
                 );
             }
             if !by_filter && ids.is_empty() {
-                anyhow::bail!("nothing to kill: give IDs, or --all, --user, --peer, --older-than");
+                anyhow::bail!(
+                    "nothing to kill: give IDs, or --all, --user, --peer, --older-than, --idle-over"
+                );
             }
             if by_filter {
                 kill_where(&mut client, filter, dry_run, reason, grace, json).await

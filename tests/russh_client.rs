@@ -348,3 +348,36 @@ async fn ls_shows_idle_time_and_bytes_in_and_out() {
         "{table}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_kill_idle_over_kills_the_idle_connection_only() {
+    let server = TestServer::start().await;
+    let idle = server.russh_client("ike").await;
+    let busy = server.russh_client("bo").await;
+    let mut ch = busy.handle.channel_open_session().await.unwrap();
+    ch.exec(true, "while :; do echo x; sleep 0.1; done")
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move { drain(&mut ch).await });
+    eventually_async(&server, |all| {
+        all.iter()
+            .any(|c| c.user.as_deref() == Some("ike") && c.idle_ms.unwrap_or(0) > 800)
+    })
+    .await;
+    let out = server
+        .ctl(&["kill", "--idle-over", "700ms", "--reason", "idle"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 connection(s) killed"),
+        "{}",
+        text(&out.stdout)
+    );
+    let left = server.list().await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].user.as_deref(), Some("bo"));
+    drop(idle);
+    reader.abort();
+}

@@ -1,5 +1,5 @@
 //! Selecting connections by what an operator knows about them: the user, the peer's address or
-//! network, the age. Used by `KillWhere` and filtered listings; criteria combine with AND.
+//! network, the age, the idle time. Used by `KillWhere` and filtered listings; criteria combine with AND.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -80,6 +80,10 @@ pub struct Filter {
     /// Connections older than this.
     #[serde(default, with = "opt_millis")]
     pub older_than: Option<Duration>,
+    /// Connections with no channel data either way for longer than this (connections whose
+    /// binding does not count traffic never match).
+    #[serde(default, with = "opt_millis")]
+    pub idle_over: Option<Duration>,
 }
 
 impl Filter {
@@ -98,6 +102,12 @@ impl Filter {
         if let Some(age) = self.older_than {
             if now.duration_since(conn.started).unwrap_or_default() <= age {
                 return false;
+            }
+        }
+        if let Some(idle) = self.idle_over {
+            match conn.idle_ms {
+                Some(ms) if Duration::from_millis(ms) > idle => {}
+                _ => return false,
             }
         }
         true

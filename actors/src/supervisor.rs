@@ -309,7 +309,7 @@ impl SupervisorState {
         let pending: HashSet<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, e)| filter.matches(&e.info, now))
+            .filter(|(_, e)| filter.matches(&SupervisorState::snapshot(e), now))
             .map(|(id, _)| *id)
             .collect();
         info!(parent: &self.span, connections = pending.len(), ?filter, reason = %reason, by = by.as_deref(), "kill of a set requested");
@@ -594,8 +594,8 @@ impl Actor for SupervisorActor {
                 let mut selected: Vec<ConnectionInfo> = state
                     .conns
                     .values()
-                    .filter(|e| filter.matches(&e.info, now))
                     .map(SupervisorState::snapshot)
+                    .filter(|info| filter.matches(info, now))
                     .collect();
                 selected.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
                 let _ = reply.send(selected);
