@@ -488,6 +488,21 @@ async fn list(supervisor: &ActorRef<SupervisorMsg>) -> Result<Vec<ConnectionInfo
     }
 }
 
+/// Sends a kill of a set of connections and waits for its reports (bounded by the grace).
+async fn kill_set(
+    supervisor: &ActorRef<SupervisorMsg>,
+    grace: Duration,
+    msg: impl FnOnce(ractor::RpcReplyPort<Vec<sshvisor_actors::KillReport>>) -> SupervisorMsg,
+) -> Result<Value, String> {
+    match supervisor
+        .call(msg, Some(grace.saturating_add(CALL_MARGIN * 3)))
+        .await
+    {
+        Ok(CallResult::Success(reports)) => Ok(json!(reports)),
+        _ => Err("the supervisor did not answer the kill in time".into()),
+    }
+}
+
 /// Fills in how many live processes each session has (one scan of /proc, off the runtime).
 async fn with_process_counts(mut all: Vec<ConnectionInfo>) -> Vec<ConnectionInfo> {
     let counts = tokio::task::spawn_blocking(crate::procs::count_by_session)
@@ -560,22 +575,14 @@ async fn run(
             }
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
             info!(?filter, reason = %reason, by = by.as_deref(), "audit: kill by filter requested");
-            match supervisor
-                .call(
-                    |reply| SupervisorMsg::KillWhere {
-                        filter,
-                        reason,
-                        grace,
-                        by,
-                        reply,
-                    },
-                    Some(grace.saturating_add(CALL_MARGIN * 3)),
-                )
-                .await
-            {
-                Ok(CallResult::Success(reports)) => Ok(json!(reports)),
-                _ => Err("the supervisor did not answer the kill in time".into()),
-            }
+            kill_set(supervisor, grace, |reply| SupervisorMsg::KillWhere {
+                filter,
+                reason,
+                grace,
+                by,
+                reply,
+            })
+            .await
         }
         Command::Show { target } => {
             let all = list(supervisor).await?;
@@ -634,41 +641,25 @@ async fn run(
                     listener.stop_accepting().await;
                 }
             }
-            match supervisor
-                .call(
-                    |reply| SupervisorMsg::KillAll {
-                        reason: "the server is shutting down".into(),
-                        grace,
-                        by,
-                        reply,
-                    },
-                    Some(grace.saturating_add(CALL_MARGIN * 3)),
-                )
-                .await
-            {
-                Ok(CallResult::Success(reports)) => Ok(json!(reports)),
-                _ => Err("the supervisor did not answer the drain in time".into()),
-            }
+            kill_set(supervisor, grace, |reply| SupervisorMsg::KillAll {
+                reason: "the server is shutting down".into(),
+                grace,
+                by,
+                reply,
+            })
+            .await
         }
         Command::KillAll { reason, grace } => {
             let grace = parse_grace(grace.as_deref(), defaults.kill_grace)?;
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
             info!(reason = %reason, by = by.as_deref(), "audit: kill all requested");
-            match supervisor
-                .call(
-                    |reply| SupervisorMsg::KillAll {
-                        reason,
-                        grace,
-                        by,
-                        reply,
-                    },
-                    Some(grace.saturating_add(CALL_MARGIN * 3)),
-                )
-                .await
-            {
-                Ok(CallResult::Success(reports)) => Ok(json!(reports)),
-                _ => Err("the supervisor did not answer the kill in time".into()),
-            }
+            kill_set(supervisor, grace, |reply| SupervisorMsg::KillAll {
+                reason,
+                grace,
+                by,
+                reply,
+            })
+            .await
         }
     }
 }

@@ -364,46 +364,17 @@ pub struct Sess {
 // The event probe.
 // ---------------------------------------------------------------------------------------------
 
-struct Forwarder;
-
-impl Actor for Forwarder {
-    type Msg = Event;
-    type State = mpsc::UnboundedSender<Event>;
-    type Arguments = mpsc::UnboundedSender<Event>;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Event>,
-        tx: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(tx)
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Event>,
-        event: Event,
-        tx: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let _ = tx.send(event);
-        Ok(())
-    }
-}
-
 /// Receives every event the supervisor publishes, in order.
 pub struct Probe {
     rx: mpsc::UnboundedReceiver<Event>,
-    _actor: ActorRef<Event>,
 }
 
 impl Probe {
     pub async fn attach(port: &OutputPort<Event>) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (actor, _) = Actor::spawn(None, Forwarder, tx)
+        let rx = sshvisor_actors::events::subscribe(port)
             .await
             .expect("spawn the probe");
-        port.subscribe(actor.clone(), Some);
-        Self { rx, _actor: actor }
+        Self { rx }
     }
 
     pub async fn next(&mut self) -> Event {
