@@ -32,7 +32,7 @@ use nix::unistd::Pid;
 use russh::server::Handle;
 use russh::{ChannelId, Sig};
 use sshvisor_actors::{
-    EndScope, PtySpec, SessionEvents, SessionExit, SessionLink, SessionRequest, Winding,
+    EndScope, PtySpec, SessionEvents, SessionExit, SessionLink, SessionRequest, Traffic, Winding,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
-use crate::link::Activity;
+use crate::link::{Activity, CountedWrites};
 use crate::procs;
 use crate::pty;
 use crate::sftp::{self, LocalFs, SftpFs};
@@ -593,13 +593,14 @@ impl ChannelSession {
         // stream, whose drop sends CLOSE: that must not beat the connection's DISCONNECT.
         let cancel = Arc::new(Notify::new());
         let cancelled = cancel.clone();
+        let activity = self.activity.clone();
         let serving = tokio::spawn(async move {
-            let mut stream = stream;
+            let mut stream = CountedWrites::new(stream, activity);
             let result = tokio::select! {
                 result = sftp::serve(&mut stream, fs) => Some(result),
                 () = cancelled.notified() => None,
             };
-            (result, stream)
+            (result, stream.into_inner())
         });
         let task = serving.abort_handle();
         tokio::spawn(async move {
@@ -768,6 +769,10 @@ impl SessionLink for ChannelSession {
 
     fn eof(&mut self) {
         self.stdin_tx = None;
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        Some(self.activity.idle_for())
     }
 
     fn terminate(&mut self, scope: EndScope) -> Winding {

@@ -93,6 +93,14 @@ pub struct Limits {
     pub max_connections: u32,
     /// Connections from one address.
     pub max_per_source: u32,
+    /// Connections from one network (`prefix_v4` / `prefix_v6` bits of the address).
+    pub max_per_prefix: u32,
+    /// The IPv4 prefix length `max_per_prefix` counts by.
+    #[serde(deserialize_with = "prefix_v4")]
+    pub prefix_v4: u8,
+    /// The IPv6 prefix length `max_per_prefix` counts by.
+    #[serde(deserialize_with = "prefix_v6")]
+    pub prefix_v6: u8,
     /// Connections of one user (checked at authentication).
     pub max_per_user: u32,
     /// Connections not yet authenticated, at once.
@@ -106,6 +114,9 @@ impl Default for Limits {
         Self {
             max_connections: 10_000,
             max_per_source: 100,
+            max_per_prefix: 1_000,
+            prefix_v4: 24,
+            prefix_v6: 64,
             max_per_user: 50,
             max_unauthenticated: 100,
             max_sessions_per_connection: 10,
@@ -117,6 +128,26 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| {
         format!("expected a duration such as \"30s\", \"10m\" or \"1h 30m\", got {text:?} ({e})")
     })
+}
+
+fn prefix_length<'de, D: Deserializer<'de>>(d: D, max: u8) -> Result<u8, D::Error> {
+    let bits = i64::deserialize(d)?;
+    u8::try_from(bits)
+        .ok()
+        .filter(|b| *b <= max)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected a prefix length from 0 to {max}, got {bits}"
+            ))
+        })
+}
+
+fn prefix_v4<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    prefix_length(d, 32)
+}
+
+fn prefix_v6<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    prefix_length(d, 128)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -153,6 +184,30 @@ pub enum ConfigError {
         /// Where and what (toml's message names the line and column).
         message: String,
     },
+}
+
+impl Timeouts {
+    /// The actor tree's policy for these timeouts and `limits`, with `kill_grace` (which a
+    /// command-line flag may override) as the grace of kills.
+    pub fn policy(&self, limits: &Limits, kill_grace: Duration) -> sshvisor_actors::Policy {
+        sshvisor_actors::Policy {
+            kill_grace,
+            login_grace: Some(self.login_grace),
+            max_lifetime: self.max_lifetime,
+            idle: self.idle,
+            session_idle: self.session_idle,
+            limits: sshvisor_actors::Limits {
+                max_connections: limits.max_connections as usize,
+                max_per_source: limits.max_per_source as usize,
+                max_per_prefix: limits.max_per_prefix as usize,
+                prefix_v4: limits.prefix_v4,
+                prefix_v6: limits.prefix_v6,
+                max_per_user: limits.max_per_user as usize,
+                max_unauthenticated: limits.max_unauthenticated as usize,
+                max_sessions_per_connection: limits.max_sessions_per_connection as usize,
+            },
+        }
+    }
 }
 
 impl Config {
@@ -199,6 +254,9 @@ kill_grace = "5s"
 [limits]
 max_connections = 10000
 max_per_source = 100
+max_per_prefix = 1000
+prefix_v4 = 24
+prefix_v6 = 64
 max_per_user = 50
 max_unauthenticated = 100
 max_sessions_per_connection = 10
@@ -230,6 +288,13 @@ max_sessions_per_connection = 10
             e.contains("or \\\"off\\\"") || e.contains("or \"off\""),
             "{e}"
         );
+        let e = parse("[limits]\nprefix_v4 = 33\n").unwrap_err();
+        assert!(
+            e.contains("line 2") && e.contains("from 0 to 32, got 33"),
+            "{e}"
+        );
+        let e = parse("[limits]\nprefix_v6 = -8\n").unwrap_err();
+        assert!(e.contains("from 0 to 128, got -8"), "{e}");
         let e = parse("listen = [1, 2\n").unwrap_err();
         assert!(e.contains("line 1"), "{e}");
     }

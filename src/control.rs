@@ -13,9 +13,12 @@
 //! < {"id":2,"ok":true,"result":{"target":{"kind":"connection","id":"3f2a…"},"sessions_closed":1,…}}
 //! ```
 
+use std::future::Future;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +61,7 @@ pub const COMMANDS: &[&str] = &[
     "kill_where",
     "drain",
     "watch",
+    "reload",
 ];
 
 /// One request, as sent on the wire.
@@ -122,6 +126,10 @@ pub enum Command {
     /// Stream lifecycle events as they happen: one response line per event, all with this
     /// request's id, until the client hangs up.
     Watch,
+    /// Re-read the configuration: new limits and timeouts apply to new connections at once and
+    /// to live ones where that makes sense; nothing live is dropped. A bad file changes
+    /// nothing and the error says why.
+    Reload,
     /// Kill every connection; answers once all of them are gone.
     KillAll {
         /// Shown to the clients.
@@ -168,11 +176,42 @@ impl Response {
     }
 }
 
+/// The grace of kills that name none; shared, so that a reload changes it.
+#[derive(Debug, Clone)]
+pub struct KillGrace(Arc<AtomicU64>);
+
+impl KillGrace {
+    /// Starts at `grace`.
+    pub fn new(grace: Duration) -> Self {
+        Self(Arc::new(AtomicU64::new(nanos(grace))))
+    }
+
+    /// The grace now.
+    pub fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Changes it for every holder.
+    pub fn set(&self, grace: Duration) {
+        self.0.store(nanos(grace), Ordering::Relaxed);
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Re-reads the configuration and applies it: `Ok` says what changed, `Err` why nothing did.
+pub type ReloadHook =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
+
 /// What control requests can reach besides the supervisor.
 #[derive(Clone)]
 pub struct ControlDefaults {
     /// The grace of a kill that names none.
-    pub kill_grace: Duration,
+    pub kill_grace: KillGrace,
+    /// What `reload` runs; `None` when there is nothing to reload from.
+    pub reload: Option<ReloadHook>,
     /// Lifecycle events, for `watch`.
     pub events: Option<Arc<OutputPort<Event>>>,
     /// The SSH listener, for `drain` (taken and closed by it).
@@ -569,7 +608,7 @@ async fn run(
             grace,
             dry_run,
         } => {
-            let grace = parse_grace(grace.as_deref(), defaults.kill_grace)?;
+            let grace = parse_grace(grace.as_deref(), defaults.kill_grace.get())?;
             if dry_run {
                 return Ok(json!(select(supervisor, filter).await?));
             }
@@ -604,7 +643,7 @@ async fn run(
             reason,
             grace,
         } => {
-            let grace = parse_grace(grace.as_deref(), defaults.kill_grace)?;
+            let grace = parse_grace(grace.as_deref(), defaults.kill_grace.get())?;
             let all = list(supervisor).await?;
             let target = resolve(&target, &all)?;
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
@@ -633,8 +672,24 @@ async fn run(
             }
         }
         Command::Watch => Err("watch streams on its own connection".into()),
+        Command::Reload => {
+            info!(by = by.as_deref(), "audit: reload requested");
+            let Some(reload) = &defaults.reload else {
+                return Err("this server has no configuration to reload".into());
+            };
+            match reload().await {
+                Ok(changes) => {
+                    info!(by = by.as_deref(), changes = %changes, "audit: reload done");
+                    Ok(json!({ "changes": changes }))
+                }
+                Err(why) => {
+                    warn!(by = by.as_deref(), error = %why, "audit: reload refused; the old configuration stays in force");
+                    Err(why)
+                }
+            }
+        }
         Command::Drain { grace } => {
-            let grace = parse_grace(grace.as_deref(), defaults.kill_grace)?;
+            let grace = parse_grace(grace.as_deref(), defaults.kill_grace.get())?;
             info!(by = by.as_deref(), "audit: drain requested");
             if let Some(slot) = &defaults.listener {
                 if let Some(listener) = slot.lock().await.take() {
@@ -650,7 +705,7 @@ async fn run(
             .await
         }
         Command::KillAll { reason, grace } => {
-            let grace = parse_grace(grace.as_deref(), defaults.kill_grace)?;
+            let grace = parse_grace(grace.as_deref(), defaults.kill_grace.get())?;
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
             info!(reason = %reason, by = by.as_deref(), "audit: kill all requested");
             kill_set(supervisor, grace, |reply| SupervisorMsg::KillAll {

@@ -19,7 +19,7 @@ use sshvisor_actors::{spawn_supervisor, Event, KillReport, Policy, SupervisorArg
 use tracing::info;
 
 use crate::app::{ExecEnv, SftpService};
-use crate::control::{ControlDefaults, ControlServer, ListenerSlot};
+use crate::control::{ControlDefaults, ControlServer, KillGrace, ListenerSlot, ReloadHook};
 use crate::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
 use crate::server::{SshListener, SshOptions};
 
@@ -53,6 +53,45 @@ pub struct DaemonOptions {
     /// Reap the orphans the server adopts as subreaper. Leave on unless the embedding program
     /// spawns children of its own (the reaper would take their exit status).
     pub reap_orphans: bool,
+    /// Where `reload` (`sshvisor ctl reload`, SIGHUP) reads new options from; `None`: the
+    /// server cannot be reloaded.
+    pub reload_from: Option<ConfigSource>,
+}
+
+/// Produces the options a reload applies: for `serve`, the configuration file read anew and
+/// merged with the command-line flags. `Err` is shown to the operator as is.
+#[derive(Clone)]
+pub struct ConfigSource(pub Arc<dyn Fn() -> Result<DaemonOptions, String> + Send + Sync>);
+
+impl std::fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfigSource")
+    }
+}
+
+impl DaemonOptions {
+    /// The actor tree's policy for these options.
+    pub fn policy(&self) -> Policy {
+        self.timeouts.policy(&self.limits, self.kill_grace)
+    }
+
+    fn exec_env(&self) -> ExecEnv {
+        ExecEnv {
+            accept_env: self.accept_env.clone(),
+            sftp: match &self.sftp_server {
+                Some(path) => SftpService::External(path.clone()),
+                None => SftpService::InProcess(None),
+            },
+            ..ExecEnv::default()
+        }
+    }
+
+    fn keepalive(&self) -> (Option<Duration>, usize) {
+        (
+            self.timeouts.keepalive_interval,
+            self.timeouts.keepalive_count as usize,
+        )
+    }
 }
 
 impl Default for DaemonOptions {
@@ -69,6 +108,7 @@ impl Default for DaemonOptions {
             timeouts: crate::config::Timeouts::default(),
             limits: crate::config::Limits::default(),
             reap_orphans: true,
+            reload_from: None,
         }
     }
 }
@@ -116,7 +156,8 @@ pub struct Daemon {
     ssh_addr: SocketAddr,
     control: ControlServer,
     connect_hint: Option<String>,
-    kill_grace: Duration,
+    kill_grace: KillGrace,
+    reloader: Arc<Reloader>,
 }
 
 impl Daemon {
@@ -139,8 +180,8 @@ impl Daemon {
         if created {
             info!(path = %dir.join("host_ed25519").display(), "generated the host key");
         }
-        let (authorized, client_key) = match &options.authorized_keys {
-            Some(path) => (AuthorizedKeys::read_file(path)?, None),
+        let (authorized, client_key, generated) = match &options.authorized_keys {
+            Some(path) => (AuthorizedKeys::read_file(path)?, None, None),
             None => {
                 let path = dir.join("client_ed25519");
                 let (key, _) = load_or_create_key(&path, "sshvisor generated client key")?;
@@ -148,6 +189,7 @@ impl Daemon {
                 (
                     AuthorizedKeys::from_keys([key.public_key().clone()]),
                     Some(path),
+                    Some(key.public_key().clone()),
                 )
             }
         };
@@ -164,20 +206,7 @@ impl Daemon {
             None,
             SupervisorArgs {
                 events: events.clone(),
-                policy: Policy {
-                    kill_grace: options.kill_grace,
-                    login_grace: Some(options.timeouts.login_grace),
-                    max_lifetime: options.timeouts.max_lifetime,
-                    idle: options.timeouts.idle,
-                    limits: sshvisor_actors::Limits {
-                        max_connections: options.limits.max_connections as usize,
-                        max_per_source: options.limits.max_per_source as usize,
-                        max_per_user: options.limits.max_per_user as usize,
-                        max_unauthenticated: options.limits.max_unauthenticated as usize,
-                        max_sessions_per_connection: options.limits.max_sessions_per_connection
-                            as usize,
-                    },
-                },
+                policy: options.policy(),
             },
         )
         .await
@@ -185,11 +214,27 @@ impl Daemon {
 
         let ctl_path = dir.join(CTL_SOCKET);
         let slot: ListenerSlot = Arc::new(tokio::sync::Mutex::new(None));
+        let kill_grace = KillGrace::new(options.kill_grace);
+        let reloader = Arc::new(Reloader {
+            generated,
+            applied: tokio::sync::Mutex::new(options.clone()),
+            supervisor: supervisor.clone(),
+            listener: slot.clone(),
+            kill_grace: kill_grace.clone(),
+        });
+        let hook: ReloadHook = {
+            let reloader = reloader.clone();
+            Arc::new(move || {
+                let reloader = reloader.clone();
+                Box::pin(async move { reloader.reload().await })
+            })
+        };
         let control = match ControlServer::bind(
             &ctl_path,
             supervisor.clone(),
             ControlDefaults {
-                kill_grace: options.kill_grace,
+                kill_grace: kill_grace.clone(),
+                reload: Some(hook),
                 events: Some(events.clone()),
                 listener: Some(slot.clone()),
             },
@@ -210,18 +255,8 @@ impl Daemon {
                 listen: options.listen,
                 host_key: host_key.clone(),
                 authorized,
-                keepalive: (
-                    options.timeouts.keepalive_interval,
-                    options.timeouts.keepalive_count as usize,
-                ),
-                env: ExecEnv {
-                    accept_env: options.accept_env.clone(),
-                    sftp: match &options.sftp_server {
-                        Some(path) => SftpService::External(path.clone()),
-                        None => SftpService::InProcess(None),
-                    },
-                    ..ExecEnv::default()
-                },
+                keepalive: options.keepalive(),
+                env: options.exec_env(),
             },
             supervisor.clone(),
         )
@@ -249,8 +284,14 @@ impl Daemon {
             ssh_addr: addr,
             control,
             connect_hint,
-            kill_grace: options.kill_grace,
+            kill_grace,
+            reloader,
         })
+    }
+
+    /// Reads the options anew from their source and applies them; see [`Reloader::reload`].
+    pub async fn reload(&self) -> Result<String, String> {
+        self.reloader.reload().await
     }
 
     /// The SSH address actually bound.
@@ -276,7 +317,7 @@ impl Daemon {
     /// Stops accepting, kills every connection with `grace` (the default kill grace when
     /// `None`), and stops everything once the tree is empty. Returns one report per connection.
     pub async fn shutdown(self, grace: Option<Duration>) -> Vec<KillReport> {
-        let grace = grace.unwrap_or(self.kill_grace);
+        let grace = grace.unwrap_or(self.kill_grace.get());
         if let Some(listener) = self.listener.lock().await.take() {
             listener.stop_accepting().await;
         }
@@ -303,6 +344,160 @@ impl Daemon {
             .await;
         reports
     }
+}
+
+/// Applies new options to a running daemon.
+pub struct Reloader {
+    /// The public half of the generated client key, when no authorized_keys file is used.
+    generated: Option<russh::keys::PublicKey>,
+    applied: tokio::sync::Mutex<DaemonOptions>,
+    supervisor: ActorRef<SupervisorMsg>,
+    listener: ListenerSlot,
+    kill_grace: KillGrace,
+}
+
+impl Reloader {
+    /// Reads the options anew and applies them. Everything is read and checked before anything
+    /// changes: on `Err` the old configuration stays in force, whole. New limits and timeouts
+    /// apply to new connections at once, and to live ones where that makes sense (the kill
+    /// grace, the idle timeouts counted from now, the session limit); limits govern admission
+    /// only, so no live connection or session is dropped. The listen address and the state
+    /// directory need a restart. `Ok` says what changed.
+    pub async fn reload(&self) -> Result<String, String> {
+        let mut applied = self.applied.lock().await;
+        let source = applied
+            .reload_from
+            .clone()
+            .ok_or("this server was started without a configuration to reload")?;
+        let new = (source.0)()?;
+        let authorized = match (&new.authorized_keys, &self.generated) {
+            (Some(path), _) => AuthorizedKeys::read_file(path).map_err(|e| e.to_string())?,
+            (None, Some(key)) => AuthorizedKeys::from_keys([key.clone()]),
+            (None, None) => {
+                return Err("authorized_keys cannot be removed by a reload (nobody could log in); restart the server to generate a client key".into())
+            }
+        };
+        let mut changes = changes(&applied, &new);
+        let mut kept = Vec::new();
+        if new.listen != applied.listen {
+            kept.push(format!("listen stays {} until a restart", applied.listen));
+        }
+        if new.state_dir != applied.state_dir {
+            kept.push(format!(
+                "state_dir stays {} until a restart",
+                applied.state_dir.display()
+            ));
+        }
+        match self
+            .supervisor
+            .call(
+                |reply| SupervisorMsg::SetPolicy {
+                    policy: new.policy(),
+                    reply,
+                },
+                Some(Duration::from_secs(10)),
+            )
+            .await
+        {
+            Ok(CallResult::Success(())) => {}
+            _ => return Err("the supervisor did not take the new policy".into()),
+        }
+        if let Some(listener) = self.listener.lock().await.as_ref() {
+            listener.update(authorized, new.exec_env(), new.keepalive());
+        }
+        self.kill_grace.set(new.kill_grace);
+        *applied = DaemonOptions {
+            listen: applied.listen,
+            state_dir: applied.state_dir.clone(),
+            ..new
+        };
+        if changes.is_empty() {
+            changes.push("nothing changed (authorized keys read anew)".into());
+        }
+        changes.extend(kept);
+        Ok(changes.join("; "))
+    }
+}
+
+/// What differs between two sets of options, one `name: old -> new` per field.
+fn changes(old: &DaemonOptions, new: &DaemonOptions) -> Vec<String> {
+    fn off(d: Option<Duration>) -> String {
+        d.map_or("off".into(), |d| humantime::format_duration(d).to_string())
+    }
+    let mut out = Vec::new();
+    let mut field = |name: &str, a: String, b: String| {
+        if a != b {
+            out.push(format!("{name}: {a} -> {b}"));
+        }
+    };
+    let (t0, t1, l0, l1) = (&old.timeouts, &new.timeouts, &old.limits, &new.limits);
+    field(
+        "authorized_keys",
+        format!("{:?}", old.authorized_keys),
+        format!("{:?}", new.authorized_keys),
+    );
+    field(
+        "accept_env",
+        format!("{:?}", old.accept_env),
+        format!("{:?}", new.accept_env),
+    );
+    field(
+        "sftp_server",
+        format!("{:?}", old.sftp_server),
+        format!("{:?}", new.sftp_server),
+    );
+    field(
+        "timeouts.kill_grace",
+        off(Some(old.kill_grace)),
+        off(Some(new.kill_grace)),
+    );
+    field(
+        "timeouts.login_grace",
+        off(Some(t0.login_grace)),
+        off(Some(t1.login_grace)),
+    );
+    field("timeouts.idle", off(t0.idle), off(t1.idle));
+    field(
+        "timeouts.max_lifetime",
+        off(t0.max_lifetime),
+        off(t1.max_lifetime),
+    );
+    field(
+        "timeouts.session_idle",
+        off(t0.session_idle),
+        off(t1.session_idle),
+    );
+    field(
+        "timeouts.keepalive_interval",
+        off(t0.keepalive_interval),
+        off(t1.keepalive_interval),
+    );
+    field(
+        "timeouts.keepalive_count",
+        t0.keepalive_count.to_string(),
+        t1.keepalive_count.to_string(),
+    );
+    for (name, a, b) in [
+        ("max_connections", l0.max_connections, l1.max_connections),
+        ("max_per_source", l0.max_per_source, l1.max_per_source),
+        ("max_per_prefix", l0.max_per_prefix, l1.max_per_prefix),
+        ("prefix_v4", l0.prefix_v4.into(), l1.prefix_v4.into()),
+        ("prefix_v6", l0.prefix_v6.into(), l1.prefix_v6.into()),
+        ("max_per_user", l0.max_per_user, l1.max_per_user),
+        (
+            "max_unauthenticated",
+            l0.max_unauthenticated,
+            l1.max_unauthenticated,
+        ),
+        (
+            "max_sessions_per_connection",
+            l0.max_sessions_per_connection,
+            l1.max_sessions_per_connection,
+        ),
+    ] {
+        field(&format!("limits.{name}"), a.to_string(), b.to_string());
+    }
+    out
 }
 
 /// Reaps adopted orphans whenever a child exits.

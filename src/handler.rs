@@ -52,6 +52,8 @@ pub struct SshHandler {
 /// What the handler keeps per session channel.
 struct Channel {
     actor: ActorRef<SessionMsg>,
+    /// The session's traffic (counts for the connection's too).
+    activity: Arc<Activity>,
     /// The command's stdin; dropped on the client's EOF.
     stdin: Option<StdinSender>,
 }
@@ -211,12 +213,13 @@ impl russh::server::Handler for SshHandler {
         });
         // The channel itself goes to the session: dropped at start unless an in-process
         // subsystem (sftp) reads it as a stream. Callbacks carry everything else.
+        let activity = self.activity.child();
         let (link, stdin) = ChannelSession::new(
             session.handle(),
             channel,
             self.env.clone(),
             self.ends,
-            self.activity.clone(),
+            activity.clone(),
         );
         let answer = self
             .conn
@@ -234,6 +237,7 @@ impl russh::server::Handler for SshHandler {
                     id,
                     Channel {
                         actor,
+                        activity,
                         stdin: Some(stdin),
                     },
                 );
@@ -365,10 +369,11 @@ impl russh::server::Handler for SshHandler {
         // Straight to the command's stdin, never waiting: russh's loop must keep running to
         // send the command's output, which the command may be blocked on. A command that
         // leaves too much unread ends its session instead of filling the server's memory.
-        self.activity.received(data.len());
         let Some(c) = self.sessions.get_mut(&channel) else {
+            self.activity.received(data.len());
             return Ok(());
         };
+        c.activity.received(data.len());
         let Some(stdin) = &c.stdin else {
             return Ok(());
         };

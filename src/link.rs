@@ -6,20 +6,25 @@
 //! behind a stalled client forever, until the stream is cut), and [`abort`](ConnectionLink::abort)
 //! cuts the stream at once.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use russh::server::Handle;
 use russh::Disconnect;
 use sshvisor_actors::{ConnectionLink, Traffic};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::stream::CutSwitch;
 
-/// A connection's channel traffic: when data last moved either way (for the idle timeout) and
-/// how many bytes (for listings).
+/// A connection's or a session's channel traffic: when data last moved either way (for the idle
+/// timeouts) and how many bytes (for listings). A session's activity counts for its connection
+/// too.
 #[derive(Debug)]
 pub struct Activity {
+    parent: Option<Arc<Activity>>,
     base: Instant,
     last_ms: AtomicU64,
     bytes_in: AtomicU64,
@@ -30,6 +35,18 @@ impl Activity {
     /// Activity starting now.
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
+            parent: None,
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        })
+    }
+
+    /// The activity of one session of this connection: what moves on it counts for both.
+    pub fn child(self: &Arc<Self>) -> Arc<Self> {
+        Arc::new(Self {
+            parent: Some(self.clone()),
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
@@ -46,12 +63,18 @@ impl Activity {
     pub fn received(&self, bytes: usize) {
         self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
         self.touch();
+        if let Some(parent) = &self.parent {
+            parent.received(bytes);
+        }
     }
 
     /// `bytes` of channel data went to the client.
     pub fn sent(&self, bytes: usize) {
         self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
         self.touch();
+        if let Some(parent) = &self.parent {
+            parent.sent(bytes);
+        }
     }
 }
 
@@ -122,5 +145,58 @@ impl Drop for RusshConnectionLink {
         // The connection actor is gone (normally after the transport ended; or it crashed):
         // never leave a transport behind without an actor.
         self.switch.cut();
+    }
+}
+
+/// A stream whose writes count as data sent on `activity` (reads are counted by the russh
+/// handler, which sees every byte the client sends).
+pub struct CountedWrites<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> CountedWrites<S> {
+    /// Counts what is written to `inner`.
+    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
+
+    /// The stream itself.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CountedWrites<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountedWrites<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &written {
+            if *n > 0 {
+                self.activity.sent(*n);
+            }
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -3,12 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sshvisor::control::Command as CtlCommand;
 use sshvisor::ctl::{self, CtlClient, CtlError};
-use sshvisor::daemon::{Daemon, DaemonOptions, DEFAULT_STATE_DIR};
+use sshvisor::daemon::{ConfigSource, Daemon, DaemonOptions, DEFAULT_STATE_DIR};
 use sshvisor_actors::{ConnectionInfo, KillReport};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -23,29 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the server (127.0.0.1:2222, state in ./.sshvisor by default).
-    Serve {
-        /// Configuration file (TOML; see docs/OPERATIONS.md). Flags override it.
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// Address to listen on for SSH [default: 127.0.0.1:2222].
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// Directory for the host key, the control socket and generated keys [default: .sshvisor].
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-        /// OpenSSH authorized_keys file; without it a client key is generated and authorized.
-        #[arg(long)]
-        authorized_keys: Option<PathBuf>,
-        /// Grace of kills that name none, and of the shutdown (humantime: 5s, 500ms) [default: 5s].
-        #[arg(long, value_parser = sshvisor::control::grace_from_str)]
-        kill_grace: Option<Duration>,
-        /// Also accept this client environment variable (besides LANG, LC_*, TERM); repeatable.
-        #[arg(long = "accept-env", value_name = "NAME")]
-        accept_env: Vec<String>,
-        /// Run this sftp-server binary for the sftp subsystem instead of the in-process one.
-        #[arg(long, value_name = "PATH")]
-        sftp_server: Option<PathBuf>,
-    },
+    Serve(ServeArgs),
     /// Inspect and control a running server through its control socket.
     Ctl {
         /// The state directory of the server to talk to.
@@ -75,6 +54,10 @@ enum CtlCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Re-read the server's configuration file (as SIGHUP does): new limits and timeouts apply
+    /// to new connections at once and to live ones where that makes sense; nothing live is
+    /// dropped. A bad file changes nothing and the error says why.
+    Reload,
     /// Stream lifecycle events as they happen (Ctrl-C to stop).
     Watch {
         /// One JSON object per event.
@@ -113,6 +96,58 @@ enum CtlCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `serve`'s flags: they override the configuration file, also on reload.
+#[derive(clap::Args, Debug, Clone)]
+struct ServeArgs {
+    /// Configuration file (TOML; see docs/OPERATIONS.md). Flags override it. Re-read on
+    /// SIGHUP and `sshvisor ctl reload`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on for SSH [default: 127.0.0.1:2222].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory for the host key, the control socket and generated keys [default: .sshvisor].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// OpenSSH authorized_keys file; without it a client key is generated and authorized.
+    #[arg(long)]
+    authorized_keys: Option<PathBuf>,
+    /// Grace of kills that name none, and of the shutdown (humantime: 5s, 500ms) [default: 5s].
+    #[arg(long, value_parser = sshvisor::control::grace_from_str)]
+    kill_grace: Option<Duration>,
+    /// Also accept this client environment variable (besides LANG, LC_*, TERM); repeatable.
+    #[arg(long = "accept-env", value_name = "NAME")]
+    accept_env: Vec<String>,
+    /// Run this sftp-server binary for the sftp subsystem instead of the in-process one.
+    #[arg(long, value_name = "PATH")]
+    sftp_server: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The configuration file (when given) read now, with the flags over it.
+    fn options(&self) -> Result<DaemonOptions, String> {
+        let file = match &self.config {
+            Some(path) => sshvisor::config::Config::load(path).map_err(|e| e.to_string())?,
+            None => sshvisor::config::Config::default(),
+        };
+        let mut accept = file.accept_env.clone();
+        accept.extend(self.accept_env.iter().cloned());
+        let flags = self.clone();
+        Ok(DaemonOptions {
+            listen: self.listen.unwrap_or(file.listen),
+            state_dir: self.state_dir.clone().unwrap_or(file.state_dir),
+            authorized_keys: self.authorized_keys.clone().or(file.authorized_keys),
+            kill_grace: self.kill_grace.unwrap_or(file.timeouts.kill_grace),
+            accept_env: accept,
+            sftp_server: self.sftp_server.clone().or(file.sftp_server),
+            timeouts: file.timeouts,
+            limits: file.limits,
+            reap_orphans: true,
+            reload_from: Some(ConfigSource(Arc::new(move || flags.options()))),
+        })
+    }
 }
 
 /// Selecting connections by user, peer and age.
@@ -157,34 +192,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Cmd::Serve {
-                config,
-                listen,
-                state_dir,
-                authorized_keys,
-                kill_grace,
-                accept_env,
-                sftp_server,
-            } => {
-                let file = match &config {
-                    Some(path) => sshvisor::config::Config::load(path)?,
-                    None => sshvisor::config::Config::default(),
-                };
-                let mut accept = file.accept_env.clone();
-                accept.extend(accept_env);
-                serve(DaemonOptions {
-                    listen: listen.unwrap_or(file.listen),
-                    state_dir: state_dir.unwrap_or(file.state_dir),
-                    authorized_keys: authorized_keys.or(file.authorized_keys),
-                    kill_grace: kill_grace.unwrap_or(file.timeouts.kill_grace),
-                    accept_env: accept,
-                    sftp_server: sftp_server.or(file.sftp_server),
-                    timeouts: file.timeouts,
-                    limits: file.limits,
-                    reap_orphans: true,
-                })
-                .await
-            }
+            Cmd::Serve(args) => serve(args.options().map_err(anyhow::Error::msg)?).await,
             Cmd::Ctl { state_dir, command } => run_ctl(state_dir, command).await,
         }
     });
@@ -207,6 +215,7 @@ async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
         .init();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let daemon = Daemon::start(options).await?;
     println!("sshvisor listening on {}", daemon.ssh_addr());
     if let Some(hint) = daemon.connect_hint() {
@@ -215,9 +224,15 @@ async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
         );
         println!("  {hint}");
     }
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match daemon.reload().await {
+                Ok(changes) => tracing::info!(changes = %changes, "SIGHUP: configuration reloaded"),
+                Err(why) => tracing::warn!(error = %why, "SIGHUP: reload refused; the old configuration stays in force"),
+            },
+        }
     }
     tracing::info!("signal received: shutting down (a second signal forces)");
     let shutdown = daemon.shutdown(None);
@@ -274,6 +289,12 @@ async fn run_ctl(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<ExitCode
                     reports.len()
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCmd::Reload => {
+            let value = client.request(CtlCommand::Reload).await?;
+            let changes = value["changes"].as_str().unwrap_or_default();
+            println!("reloaded: {changes}");
             Ok(ExitCode::SUCCESS)
         }
         CtlCmd::Watch { json } => {

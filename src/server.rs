@@ -9,7 +9,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use ractor::rpc::CallResult;
@@ -73,6 +73,7 @@ pub struct SshListener {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    shared: Arc<Shared>,
 }
 
 impl SshListener {
@@ -84,19 +85,39 @@ impl SshListener {
         let listener = TcpListener::bind(options.listen).await?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
-            config: Arc::new(russh_config(options.host_key, options.keepalive)),
-            authorized: Arc::new(options.authorized),
-            env: Arc::new(options.env),
+            live: RwLock::new(Live {
+                config: Arc::new(russh_config(options.host_key.clone(), options.keepalive)),
+                authorized: Arc::new(options.authorized),
+                env: Arc::new(options.env),
+            }),
+            host_key: options.host_key,
             supervisor,
         });
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, shared, stopped));
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
         info!(%local_addr, "listening for SSH connections");
         Ok(Self {
             local_addr,
             stop,
             task,
+            shared,
         })
+    }
+
+    /// Replaces who may log in, what sessions run with and the keepalive, for connections
+    /// accepted from now on (a configuration reload). Live connections keep what they have.
+    pub fn update(
+        &self,
+        authorized: AuthorizedKeys,
+        env: ExecEnv,
+        keepalive: (Option<Duration>, usize),
+    ) {
+        let live = Live {
+            config: Arc::new(russh_config(self.shared.host_key.clone(), keepalive)),
+            authorized: Arc::new(authorized),
+            env: Arc::new(env),
+        };
+        *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = live;
     }
 
     /// The address actually bound.
@@ -113,10 +134,17 @@ impl SshListener {
 }
 
 struct Shared {
+    /// What new connections get; swapped by a reload.
+    live: RwLock<Live>,
+    host_key: PrivateKey,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+#[derive(Clone)]
+struct Live {
     config: Arc<Config>,
     authorized: Arc<AuthorizedKeys>,
     env: Arc<ExecEnv>,
-    supervisor: ActorRef<SupervisorMsg>,
 }
 
 async fn accept_loop(
@@ -147,6 +175,11 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
     if let Err(e) = socket.set_nodelay(true) {
         debug!(%peer, error = %e, "could not set nodelay");
     }
+    let live = shared
+        .live
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let switch = CutSwitch::new();
     let handle_cell = Arc::new(OnceLock::new());
     let activity = Activity::new();
@@ -167,7 +200,7 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
         Ok(CallResult::Success(Err(refusal))) => {
             warn!(%peer, reason = %refusal, "connection refused");
             // Said over SSH, so the client prints why instead of seeing a bare reset.
-            refuse(shared.config.clone(), socket, refusal.to_string()).await;
+            refuse(live.config.clone(), socket, refusal.to_string()).await;
             return;
         }
         Ok(_) | Err(_) => {
@@ -183,13 +216,13 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
         };
         let handler = SshHandler::new(
             conn.clone(),
-            shared.authorized.clone(),
-            shared.env.clone(),
+            live.authorized.clone(),
+            live.env.clone(),
             ends,
             activity,
         );
         let stream = CuttableStream::new(socket, switch.clone());
-        let end = match russh::server::run_stream(shared.config.clone(), stream, handler).await {
+        let end = match russh::server::run_stream(live.config.clone(), stream, handler).await {
             Ok(running) => {
                 let _ = handle_cell.set(running.handle());
                 match running.await {

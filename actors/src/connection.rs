@@ -100,8 +100,17 @@ pub enum ConnectionMsg {
     LoginGraceElapsed,
     /// The connection's maximum lifetime ran out.
     LifetimeElapsed,
-    /// Time to check whether the connection has been idle too long.
-    IdleCheck,
+    /// Time to check whether the connection has been idle too long (`generation` tells a check
+    /// armed under an older idle limit, which is ignored).
+    IdleCheck {
+        /// The idle limit's generation the check was armed under.
+        generation: u64,
+    },
+    /// A new policy (a configuration reload). What makes sense for a live connection applies
+    /// from now on: the kill grace, the session limit, and the idle timeouts (idle time counted
+    /// from now at the earliest, so a reload never ends a connection at once). The login grace
+    /// and the lifetime stay as they were when the connection was admitted.
+    SetPolicy(Policy),
     /// The kill's grace ran out.
     GraceElapsed,
     /// Cut the transport if it is still up.
@@ -145,6 +154,9 @@ pub struct ConnectionState {
     sessions_closed: usize,
     forced: bool,
     timers: Vec<JoinHandle<()>>,
+    /// Idle time is counted from here at the earliest (the start, or the last policy change).
+    idle_floor: Instant,
+    idle_generation: u64,
     pub(crate) outcome: Option<ConnOutcome>,
 }
 
@@ -153,13 +165,22 @@ impl ConnectionState {
         &mut self,
         myself: &ActorRef<ConnectionMsg>,
         delay: Duration,
-        msg: fn() -> ConnectionMsg,
+        msg: impl FnOnce() -> ConnectionMsg + Send + 'static,
     ) {
         let target = myself.clone();
+        self.timers.retain(|t| !t.is_finished());
         self.timers.push(ractor::concurrency::spawn(async move {
             ractor::concurrency::sleep(delay).await;
             let _ = target.cast(msg());
         }));
+    }
+
+    /// Arms the idle check for `delay` from now under the current limit.
+    fn arm_idle_check(&mut self, myself: &ActorRef<ConnectionMsg>, delay: Duration) {
+        let generation = self.idle_generation;
+        self.after(myself, delay, move || ConnectionMsg::IdleCheck {
+            generation,
+        });
     }
 
     /// Asks every session to end within `grace`.
@@ -287,6 +308,8 @@ impl Actor for ConnectionActor {
             sessions_closed: 0,
             forced: false,
             timers: Vec::new(),
+            idle_floor: Instant::now(),
+            idle_generation: 0,
             outcome: None,
         })
     }
@@ -303,7 +326,7 @@ impl Actor for ConnectionActor {
             state.after(&myself, limit, || ConnectionMsg::LifetimeElapsed);
         }
         if let Some(limit) = state.policy.idle {
-            state.after(&myself, limit, || ConnectionMsg::IdleCheck);
+            state.arm_idle_check(&myself, limit);
         }
         Ok(())
     }
@@ -359,6 +382,7 @@ impl Actor for ConnectionActor {
                         link,
                         supervisor: state.supervisor.clone(),
                         close_grace: state.policy.kill_grace,
+                        idle: state.policy.session_idle,
                         parent_span: state.span.clone(),
                     };
                     match Actor::spawn_linked(None, SessionActor, args, myself.get_cell()).await {
@@ -404,11 +428,41 @@ impl Actor for ConnectionActor {
                 ConnectionMsg::Kill { reason, grace, by } => {
                     state.begin_kill(&myself, reason, grace, by);
                 }
-                ConnectionMsg::IdleCheck => {
-                    let (Some(limit), false) = (state.policy.idle, state.closing) else {
+                ConnectionMsg::SetPolicy(policy) => {
+                    let live = &mut state.policy;
+                    live.kill_grace = policy.kill_grace;
+                    live.limits.max_sessions_per_connection =
+                        policy.limits.max_sessions_per_connection;
+                    if live.session_idle != policy.session_idle {
+                        live.session_idle = policy.session_idle;
+                        for (_, session) in state.sessions.values() {
+                            let _ = session.cast(SessionMsg::SetIdle {
+                                idle: policy.session_idle,
+                            });
+                        }
+                    }
+                    if live.idle != policy.idle {
+                        live.idle = policy.idle;
+                        state.idle_floor = Instant::now();
+                        state.idle_generation += 1;
+                        if let (Some(limit), false) = (policy.idle, state.closing) {
+                            state.arm_idle_check(&myself, limit);
+                        }
+                    }
+                }
+                ConnectionMsg::IdleCheck { generation } => {
+                    let (Some(limit), true, false) = (
+                        state.policy.idle,
+                        generation == state.idle_generation,
+                        state.closing,
+                    ) else {
                         return;
                     };
-                    let idle_for = state.link.idle_for().unwrap_or_default();
+                    let since_floor = state.idle_floor.elapsed();
+                    let idle_for = state
+                        .link
+                        .idle_for()
+                        .map_or(since_floor, |idle| idle.min(since_floor));
                     if idle_for >= limit {
                         let reason = format!(
                             "idle timeout ({}) reached",
@@ -418,7 +472,7 @@ impl Actor for ConnectionActor {
                         state.begin_kill(&myself, reason, grace, Some("idle".into()));
                     } else {
                         // Check again exactly when the connection would have been idle long enough.
-                        state.after(&myself, limit - idle_for, || ConnectionMsg::IdleCheck);
+                        state.arm_idle_check(&myself, limit - idle_for);
                     }
                 }
                 ConnectionMsg::LifetimeElapsed => {

@@ -177,6 +177,13 @@ pub trait SessionLink: Send + 'static {
     /// The client sent EOF on the channel.
     fn eof(&mut self);
 
+    /// How long no data has moved on the channel either way (for the session idle timeout);
+    /// `None` when the link does not know, and then the session counts as idle since it
+    /// started.
+    fn idle_for(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Ends the session politely: the work is asked to stop (for a process: SIGHUP to its
     /// process group), pending output is delivered, then the exit status and EOF go to the
     /// client, and CLOSE when `scope` is [`EndScope::Session`].

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
 use crate::ids::{ConnId, SessionId};
@@ -43,6 +44,8 @@ pub struct SessionArgs {
     pub supervisor: ActorRef<SupervisorMsg>,
     /// How long the work may take to end after the client closed the channel.
     pub close_grace: Duration,
+    /// No data on the channel either way for this long ends the session; `None` for no limit.
+    pub idle: Option<Duration>,
     /// The connection's span, the parent of this session's span.
     pub parent_span: Span,
 }
@@ -116,6 +119,18 @@ pub enum SessionMsg {
     GraceElapsed,
     /// A forced end did not report back within [`FORCE_MARGIN`].
     GiveUp,
+    /// Time to check whether the session has been idle too long (`generation` tells a check
+    /// armed under an older idle limit, which is ignored).
+    IdleCheck {
+        /// The idle limit's generation the check was armed under.
+        generation: u64,
+    },
+    /// The session idle limit changed (a configuration reload): from now on it applies, idle
+    /// time counted from now at the earliest, so a reload never ends a session at once.
+    SetIdle {
+        /// The new limit; `None` for no limit.
+        idle: Option<Duration>,
+    },
 }
 
 /// Why a session did not start what the client asked for.
@@ -147,6 +162,10 @@ pub struct SessionState {
     link: Box<dyn SessionLink>,
     supervisor: ActorRef<SupervisorMsg>,
     close_grace: Duration,
+    idle: Option<Duration>,
+    /// Idle time is counted from here at the earliest (the start, or the last limit change).
+    idle_floor: Instant,
+    idle_generation: u64,
     span: Span,
     started: bool,
     ending: bool,
@@ -179,12 +198,24 @@ impl SessionState {
         myself.stop(None);
     }
 
-    fn after(&mut self, myself: &ActorRef<SessionMsg>, delay: Duration, msg: fn() -> SessionMsg) {
+    fn after(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        delay: Duration,
+        msg: impl FnOnce() -> SessionMsg + Send + 'static,
+    ) {
         let target = myself.clone();
+        self.timers.retain(|t| !t.is_finished());
         self.timers.push(ractor::concurrency::spawn(async move {
             ractor::concurrency::sleep(delay).await;
             let _ = target.cast(msg());
         }));
+    }
+
+    /// Arms the idle check for `delay` from now under the current limit.
+    fn arm_idle_check(&mut self, myself: &ActorRef<SessionMsg>, delay: Duration) {
+        let generation = self.idle_generation;
+        self.after(myself, delay, move || SessionMsg::IdleCheck { generation });
     }
 
     /// Starts the polite end; arms the force for when `grace` runs out.
@@ -221,6 +252,9 @@ impl Actor for SessionActor {
             link: args.link,
             supervisor: args.supervisor,
             close_grace: args.close_grace,
+            idle: args.idle,
+            idle_floor: Instant::now(),
+            idle_generation: 0,
             span,
             started: false,
             ending: false,
@@ -256,6 +290,10 @@ impl Actor for SessionActor {
                     match &result {
                         Ok(()) => {
                             state.started = true;
+                            if let Some(limit) = state.idle {
+                                state.idle_floor = Instant::now();
+                                state.arm_idle_check(&myself, limit);
+                            }
                             info!(kind = ?request.kind(), command = request.command(), "session started");
                             let _ = state.supervisor.cast(SupervisorMsg::Notice(Notice::SessionStarted {
                                 conn: state.conn,
@@ -369,6 +407,40 @@ impl Actor for SessionActor {
                             Winding::Done => state.finish(&myself, SessionExit::Signal("KILL".into())),
                             Winding::Pending => state.after(&myself, FORCE_MARGIN, || SessionMsg::GiveUp),
                         }
+                    }
+                }
+                SessionMsg::SetIdle { idle } => {
+                    state.idle = idle;
+                    state.idle_floor = Instant::now();
+                    state.idle_generation += 1;
+                    if let (Some(limit), true, false) = (idle, state.started, state.ending) {
+                        state.arm_idle_check(&myself, limit);
+                    }
+                }
+                SessionMsg::IdleCheck { generation } => {
+                    let (Some(limit), true, false) = (
+                        state.idle,
+                        generation == state.idle_generation,
+                        state.ending,
+                    ) else {
+                        return;
+                    };
+                    let since_floor = state.idle_floor.elapsed();
+                    let idle_for = state
+                        .link
+                        .idle_for()
+                        .map_or(since_floor, |idle| idle.min(since_floor));
+                    if idle_for >= limit {
+                        let reason = format!(
+                            "session_idle timeout ({}) reached",
+                            humantime::format_duration(limit)
+                        );
+                        info!(reason = %reason, "session idle too long");
+                        state.killed = Some(reason);
+                        let grace = state.close_grace;
+                        state.begin_end(&myself, grace, EndScope::Session);
+                    } else {
+                        state.arm_idle_check(&myself, limit - idle_for);
                     }
                 }
                 SessionMsg::GiveUp => {

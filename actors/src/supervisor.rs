@@ -19,7 +19,7 @@
 //! entry's actor has terminated (or, for a session that could not be spawned, never existed).
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -140,6 +140,16 @@ pub enum SupervisorMsg {
         /// The snapshot, oldest first.
         reply: RpcReplyPort<Vec<ConnectionInfo>>,
     },
+    /// Replaces the policy (a configuration reload). New connections get it at once; live ones
+    /// get what makes sense for them (see [`ConnectionMsg::SetPolicy`]). Limits govern
+    /// admission only: lowering one never ends a live connection or session. Replies once
+    /// every live connection has been told.
+    SetPolicy {
+        /// The new policy.
+        policy: Policy,
+        /// Sent once applied.
+        reply: RpcReplyPort<()>,
+    },
     /// Sent by the tree's own actors; not constructible outside this crate.
     Notice(Notice),
 }
@@ -205,6 +215,7 @@ struct SessionEntry {
 
 struct ConnEntry {
     actor: ActorRef<ConnectionMsg>,
+    admitted: Instant,
     traffic: Option<Arc<dyn Traffic>>,
     info: ConnectionInfo,
     sessions: Vec<SessionEntry>,
@@ -260,8 +271,42 @@ impl SupervisorState {
         }
     }
 
-    /// The limit a new connection from `peer` would break, if any.
-    fn over_limit(&self, peer: SocketAddr) -> Option<Refusal> {
+    /// Whether a new connection from `peer` may come in, and at whose expense.
+    fn admission(&self, peer: SocketAddr) -> Admission {
+        if let Some(refusal) = self.over_hard_limit(peer) {
+            return Admission::Refuse(refusal);
+        }
+        let max = self.policy.limits.max_unauthenticated;
+        let mut pending = self
+            .conns
+            .iter()
+            .filter(|(_, e)| e.info.state == ConnState::Handshaking);
+        let mut count = 0;
+        let mut oldest: Option<(&ConnId, &ConnEntry)> = None;
+        for (id, entry) in pending.by_ref() {
+            count += 1;
+            if oldest.is_none_or(|(_, o)| entry.admitted < o.admitted) {
+                oldest = Some((id, entry));
+            }
+        }
+        if count < max {
+            return Admission::Admit;
+        }
+        let text = format!("max_unauthenticated ({max}) reached");
+        match oldest {
+            Some((id, entry)) if entry.admitted.elapsed() >= crate::MIN_PENDING_AGE => {
+                Admission::AdmitDropping(
+                    *id,
+                    format!("{text}: the oldest pending login was dropped"),
+                )
+            }
+            _ => Admission::Refuse(Refusal::Limit(text)),
+        }
+    }
+
+    /// The limit a new connection from `peer` would break, if any, other than
+    /// `max_unauthenticated`.
+    fn over_hard_limit(&self, peer: SocketAddr) -> Option<Refusal> {
         let limits = &self.policy.limits;
         if self.conns.len() >= limits.max_connections {
             return Some(Refusal::Limit(format!(
@@ -281,15 +326,22 @@ impl SupervisorState {
                 limits.max_per_source
             )));
         }
-        let unauthenticated = self
+        let net = network_of(ip, limits.prefix_v4, limits.prefix_v6);
+        let from_net = self
             .conns
             .values()
-            .filter(|e| e.info.state == ConnState::Handshaking)
+            .filter(|e| {
+                network_of(
+                    e.info.peer.ip().to_canonical(),
+                    limits.prefix_v4,
+                    limits.prefix_v6,
+                ) == net
+            })
             .count();
-        if unauthenticated >= limits.max_unauthenticated {
+        if from_net >= limits.max_per_prefix {
             return Some(Refusal::Limit(format!(
-                "max_unauthenticated ({}) reached",
-                limits.max_unauthenticated
+                "max_per_prefix ({}) reached for {}/{}",
+                limits.max_per_prefix, net.0, net.1
             )));
         }
         None
@@ -461,14 +513,27 @@ impl Actor for SupervisorActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Connect { peer, link, reply } => {
-                if let Some(refusal) = state.over_limit(peer) {
-                    info!(parent: &state.span, %peer, reason = %refusal, "audit: connection refused");
-                    state.events.send(Event::Refused {
-                        peer,
-                        reason: refusal.to_string(),
-                    });
-                    let _ = reply.send(Err(refusal));
-                    return Ok(());
+                match state.admission(peer) {
+                    Admission::Admit => {}
+                    Admission::AdmitDropping(victim, reason) => {
+                        info!(parent: &state.span, %peer, dropped = %victim, reason = %reason, "audit: pending login dropped to admit a new connection");
+                        let grace = state.policy.kill_grace;
+                        state.kill_connection(
+                            victim,
+                            &reason,
+                            grace,
+                            &Some("max_unauthenticated".into()),
+                        );
+                    }
+                    Admission::Refuse(refusal) => {
+                        info!(parent: &state.span, %peer, reason = %refusal, "audit: connection refused");
+                        state.events.send(Event::Refused {
+                            peer,
+                            reason: refusal.to_string(),
+                        });
+                        let _ = reply.send(Err(refusal));
+                        return Ok(());
+                    }
                 }
                 let id = ConnId::new_random();
                 let traffic = link.traffic();
@@ -486,6 +551,7 @@ impl Actor for SupervisorActor {
                             id,
                             ConnEntry {
                                 actor: actor.clone(),
+                                admitted: Instant::now(),
                                 traffic,
                                 info: ConnectionInfo {
                                     id,
@@ -512,6 +578,14 @@ impl Actor for SupervisorActor {
                         let _ = reply.send(Err(Refusal::SpawnFailed(e.to_string())));
                     }
                 }
+            }
+            SupervisorMsg::SetPolicy { policy, reply } => {
+                info!(parent: &state.span, ?policy, "policy replaced");
+                for entry in state.conns.values() {
+                    let _ = entry.actor.cast(ConnectionMsg::SetPolicy(policy.clone()));
+                }
+                state.policy = policy;
+                let _ = reply.send(());
             }
             SupervisorMsg::List { reply } => {
                 let mut all: Vec<ConnectionInfo> = state
@@ -746,5 +820,54 @@ impl Actor for SupervisorActor {
             state.connection_ended(actor, end.outcome, end.failure);
         }
         Ok(())
+    }
+}
+
+/// What `SupervisorState::admission` decided.
+enum Admission {
+    Admit,
+    /// Admit, and end this pending login (with this reason) to make room.
+    AdmitDropping(ConnId, String),
+    Refuse(Refusal),
+}
+
+/// The network `ip` belongs to for `max_per_prefix`: its address masked to the prefix length,
+/// and that length.
+fn network_of(ip: IpAddr, v4_bits: u8, v6_bits: u8) -> (IpAddr, u8) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = v4_bits.min(32);
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            (IpAddr::V4((u32::from(v4) & mask).into()), bits)
+        }
+        IpAddr::V6(v6) => {
+            let bits = v6_bits.min(128);
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            (IpAddr::V6((u128::from(v6) & mask).into()), bits)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network_of;
+    use std::net::IpAddr;
+
+    fn net(ip: &str, v4: u8, v6: u8) -> String {
+        let (addr, bits) = network_of(ip.parse::<IpAddr>().unwrap(), v4, v6);
+        format!("{addr}/{bits}")
+    }
+
+    #[test]
+    fn prefixes_mask_the_host_bits() {
+        assert_eq!(net("10.1.2.3", 24, 64), "10.1.2.0/24");
+        assert_eq!(net("10.1.2.3", 16, 64), "10.1.0.0/16");
+        assert_eq!(net("10.1.2.3", 32, 64), "10.1.2.3/32");
+        assert_eq!(net("10.1.2.3", 0, 64), "0.0.0.0/0");
+        assert_eq!(net("10.1.2.3", 40, 64), "10.1.2.3/32");
+        assert_eq!(net("2001:db8:1:2:3:4:5:6", 24, 64), "2001:db8:1:2::/64");
+        assert_eq!(net("2001:db8:1:2:3:4:5:6", 24, 48), "2001:db8:1::/48");
+        assert_eq!(net("::1", 24, 128), "::1/128");
+        assert_eq!(net("::1", 24, 0), "::/0");
     }
 }

@@ -349,3 +349,249 @@ async fn a_connection_is_ended_at_its_max_lifetime_not_before() {
             if reason == "max_lifetime (1m) reached"
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_session_ends_at_the_session_idle_timeout_and_its_connection_stays() {
+    let mut policy = unlimited();
+    policy.session_idle = Some(Duration::from_secs(10));
+    let mut h = Harness::start_with(None, policy).await;
+    let c = h.connect("c", Client::Healthy).await;
+    c.authenticate("sid");
+    let start = Instant::now();
+    let s = h.open_started(&c, "c/quiet", Work::Healthy).await;
+    tokio::time::sleep(Duration::from_millis(9_900)).await;
+    assert_eq!(
+        h.listed(c.id).await.unwrap().sessions.len(),
+        1,
+        "the session ended before its idle timeout"
+    );
+    let events = h
+        .probe
+        .until(
+            "the idle session is closed",
+            |e| matches!(e, Event::SessionClosed { session, .. } if *session == s.id),
+        )
+        .await;
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(10) && took < Duration::from_secs(11),
+        "{took:?}"
+    );
+    assert!(matches!(
+        events.last(),
+        Some(Event::SessionClosed { killed: Some(reason), .. })
+            if reason == "session_idle timeout (10s) reached"
+    ));
+    // Only the session: the connection lives on and takes new sessions.
+    assert!(h.listed(c.id).await.is_some());
+    h.open_started(&c, "c/next", Work::Healthy).await;
+    assert_eq!(h.listed(c.id).await.unwrap().sessions.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_lowers_the_idle_timeout_counts_from_the_reload_and_drops_nothing_at_once() {
+    let mut policy = unlimited();
+    policy.idle = Some(Duration::from_secs(100));
+    let mut h = Harness::start_with(None, policy.clone()).await;
+    let c = h.connect("c", Client::Healthy).await;
+    c.authenticate("ida");
+    h.open_started(&c, "c/work", Work::Healthy).await;
+    // Idle for 50 s: over the new limit already, but a reload never ends anything at once.
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    policy.idle = Some(Duration::from_secs(10));
+    let reloaded = Instant::now();
+    h.set_policy(policy).await;
+    tokio::time::sleep(Duration::from_millis(9_900)).await;
+    assert!(
+        h.listed(c.id).await.is_some(),
+        "the reload ended an idle connection before the new limit ran from the reload"
+    );
+    let events = h
+        .probe
+        .until(
+            "the idle connection is disconnected",
+            |e| matches!(e, Event::Disconnected { conn, .. } if *conn == c.id),
+        )
+        .await;
+    let took = reloaded.elapsed();
+    assert!(
+        took >= Duration::from_secs(10) && took < Duration::from_secs(11),
+        "{took:?}"
+    );
+    assert!(matches!(
+        events.last(),
+        Some(Event::Disconnected { cause: DisconnectCause::Killed { reason, .. }, .. })
+            if reason == "idle timeout (10s) reached"
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_lowers_limits_refuses_new_connections_and_ends_no_live_one() {
+    let mut policy = unlimited();
+    let mut h = Harness::start_with(None, policy.clone()).await;
+    let mut live = Vec::new();
+    for i in 0..3 {
+        let c = h.connect(&format!("c{i}"), Client::Healthy).await;
+        c.authenticate("uma");
+        h.open_started(&c, &format!("c{i}/s"), Work::Healthy).await;
+        live.push(c);
+    }
+    policy.limits.max_connections = 2;
+    policy.limits.max_per_user = 1;
+    policy.limits.max_sessions_per_connection = 1;
+    h.set_policy(policy).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let listed = h.list().await;
+    assert_eq!(listed.len(), 3, "a lowered limit ended live connections");
+    assert!(listed.iter().all(|c| c.sessions.len() == 1));
+    let refused = h
+        .connect_from("c3", Client::Healthy, "192.0.2.9:1".parse().unwrap())
+        .await;
+    assert!(
+        matches!(&refused, Err(sshvisor_actors::Refusal::Limit(t)) if t == "max_connections (2) reached"),
+        "{:?}",
+        refused.as_ref().err()
+    );
+    // The lowered session limit applies to live connections' new sessions.
+    let extra = live[0]
+        .actor
+        .call(
+            |reply| sshvisor_actors::ConnectionMsg::OpenSession {
+                link: Box::new(NoSession),
+                reply,
+            },
+            Some(WAIT),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        extra.err().as_deref(),
+        Some("max_sessions_per_connection (1) reached")
+    );
+    assert!(h
+        .probe
+        .drain_now()
+        .iter()
+        .all(|e| !matches!(e, Event::Disconnected { .. } | Event::SessionClosed { .. })));
+}
+
+/// A session link that is never started.
+struct NoSession;
+
+impl sshvisor_actors::SessionLink for NoSession {
+    fn start(
+        &mut self,
+        _: &sshvisor_actors::SessionRequest,
+        _: sshvisor_actors::SessionEvents,
+    ) -> Result<(), String> {
+        Err("never".into())
+    }
+    fn data(&mut self, _: Vec<u8>) {}
+    fn eof(&mut self) {}
+    fn terminate(&mut self, _: sshvisor_actors::EndScope) -> sshvisor_actors::Winding {
+        sshvisor_actors::Winding::Done
+    }
+    fn force(&mut self) -> sshvisor_actors::Winding {
+        sshvisor_actors::Winding::Done
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_per_prefix_counts_connections_by_network_for_ipv4_and_ipv6() {
+    let mut policy = unlimited();
+    policy.limits.max_per_prefix = 2;
+    let h = Harness::start_with(None, policy).await;
+    let from = |a: &str| -> std::net::SocketAddr { a.parse().unwrap() };
+    for (first, second, third, elsewhere, net) in [
+        (
+            "10.1.2.3:1",
+            "10.1.2.4:1",
+            "10.1.2.200:1",
+            "10.1.3.1:1",
+            "10.1.2.0/24",
+        ),
+        (
+            "[2001:db8::1]:1",
+            "[2001:db8::2]:1",
+            "[2001:db8::ffff:1]:1",
+            "[2001:db8:0:1::1]:1",
+            "2001:db8::/64",
+        ),
+    ] {
+        h.connect_from("a", Client::Healthy, from(first))
+            .await
+            .unwrap();
+        h.connect_from("b", Client::Healthy, from(second))
+            .await
+            .unwrap();
+        let refused = h.connect_from("c", Client::Healthy, from(third)).await;
+        let expected = format!("max_per_prefix (2) reached for {net}");
+        assert!(
+            matches!(&refused, Err(sshvisor_actors::Refusal::Limit(t)) if *t == expected),
+            "{:?}",
+            refused.as_ref().err()
+        );
+        h.connect_from("d", Client::Healthy, from(elsewhere))
+            .await
+            .expect("another network still gets in");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_house_of_pending_logins_gives_way_to_a_new_connection_oldest_first() {
+    let mut policy = unlimited();
+    policy.limits.max_unauthenticated = 3;
+    let mut h = Harness::start_with(None, policy).await;
+    let stalled: Vec<Conn> = {
+        let mut v = Vec::new();
+        for i in 0..3 {
+            v.push(h.connect(&format!("flood{i}"), Client::Healthy).await);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        v
+    };
+    let peer: std::net::SocketAddr = "198.51.100.1:2".parse().unwrap();
+    // Pending logins younger than MIN_PENDING_AGE are not dropped: the newcomer is refused.
+    let early = h.connect_from("early", Client::Healthy, peer).await;
+    assert!(
+        matches!(&early, Err(sshvisor_actors::Refusal::Limit(t)) if t == "max_unauthenticated (3) reached"),
+        "{:?}",
+        early.as_ref().err()
+    );
+    tokio::time::sleep(sshvisor_actors::MIN_PENDING_AGE).await;
+    let newcomer = h
+        .connect_from("user", Client::Healthy, peer)
+        .await
+        .expect("a new connection gets in once the pending logins are old enough");
+    let events = h
+        .probe
+        .until(
+            "the oldest pending login is dropped",
+            |e| matches!(e, Event::Disconnected { conn, .. } if *conn == stalled[0].id),
+        )
+        .await;
+    assert!(matches!(
+        events.last(),
+        Some(Event::Disconnected { cause: DisconnectCause::Killed { reason, by }, .. })
+            if reason == "max_unauthenticated (3) reached: the oldest pending login was dropped"
+                && by.as_deref() == Some("max_unauthenticated")
+    ));
+    newcomer.authenticate("ursula");
+    // An authenticated connection is never dropped for a pending one.
+    for i in 0..5 {
+        tokio::time::sleep(sshvisor_actors::MIN_PENDING_AGE).await;
+        h.connect_from(&format!("more{i}"), Client::Healthy, peer)
+            .await
+            .expect("admitted at the expense of a pending login");
+    }
+    assert!(h.listed(newcomer.id).await.is_some());
+    assert_eq!(
+        h.list()
+            .await
+            .iter()
+            .filter(|c| c.state == sshvisor_actors::ConnState::Handshaking)
+            .count(),
+        3
+    );
+}

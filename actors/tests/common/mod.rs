@@ -417,13 +417,7 @@ impl Probe {
 /// The default policy without connection limits.
 pub fn unlimited() -> Policy {
     Policy {
-        limits: sshvisor_actors::Limits {
-            max_connections: usize::MAX,
-            max_per_source: usize::MAX,
-            max_per_user: usize::MAX,
-            max_unauthenticated: usize::MAX,
-            max_sessions_per_connection: usize::MAX,
-        },
+        limits: sshvisor_actors::Limits::unlimited(),
         ..Policy::default()
     }
 }
@@ -463,6 +457,18 @@ impl Harness {
 
     /// Admits a new fake transport whose client behaves as `client`.
     pub async fn connect(&self, label: &str, client: Client) -> Conn {
+        self.connect_from(label, client, self.peer)
+            .await
+            .expect("the supervisor admits the connection")
+    }
+
+    /// Admits a new fake transport from `peer`, or says why not.
+    pub async fn connect_from(
+        &self,
+        label: &str,
+        client: Client,
+        peer: SocketAddr,
+    ) -> Result<Conn, sshvisor_actors::Refusal> {
         let shared = Arc::new(ConnShared {
             label: label.to_string(),
             log: self.log.clone(),
@@ -475,7 +481,6 @@ impl Harness {
             shared: shared.clone(),
             created: tokio::time::Instant::now(),
         });
-        let peer = self.peer;
         let (id, actor) = replied(
             self.sup
                 .call(
@@ -484,18 +489,30 @@ impl Harness {
                 )
                 .await,
             "connect",
-        )
-        .expect("the supervisor admits the connection");
+        )?;
         *shared.actor.lock().unwrap() = Some(actor.clone());
         if let Some(end) = shared.pending.lock().unwrap().take() {
             let _ = actor.cast(ConnectionMsg::TransportClosed { end });
         }
-        Conn {
+        Ok(Conn {
             label: label.to_string(),
             id,
             actor,
             shared,
-        }
+        })
+    }
+
+    /// Replaces the supervisor's policy (what a configuration reload does).
+    pub async fn set_policy(&self, policy: Policy) {
+        replied(
+            self.sup
+                .call(
+                    |reply| SupervisorMsg::SetPolicy { policy, reply },
+                    Some(WAIT),
+                )
+                .await,
+            "set policy",
+        );
     }
 
     /// Opens a session channel on `conn` whose work behaves as `work` (not started yet).
