@@ -118,34 +118,41 @@ impl TestServer {
 
     /// A russh client logged in as `user`.
     pub async fn russh_client(&self, user: &str) -> Client {
-        let config = Arc::new(client::Config {
-            nodelay: true,
-            ..Default::default()
-        });
-        let recorder = Recorder::default();
-        let log = ClientLog::default();
-        let mut handle = client::connect(
-            config,
-            ("127.0.0.1", self.port()),
-            ClientHandler {
-                disconnect: recorder.clone(),
-                log: log.clone(),
-            },
-        )
-        .await
-        .expect("connect");
-        let key = PrivateKeyWithHashAlg::new(Arc::new(self.client_key()), None);
-        let auth = handle
-            .authenticate_publickey(user, key)
+        let client = russh_connect(self.port(), &self.client_key_path(), user)
             .await
-            .expect("auth runs");
-        assert!(auth.success(), "the generated key is authorized");
-        Client {
-            handle,
-            disconnect: recorder,
-            log,
-        }
+            .expect("connect");
+        assert!(client.authenticated, "the generated key is authorized");
+        client
     }
+}
+
+/// A russh client connected to 127.0.0.1:`port`, having tried to log in as `user` with the
+/// key at `key` (see `Client::authenticated`).
+pub async fn russh_connect(port: u16, key: &Path, user: &str) -> Result<Client, russh::Error> {
+    let config = Arc::new(client::Config {
+        nodelay: true,
+        ..Default::default()
+    });
+    let recorder = Recorder::default();
+    let log = ClientLog::default();
+    let mut handle = client::connect(
+        config,
+        ("127.0.0.1", port),
+        ClientHandler {
+            disconnect: recorder.clone(),
+            log: log.clone(),
+        },
+    )
+    .await?;
+    let key = PrivateKey::read_openssh_file(key).expect("client key");
+    let key = PrivateKeyWithHashAlg::new(Arc::new(key), None);
+    let auth = handle.authenticate_publickey(user, key).await?;
+    Ok(Client {
+        handle,
+        disconnect: recorder,
+        log,
+        authenticated: auth.success(),
+    })
 }
 
 /// What the server said when it disconnected a russh client.
@@ -255,6 +262,8 @@ pub struct Client {
     pub handle: client::Handle<ClientHandler>,
     pub disconnect: Recorder,
     pub log: ClientLog,
+    /// Whether the server accepted the key.
+    pub authenticated: bool,
 }
 
 /// Output and end of one exec channel.
