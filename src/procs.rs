@@ -46,9 +46,8 @@ pub fn spawn_leader(
 /// daemon): it would steal the exit status of any other child.
 pub fn reap_orphans() -> usize {
     let leaders = leaders().lock().unwrap_or_else(|e| e.into_inner());
-    let me = std::process::id() as i32;
     let mut reaped = 0;
-    for child in children_of(me) {
+    for child in adoptable() {
         if !leaders.contains(&child)
             && !alive(child)
             && waitpid(Pid::from_raw(child), Some(WaitPidFlag::WNOHANG)).is_ok()
@@ -94,6 +93,22 @@ fn children_of(pid: i32) -> Vec<i32> {
     out
 }
 
+/// The children of this process's main thread: where the kernel puts the orphans this process
+/// adopts as subreaper (the first live thread of the reaper's thread group, and the main thread
+/// lives as long as the process). Session leaders are children of whichever thread spawned them
+/// (the runtime's workers, normally), so this list stays short however many sessions run;
+/// leaders spawned on the main thread, or whose thread exited, are here too and are told apart
+/// by the caller.
+fn adoptable() -> Vec<i32> {
+    let me = std::process::id();
+    let Ok(list) = fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
+        return Vec::new();
+    };
+    list.split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .collect()
+}
+
 /// Whether `pid` runs (exists and is not a zombie).
 fn alive(pid: i32) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -135,13 +150,16 @@ pub fn session_processes(leader: Option<Pid>, mark: &str) -> SessionProcs {
         seen.insert(leader.as_raw());
         queue.push(leader.as_raw());
     }
-    let me = std::process::id() as i32;
-    let known_leaders = leaders().lock().unwrap_or_else(|e| e.into_inner()).clone();
-    for orphan in children_of(me) {
-        if !known_leaders.contains(&orphan)
-            && !seen.contains(&orphan)
-            && mark_of(orphan).as_deref() == Some(mark)
-        {
+    let candidates = adoptable();
+    let orphans: Vec<i32> = {
+        let known_leaders = leaders().lock().unwrap_or_else(|e| e.into_inner());
+        candidates
+            .into_iter()
+            .filter(|pid| !known_leaders.contains(pid))
+            .collect()
+    };
+    for orphan in orphans {
+        if !seen.contains(&orphan) && mark_of(orphan).as_deref() == Some(mark) {
             seen.insert(orphan);
             queue.push(orphan);
             out.adopted.push(Pid::from_raw(orphan));
