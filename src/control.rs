@@ -62,6 +62,7 @@ pub const COMMANDS: &[&str] = &[
     "drain",
     "watch",
     "reload",
+    "stats",
 ];
 
 /// One request, as sent on the wire.
@@ -130,6 +131,9 @@ pub enum Command {
     /// to live ones where that makes sense; nothing live is dropped. A bad file changes
     /// nothing and the error says why.
     Reload,
+    /// How big the server is: the tree's map and live actors, and the process's memory (PSS,
+    /// RSS), open descriptors and threads.
+    Stats,
     /// Kill every connection; answers once all of them are gone.
     KillAll {
         /// Shown to the clients.
@@ -672,6 +676,15 @@ async fn run(
             }
         }
         Command::Watch => Err("watch streams on its own connection".into()),
+        Command::Stats => {
+            let tree = supervisor
+                .call(|reply| SupervisorMsg::Stats { reply }, Some(CALL_MARGIN))
+                .await;
+            let Ok(CallResult::Success(tree)) = tree else {
+                return Err("the supervisor did not answer in time".into());
+            };
+            Ok(json!({ "tree": tree, "process": process_stats() }))
+        }
         Command::Reload => {
             info!(by = by.as_deref(), "audit: reload requested");
             let Some(reload) = &defaults.reload else {
@@ -717,6 +730,25 @@ async fn run(
             .await
         }
     }
+}
+
+/// This process's memory, descriptors and threads, read from /proc (`None` where unreadable).
+pub fn process_stats() -> Value {
+    fn field(text: &str, name: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    }
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).ok();
+    json!({
+        "pss_kib": field(&rollup, "Pss:"),
+        "rss_kib": field(&status, "VmRSS:"),
+        "open_fds": fds,
+        "threads": field(&status, "Threads:"),
+    })
 }
 
 #[cfg(test)]

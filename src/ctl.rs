@@ -361,3 +361,21 @@ pub fn format_event(event: &sshvisor_actors::Event) -> String {
     };
     format!("{now}  {what}")
 }
+
+/// `ctl stats` as lines for a person.
+pub fn format_stats(value: &serde_json::Value) -> String {
+    let n = |v: &serde_json::Value| v.as_u64().map_or("?".to_string(), |n| n.to_string());
+    let (tree, process) = (&value["tree"], &value["process"]);
+    format!(
+        "connections {} (actors {})\nsessions    {} (actors {})\nwaiting kills {}\nmemory      PSS {} KiB, RSS {} KiB\nopen fds    {}\nthreads     {}\n",
+        n(&tree["connections"]),
+        n(&tree["connection_actors"]),
+        n(&tree["sessions"]),
+        n(&tree["session_actors"]),
+        n(&tree["waiting_kills"]),
+        n(&process["pss_kib"]),
+        n(&process["rss_kib"]),
+        n(&process["open_fds"]),
+        n(&process["threads"]),
+    )
+}

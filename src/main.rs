@@ -58,6 +58,13 @@ enum CtlCmd {
     /// to new connections at once and to live ones where that makes sense; nothing live is
     /// dropped. A bad file changes nothing and the error says why.
     Reload,
+    /// How big the server is: connections and sessions in the map, live actors, waiting
+    /// kills, and the process's memory (PSS), open descriptors and threads.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stream lifecycle events as they happen (Ctrl-C to stop).
     Watch {
         /// One JSON object per event.
@@ -288,6 +295,15 @@ async fn run_ctl(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<ExitCode
                     "drained: no longer accepting; {} connection(s) closed",
                     reports.len()
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCmd::Stats { json } => {
+            let value = client.request(CtlCommand::Stats).await?;
+            if json {
+                println!("{value}");
+            } else {
+                print!("{}", ctl::format_stats(&value));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -221,3 +221,82 @@ async fn adopted_orphans_are_reaped_not_left_as_zombies() {
     .await;
     assert!(terminate(&mut server).await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_churn_of_connections_the_map_actors_and_descriptors_are_back_at_the_baseline() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (_server, lines) = serve(cwd.path(), &[]).await;
+    let port: u16 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("sshvisor listening on "))
+        .and_then(|addr| addr.rsplit(':').next()?.parse().ok())
+        .expect("the listening line");
+    let key = cwd.path().join(".sshvisor/client_ed25519");
+    let stats = |human: bool| {
+        let dir = cwd.path().join(".sshvisor");
+        async move {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_sshvisor"));
+            cmd.arg("ctl").arg("--state-dir").arg(dir).arg("stats");
+            if !human {
+                cmd.arg("--json");
+            }
+            let out = cmd.output().await.unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            out.stdout
+        }
+    };
+    let json = |bytes: Vec<u8>| serde_json::from_slice::<serde_json::Value>(&bytes).unwrap();
+    // One round first, so that lazily made things (runtime threads, caches) exist at the baseline.
+    let mut round = 0;
+    let mut one_round = || {
+        round += 1;
+        let key = key.clone();
+        let polite = round % 2 == 0;
+        async move {
+            let client = common::russh_connect(port, &key, "churn").await.unwrap();
+            let mut channel = client.handle.channel_open_session().await.unwrap();
+            channel.exec(true, "true").await.unwrap();
+            assert_eq!(common::drain(&mut channel).await.status, Some(0));
+            if polite {
+                client
+                    .handle
+                    .disconnect(russh::Disconnect::ByApplication, "", "en")
+                    .await
+                    .unwrap();
+            }
+            // Otherwise the client is just dropped: the TCP end alone must clean up too.
+        }
+    };
+    one_round().await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let before = json(stats(false).await);
+    for _ in 0..40 {
+        one_round().await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut after = json(stats(false).await);
+    while after["tree"]["connections"] != 0
+        || after["process"]["open_fds"] != before["process"]["open_fds"]
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not back at the baseline: before {before} after {after}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        after = json(stats(false).await);
+    }
+    for key in [
+        "connections",
+        "sessions",
+        "connection_actors",
+        "session_actors",
+        "waiting_kills",
+    ] {
+        assert_eq!(after["tree"][key], 0, "{key}: {after}");
+    }
+    let human = text(&stats(true).await);
+    assert!(
+        human.starts_with("connections 0 (actors 0)\nsessions    0 (actors 0)\n"),
+        "{human}"
+    );
+}

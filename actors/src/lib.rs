@@ -42,7 +42,7 @@ pub use link::{
 };
 pub use report::{
     ConnState, ConnectionInfo, DisconnectCause, Event, KillError, KillReport, PtyInfo, Refusal,
-    SessionExit, SessionInfo, SessionKind,
+    SessionExit, SessionInfo, SessionKind, TreeStats,
 };
 pub use session::{SessionActor, SessionMsg, StartRefusal};
 pub use supervisor::{SupervisorActor, SupervisorArgs, SupervisorMsg};

@@ -99,6 +99,22 @@ pub struct ConnectionInfo {
     pub sessions: Vec<SessionInfo>,
 }
 
+/// How big the tree is right now: what the map holds and how many actors are alive under the
+/// supervisor. The two agree in a healthy tree; a difference is a leak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeStats {
+    /// Connections in the map.
+    pub connections: usize,
+    /// Sessions in the map.
+    pub sessions: usize,
+    /// Connection actors alive under the supervisor.
+    pub connection_actors: usize,
+    /// Session actors alive under those connections.
+    pub session_actors: usize,
+    /// Kills and kill sets still waiting for their reply.
+    pub waiting_kills: usize,
+}
+
 /// The answer to a kill: sent once everything under the target has stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KillReport {

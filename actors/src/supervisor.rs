@@ -36,7 +36,7 @@ use crate::ids::{ConnId, SessionId, Target};
 use crate::link::{ConnectionLink, Traffic};
 use crate::report::{
     ConnState, ConnectionInfo, DisconnectCause, Event, KillError, KillReport, PtyInfo, Refusal,
-    SessionExit, SessionInfo, SessionKind,
+    SessionExit, SessionInfo, SessionKind, TreeStats,
 };
 use crate::Policy;
 
@@ -149,6 +149,11 @@ pub enum SupervisorMsg {
         policy: Policy,
         /// Sent once applied.
         reply: RpcReplyPort<()>,
+    },
+    /// How big the tree is: map sizes and live actors (see [`TreeStats`]).
+    Stats {
+        /// The figures.
+        reply: RpcReplyPort<TreeStats>,
     },
     /// Sent by the tree's own actors; not constructible outside this crate.
     Notice(Notice),
@@ -663,6 +668,25 @@ impl Actor for SupervisorActor {
                 by,
                 reply,
             } => state.kill_group(&filter, &reason, grace, &by, reply),
+            SupervisorMsg::Stats { reply } => {
+                let children = myself.get_children();
+                let stats = TreeStats {
+                    connections: state.conns.len(),
+                    sessions: state.sessions.len(),
+                    connection_actors: children.len(),
+                    session_actors: children.iter().map(|c| c.get_children().len()).sum(),
+                    waiting_kills: state
+                        .conns
+                        .values()
+                        .map(|e| {
+                            e.waiters.len()
+                                + e.sessions.iter().map(|s| s.waiters.len()).sum::<usize>()
+                        })
+                        .sum::<usize>()
+                        + state.groups.len(),
+                };
+                let _ = reply.send(stats);
+            }
             SupervisorMsg::Select { filter, reply } => {
                 let now = SystemTime::now();
                 let mut selected: Vec<ConnectionInfo> = state

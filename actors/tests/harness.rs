@@ -955,3 +955,50 @@ async fn every_event_of_a_burst_reaches_a_subscriber() {
     }
     assert_eq!(closed, ids);
 }
+
+#[tokio::test(start_paused = true)]
+async fn stats_count_the_map_and_the_live_actors_and_return_to_zero() {
+    let h = Harness::start().await;
+    let stats = || async {
+        replied(
+            h.sup
+                .call(
+                    |reply| sshvisor_actors::SupervisorMsg::Stats { reply },
+                    Some(WAIT),
+                )
+                .await,
+            "stats",
+        )
+    };
+    for i in 0..3 {
+        let c = h.connect(&format!("c{i}"), Client::Healthy).await;
+        c.authenticate("sam");
+        h.open_started(&c, &format!("c{i}/a"), Work::Healthy).await;
+        if i == 0 {
+            h.open_started(&c, "c0/b", Work::Healthy).await;
+        }
+    }
+    let s = stats().await;
+    assert_eq!(
+        (
+            s.connections,
+            s.sessions,
+            s.connection_actors,
+            s.session_actors,
+            s.waiting_kills
+        ),
+        (3, 4, 3, 4, 0)
+    );
+    assert_eq!(h.kill_all("bye", Duration::from_secs(1)).await.len(), 3);
+    let s = stats().await;
+    assert_eq!(
+        (
+            s.connections,
+            s.sessions,
+            s.connection_actors,
+            s.session_actors,
+            s.waiting_kills
+        ),
+        (0, 0, 0, 0, 0)
+    );
+}
