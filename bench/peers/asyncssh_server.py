@@ -126,6 +126,11 @@ async def main():
 
 
 if __name__ == "__main__":
+    # Python 3.11's default child watcher starts one thread per live child; the pidfd watcher
+    # (the default from 3.12 on where pidfds exist) is what a careful user would pick, and it
+    # keeps thousands of sessions from costing thousands of threads.
+    if sys.version_info < (3, 12) and hasattr(asyncio, "PidfdChildWatcher"):
+        asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
