@@ -16,10 +16,12 @@
 //! bounded queue written straight by the russh handler, so a client that floods a command that
 //! does not read is held back by TCP instead of filling the server's memory.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -112,6 +114,60 @@ pub const MAX_ENV_VARS: usize = 64;
 /// The longest environment value accepted.
 pub const MAX_ENV_VALUE: usize = 4096;
 
+/// The channel as an in-process command or subsystem sees it: reading gives what the client
+/// sends (end of stream at the client's EOF), writing goes to the client.
+pub type ChannelIo = CountedWrites<russh::ChannelStream<russh::server::Msg>>;
+
+/// Serves one in-process session over its channel; returns how it ended.
+type Serve = Box<
+    dyn for<'a> FnOnce(&'a mut ChannelIo) -> Pin<Box<dyn Future<Output = SessionExit> + Send + 'a>>
+        + Send,
+>;
+
+/// A command served inside the server process, without a child process: an embedding
+/// program's own application behind `exec` (a git service, a menu, a game), as AsyncSSH's
+/// `process_factory` or OTP's exec fun would be. Killing its session cancels the future (drops
+/// it) and closes the channel, as for any session.
+pub trait InProcessCommand: Send + Sync + 'static {
+    /// Serves `command` (the whole command line the client sent) over `io`; returns the exit
+    /// status sent to the client.
+    fn run<'a>(
+        &'a self,
+        command: &'a str,
+        io: &'a mut ChannelIo,
+    ) -> Pin<Box<dyn Future<Output = u32> + Send + 'a>>;
+}
+
+/// In-process commands by program name: an `exec` whose first word is one of these names runs
+/// in-process; every other command runs as a process.
+#[derive(Clone, Default)]
+pub struct InProcessCommands(Vec<(String, Arc<dyn InProcessCommand>)>);
+
+impl InProcessCommands {
+    /// Adds (or replaces) the command `name`.
+    pub fn with(mut self, name: &str, command: Arc<dyn InProcessCommand>) -> Self {
+        self.0.retain(|(n, _)| n != name);
+        self.0.push((name.to_string(), command));
+        self
+    }
+
+    fn find(&self, command_line: &str) -> Option<Arc<dyn InProcessCommand>> {
+        let program = command_line.split_whitespace().next()?;
+        self.0
+            .iter()
+            .find(|(name, _)| name == program)
+            .map(|(_, command)| command.clone())
+    }
+}
+
+impl std::fmt::Debug for InProcessCommands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
 /// What sessions run with: the user, their shells, and which client variables are accepted.
 #[derive(Debug, Clone)]
 pub struct ExecEnv {
@@ -129,6 +185,8 @@ pub struct ExecEnv {
     pub accept_env: Vec<String>,
     /// What serves the `sftp` subsystem.
     pub sftp: SftpService,
+    /// Commands served in-process instead of by a process.
+    pub commands: InProcessCommands,
 }
 
 /// What serves the `sftp` subsystem (and so `scp`, which speaks sftp in OpenSSH 9).
@@ -177,6 +235,7 @@ impl Default for ExecEnv {
             path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
             accept_env: Vec::new(),
             sftp: SftpService::InProcess(None),
+            commands: InProcessCommands::default(),
         }
     }
 }
@@ -311,12 +370,12 @@ pub struct ChannelSession {
     /// The channel's own stream, kept until we know whether a subsystem wants it.
     stream: Option<russh::Channel<russh::server::Msg>>,
     running: Option<Running>,
-    sftp: Option<SftpRun>,
+    in_process: Option<InProcessRun>,
     activity: Arc<Activity>,
 }
 
-/// An in-process sftp session: the task serving it.
-struct SftpRun {
+/// An in-process session (sftp, or an in-process command): the task serving it.
+struct InProcessRun {
     task: AbortHandle,
     cancel: Arc<Notify>,
     done: Arc<AtomicBool>,
@@ -342,7 +401,7 @@ impl ChannelSession {
             handle,
             channel,
             stream: Some(stream),
-            sftp: None,
+            in_process: None,
             activity,
             env,
             ends,
@@ -574,6 +633,26 @@ impl ChannelSession {
         fs: Option<Arc<dyn SftpFs>>,
         events: SessionEvents,
     ) -> Result<(), String> {
+        let fs = fs.unwrap_or_else(|| Arc::new(LocalFs::new(self.env.home.clone())));
+        self.start_in_process(
+            Box::new(move |io| {
+                Box::pin(async move {
+                    match sftp::serve(io, fs).await {
+                        Ok(()) => SessionExit::Status(0),
+                        Err(e) => {
+                            debug!(error = %e, "sftp session ended with an error");
+                            SessionExit::Status(1)
+                        }
+                    }
+                })
+            }),
+            events,
+        )
+    }
+
+    /// Serves the session inside this process over the channel's own stream: an in-process
+    /// subsystem (sftp) or command.
+    fn start_in_process(&mut self, serve: Serve, events: SessionEvents) -> Result<(), String> {
         let stream = self
             .stream
             .take()
@@ -582,7 +661,6 @@ impl ChannelSession {
         // Data reaches sftp through the channel's stream: the stdin path must fail fast.
         self.stdin_tx = None;
         self.stdin_rx = None;
-        let fs = fs.unwrap_or_else(|| Arc::new(LocalFs::new(self.env.home.clone())));
         let done = Arc::new(AtomicBool::new(false));
         let leave_channel_open = Arc::new(AtomicBool::new(false));
         let (handle, channel) = (self.handle.clone(), self.channel);
@@ -597,7 +675,7 @@ impl ChannelSession {
         let serving = tokio::spawn(async move {
             let mut stream = CountedWrites::new(stream, activity);
             let result = tokio::select! {
-                result = sftp::serve(&mut stream, fs) => Some(result),
+                exit = serve(&mut stream) => Some(exit),
                 () = cancelled.notified() => None,
             };
             (result, stream.into_inner())
@@ -607,11 +685,7 @@ impl ChannelSession {
             // Cancelled, aborted (a forced kill) or ended by the client: either way every open
             // file is closed once the serving future is gone, which `serving.await` waits for.
             let (exit, stream) = match serving.await {
-                Ok((Some(Ok(())), stream)) => (SessionExit::Status(0), Some(stream)),
-                Ok((Some(Err(e)), stream)) => {
-                    debug!(error = %e, "sftp session ended with an error");
-                    (SessionExit::Status(1), Some(stream))
-                }
+                Ok((Some(exit), stream)) => (exit, Some(stream)),
                 Ok((None, stream)) => (SessionExit::Closed, Some(stream)),
                 Err(_) => (SessionExit::Closed, None),
             };
@@ -639,7 +713,7 @@ impl ChannelSession {
             done2.store(true, Ordering::SeqCst);
             events.finished(exit);
         });
-        self.sftp = Some(SftpRun {
+        self.in_process = Some(InProcessRun {
             task,
             cancel,
             done,
@@ -752,6 +826,19 @@ impl SessionLink for ChannelSession {
                 return self.start_sftp(fs, events);
             }
         }
+        if let SessionRequest::Exec { command } = request {
+            if let Some(handler) = self.env.commands.find(command) {
+                let command = command.clone();
+                return self.start_in_process(
+                    Box::new(move |io| {
+                        Box::pin(
+                            async move { SessionExit::Status(handler.run(&command, io).await) },
+                        )
+                    }),
+                    events,
+                );
+            }
+        }
         // Everything else talks through callbacks: the channel's own queue must not fill up.
         self.stream = None;
         self.running = Some(self.spawn(request, events)?);
@@ -777,10 +864,10 @@ impl SessionLink for ChannelSession {
 
     fn terminate(&mut self, scope: EndScope) -> Winding {
         self.stdin_tx = None;
-        if let Some(sftp) = &self.sftp {
-            sftp.leave_channel_open
+        if let Some(run) = &self.in_process {
+            run.leave_channel_open
                 .store(scope == EndScope::Connection, Ordering::SeqCst);
-            sftp.cancel.notify_one();
+            run.cancel.notify_one();
             return Winding::Pending;
         }
         match &self.running {
@@ -802,8 +889,8 @@ impl SessionLink for ChannelSession {
     }
 
     fn force(&mut self) -> Winding {
-        if let Some(sftp) = &self.sftp {
-            sftp.task.abort();
+        if let Some(run) = &self.in_process {
+            run.task.abort();
             return Winding::Pending;
         }
         match &self.running {
@@ -820,9 +907,9 @@ impl SessionLink for ChannelSession {
 
 impl Drop for ChannelSession {
     fn drop(&mut self) {
-        if let Some(sftp) = &self.sftp {
-            if !sftp.done.load(Ordering::SeqCst) {
-                sftp.task.abort();
+        if let Some(run) = &self.in_process {
+            if !run.done.load(Ordering::SeqCst) {
+                run.task.abort();
                 self.close_channel_later();
             }
         }

@@ -18,7 +18,7 @@ use russh::keys::PrivateKey;
 use sshvisor_actors::{spawn_supervisor, Event, KillReport, Policy, SupervisorArgs, SupervisorMsg};
 use tracing::info;
 
-use crate::app::{ExecEnv, SftpService};
+use crate::app::{ExecEnv, InProcessCommands, SftpService};
 use crate::control::{ControlDefaults, ControlServer, KillGrace, ListenerSlot, ReloadHook};
 use crate::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
 use crate::server::{SshListener, SshOptions};
@@ -56,6 +56,10 @@ pub struct DaemonOptions {
     /// Where `reload` (`sshvisor ctl reload`, SIGHUP) reads new options from; `None`: the
     /// server cannot be reloaded.
     pub reload_from: Option<ConfigSource>,
+    /// Commands an embedding program serves in-process (see [`InProcessCommand`]).
+    ///
+    /// [`InProcessCommand`]: crate::app::InProcessCommand
+    pub commands: InProcessCommands,
 }
 
 /// Produces the options a reload applies: for `serve`, the configuration file read anew and
@@ -82,6 +86,7 @@ impl DaemonOptions {
                 Some(path) => SftpService::External(path.clone()),
                 None => SftpService::InProcess(None),
             },
+            commands: self.commands.clone(),
             ..ExecEnv::default()
         }
     }
@@ -109,6 +114,7 @@ impl Default for DaemonOptions {
             limits: crate::config::Limits::default(),
             reap_orphans: true,
             reload_from: None,
+            commands: InProcessCommands::default(),
         }
     }
 }
@@ -369,7 +375,9 @@ impl Reloader {
             .reload_from
             .clone()
             .ok_or("this server was started without a configuration to reload")?;
-        let new = (source.0)()?;
+        let mut new = (source.0)()?;
+        // In-process commands are code, not configuration: they stay.
+        new.commands = applied.commands.clone();
         let authorized = match (&new.authorized_keys, &self.generated) {
             (Some(path), _) => AuthorizedKeys::read_file(path).map_err(|e| e.to_string())?,
             (None, Some(key)) => AuthorizedKeys::from_keys([key.clone()]),

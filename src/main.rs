@@ -153,6 +153,7 @@ impl ServeArgs {
             limits: file.limits,
             reap_orphans: true,
             reload_from: Some(ConfigSource(Arc::new(move || flags.options()))),
+            commands: Default::default(),
         })
     }
 }

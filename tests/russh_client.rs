@@ -381,3 +381,73 @@ async fn ctl_kill_idle_over_kills_the_idle_connection_only() {
     drop(idle);
     reader.abort();
 }
+
+/// An in-process command for the tests: `shout` upper-cases its input until EOF and exits with
+/// the number of lines; `shout forever` never ends by itself.
+struct Shout;
+
+impl sshvisor::app::InProcessCommand for Shout {
+    fn run<'a>(
+        &'a self,
+        command: &'a str,
+        io: &'a mut sshvisor::app::ChannelIo,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u32> + Send + 'a>> {
+        Box::pin(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            if command == "shout forever" {
+                std::future::pending::<()>().await;
+            }
+            let mut input = Vec::new();
+            let _ = io.read_to_end(&mut input).await;
+            let _ = io.write_all(&input.to_ascii_uppercase()).await;
+            let _ = io.flush().await;
+            input.iter().filter(|b| **b == b'\n').count() as u32
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_command_serves_the_channel_without_a_process_and_dies_with_its_kill() {
+    let server = TestServer::start_with(|o| {
+        o.commands =
+            sshvisor::app::InProcessCommands::default().with("shout", std::sync::Arc::new(Shout));
+    })
+    .await;
+    let mut events = server.events().await;
+    let client = server.russh_client("ina").await;
+    let mut channel = client.handle.channel_open_session().await.unwrap();
+    channel.exec(true, "shout").await.unwrap();
+    channel.data(&b"hello\nworld\n"[..]).await.unwrap();
+    channel.eof().await.unwrap();
+    let done = drain(&mut channel).await;
+    assert_eq!(text(&done.stdout), "HELLO\nWORLD\n");
+    assert_eq!(done.status, Some(2));
+    // Other commands still run as processes.
+    let mut channel = client.handle.channel_open_session().await.unwrap();
+    channel.exec(true, "echo shout").await.unwrap();
+    assert_eq!(text(&drain(&mut channel).await.stdout), "shout\n");
+    // A session kill cancels it: the reply comes, the client sees the channel end.
+    let mut channel = client.handle.channel_open_session().await.unwrap();
+    channel.exec(true, "shout forever").await.unwrap();
+    let session = wait_started(&mut events, "shout forever").await;
+    let report = ractor::call_t!(
+        server.daemon.supervisor(),
+        |reply| SupervisorMsg::Kill {
+            target: Target::Session(session),
+            reason: "enough".into(),
+            grace: std::time::Duration::from_secs(5),
+            by: None,
+            reply,
+        },
+        10_000
+    )
+    .unwrap()
+    .unwrap();
+    assert!(!report.forced);
+    let _ = drain(&mut channel).await;
+    // The connection lives on.
+    let mut channel = client.handle.channel_open_session().await.unwrap();
+    channel.exec(true, "shout").await.unwrap();
+    channel.eof().await.unwrap();
+    assert_eq!(drain(&mut channel).await.status, Some(0));
+}
