@@ -5,6 +5,13 @@
 //! end the stream from outside: [`CutSwitch::cut`] makes every pending and future read and write
 //! fail with `ConnectionAborted`, which ends russh's session loop, which drops (closes) the
 //! socket.
+//!
+//! It also ends the session as soon as our goodbye is on the wire. After SSH_MSG_DISCONNECT,
+//! russh shuts down its sending side (FIN after the message) and then reads until the client
+//! closes too, so a kill would wait one round trip through the client, however slow or busy it
+//! is. Once our side is shut down the connection has nothing left to say or hear: reads end
+//! there (end of stream), russh's loop ends, the socket is closed. The client still receives
+//! the disconnect and the FIN, in order, from its own buffers.
 
 use std::io;
 use std::pin::Pin;
@@ -19,6 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 #[derive(Debug, Default)]
 pub struct CutSwitch {
     cut: AtomicBool,
+    /// Our sending side was shut down (the goodbye went out): reads end.
+    shut: AtomicBool,
     read_waker: AtomicWaker,
     write_waker: AtomicWaker,
 }
@@ -73,6 +82,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for CuttableStream<S> {
         if self.switch.is_cut() {
             return Poll::Ready(Err(aborted()));
         }
+        if self.switch.shut.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -102,7 +114,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CuttableStream<S> {
         if self.switch.is_cut() {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let done = Pin::new(&mut self.inner).poll_shutdown(cx);
+        if let Poll::Ready(Ok(())) = done {
+            self.switch.shut.store(true, Ordering::SeqCst);
+            self.switch.read_waker.wake();
+        }
+        done
     }
 }
 
@@ -124,6 +141,31 @@ mod tests {
         switch.cut();
         let err = reader.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    #[tokio::test]
+    async fn after_our_shutdown_reads_end_without_waiting_for_the_peer() {
+        let (a, mut peer) = tokio::io::duplex(64);
+        let switch = CutSwitch::new();
+        let stream = CuttableStream::new(a, switch.clone());
+        let (mut read, mut write) = tokio::io::split(stream);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            read.read_to_end(&mut got).await.map(|_| got)
+        });
+        write.write_all(b"bye").await.unwrap();
+        write.shutdown().await.unwrap();
+        // The peer never closes its side, yet the read ends, and the goodbye reached it.
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+            .await
+            .expect("the read ends once we shut down")
+            .unwrap()
+            .unwrap();
+        assert!(got.is_empty());
+        let mut said = [0u8; 3];
+        peer.read_exact(&mut said).await.unwrap();
+        assert_eq!(&said, b"bye");
+        assert!(!switch.is_cut());
     }
 
     #[tokio::test]

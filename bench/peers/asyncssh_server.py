@@ -5,6 +5,8 @@ A dict of live connections filled by the `acceptor` callback and emptied by `con
 kill = conn.close() + await conn.wait_closed(); killall = close all, then gather all wait_closed().
 Exec runs `sh -c CMD` with asyncio.create_subprocess_exec and process.redirect(), then sends the
 exit status. Written plainly, the way a user of asyncssh would; no tuning.
+The exec command `@wait` runs in-process, no child: stdin is read and dropped until the client's
+EOF, then exit status 0 (what the benchmark's held sessions run, to cost no descriptors for pipes).
 
     python3 bench/peers/asyncssh_server.py --listen 127.0.0.1:PORT --host-key FILE \
         --authorized-keys FILE --control PATH
@@ -22,6 +24,7 @@ import asyncssh
 
 connections = {}  # id -> SSHServerConnection, insertion order = oldest first
 _ids = itertools.count(1)
+WAIT = "@wait"  # the in-process exec command
 
 
 class Server(asyncssh.SSHServer):
@@ -46,6 +49,12 @@ async def handle_process(process):
     if cmd is None:  # shell requests are not supported
         process.stderr.write(b"only exec is supported\n")
         process.exit(1)
+        return
+    if cmd == WAIT:
+        while await process.stdin.read(65536):  # b'' at the client's EOF
+            pass
+        process.stdout.write_eof()
+        process.exit(0)
         return
     proc = await asyncio.create_subprocess_exec(
         "sh", "-c", cmd,

@@ -6,7 +6,9 @@
 Makes keys in a temp dir, starts the peer, then: exec output + exit status, auth refusals,
 N parallel `sleep` sessions, control `count`/`list`/`kill`/`killall`/bad request (for sshd: SIGTERM
 to the per-connection sshd process instead), sequential `true` churn, and whether the `sleep`
-children outlive the kills. Prints one line per check and `N passed, N failed` at the end.
+children outlive the kills; asyncssh and otp also: the in-process `@wait` command (exit 0 on EOF,
+no output, N held sessions add no child process, kill ends the client). Prints one line per check
+and `N passed, N failed` at the end.
 """
 import argparse
 import os
@@ -66,6 +68,10 @@ def cmdline(pid):
 def procs_with(*cmdlines):
     """Processes whose command line is one of `cmdlines` (exactly; so not the ssh clients)."""
     return [int(d) for d in os.listdir("/proc") if d.isdigit() and cmdline(int(d)) in cmdlines]
+
+
+def descendants(pid):
+    return [d for c in children(pid) for d in [c, *descendants(c)]]
 
 
 def tree(pid, depth=0):
@@ -246,6 +252,9 @@ def main():
     check(f"churn {a.churn} x true", fails == 0, f"{fails} failed, {dt / a.churn * 1000:.1f} ms each")
     check("count 0 after churn", bool(wait_for(lambda: ctl.req("count") == "ok 0", 5)), ctl.req("count"))
 
+    if a.kind != "sshd":
+        check_wait(a, ssh, dest, ctl, server.pid)
+
     time.sleep(0.5)
     survivors = procs_with(f"sleep {tag}", f"sh -c sleep {tag}", f"/bin/sh -c sleep {tag}")
     print(f"  `sleep` children: {len(sleeps_before)} before the kills, {len(survivors)} still alive after "
@@ -267,6 +276,47 @@ def main():
     if not a.keep:
         subprocess.run(["rm", "-rf", work])
     return finish()
+
+
+def check_wait(a, ssh, dest, ctl, server_pid):
+    """The in-process exec command `@wait`: no child, stdin dropped, exit 0 at the client's EOF."""
+    r = subprocess.run([*ssh, dest, "@wait"], stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    check("@wait < /dev/null: exit 0, no output", r.returncode == 0 and r.stdout == b"" and r.stderr == b"",
+          f"rc={r.returncode} stdout={r.stdout[:40]!r} stderr={r.stderr[:80]!r}")
+    r = subprocess.run([*ssh, dest, "@wait"], input=b"x" * 1_000_000, capture_output=True, timeout=30)
+    check("@wait with 1 MB stdin: exit 0, no output", r.returncode == 0 and r.stdout == b"",
+          f"rc={r.returncode} stdout={len(r.stdout)} bytes")
+
+    before = descendants(server_pid)
+    n = a.sessions
+    held = [subprocess.Popen([*ssh, dest, "@wait"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL) for _ in range(n)]
+    up = wait_for(lambda: ctl.req("count") == f"ok {n}", 30)
+    time.sleep(0.5)  # the exec requests come after the connections count
+    during = descendants(server_pid)
+    alive = sum(c.poll() is None for c in held)
+    new = sorted(set(during) - set(before))
+    check(f"{n} held @wait sessions add no child process", bool(up) and alive == n and not new,
+          f"{ctl.req('count')!r}, {alive} clients alive, new processes under the server: {new} "
+          f"({len(before)} there before)")
+    ids = ctl.req("list").split()[1:]
+    reply = ctl.req(f"kill {ids[0]}") if ids else "no ids"
+    exited = wait_for(lambda: sum(c.poll() is not None for c in held) == 1, 10)
+    check("kill one @wait session ends its client", reply == "ok" and bool(exited),
+          f"reply={reply!r}, exit codes {sorted({c.returncode for c in held if c.poll() is not None})}")
+    for c in held:  # EOF on the rest: each ends with status 0
+        if c.poll() is None:
+            c.stdin.close()
+    done = wait_for(lambda: all(c.poll() is not None for c in held), 15)
+    codes = [c.returncode for c in held if c.returncode != 0]
+    check(f"EOF ends the other {n - 1} @wait sessions with 0", bool(done) and len(codes) == 1,
+          f"non-zero exit codes: {codes}")
+    for c in held:
+        if c.poll() is None:
+            c.kill()
+        if c.stdin:
+            c.stdin.close()
+    check("count 0 after @wait", bool(wait_for(lambda: ctl.req("count") == "ok 0", 5)), ctl.req("count"))
 
 
 def finish():

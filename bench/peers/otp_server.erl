@@ -11,6 +11,8 @@
 %%   data goes to the port, port output to the channel, then exit-status, EOF and CLOSE.
 %%   Limits of plain ports: stderr arrives merged into stdout, and the client's EOF cannot be passed
 %%   on (a port's stdin cannot be half-closed), so `cat` never sees EOF.
+%%   The exec command `@wait` opens no port: channel data is dropped, and the client's EOF is
+%%   answered with exit-status 0, EOF and CLOSE (the benchmark's held sessions: no child, no pipes).
 %% - Kill = ssh:close(ConnRef); the reply `ok` is sent when the registry has seen the connection
 %%   process 'DOWN'. The port child (sh, sleep ...) is not killed: its pipes close with the port.
 %% - Control socket: gen_tcp on {local, Path} (mode 0600), one line per request:
@@ -23,6 +25,7 @@
 -export([init/1, handle_msg/2, handle_ssh_msg/2, terminate/2]).
 
 -define(REGISTRY, otp_server_registry).
+-define(WAIT, "@wait").  % the in-process exec command
 
 %%% ------------------------------------------------------------------ startup
 
@@ -179,6 +182,7 @@ ask(Req) ->
 
 %%% ------------------------------------------------------------------ exec channel
 
+%% port: undefined before exec, the port of `sh -c CMD`, or wait for ?WAIT.
 init(_Args) ->
     {ok, #{port => undefined}}.
 
@@ -194,6 +198,13 @@ handle_msg({Port, {exit_status, Status}}, #{port := Port, cm := Cm, channel := C
 handle_msg(_Other, S) ->
     {ok, S}.
 
+handle_ssh_msg({ssh_cm, Cm, {exec, Ch, WantReply, ?WAIT}}, #{port := undefined} = S) ->
+    ssh_connection:reply_request(Cm, WantReply, success, Ch),
+    {ok, S#{port := wait, cm => Cm, channel => Ch}};
+handle_ssh_msg({ssh_cm, Cm, {eof, Ch}}, #{port := wait, channel := Ch} = S) ->
+    ssh_connection:exit_status(Cm, Ch, 0),
+    ssh_connection:send_eof(Cm, Ch),
+    {stop, Ch, S#{port := undefined}};
 handle_ssh_msg({ssh_cm, Cm, {exec, Ch, WantReply, Cmd}}, #{port := undefined} = S) ->
     Port = open_port({spawn_executable, "/bin/sh"},
                      [{args, ["-c", Cmd]}, exit_status, binary, stderr_to_stdout]),
@@ -212,7 +223,8 @@ handle_ssh_msg({ssh_cm, Cm, {env, Ch, WantReply, _, _}}, S) ->
     ssh_connection:reply_request(Cm, WantReply, failure, Ch),
     {ok, S};
 handle_ssh_msg(_Other, S) ->
-    %% eof (cannot be passed to a port), signals, window changes...
+    %% data for @wait (dropped; the window is adjusted by ssh_server_channel), eof for a port
+    %% (cannot be passed on), signals, window changes...
     {ok, S}.
 
 terminate(_Reason, _S) ->

@@ -1,8 +1,11 @@
 //! `bare-server`: the floor to compare sshvisor with. A plain russh server with the same russh
 //! configuration, public-key authentication and `exec` handling as sshvisor, but no actors, no
 //! connection registry and no control socket: one task per connection, one per command.
+//!
+//! The exec command [`WAIT`] runs no process: the channel stays open, client data is dropped,
+//! and the client's EOF is answered with exit-status 0, EOF and CLOSE.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -21,6 +24,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::task::AbortHandle;
+
+/// The in-process exec command: no child, ends with status 0 on the client's EOF.
+const WAIT: &str = "@wait";
 
 /// What `bare-server` needs.
 #[derive(clap::Args)]
@@ -99,6 +105,7 @@ async fn serve(config: Arc<Config>, authorized: Arc<Vec<KeyData>>, socket: TcpSt
     let handler = Bare {
         authorized,
         commands: HashMap::new(),
+        waits: HashSet::new(),
     };
     if let Ok(running) = russh::server::run_stream(config, socket, handler).await {
         let _ = running.await;
@@ -110,6 +117,8 @@ struct Bare {
     authorized: Arc<Vec<KeyData>>,
     /// The task of each channel's command; aborting it kills the command.
     commands: HashMap<ChannelId, AbortHandle>,
+    /// The channels running [`WAIT`].
+    waits: HashSet<ChannelId>,
 }
 
 impl Bare {
@@ -167,8 +176,12 @@ impl russh::server::Handler for Bare {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.commands.contains_key(&channel) {
+        if self.commands.contains_key(&channel) || self.waits.contains(&channel) {
             return session.channel_failure(channel);
+        }
+        if data == WAIT.as_bytes() {
+            self.waits.insert(channel);
+            return session.channel_success(channel);
         }
         let command = String::from_utf8_lossy(data).into_owned();
         let spawned = Command::new("/bin/sh")
@@ -247,6 +260,20 @@ impl russh::server::Handler for Bare {
         session.channel_failure(channel)
     }
 
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Only `@wait` ends on EOF; a real command's stdin is /dev/null, so EOF means nothing.
+        if self.waits.remove(&channel) {
+            session.exit_status_request(channel, 0)?;
+            session.eof(channel)?;
+            session.close(channel)?;
+        }
+        Ok(())
+    }
+
     async fn channel_close(
         &mut self,
         channel: ChannelId,
@@ -255,6 +282,7 @@ impl russh::server::Handler for Bare {
         if let Some(task) = self.commands.remove(&channel) {
             task.abort();
         }
+        self.waits.remove(&channel);
         Ok(())
     }
 }

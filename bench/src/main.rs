@@ -6,11 +6,13 @@
 //! - `kill`, `killall`: end live connections through sshvisor's control socket, a peer
 //!   server's line protocol, or sshd's processes, timing each answer.
 //! - `bare-server`: plain russh with sshvisor's configuration, auth and exec, and nothing else.
+//! - `embedded-server`: sshvisor as a library, with the in-process command `@wait`.
 
 mod bare;
 mod churn;
 mod client;
 mod control;
+mod embedded;
 mod hold;
 mod kill;
 mod stats;
@@ -36,6 +38,8 @@ enum Cmd {
     Killall(kill::KillallArgs),
     /// A bare russh server (sshvisor's russh configuration, auth and exec, nothing else).
     BareServer(bare::BareArgs),
+    /// sshvisor embedded as a library, with the in-process command `@wait` for held sessions.
+    EmbeddedServer(embedded::EmbeddedArgs),
 }
 
 #[tokio::main]
@@ -46,5 +50,6 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Kill(args) => kill::kill(args).await,
         Cmd::Killall(args) => kill::killall(args).await,
         Cmd::BareServer(args) => bare::run(args).await,
+        Cmd::EmbeddedServer(args) => embedded::run(args).await,
     }
 }
