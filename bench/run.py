@@ -453,6 +453,7 @@ def main():
     finished = datetime.datetime.now(datetime.timezone.utc)
     raw = {"sized": {f"{k[0]}@{k[1]}": v for k, v in sized.items()},
            "churn": {f"{k[0]}@{k[1]}": v for k, v in churned.items()}, "long": long}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(raw, f, indent=1)
     write_report(args, run, servers, sizes, sized, churned, long, started, finished)

@@ -566,7 +566,30 @@ pub fn resolve(text: &str, all: &[ConnectionInfo]) -> Result<Target, String> {
                 .map(|s| (s.id.to_string(), Target::Session(s.id))),
         )
     });
-    match resolve_prefix(text, candidates) {
+    explain(text, resolve_prefix(text, candidates))
+}
+
+/// The live connection or session `text` names, asked of the supervisor (a full ID costs a
+/// map lookup, not a listing).
+async fn resolve_live(supervisor: &ActorRef<SupervisorMsg>, text: &str) -> Result<Target, String> {
+    let text = text.to_string();
+    match supervisor
+        .call(
+            |reply| SupervisorMsg::Resolve {
+                text: text.clone(),
+                reply,
+            },
+            Some(CALL_MARGIN),
+        )
+        .await
+    {
+        Ok(CallResult::Success(found)) => explain(&text, found),
+        _ => Err("the supervisor did not answer in time".into()),
+    }
+}
+
+fn explain(text: &str, found: PrefixMatch<Target>) -> Result<Target, String> {
+    match found {
         PrefixMatch::One(target) => Ok(target),
         PrefixMatch::None => Err(format!(
             "no live connection or session has an ID starting with {text:?}"
@@ -648,8 +671,7 @@ async fn run(
             grace,
         } => {
             let grace = parse_grace(grace.as_deref(), defaults.kill_grace.get())?;
-            let all = list(supervisor).await?;
-            let target = resolve(&target, &all)?;
+            let target = resolve_live(supervisor, &target).await?;
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
             info!(%target, reason = %reason, by = by.as_deref(), "audit: kill requested");
             let answer = supervisor

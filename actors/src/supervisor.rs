@@ -32,7 +32,7 @@ use tracing::{info, warn, Span};
 
 use crate::connection::{ConnectionActor, ConnectionArgs, ConnectionMsg, ConnectionState};
 use crate::filter::Filter;
-use crate::ids::{ConnId, SessionId, Target};
+use crate::ids::{resolve_prefix, ConnId, PrefixMatch, SessionId, Target};
 use crate::link::{ConnectionLink, Traffic};
 use crate::report::{
     ConnState, ConnectionInfo, DisconnectCause, Event, KillError, KillReport, PtyInfo, Refusal,
@@ -149,6 +149,14 @@ pub enum SupervisorMsg {
         policy: Policy,
         /// Sent once applied.
         reply: RpcReplyPort<()>,
+    },
+    /// The live connection or session whose ID is `text` or starts with it (case-insensitive;
+    /// a full ID is found without a scan).
+    Resolve {
+        /// A full ID or a prefix.
+        text: String,
+        /// What it names.
+        reply: RpcReplyPort<PrefixMatch<Target>>,
     },
     /// How big the tree is: map sizes and live actors (see [`TreeStats`]).
     Stats {
@@ -274,6 +282,26 @@ impl SupervisorState {
                 by: by.clone(),
             });
         }
+    }
+
+    fn resolve(&self, text: &str) -> PrefixMatch<Target> {
+        if let Ok(conn) = text.trim().parse::<ConnId>() {
+            if self.conns.contains_key(&conn) {
+                return PrefixMatch::One(Target::Connection(conn));
+            }
+            let session = SessionId(conn.0);
+            if self.sessions.contains_key(&session) {
+                return PrefixMatch::One(Target::Session(session));
+            }
+        }
+        let candidates = self.conns.values().flat_map(|e| {
+            std::iter::once((e.info.id.to_string(), Target::Connection(e.info.id))).chain(
+                e.sessions
+                    .iter()
+                    .map(|s| (s.info.id.to_string(), Target::Session(s.info.id))),
+            )
+        });
+        resolve_prefix(text, candidates)
     }
 
     /// Whether a new connection from `peer` may come in, and at whose expense.
@@ -668,6 +696,9 @@ impl Actor for SupervisorActor {
                 by,
                 reply,
             } => state.kill_group(&filter, &reason, grace, &by, reply),
+            SupervisorMsg::Resolve { text, reply } => {
+                let _ = reply.send(state.resolve(&text));
+            }
             SupervisorMsg::Stats { reply } => {
                 let children = myself.get_children();
                 let stats = TreeStats {

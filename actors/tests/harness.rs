@@ -1002,3 +1002,50 @@ async fn stats_count_the_map_and_the_live_actors_and_return_to_zero() {
         (0, 0, 0, 0, 0)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn resolve_finds_full_ids_and_unique_prefixes_of_connections_and_sessions() {
+    use sshvisor_actors::{PrefixMatch, SupervisorMsg as Msg};
+    let h = Harness::start().await;
+    let c = h.connect("c", Client::Healthy).await;
+    c.authenticate("rex");
+    let s = h.open_started(&c, "c/s", Work::Healthy).await;
+    let resolve = |text: String| {
+        let sup = h.sup.clone();
+        async move {
+            replied(
+                sup.call(|reply| Msg::Resolve { text, reply }, Some(WAIT))
+                    .await,
+                "resolve",
+            )
+        }
+    };
+    assert_eq!(
+        resolve(c.id.to_string()).await,
+        PrefixMatch::One(Target::Connection(c.id))
+    );
+    assert_eq!(
+        resolve(s.id.to_string().to_uppercase()).await,
+        PrefixMatch::One(Target::Session(s.id))
+    );
+    assert_eq!(
+        resolve(c.id.to_string()[..8].to_string()).await,
+        PrefixMatch::One(Target::Connection(c.id))
+    );
+    assert_eq!(resolve("zz".into()).await, PrefixMatch::None);
+    assert_eq!(resolve(String::new()).await, PrefixMatch::None);
+    // Every ID starts with one of 16 hex digits: with 40 live IDs one of them is shared.
+    for i in 0..20 {
+        let c = h.connect(&format!("more{i}"), Client::Healthy).await;
+        h.open_started(&c, &format!("more{i}/s"), Work::Healthy)
+            .await;
+    }
+    let mut saw_ambiguous = false;
+    for digit in 0..16 {
+        if let PrefixMatch::Ambiguous(found) = resolve(format!("{digit:x}")).await {
+            assert!(found.len() >= 2);
+            saw_ambiguous = true;
+        }
+    }
+    assert!(saw_ambiguous);
+}
