@@ -254,6 +254,17 @@ pub struct SupervisorState {
 }
 
 impl SupervisorState {
+    /// Whether `filter` selects `entry`, without a full snapshot unless idle time matters.
+    fn selects(filter: &Filter, entry: &ConnEntry, now: SystemTime) -> bool {
+        if filter.is_empty() {
+            true
+        } else if filter.idle_over.is_none() {
+            filter.matches(&entry.info, now)
+        } else {
+            filter.matches(&SupervisorState::snapshot(entry), now)
+        }
+    }
+
     fn snapshot(entry: &ConnEntry) -> ConnectionInfo {
         let mut info = entry.info.clone();
         if let Some(t) = &entry.traffic {
@@ -394,7 +405,7 @@ impl SupervisorState {
         let pending: HashSet<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, e)| filter.matches(&SupervisorState::snapshot(e), now))
+            .filter(|(_, e)| SupervisorState::selects(filter, e, now))
             .map(|(id, _)| *id)
             .collect();
         info!(parent: &self.span, connections = pending.len(), ?filter, reason = %reason, by = by.as_deref(), "kill of a set requested");
