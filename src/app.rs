@@ -439,13 +439,9 @@ impl ChannelSession {
             }
             SessionRequest::Shell => {
                 let mut cmd = std::process::Command::new(&env.login_shell);
-                let name = env
-                    .login_shell
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "sh".into());
-                // A leading dash makes it a login shell, as sshd does.
-                cmd.arg0(format!("-{name}"));
+                if let Some(arg0) = arg0_for(request, env) {
+                    cmd.arg0(arg0);
+                }
                 cmd
             }
             SessionRequest::Subsystem { name } => match (name.as_str(), &env.sftp) {
@@ -524,24 +520,25 @@ impl ChannelSession {
                     });
                 }
                 procs::spawn_leader(|| cmd.spawn())
+                    .map(|child| (Pid::from_raw(child.id() as i32), None))
             }
             None => {
-                cmd.process_group(0)
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped());
-                // SAFETY: only prctl, async-signal-safe, between fork and exec.
-                unsafe {
-                    cmd.pre_exec(|| {
-                        leader_adopts_orphans();
-                        Ok(())
-                    });
-                }
-                procs::spawn_leader(|| cmd.spawn())
+                // Not `fork`: it would copy the page tables of the whole server for every
+                // command, a cost that grows with the number of live connections.
+                let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> = cmd
+                    .get_envs()
+                    .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+                    .collect();
+                let args: Vec<&std::ffi::OsStr> = cmd.get_args().collect();
+                let program = std::path::Path::new(cmd.get_program());
+                let arg0 = arg0_for(request, &self.env)
+                    .unwrap_or_else(|| program.to_string_lossy().into_owned());
+                let cwd = cmd.get_current_dir().unwrap_or(&self.env.home);
+                procs::spawn_leader_vfork(program, &arg0, &args, &envs, cwd)
+                    .map(|child| (child.pid, Some((child.stdin, child.stdout, child.stderr))))
             }
         };
-        let mut child = spawned.map_err(|e| format!("cannot start the session: {e}"))?;
-        let leader = Pid::from_raw(child.id() as i32);
+        let (leader, pipes) = spawned.map_err(|e| format!("cannot start the session: {e}"))?;
         let group = Arc::new(Group {
             pgid: leader,
             mark,
@@ -557,9 +554,7 @@ impl ChannelSession {
                     Io::Pty(master)
                 }
                 None => {
-                    let (Some(stdin), Some(stdout), Some(stderr)) =
-                        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-                    else {
+                    let Some((stdin, stdout, stderr)) = pipes else {
                         return Err("the command's pipes could not be set up".into());
                     };
                     let pipe_err =
@@ -744,6 +739,22 @@ fn leader_adopts_orphans() {
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes a plain integer; async-signal-safe.
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
+/// The `argv[0]` a session's program gets when it is not the program's path: a login shell's
+/// name with a leading dash, as sshd does.
+fn arg0_for(request: &SessionRequest, env: &ExecEnv) -> Option<String> {
+    match request {
+        SessionRequest::Shell => {
+            let name = env
+                .login_shell
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "sh".into());
+            Some(format!("-{name}"))
+        }
+        _ => None,
     }
 }
 

@@ -217,6 +217,203 @@ pub fn count_by_session() -> HashMap<String, usize> {
     counts
 }
 
+/// A session leader started by [`spawn_leader_vfork`], with our ends of its stdio pipes.
+pub struct VforkChild {
+    /// Its process ID (also its process group ID).
+    pub pid: Pid,
+    /// Writes to its stdin.
+    pub stdin: std::os::fd::OwnedFd,
+    /// Reads its stdout.
+    pub stdout: std::os::fd::OwnedFd,
+    /// Reads its stderr.
+    pub stderr: std::os::fd::OwnedFd,
+}
+
+/// What the child needs, all of it prepared before the clone: the child may not allocate.
+struct VforkPlan {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    cwd: *const libc::c_char,
+    stdio: [libc::c_int; 3],
+    errno: std::sync::atomic::AtomicI32,
+}
+
+extern "C" fn vfork_child(plan: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: runs in the child between clone(CLONE_VM | CLONE_VFORK) and exec, on its own
+    // stack, with our memory shared and the parent suspended: it only reads the plan and makes
+    // async-signal-safe system calls, and ends in execve or _exit.
+    unsafe {
+        let plan = &*(plan as *const VforkPlan);
+        let fail = |plan: &VforkPlan| -> ! {
+            plan.errno.store(
+                *libc::__errno_location(),
+                std::sync::atomic::Ordering::SeqCst,
+            );
+            libc::_exit(127)
+        };
+        // Signals: handlers of ours mean nothing after exec, and Rust ignores SIGPIPE, which a
+        // shell must not inherit; the mask starts empty, as std's Command does.
+        for sig in 1..libc::SIGRTMAX() {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && (old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN
+                    || sig == libc::SIGPIPE)
+            {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if libc::setpgid(0, 0) < 0 {
+            fail(plan);
+        }
+        // The leader adopts the session's orphans while it lives (see the module docs).
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        for (target, fd) in plan.stdio.iter().enumerate() {
+            // Our ends are all at 3 or above: dup2 never overwrites one we still need, and it
+            // clears close-on-exec on the copy.
+            if libc::dup2(*fd, target as libc::c_int) < 0 {
+                fail(plan);
+            }
+        }
+        if libc::chdir(plan.cwd) < 0 {
+            fail(plan);
+        }
+        libc::execve(plan.program, plan.argv, plan.envp);
+        fail(plan)
+    }
+}
+
+/// Starts a session leader the way `posix_spawn` does: the child shares this process's memory
+/// until it execs (`clone(CLONE_VM | CLONE_VFORK)`), so none of a big server's page tables are
+/// copied, unlike `fork`. In between it gets its own process group, becomes the subreaper of
+/// its descendants, gets three pipes as stdin/stdout/stderr, the working directory `cwd`, and
+/// default signal handling. `argv[0]` is `arg0`; `env` is the whole environment. The leader is
+/// recorded like [`spawn_leader`]'s.
+pub fn spawn_leader_vfork(
+    program: &std::path::Path,
+    arg0: &str,
+    args: &[&std::ffi::OsStr],
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+    cwd: &std::path::Path,
+) -> std::io::Result<VforkChild> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+
+    let c = |bytes: &[u8]| {
+        CString::new(bytes).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL byte in a command")
+        })
+    };
+    let program_c = c(program.as_os_str().as_bytes())?;
+    let mut argv_c = vec![c(arg0.as_bytes())?];
+    for arg in args {
+        argv_c.push(c(arg.as_bytes())?);
+    }
+    let mut env_c = Vec::with_capacity(env.len());
+    for (k, v) in env {
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        env_c.push(c(&kv)?);
+    }
+    let cwd_c = c(cwd.as_os_str().as_bytes())?;
+    let argv: Vec<*const libc::c_char> = argv_c
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = env_c
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+
+    // Three pipes, close-on-exec; the child's ends moved to 3 or above.
+    let pipe = || -> std::io::Result<(OwnedFd, OwnedFd)> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 fills two descriptors that nobody else owns.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: both are fresh descriptors owned from here on.
+        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    };
+    let high = |fd: OwnedFd| -> std::io::Result<OwnedFd> {
+        if fd.as_raw_fd() > 2 {
+            return Ok(fd);
+        }
+        // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor that nobody else owns.
+        let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+        if new < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        Ok(unsafe { OwnedFd::from_raw_fd(new) })
+    };
+    let (in_r, in_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (in_r, out_w, err_w) = (high(in_r)?, high(out_w)?, high(err_w)?);
+
+    let plan = VforkPlan {
+        program: program_c.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        cwd: cwd_c.as_ptr(),
+        stdio: [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+        errno: std::sync::atomic::AtomicI32::new(0),
+    };
+    let mut stack = vec![0u8; 64 * 1024];
+    // The stack grows down: its top, aligned to 16 bytes.
+    let top = ((stack.as_mut_ptr() as usize + stack.len()) & !15) as *mut libc::c_void;
+
+    let mut leaders = leaders().lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: every signal is blocked around the clone so that no handler of ours runs in the
+    // child before it resets them; the child runs `vfork_child` on `stack` and this thread
+    // waits (CLONE_VFORK) until it has exec'd or exited, so the plan, the strings and the stack
+    // outlive its use of them.
+    let pid = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = libc::clone(
+            vfork_child,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &plan as *const VforkPlan as *mut libc::c_void,
+        );
+        let clone_errno = std::io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        if pid < 0 {
+            return Err(clone_errno);
+        }
+        pid
+    };
+    drop(stack);
+    let failed = plan.errno.load(std::sync::atomic::Ordering::SeqCst);
+    if failed != 0 {
+        let _ = waitpid(Pid::from_raw(pid), None);
+        return Err(std::io::Error::from_raw_os_error(failed));
+    }
+    leaders.insert(pid);
+    Ok(VforkChild {
+        pid: Pid::from_raw(pid),
+        stdin: in_w,
+        stdout: out_r,
+        stderr: err_r,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -199,6 +199,14 @@ async fn a_client_that_stops_reading_is_cut_after_the_grace_and_the_report_says_
         tcp_rx_queue(conn.peer).is_some_and(|queued| queued > 64 * 1024)
     })
     .await;
+    // And the server's side cannot send any more: the goodbye will not get out.
+    eventually("the server's send queue to it is stuck", || {
+        let before = tcp_tx_queue_to(conn.peer).unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(100));
+        let after = tcp_tx_queue_to(conn.peer).unwrap_or(0);
+        before > 64 * 1024 && after == before
+    })
+    .await;
 
     let grace = Duration::from_secs(1);
     let started = Instant::now();

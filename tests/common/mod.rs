@@ -388,3 +388,26 @@ pub fn tcp_rx_queue(local: std::net::SocketAddr) -> Option<u64> {
         u64::from_str_radix(rx, 16).ok()
     })
 }
+
+/// The bytes queued to send on the TCP socket whose remote end is `remote` (the server's side
+/// of a client's connection), from /proc/net/tcp.
+pub fn tcp_tx_queue_to(remote: std::net::SocketAddr) -> Option<u64> {
+    let std::net::SocketAddr::V4(remote) = remote else {
+        return None;
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(remote.ip().octets()),
+        remote.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(2) != Some(&want.as_str()) {
+            return None;
+        }
+        let queues = fields.get(4)?;
+        let tx = queues.split(':').next()?;
+        u64::from_str_radix(tx, 16).ok()
+    })
+}
