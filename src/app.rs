@@ -560,12 +560,9 @@ impl ChannelSession {
                     let pipe_err =
                         |e: std::io::Error| format!("cannot use the command's pipes: {e}");
                     Io::Pipes {
-                        stdin: pipe::Sender::from_owned_fd(OwnedFd::from(stdin))
-                            .map_err(pipe_err)?,
-                        stdout: pipe::Receiver::from_owned_fd(OwnedFd::from(stdout))
-                            .map_err(pipe_err)?,
-                        stderr: pipe::Receiver::from_owned_fd(OwnedFd::from(stderr))
-                            .map_err(pipe_err)?,
+                        stdin: pipe::Sender::from_owned_fd(stdin).map_err(pipe_err)?,
+                        stdout: pipe::Receiver::from_owned_fd(stdout).map_err(pipe_err)?,
+                        stderr: pipe::Receiver::from_owned_fd(stderr).map_err(pipe_err)?,
                     }
                 }
             };
