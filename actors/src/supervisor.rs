@@ -247,6 +247,8 @@ pub struct SupervisorState {
     events: Arc<OutputPort<Event>>,
     policy: Policy,
     conns: HashMap<ConnId, ConnEntry>,
+    /// Running counts for the limits, so that admission costs the same at any size.
+    counts: Counts,
     by_actor: HashMap<ActorId, ConnId>,
     sessions: HashMap<SessionId, ConnId>,
     groups: Vec<Group>,
@@ -284,6 +286,9 @@ impl SupervisorState {
         by: &Option<String>,
     ) {
         if let Some(entry) = self.conns.get_mut(&conn) {
+            if entry.info.state == ConnState::Handshaking {
+                self.counts.pending.remove(&(entry.admitted, conn));
+            }
             entry.info.state = ConnState::Closing;
             // Every kill goes on: a later one with a shorter grace brings the end closer. If the
             // actor is already gone its termination is queued and answers.
@@ -321,24 +326,12 @@ impl SupervisorState {
             return Admission::Refuse(refusal);
         }
         let max = self.policy.limits.max_unauthenticated;
-        let mut pending = self
-            .conns
-            .iter()
-            .filter(|(_, e)| e.info.state == ConnState::Handshaking);
-        let mut count = 0;
-        let mut oldest: Option<(&ConnId, &ConnEntry)> = None;
-        for (id, entry) in pending.by_ref() {
-            count += 1;
-            if oldest.is_none_or(|(_, o)| entry.admitted < o.admitted) {
-                oldest = Some((id, entry));
-            }
-        }
-        if count < max {
+        if self.counts.pending.len() < max {
             return Admission::Admit;
         }
         let text = format!("max_unauthenticated ({max}) reached");
-        match oldest {
-            Some((id, entry)) if entry.admitted.elapsed() >= crate::MIN_PENDING_AGE => {
+        match self.counts.pending.first() {
+            Some((admitted, id)) if admitted.elapsed() >= crate::MIN_PENDING_AGE => {
                 Admission::AdmitDropping(
                     *id,
                     format!("{text}: the oldest pending login was dropped"),
@@ -359,11 +352,7 @@ impl SupervisorState {
             )));
         }
         let ip = peer.ip().to_canonical();
-        let from_peer = self
-            .conns
-            .values()
-            .filter(|e| e.info.peer.ip().to_canonical() == ip)
-            .count();
+        let from_peer = self.counts.per_source.get(&ip).copied().unwrap_or(0);
         if from_peer >= limits.max_per_source {
             return Some(Refusal::Limit(format!(
                 "max_per_source ({}) reached for {ip}",
@@ -371,17 +360,7 @@ impl SupervisorState {
             )));
         }
         let net = network_of(ip, limits.prefix_v4, limits.prefix_v6);
-        let from_net = self
-            .conns
-            .values()
-            .filter(|e| {
-                network_of(
-                    e.info.peer.ip().to_canonical(),
-                    limits.prefix_v4,
-                    limits.prefix_v6,
-                ) == net
-            })
-            .count();
+        let from_net = self.counts.per_prefix.get(&net).copied().unwrap_or(0);
         if from_net >= limits.max_per_prefix {
             return Some(Refusal::Limit(format!(
                 "max_per_prefix ({}) reached for {}/{}",
@@ -468,6 +447,7 @@ impl SupervisorState {
         let Some(entry) = self.conns.remove(&conn) else {
             return;
         };
+        self.counts.release(&entry, &self.policy.limits);
         let (cause, sessions_closed, forced) = match (outcome, failure) {
             (Some(o), _) => (o.cause, o.sessions_closed, o.forced),
             (None, message) => (
@@ -542,6 +522,7 @@ impl Actor for SupervisorActor {
             events: args.events,
             policy: args.policy,
             conns: HashMap::new(),
+            counts: Counts::default(),
             by_actor: HashMap::new(),
             sessions: HashMap::new(),
             groups: Vec::new(),
@@ -591,11 +572,13 @@ impl Actor for SupervisorActor {
                 match Actor::spawn_linked(None, ConnectionActor, args, myself.get_cell()).await {
                     Ok((actor, _)) => {
                         state.by_actor.insert(actor.get_id(), id);
+                        let admitted = Instant::now();
+                        state.counts.admit(peer, id, admitted, &state.policy.limits);
                         state.conns.insert(
                             id,
                             ConnEntry {
                                 actor: actor.clone(),
-                                admitted: Instant::now(),
+                                admitted,
                                 traffic,
                                 info: ConnectionInfo {
                                     id,
@@ -629,6 +612,11 @@ impl Actor for SupervisorActor {
                     let _ = entry.actor.cast(ConnectionMsg::SetPolicy(policy.clone()));
                 }
                 state.policy = policy;
+                state.counts.per_prefix = state.conns.values().fold(HashMap::new(), |mut m, e| {
+                    *m.entry(Counts::net(e.info.peer, &state.policy.limits))
+                        .or_insert(0) += 1;
+                    m
+                });
                 let _ = reply.send(());
             }
             SupervisorMsg::List { reply } => {
@@ -637,7 +625,7 @@ impl Actor for SupervisorActor {
                     .values()
                     .map(SupervisorState::snapshot)
                     .collect();
-                all.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
+                all.sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(&b.id)));
                 let _ = reply.send(all);
             }
             SupervisorMsg::Get { conn, reply } => {
@@ -734,10 +722,10 @@ impl Actor for SupervisorActor {
                 let mut selected: Vec<ConnectionInfo> = state
                     .conns
                     .values()
+                    .filter(|e| SupervisorState::selects(&filter, e, now))
                     .map(SupervisorState::snapshot)
-                    .filter(|info| filter.matches(info, now))
                     .collect();
-                selected.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
+                selected.sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(&b.id)));
                 let _ = reply.send(selected);
             }
             SupervisorMsg::Notice(notice) => match notice {
@@ -752,6 +740,9 @@ impl Actor for SupervisorActor {
                 }
                 Notice::Closing { conn } => {
                     if let Some(entry) = state.conns.get_mut(&conn) {
+                        if entry.info.state == ConnState::Handshaking {
+                            state.counts.pending.remove(&(entry.admitted, conn));
+                        }
                         entry.info.state = ConnState::Closing;
                     }
                 }
@@ -762,19 +753,18 @@ impl Actor for SupervisorActor {
                     client_version,
                 } => {
                     let max = state.policy.limits.max_per_user;
-                    let same_user = state
-                        .conns
-                        .values()
-                        .filter(|e| {
-                            e.info.id != conn && e.info.user.as_deref() == Some(user.as_str())
-                        })
-                        .count();
                     let Some(entry) = state.conns.get_mut(&conn) else {
                         return Ok(());
                     };
                     if entry.info.state == ConnState::Handshaking {
+                        state.counts.pending.remove(&(entry.admitted, conn));
                         entry.info.state = ConnState::Authenticated;
                     }
+                    if let Some(before) = entry.info.user.take() {
+                        Counts::less(&mut state.counts.per_user, &before);
+                    }
+                    let same_user = state.counts.per_user.get(&user).copied().unwrap_or(0);
+                    *state.counts.per_user.entry(user.clone()).or_insert(0) += 1;
                     entry.info.user = Some(user.clone());
                     entry.info.auth_method = Some(method.clone());
                     entry.info.client_version = client_version;
@@ -935,5 +925,54 @@ mod tests {
         assert_eq!(net("2001:db8:1:2:3:4:5:6", 24, 48), "2001:db8:1::/48");
         assert_eq!(net("::1", 24, 128), "::1/128");
         assert_eq!(net("::1", 24, 0), "::/0");
+    }
+}
+
+/// Running counts of live connections by what the limits count.
+#[derive(Default)]
+struct Counts {
+    per_source: HashMap<IpAddr, usize>,
+    per_prefix: HashMap<(IpAddr, u8), usize>,
+    per_user: HashMap<String, usize>,
+    /// Connections still in the handshake, oldest first.
+    pending: std::collections::BTreeSet<(Instant, ConnId)>,
+}
+
+impl Counts {
+    fn net(peer: SocketAddr, limits: &crate::Limits) -> (IpAddr, u8) {
+        network_of(peer.ip().to_canonical(), limits.prefix_v4, limits.prefix_v6)
+    }
+
+    fn admit(&mut self, peer: SocketAddr, id: ConnId, admitted: Instant, limits: &crate::Limits) {
+        *self.per_source.entry(peer.ip().to_canonical()).or_insert(0) += 1;
+        *self
+            .per_prefix
+            .entry(Counts::net(peer, limits))
+            .or_insert(0) += 1;
+        self.pending.insert((admitted, id));
+    }
+
+    fn release(&mut self, entry: &ConnEntry, limits: &crate::Limits) {
+        let peer = entry.info.peer;
+        Counts::less(&mut self.per_source, &peer.ip().to_canonical());
+        Counts::less(&mut self.per_prefix, &Counts::net(peer, limits));
+        if let Some(user) = &entry.info.user {
+            Counts::less(&mut self.per_user, user);
+        }
+        self.pending.remove(&(entry.admitted, entry.info.id));
+    }
+
+    fn less<K: std::hash::Hash + Eq, Q: std::hash::Hash + Eq + ?Sized>(
+        map: &mut HashMap<K, usize>,
+        key: &Q,
+    ) where
+        K: std::borrow::Borrow<Q>,
+    {
+        if let Some(n) = map.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(key);
+            }
+        }
     }
 }

@@ -595,3 +595,56 @@ async fn a_full_house_of_pending_logins_gives_way_to_a_new_connection_oldest_fir
         3
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn limits_count_only_live_connections_across_churn_and_a_prefix_change() {
+    let mut policy = unlimited();
+    policy.limits.max_per_source = 2;
+    policy.limits.max_per_prefix = 3;
+    policy.limits.max_per_user = 1;
+    let mut h = Harness::start_with(None, policy.clone()).await;
+    let a: std::net::SocketAddr = "10.9.8.1:1".parse().unwrap();
+    let b: std::net::SocketAddr = "10.9.8.2:1".parse().unwrap();
+    for round in 0..3 {
+        let c1 = h.connect_from("c1", Client::Healthy, a).await.unwrap();
+        let c2 = h.connect_from("c2", Client::Healthy, a).await.unwrap();
+        assert!(
+            h.connect_from("c3", Client::Healthy, a).await.is_err(),
+            "round {round}: a third from one address"
+        );
+        let c4 = h.connect_from("c4", Client::Healthy, b).await.unwrap();
+        assert!(
+            h.connect_from("c5", Client::Healthy, b).await.is_err(),
+            "round {round}: a fourth from one /24"
+        );
+        c1.authenticate("uli");
+        h.probe
+            .until(
+                "uli logs in",
+                |e| matches!(e, Event::Authenticated { conn, .. } if *conn == c1.id),
+            )
+            .await;
+        // A second login of the same user is ended; the first stays.
+        c2.authenticate("uli");
+        h.probe
+            .until(
+                "the second login is ended",
+                |e| matches!(e, Event::Disconnected { conn, .. } if *conn == c2.id),
+            )
+            .await;
+        assert!(h.listed(c1.id).await.is_some());
+        // Everyone leaves: every count goes back to zero.
+        assert_eq!(
+            h.kill_all("round over", Duration::from_secs(1)).await.len(),
+            2
+        );
+        let _ = c4;
+    }
+    // A narrower prefix is recounted at once: 10.9.8.1 and 10.9.8.2 are now different networks.
+    policy.limits.prefix_v4 = 32;
+    h.set_policy(policy).await;
+    h.connect_from("x", Client::Healthy, a).await.unwrap();
+    h.connect_from("y", Client::Healthy, a).await.unwrap();
+    h.connect_from("z", Client::Healthy, b).await.unwrap();
+    h.connect_from("w", Client::Healthy, b).await.unwrap();
+}
