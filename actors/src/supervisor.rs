@@ -962,11 +962,10 @@ impl Counts {
         self.pending.remove(&(entry.admitted, entry.info.id));
     }
 
-    fn less<K: std::hash::Hash + Eq, Q: std::hash::Hash + Eq + ?Sized>(
-        map: &mut HashMap<K, usize>,
-        key: &Q,
-    ) where
-        K: std::borrow::Borrow<Q>,
+    fn less<K, Q>(map: &mut HashMap<K, usize>, key: &Q)
+    where
+        K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
     {
         if let Some(n) = map.get_mut(key) {
             *n -= 1;
