@@ -235,11 +235,12 @@ class Run:
     def measure_size(self, name, n, repeat):
         server = Server(name, self)
         server.start()
+        settle = 0.2 if self.args.smoke else 1
         try:
-            time.sleep(1)
+            time.sleep(settle)
             pss0 = server.pss()
             hold, path, up, failed, up_s = self.hold(server, n)
-            time.sleep(3)
+            time.sleep(3 * settle)
             pss1 = server.pss()
             r = {"n": n, "up": up, "failed": failed, "up_s": up_s,
                  "pss_per_conn_kib": (pss1 - pss0) / max(up, 1)}
@@ -255,7 +256,7 @@ class Run:
                         rtt.append(int(m.group(2)) / 1000)
                         if m.group(3) != "-":
                             inproc.append(float(m.group(3)) / 1000)
-                time.sleep(1)
+                time.sleep(settle)
                 with open(path) as f:
                     ended = [int(x) for x in re.findall(r"^ended: \d+ at [\d.]+ unix_us (\d+)", f.read(), re.M)]
                 seen = [(e - s) / 1000 for s, e in zip(sent, ended[: len(sent)])]
