@@ -592,7 +592,11 @@ def write_report(args, run, servers, sizes, sized, churned, long, started, finis
               {s: [(n, base(s, n, "pss_per_conn_kib")) for n in sizes] for s in servers}],
              ["kill latency p50 (sshvisor: in-process; peers: control)", "PSS per held connection"],
              ["ms", "KiB"])
-    extra = getattr(args, "append", None)
+    notes = os.path.join(ROOT, "bench", "NOTES.md")
+    if not args.smoke and os.path.exists(notes):
+        # What the figures mean and where the costs are: written by hand after a run.
+        with open(notes) as f:
+            text += "\n" + f.read()
     with open(out, "w") as f:
         f.write(text)
     log(f"wrote {out} and {plot}")
