@@ -193,6 +193,8 @@ class Run:
         self.args = args
         self.bench = args.bench_bin
         self.work = tempfile.mkdtemp(prefix="sshvisor-bench-")
+        # sshd reads authorized_keys as the logged-in user.
+        os.chmod(self.work, 0o755)
         self.key = os.path.join(self.work, "client_ed25519")
         self.host_key = os.path.join(self.work, "host_ed25519")
         for path in (self.key, self.host_key):
@@ -225,6 +227,9 @@ class Run:
             with open(path) as f:
                 m = re.search(r"^up: (\d+) connections in ([\d.]+) s \((\d+) failed\)", f.read(), re.M)
             if m:
+                if int(m.group(1)) == 0:
+                    p.kill()
+                    raise SystemExit(f"hold {n} against {server.name}: nothing came up: see {path}")
                 return p, path, int(m.group(1)), int(m.group(3)), float(m.group(2))
             if p.poll() is not None:
                 break
