@@ -354,7 +354,7 @@ def versions():
             return None
     out["asyncssh"] = first([sys.executable, "-c", "import asyncssh; print('asyncssh', asyncssh.__version__)"])
     out["otp"] = first(["erl", "-noshell", "-eval",
-                        'io:format("OTP ~s, ssh ~s~n", [erlang:system_info(otp_release), element(2, lists:keyfind(ssh, 1, begin application:load(ssh), application:loaded_applications() end))]), halt().'])
+                        'io:format("OTP ~s, ssh ~s~n", [erlang:system_info(otp_release), element(3, lists:keyfind(ssh, 1, begin application:load(ssh), application:loaded_applications() end))]), halt().'])
     out["sshd"] = first(["/usr/sbin/sshd", "-V"]) or first(["ssh", "-V"])
     out["python"] = platform.python_version()
     return out
@@ -589,7 +589,7 @@ def write_report(args, run, servers, sizes, sized, churned, long, started, finis
         key = re.sub(r"\d+", "N", c.replace(run.work, "$WORK"))
         if key not in seen:
             seen.add(key)
-            L.append(re.sub(r"/tmp/[\w.-]+", "$WORK", c))
+            L.append(re.sub(r"/tmp/[\w.-]+", "$WORK", c).replace(ROOT + "/", ""))
     L.append("```")
     text = "\n".join(L) + "\n"
     svg_plot(plot,
