@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::channel::mpsc;
+use futures::{FutureExt, StreamExt};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
@@ -39,7 +41,7 @@ use sshvisor_actors::{
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
@@ -58,6 +60,10 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const STDIN_LIMIT: usize = 16 * 1024 * 1024;
 
 /// The writing end of a session's stdin queue: never blocks, bounded in bytes.
+///
+/// A `futures` channel, not a tokio one: tokio's allocates a block of 32 slots up front (about
+/// 1.5 KiB with its state), which every idle session would hold; this one allocates per
+/// message.
 #[derive(Clone)]
 pub struct StdinSender {
     tx: mpsc::UnboundedSender<Bytes>,
@@ -81,7 +87,7 @@ impl StdinSender {
             self.pending.fetch_sub(len, Ordering::SeqCst);
             return Err(StdinError::Full);
         }
-        self.tx.send(data).map_err(|_| StdinError::Closed)
+        self.tx.unbounded_send(data).map_err(|_| StdinError::Closed)
     }
 }
 
@@ -91,7 +97,7 @@ struct StdinReceiver {
 }
 
 fn stdin_queue() -> (StdinSender, StdinReceiver) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded();
     let pending = Arc::new(AtomicUsize::new(0));
     (
         StdinSender {
@@ -936,7 +942,7 @@ impl Drop for ChannelSession {
 }
 
 async fn feed_stdin(mut stdin: impl AsyncWrite + Unpin, mut rx: StdinReceiver) {
-    while let Some(data) = rx.rx.recv().await {
+    while let Some(data) = rx.rx.next().await {
         let written = stdin.write_all(&data).await;
         rx.pending.fetch_sub(data.len(), Ordering::SeqCst);
         if written.is_err() {
@@ -1030,12 +1036,13 @@ impl Driver {
         self.group.vanished().await;
         // Stdin has no reader any more.
         self.feed.abort();
+        // Boxed: inline, these request futures would sit in the driver's task, idle or not.
         let goodbye = {
             let handle = self.handle.clone();
             let channel = self.channel;
             let exit = exit.clone();
             let leave_open = self.leave_channel_open.clone();
-            async move {
+            Box::pin(async move {
                 match &exit {
                     SessionExit::Status(code) => {
                         let _ = handle.exit_status_request(channel, *code).await;
@@ -1057,7 +1064,7 @@ impl Driver {
                 if !leave_open.load(Ordering::SeqCst) {
                     let _ = handle.close(channel).await;
                 }
-            }
+            })
         };
         if forced {
             tokio::spawn(async move {
@@ -1071,10 +1078,27 @@ impl Driver {
     }
 }
 
-/// The first read buffer of an output pump: small, because most sessions sit idle.
+/// The read buffer of an output pump that finds output waiting: small at first.
 const PUMP_MIN: usize = 1024;
 /// The read buffer a busy pump grows to.
 const PUMP_MAX: usize = 32 * 1024;
+
+/// Waits for output holding one byte, not a buffer (most sessions sit idle), then takes what
+/// else is ready at once, up to `size` bytes in all. Empty at the end of the output.
+async fn read_chunk(from: &mut (impl AsyncRead + Unpin), size: usize) -> std::io::Result<Bytes> {
+    let mut first = [0u8; 1];
+    if from.read(&mut first).await? == 0 {
+        return Ok(Bytes::new());
+    }
+    let mut buf = vec![0u8; size];
+    buf[0] = first[0];
+    let more = match from.read(&mut buf[1..]).now_or_never() {
+        Some(Ok(n)) => n,
+        // Nothing more yet, or an error the next read reports again.
+        None | Some(Err(_)) => 0,
+    };
+    Ok(Bytes::copy_from_slice(&buf[..1 + more]))
+}
 
 async fn pump(
     mut from: impl AsyncRead + Unpin,
@@ -1084,38 +1108,39 @@ async fn pump(
     mut leader_exited: Option<tokio::sync::watch::Receiver<bool>>,
     activity: Arc<Activity>,
 ) {
-    // An idle session holds only a small buffer; one that fills it gets a bigger one.
-    let mut buf = vec![0u8; PUMP_MIN];
+    // A pump that fills its buffer gets a bigger one next time.
+    let mut size = PUMP_MIN;
     loop {
         let read = match leader_exited.as_mut() {
-            None => from.read(&mut buf).await,
+            None => read_chunk(&mut from, size).await,
             Some(exited) if *exited.borrow() => {
-                match tokio::time::timeout(PTY_DRAIN, from.read(&mut buf)).await {
+                match tokio::time::timeout(PTY_DRAIN, read_chunk(&mut from, size)).await {
                     Ok(read) => read,
                     Err(_) => return,
                 }
             }
             Some(exited) => tokio::select! {
-                read = from.read(&mut buf) => read,
+                read = read_chunk(&mut from, size) => read,
                 _ = exited.changed() => continue,
             },
         };
-        let n = match read {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        let data = match read {
+            Ok(data) if !data.is_empty() => data,
+            Ok(_) | Err(_) => return,
         };
-        let data = Bytes::copy_from_slice(&buf[..n]);
         let len = data.len();
-        if n == buf.len() && buf.len() < PUMP_MAX {
-            buf.resize(buf.len() * 4, 0);
+        if len == size && size < PUMP_MAX {
+            size *= 4;
         }
+        // Boxed: the send's future would otherwise sit in every idle pump's task.
         let sent = match ext {
-            None => handle.data(channel, data).await,
-            Some(code) => handle.extended_data(channel, code, data).await,
+            None => Box::pin(handle.data(channel, data)).await,
+            Some(code) => Box::pin(handle.extended_data(channel, code, data)).await,
         };
         activity.sent(len);
         if sent.is_err() {
             // The connection is gone; keep draining so the process never blocks on a full pipe.
+            let mut buf = vec![0u8; PUMP_MIN];
             while matches!(from.read(&mut buf).await, Ok(n) if n > 0) {}
             return;
         }

@@ -39,6 +39,11 @@ pub enum HandlerError {
 }
 
 /// One connection's russh handler.
+///
+/// Callbacks that wait on an actor box what they wait on: every callback's future is stored
+/// inline in russh's per-connection task, twice over (russh-util's spawn keeps the future it
+/// awaits beside the one it polls), so the largest of them costs every idle connection twice its
+/// size. Boxed, they cost a small allocation while a request is answered.
 pub struct SshHandler {
     conn: ActorRef<ConnectionMsg>,
     authorized: Arc<AuthorizedKeys>,
@@ -157,51 +162,14 @@ impl SshHandler {
         }
         Ok(())
     }
-}
 
-impl russh::server::Handler for SshHandler {
-    type Error = HandlerError;
-
-    async fn auth_publickey_offered(
-        &mut self,
-        user: &str,
-        offer: PublicKeyOffer<'_>,
-    ) -> Result<Auth, Self::Error> {
-        Ok(self.check(user, offer.public_key))
-    }
-
-    async fn auth_publickey(
-        &mut self,
-        user: &str,
-        key: VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
-        let auth = self.check(user, key.public_key);
-        if auth == Auth::Accept {
-            info!(user, key = %fingerprint(key.public_key), "public key accepted");
-            self.user = Some(user.to_string());
-        }
-        Ok(auth)
-    }
-
-    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
-        let client_version = String::from_utf8_lossy(session.remote_sshid())
-            .trim()
-            .to_string();
-        self.conn
-            .cast(ConnectionMsg::Authenticated {
-                user: self.user.clone().unwrap_or_default(),
-                method: "publickey".into(),
-                client_version: Some(client_version),
-            })
-            .map_err(|e| HandlerError::ActorGone(e.to_string()))
-    }
-
-    async fn channel_open_session(
+    /// Opens a session channel: its actor, its stdin queue (see `channel_open_session`).
+    async fn open_session(
         &mut self,
         channel: russh::Channel<Msg>,
         reply: ChannelOpenHandle,
         session: &mut Session,
-    ) -> Result<(), Self::Error> {
+    ) -> Result<(), HandlerError> {
         let id = channel.id();
         // Channels the server closed itself never get a `channel_close` callback: forget the
         // sessions that are over.
@@ -255,6 +223,53 @@ impl russh::server::Handler for SshHandler {
         }
         Ok(())
     }
+}
+
+impl russh::server::Handler for SshHandler {
+    type Error = HandlerError;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.check(user, offer.public_key))
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let auth = self.check(user, key.public_key);
+        if auth == Auth::Accept {
+            info!(user, key = %fingerprint(key.public_key), "public key accepted");
+            self.user = Some(user.to_string());
+        }
+        Ok(auth)
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        let client_version = String::from_utf8_lossy(session.remote_sshid())
+            .trim()
+            .to_string();
+        self.conn
+            .cast(ConnectionMsg::Authenticated {
+                user: self.user.clone().unwrap_or_default(),
+                method: "publickey".into(),
+                client_version: Some(client_version),
+            })
+            .map_err(|e| HandlerError::ActorGone(e.to_string()))
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: russh::Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Box::pin(self.open_session(channel, reply, session)).await
+    }
 
     async fn exec_request(
         &mut self,
@@ -263,8 +278,7 @@ impl russh::server::Handler for SshHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data).into_owned();
-        self.start(channel, SessionRequest::Exec { command }, session)
-            .await
+        Box::pin(self.start(channel, SessionRequest::Exec { command }, session)).await
     }
 
     async fn shell_request(
@@ -272,7 +286,7 @@ impl russh::server::Handler for SshHandler {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.start(channel, SessionRequest::Shell, session).await
+        Box::pin(self.start(channel, SessionRequest::Shell, session)).await
     }
 
     async fn subsystem_request(
@@ -284,7 +298,7 @@ impl russh::server::Handler for SshHandler {
         let request = SessionRequest::Subsystem {
             name: name.to_string(),
         };
-        self.start(channel, request, session).await
+        Box::pin(self.start(channel, request, session)).await
     }
 
     async fn pty_request(
@@ -306,9 +320,7 @@ impl russh::server::Handler for SshHandler {
             pix_height,
             modes: modes.iter().map(|(op, v)| (*op as u8, *v)).collect(),
         };
-        let ok = self
-            .ask(channel, |reply| SessionMsg::Pty { pty, reply })
-            .await;
+        let ok = Box::pin(self.ask(channel, |reply| SessionMsg::Pty { pty, reply })).await;
         self.answer(channel, ok, session)
     }
 
@@ -320,9 +332,7 @@ impl russh::server::Handler for SshHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let (name, value) = (name.to_string(), value.to_string());
-        let ok = self
-            .ask(channel, |reply| SessionMsg::Env { name, value, reply })
-            .await;
+        let ok = Box::pin(self.ask(channel, |reply| SessionMsg::Env { name, value, reply })).await;
         self.answer(channel, ok, session)
     }
 

@@ -21,7 +21,7 @@ use sshvisor_actors::{ConnectionMsg, SupervisorMsg, TransportEnd};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, warn};
 
 use crate::app::{Endpoints, ExecEnv};
 use crate::handler::{HandlerError, SshHandler};
@@ -200,7 +200,7 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
         Ok(CallResult::Success(Err(refusal))) => {
             warn!(%peer, reason = %refusal, "connection refused");
             // Said over SSH, so the client prints why instead of seeing a bare reset.
-            refuse(live.config.clone(), socket, refusal.to_string()).await;
+            Box::pin(refuse(live.config.clone(), socket, refusal.to_string())).await;
             return;
         }
         Ok(_) | Err(_) => {
@@ -208,35 +208,39 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
             return;
         }
     };
-    let span = info_span!("conn", conn_id = %conn_id, peer = %peer);
-    async move {
-        let ends = Endpoints {
-            peer,
-            local: socket.local_addr().unwrap_or(peer),
-        };
-        let handler = SshHandler::new(
-            conn.clone(),
-            live.authorized.clone(),
-            live.env.clone(),
-            ends,
-            activity,
-        );
-        let stream = CuttableStream::new(socket, switch.clone());
-        let end = match russh::server::run_stream(live.config.clone(), stream, handler).await {
-            Ok(running) => {
-                let _ = handle_cell.set(running.handle());
-                match running.await {
-                    Ok(()) => TransportEnd::Closed,
-                    Err(e) => classify(e, &switch),
-                }
-            }
-            Err(e) => classify(e, &switch),
-        };
-        debug!(?end, "transport ended");
-        send_end(&conn, end);
-    }
-    .instrument(span)
+    let ends = Endpoints {
+        peer,
+        local: socket.local_addr().unwrap_or(peer),
+    };
+    let handler = SshHandler::new(
+        conn.clone(),
+        live.authorized.clone(),
+        live.env.clone(),
+        ends,
+        activity,
+    );
+    let stream = CuttableStream::new(socket, switch.clone());
+    // This task lives as long as the connection: the handshake's future is boxed so that only
+    // what waits for the end stays in it. No span of its own either (the connection actor has
+    // the connection's): the one event logged here names the connection.
+    let started = Box::pin(russh::server::run_stream(
+        live.config.clone(),
+        stream,
+        handler,
+    ))
     .await;
+    let end = match started {
+        Ok(running) => {
+            let _ = handle_cell.set(running.handle());
+            match running.await {
+                Ok(()) => TransportEnd::Closed,
+                Err(e) => classify(e, &switch),
+            }
+        }
+        Err(e) => classify(e, &switch),
+    };
+    debug!(conn_id = %conn_id, %peer, ?end, "transport ended");
+    send_end(&conn, end);
 }
 
 /// How long a refused client gets to receive its disconnect message.

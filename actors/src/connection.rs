@@ -154,6 +154,9 @@ pub struct ConnectionState {
     sessions_closed: usize,
     forced: bool,
     timers: Vec<JoinHandle<()>>,
+    /// The login grace timer, dropped at authentication (it could only find the connection
+    /// authenticated) so an idle connection does not keep its task for the whole grace.
+    login_grace: Option<JoinHandle<()>>,
     /// Idle time is counted from here at the earliest (the start, or the last policy change).
     idle_floor: Instant,
     idle_generation: u64,
@@ -308,6 +311,7 @@ impl Actor for ConnectionActor {
             sessions_closed: 0,
             forced: false,
             timers: Vec::new(),
+            login_grace: None,
             idle_floor: Instant::now(),
             idle_generation: 0,
             outcome: None,
@@ -321,6 +325,7 @@ impl Actor for ConnectionActor {
     ) -> Result<(), ActorProcessingErr> {
         if let Some(limit) = state.policy.login_grace {
             state.after(&myself, limit, || ConnectionMsg::LoginGraceElapsed);
+            state.login_grace = state.timers.pop();
         }
         if let Some(limit) = state.policy.max_lifetime {
             state.after(&myself, limit, || ConnectionMsg::LifetimeElapsed);
@@ -347,6 +352,9 @@ impl Actor for ConnectionActor {
                 } => {
                     info!(user = %user, method = %method, "authenticated");
                     state.authenticated = true;
+                    if let Some(timer) = state.login_grace.take() {
+                        timer.abort();
+                    }
                     let _ = state
                         .supervisor
                         .cast(SupervisorMsg::Notice(Notice::Authenticated {
@@ -631,7 +639,7 @@ impl Actor for ConnectionActor {
         _myself: ActorRef<ConnectionMsg>,
         state: &mut ConnectionState,
     ) -> Result<(), ActorProcessingErr> {
-        for timer in state.timers.drain(..) {
+        for timer in state.timers.drain(..).chain(state.login_grace.take()) {
             timer.abort();
         }
         Ok(())
