@@ -13,6 +13,12 @@ use sshvisor::daemon::{ConfigSource, Daemon, DaemonOptions, DEFAULT_STATE_DIR};
 use sshvisor_actors::{ConnectionInfo, KillReport};
 use tokio::signal::unix::{signal, SignalKind};
 
+/// mimalloc: kills and kill-alls cost much less CPU per connection than with glibc's malloc
+/// (whose chunk coalescing dominated a kill-all's profile), for about 10 KiB more per idle
+/// connection; docs/BENCHMARKS.md has both figures.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An SSH server in which every connection and session is a supervised actor.
 #[derive(Parser)]
 #[command(version, about)]

@@ -19,6 +19,10 @@ mod stats;
 
 use clap::{Parser, Subcommand};
 
+/// The allocator `sshvisor serve` uses (see src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "Load generator for SSH servers")]
 struct Cli {
