@@ -586,10 +586,11 @@ def write_report(args, run, servers, sizes, sized, churned, long, started, finis
     L.append("```")
     seen = set()
     for c in run.commands:
-        key = re.sub(r"\d+", "N", c.replace(run.work, "$WORK"))
+        shown = re.sub(r"/tmp/[\w.-]+", "$WORK", c).replace(ROOT + "/", "")
+        key = re.sub(r"\d+", "N", shown)
         if key not in seen:
             seen.add(key)
-            L.append(re.sub(r"/tmp/[\w.-]+", "$WORK", c).replace(ROOT + "/", ""))
+            L.append(shown)
     L.append("```")
     text = "\n".join(L) + "\n"
     svg_plot(plot,
