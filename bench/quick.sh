@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Quick figures for sshvisor alone: resident memory per idle connection with one session, and
+# Quick figures for sshvisor alone (bench/run.sh compares it with its peers): resident memory per idle connection with one session, and
 # kill latency (supervisor Kill->reply, `ctl kill` round trip, ssh client exit).
 # Usage: bench/quick.sh [CONNECTIONS]   (default 500; loopback only)
 set -euo pipefail
@@ -11,7 +11,9 @@ BIN=$PWD/target/release
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 cd "$WORK"
-"$BIN/sshvisor" serve --listen 127.0.0.1:$PORT >serve.out 2>serve.err &
+# The default limits (100 per source address) would refuse most of the load.
+printf '[limits]\nmax_connections = 20000\nmax_per_source = 20000\nmax_per_prefix = 20000\nmax_per_user = 20000\nmax_unauthenticated = 20000\n' >quick.toml
+"$BIN/sshvisor" serve --listen 127.0.0.1:$PORT --config quick.toml >serve.out 2>serve.err &
 SERVER=$!
 for _ in $(seq 1 100); do [ -S .sshvisor/ctl.sock ] && break; sleep 0.1; done
 rss() { awk '/^VmRSS/ {print $2}' /proc/$SERVER/status; }
