@@ -110,16 +110,19 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The actor tree's defaults (`sshvisor_actors::Limits::default`): one set of numbers.
     fn default() -> Self {
+        let tree = sshvisor_actors::Limits::default();
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
         Self {
-            max_connections: 10_000,
-            max_per_source: 100,
-            max_per_prefix: 1_000,
-            prefix_v4: 24,
-            prefix_v6: 64,
-            max_per_user: 50,
-            max_unauthenticated: 100,
-            max_sessions_per_connection: 10,
+            max_connections: n(tree.max_connections),
+            max_per_source: n(tree.max_per_source),
+            max_per_prefix: n(tree.max_per_prefix),
+            prefix_v4: tree.prefix_v4,
+            prefix_v6: tree.prefix_v6,
+            max_per_user: n(tree.max_per_user),
+            max_unauthenticated: n(tree.max_unauthenticated),
+            max_sessions_per_connection: n(tree.max_sessions_per_connection),
         }
     }
 }

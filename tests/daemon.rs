@@ -268,8 +268,16 @@ async fn after_a_churn_of_connections_the_map_actors_and_descriptors_are_back_at
         }
     };
     one_round().await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let before = json(stats(false).await);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut before = json(stats(false).await);
+    while before["tree"]["connections"] != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first round lingers: {before}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        before = json(stats(false).await);
+    }
     for _ in 0..40 {
         one_round().await;
     }

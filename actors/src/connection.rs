@@ -28,7 +28,7 @@ use crate::link::{ConnectionLink, EndScope, SessionLink, TransportEnd};
 use crate::report::{DisconnectCause, SessionExit};
 use crate::session::{SessionActor, SessionArgs, SessionMsg, SessionState};
 use crate::supervisor::{Notice, SupervisorMsg};
-use crate::Policy;
+use crate::{IdleClock, Policy};
 
 /// After the grace runs out, how long the disconnect message gets to leave before the transport
 /// is cut.
@@ -157,9 +157,7 @@ pub struct ConnectionState {
     /// The login grace timer, dropped at authentication (it could only find the connection
     /// authenticated) so an idle connection does not keep its task for the whole grace.
     login_grace: Option<JoinHandle<()>>,
-    /// Idle time is counted from here at the earliest (the start, or the last policy change).
-    idle_floor: Instant,
-    idle_generation: u64,
+    idle_clock: IdleClock,
     pub(crate) outcome: Option<ConnOutcome>,
 }
 
@@ -180,7 +178,7 @@ impl ConnectionState {
 
     /// Arms the idle check for `delay` from now under the current limit.
     fn arm_idle_check(&mut self, myself: &ActorRef<ConnectionMsg>, delay: Duration) {
-        let generation = self.idle_generation;
+        let generation = self.idle_clock.generation();
         self.after(myself, delay, move || ConnectionMsg::IdleCheck {
             generation,
         });
@@ -312,8 +310,7 @@ impl Actor for ConnectionActor {
             forced: false,
             timers: Vec::new(),
             login_grace: None,
-            idle_floor: Instant::now(),
-            idle_generation: 0,
+            idle_clock: IdleClock::new(),
             outcome: None,
         })
     }
@@ -451,8 +448,7 @@ impl Actor for ConnectionActor {
                     }
                     if live.idle != policy.idle {
                         live.idle = policy.idle;
-                        state.idle_floor = Instant::now();
-                        state.idle_generation += 1;
+                        state.idle_clock.restart();
                         if let (Some(limit), false) = (policy.idle, state.closing) {
                             state.arm_idle_check(&myself, limit);
                         }
@@ -461,16 +457,12 @@ impl Actor for ConnectionActor {
                 ConnectionMsg::IdleCheck { generation } => {
                     let (Some(limit), true, false) = (
                         state.policy.idle,
-                        generation == state.idle_generation,
+                        generation == state.idle_clock.generation(),
                         state.closing,
                     ) else {
                         return;
                     };
-                    let since_floor = state.idle_floor.elapsed();
-                    let idle_for = state
-                        .link
-                        .idle_for()
-                        .map_or(since_floor, |idle| idle.min(since_floor));
+                    let idle_for = state.idle_clock.idle_for(state.link.idle_for());
                     if idle_for >= limit {
                         let reason = format!(
                             "idle timeout ({}) reached",

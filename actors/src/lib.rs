@@ -128,6 +128,42 @@ impl Default for Limits {
     }
 }
 
+/// When idle time is counted from, for a connection's or a session's idle timeout: the later
+/// of the last traffic the link saw and the clock's floor (the start, or the last change of
+/// the limit, so that a lowered limit never ends anything at the moment it changes). Checks
+/// armed under an older limit carry an older generation and are ignored.
+#[derive(Debug)]
+pub(crate) struct IdleClock {
+    floor: tokio::time::Instant,
+    generation: u64,
+}
+
+impl IdleClock {
+    pub(crate) fn new() -> Self {
+        Self {
+            floor: tokio::time::Instant::now(),
+            generation: 0,
+        }
+    }
+
+    /// Counts from now; checks armed before are void.
+    pub(crate) fn restart(&mut self) {
+        self.floor = tokio::time::Instant::now();
+        self.generation += 1;
+    }
+
+    /// The generation a check armed now carries.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// How long it has been idle, given what the link says (`None`: it does not know).
+    pub(crate) fn idle_for(&self, link_idle: Option<Duration>) -> Duration {
+        let since_floor = self.floor.elapsed();
+        link_idle.map_or(since_floor, |idle| idle.min(since_floor))
+    }
+}
+
 /// A pending login younger than this is never dropped to make room for a new connection under
 /// `max_unauthenticated`: the new connection is refused instead.
 pub const MIN_PENDING_AGE: Duration = Duration::from_millis(500);

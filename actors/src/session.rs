@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::time::Instant;
+
 use tracing::{debug, info, warn, Instrument, Span};
 
 use crate::ids::{ConnId, SessionId};
@@ -24,6 +24,7 @@ use crate::link::{EndScope, PtySpec, SessionEvents, SessionLink, SessionRequest,
 use crate::report::PtyInfo;
 use crate::report::SessionExit;
 use crate::supervisor::{Notice, SupervisorMsg};
+use crate::IdleClock;
 
 /// How long a forced session may take to report that its work is gone before the actor stops
 /// anyway (dropping its link, which kills whatever is left).
@@ -163,9 +164,7 @@ pub struct SessionState {
     supervisor: ActorRef<SupervisorMsg>,
     close_grace: Duration,
     idle: Option<Duration>,
-    /// Idle time is counted from here at the earliest (the start, or the last limit change).
-    idle_floor: Instant,
-    idle_generation: u64,
+    idle_clock: IdleClock,
     span: Span,
     started: bool,
     ending: bool,
@@ -214,7 +213,7 @@ impl SessionState {
 
     /// Arms the idle check for `delay` from now under the current limit.
     fn arm_idle_check(&mut self, myself: &ActorRef<SessionMsg>, delay: Duration) {
-        let generation = self.idle_generation;
+        let generation = self.idle_clock.generation();
         self.after(myself, delay, move || SessionMsg::IdleCheck { generation });
     }
 
@@ -253,8 +252,7 @@ impl Actor for SessionActor {
             supervisor: args.supervisor,
             close_grace: args.close_grace,
             idle: args.idle,
-            idle_floor: Instant::now(),
-            idle_generation: 0,
+            idle_clock: IdleClock::new(),
             span,
             started: false,
             ending: false,
@@ -291,7 +289,7 @@ impl Actor for SessionActor {
                         Ok(()) => {
                             state.started = true;
                             if let Some(limit) = state.idle {
-                                state.idle_floor = Instant::now();
+                                state.idle_clock.restart();
                                 state.arm_idle_check(&myself, limit);
                             }
                             info!(kind = ?request.kind(), command = request.command(), "session started");
@@ -411,8 +409,7 @@ impl Actor for SessionActor {
                 }
                 SessionMsg::SetIdle { idle } => {
                     state.idle = idle;
-                    state.idle_floor = Instant::now();
-                    state.idle_generation += 1;
+                    state.idle_clock.restart();
                     if let (Some(limit), true, false) = (idle, state.started, state.ending) {
                         state.arm_idle_check(&myself, limit);
                     }
@@ -420,16 +417,12 @@ impl Actor for SessionActor {
                 SessionMsg::IdleCheck { generation } => {
                     let (Some(limit), true, false) = (
                         state.idle,
-                        generation == state.idle_generation,
+                        generation == state.idle_clock.generation(),
                         state.ending,
                     ) else {
                         return;
                     };
-                    let since_floor = state.idle_floor.elapsed();
-                    let idle_for = state
-                        .link
-                        .idle_for()
-                        .map_or(since_floor, |idle| idle.min(since_floor));
+                    let idle_for = state.idle_clock.idle_for(state.link.idle_for());
                     if idle_for >= limit {
                         let reason = format!(
                             "session_idle timeout ({}) reached",
