@@ -20,6 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Stdio;
@@ -45,7 +46,7 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
-use crate::link::{Activity, CountedWrites};
+use crate::link::{Activity, AfterGoodbye, CountedWrites};
 use crate::procs;
 use crate::pty;
 use crate::sftp::{self, LocalFs, SftpFs};
@@ -378,12 +379,14 @@ pub struct ChannelSession {
     running: Option<Running>,
     in_process: Option<InProcessRun>,
     activity: Arc<Activity>,
+    after_goodbye: Arc<AfterGoodbye>,
 }
 
 /// An in-process session (sftp, or an in-process command): the task serving it.
 struct InProcessRun {
     task: AbortHandle,
-    cancel: Arc<Notify>,
+    /// Stops the serving future; a second time, cuts the goodbye short.
+    stop: Arc<Notify>,
     done: Arc<AtomicBool>,
     leave_channel_open: Arc<AtomicBool>,
 }
@@ -400,6 +403,7 @@ impl ChannelSession {
         env: Arc<ExecEnv>,
         ends: Endpoints,
         activity: Arc<Activity>,
+        after_goodbye: Arc<AfterGoodbye>,
     ) -> (Self, StdinSender) {
         let (tx, rx) = stdin_queue();
         let channel = stream.id();
@@ -409,6 +413,7 @@ impl ChannelSession {
             stream: Some(stream),
             in_process: None,
             activity,
+            after_goodbye,
             env,
             ends,
             pty: None,
@@ -663,30 +668,23 @@ impl ChannelSession {
         let leave_channel_open = Arc::new(AtomicBool::new(false));
         let (handle, channel) = (self.handle.clone(), self.channel);
         let (done2, leave_open) = (done.clone(), leave_channel_open.clone());
-        // The stream comes back after serving: dropping it sends CLOSE, which must follow the
-        // exit status, not race it.
-        // A kill cancels the serving future (closing every file it opened) but keeps the
-        // stream, whose drop sends CLOSE: that must not beat the connection's DISCONNECT.
-        let cancel = Arc::new(Notify::new());
-        let cancelled = cancel.clone();
+        let stop = Arc::new(Notify::new());
+        let stopped = stop.clone();
         let activity = self.activity.clone();
-        let serving = tokio::spawn(async move {
-            let mut stream = CountedWrites::new(stream, activity);
-            let result = tokio::select! {
-                exit = serve(&mut stream) => Some(exit),
-                () = cancelled.notified() => None,
+        let after_goodbye = self.after_goodbye.clone();
+        // One task serves and says goodbye. A stop (a kill) drops the serving future, which
+        // closes every file it opened; a second stop (the force) cuts the goodbye short. A
+        // panic in the serving future ends the session like a stop.
+        let task = tokio::spawn(async move {
+            let mut io = CountedWrites::new(stream, activity);
+            let exit = tokio::select! {
+                exit = AssertUnwindSafe(serve(&mut io)).catch_unwind() => {
+                    exit.unwrap_or(SessionExit::Closed)
+                }
+                () = stopped.notified() => SessionExit::Closed,
             };
-            (result, stream.into_inner())
-        });
-        let task = serving.abort_handle();
-        tokio::spawn(async move {
-            // Cancelled, aborted (a forced kill) or ended by the client: either way every open
-            // file is closed once the serving future is gone, which `serving.await` waits for.
-            let (exit, stream) = match serving.await {
-                Ok((Some(exit), stream)) => (exit, Some(stream)),
-                Ok((None, stream)) => (SessionExit::Closed, Some(stream)),
-                Err(_) => (SessionExit::Closed, None),
-            };
+            let stream = io.into_inner();
+            // Ended with its connection, the channel is left for the DISCONNECT to close.
             let leave = leave_open.load(Ordering::SeqCst);
             let goodbye = async {
                 if let SessionExit::Status(code) = exit {
@@ -697,23 +695,25 @@ impl ChannelSession {
                     let _ = handle.close(channel).await;
                 }
             };
-            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
+            tokio::select! {
+                _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye) => {}
+                () = stopped.notified() => {}
+            }
             if leave {
-                // The connection's DISCONNECT closes the channel; the stream's own CLOSE may
-                // only follow it.
-                tokio::spawn(async move {
-                    tokio::time::sleep(GOODBYE_TIMEOUT).await;
-                    drop(stream);
-                });
+                // Dropping the stream closes the channel too, which may only follow the
+                // DISCONNECT: the connection drops it once that is queued.
+                after_goodbye.hold(Box::new(stream));
             } else {
+                // After the exit status, EOF and CLOSE, never racing them.
                 drop(stream);
             }
             done2.store(true, Ordering::SeqCst);
             events.finished(exit);
-        });
+        })
+        .abort_handle();
         self.in_process = Some(InProcessRun {
             task,
-            cancel,
+            stop,
             done,
             leave_channel_open,
         });
@@ -881,7 +881,7 @@ impl SessionLink for ChannelSession {
         if let Some(run) = &self.in_process {
             run.leave_channel_open
                 .store(scope == EndScope::Connection, Ordering::SeqCst);
-            run.cancel.notify_one();
+            run.stop.notify_one();
             return Winding::Pending;
         }
         match &self.running {
@@ -904,7 +904,7 @@ impl SessionLink for ChannelSession {
 
     fn force(&mut self) -> Winding {
         if let Some(run) = &self.in_process {
-            run.task.abort();
+            run.stop.notify_one();
             return Winding::Pending;
         }
         match &self.running {

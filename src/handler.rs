@@ -22,7 +22,7 @@ use crate::app::{
     sig_name, ChannelSession, Endpoints, ExecEnv, StdinError, StdinSender, STDIN_LIMIT,
 };
 use crate::keys::{fingerprint, AuthorizedKeys};
-use crate::link::Activity;
+use crate::link::{Activity, AfterGoodbye};
 
 /// The longest a callback waits for an actor's answer.
 pub const ACTOR_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,6 +50,7 @@ pub struct SshHandler {
     env: Arc<ExecEnv>,
     ends: Endpoints,
     activity: Arc<Activity>,
+    after_goodbye: Arc<AfterGoodbye>,
     user: Option<String>,
     sessions: HashMap<ChannelId, Channel>,
 }
@@ -71,6 +72,7 @@ impl SshHandler {
         env: Arc<ExecEnv>,
         ends: Endpoints,
         activity: Arc<Activity>,
+        after_goodbye: Arc<AfterGoodbye>,
     ) -> Self {
         Self {
             conn,
@@ -78,6 +80,7 @@ impl SshHandler {
             env,
             ends,
             activity,
+            after_goodbye,
             user: None,
             sessions: HashMap::new(),
         }
@@ -188,6 +191,7 @@ impl SshHandler {
             self.env.clone(),
             self.ends,
             activity.clone(),
+            self.after_goodbye.clone(),
         );
         let answer = self
             .conn

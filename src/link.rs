@@ -6,9 +6,10 @@
 //! behind a stalled client forever, until the stream is cut), and [`abort`](ConnectionLink::abort)
 //! cuts the stream at once.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -93,24 +94,66 @@ impl Traffic for Activity {
     }
 }
 
+/// What a connection keeps until its DISCONNECT is queued: the channel streams of sessions that
+/// ended with their connection. Dropping such a stream closes its channel (russh queues
+/// CHANNEL_CLOSE), and a client that sees its channel close before the DISCONNECT may exit
+/// without ever printing why it was disconnected.
+#[derive(Default)]
+pub struct AfterGoodbye {
+    released: AtomicBool,
+    held: Mutex<Vec<Box<dyn Send>>>,
+}
+
+impl AfterGoodbye {
+    /// Nothing held yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Keeps `item` until the goodbye is queued; drops it at once if it already is.
+    pub fn hold(&self, item: Box<dyn Send>) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if self.released.load(Ordering::SeqCst) {
+            drop(held);
+            drop(item);
+        } else {
+            held.push(item);
+        }
+    }
+
+    /// The goodbye is queued (or the transport cut): drops everything held, and from now on
+    /// whatever comes.
+    pub fn release(&self) {
+        let items = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            self.released.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *held)
+        };
+        drop(items);
+    }
+}
+
 /// The link of one russh connection.
 pub struct RusshConnectionLink {
     handle: Arc<OnceLock<Handle>>,
     switch: Arc<CutSwitch>,
     activity: Arc<Activity>,
+    after_goodbye: Arc<AfterGoodbye>,
 }
 
 impl RusshConnectionLink {
-    /// A link over the handle cell, cut switch and activity of one connection.
+    /// A link over the handle cell, cut switch, activity and goodbye keeper of one connection.
     pub fn new(
         handle: Arc<OnceLock<Handle>>,
         switch: Arc<CutSwitch>,
         activity: Arc<Activity>,
+        after_goodbye: Arc<AfterGoodbye>,
     ) -> Self {
         Self {
             handle,
             switch,
             activity,
+            after_goodbye,
         }
     }
 }
@@ -123,16 +166,26 @@ impl ConnectionLink for RusshConnectionLink {
             return;
         };
         let reason = reason.to_string();
-        // Ends by itself: sent, or failed once the session loop is gone (after a cut).
-        tokio::spawn(async move {
+        let after_goodbye = self.after_goodbye.clone();
+        // Ends by itself: queued, or failed once the session loop is gone (after a cut).
+        let mut goodbye = Box::pin(async move {
             let _ = handle
                 .disconnect(Disconnect::ByApplication, reason, "en".into())
                 .await;
+            after_goodbye.release();
         });
+        // Almost always there is room in russh's queue: queued here and now, without a task
+        // (and the hop to it). A full queue (a stalled client) finishes in a task of its own,
+        // which polls again with its own waker.
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        if goodbye.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(goodbye);
+        }
     }
 
     fn abort(&self) {
         self.switch.cut();
+        self.after_goodbye.release();
     }
 
     fn traffic(&self) -> Option<Arc<dyn Traffic>> {
@@ -198,5 +251,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CountedWrites<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_goodbye_keeps_until_released_then_drops_at_once() {
+        let item = Arc::new(());
+        let keeper = AfterGoodbye::new();
+        keeper.hold(Box::new(item.clone()));
+        keeper.hold(Box::new(item.clone()));
+        assert_eq!(Arc::strong_count(&item), 3, "held until the goodbye");
+        keeper.release();
+        assert_eq!(Arc::strong_count(&item), 1, "released with the goodbye");
+        keeper.hold(Box::new(item.clone()));
+        assert_eq!(
+            Arc::strong_count(&item),
+            1,
+            "after the goodbye, dropped at once"
+        );
     }
 }

@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 use crate::app::{Endpoints, ExecEnv};
 use crate::handler::{HandlerError, SshHandler};
 use crate::keys::AuthorizedKeys;
-use crate::link::{Activity, RusshConnectionLink};
+use crate::link::{Activity, AfterGoodbye, RusshConnectionLink};
 use crate::stream::{CutSwitch, CuttableStream};
 
 /// How long a new connection waits for the supervisor to admit it.
@@ -183,7 +183,13 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
     let switch = CutSwitch::new();
     let handle_cell = Arc::new(OnceLock::new());
     let activity = Activity::new();
-    let link = RusshConnectionLink::new(handle_cell.clone(), switch.clone(), activity.clone());
+    let after_goodbye = AfterGoodbye::new();
+    let link = RusshConnectionLink::new(
+        handle_cell.clone(),
+        switch.clone(),
+        activity.clone(),
+        after_goodbye.clone(),
+    );
     let admitted = shared
         .supervisor
         .call(
@@ -218,6 +224,7 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
         live.env.clone(),
         ends,
         activity,
+        after_goodbye,
     );
     let stream = CuttableStream::new(socket, switch.clone());
     // This task lives as long as the connection: the handshake's future is boxed so that only

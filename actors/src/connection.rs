@@ -217,6 +217,9 @@ impl ConnectionState {
         }
         info!(reason = %reason, by = by.as_deref(), grace = %humantime::format_duration(grace), "killing connection");
         let client_left_first = self.transport.is_some();
+        // The order matters for speed, not for correctness: what is woken last runs next on
+        // this thread, and that should be the sessions, which the kill waits for.
+        self.after(myself, grace, || ConnectionMsg::GraceElapsed);
         self.enter_closing();
         // Sessions already ending (the client left) keep the shorter of the graces.
         self.end_sessions(Some(&reason), grace);
@@ -227,7 +230,6 @@ impl ConnectionState {
             client_left_first,
             deadline,
         });
-        self.after(myself, grace, || ConnectionMsg::GraceElapsed);
         self.advance(myself);
     }
 
