@@ -26,6 +26,7 @@ use ractor::rpc::CallResult;
 use ractor::ActorRef;
 use ractor::OutputPort;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sshvisor_actors::{
     resolve_prefix, ConnectionInfo, Event, Filter, KillError, PrefixMatch, SupervisorMsg, Target,
@@ -152,16 +153,17 @@ pub struct Response {
     pub id: u64,
     /// Whether the request succeeded.
     pub ok: bool,
-    /// The result, when it succeeded.
+    /// The result, when it succeeded: JSON serialized once, straight from the reports (a
+    /// kill-all of 10,000 connections answers with 10,000 of them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<Box<RawValue>>,
     /// What went wrong, when it failed: a sentence for a person.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
 impl Response {
-    fn ok(id: u64, result: Value) -> Self {
+    fn ok(id: u64, result: Box<RawValue>) -> Self {
         Self {
             id,
             ok: true,
@@ -404,7 +406,8 @@ async fn serve_client(
                         };
                         info!("watch started");
                         while let Some(event) = events.recv().await {
-                            if tx.send((Response::ok(id, json!(event)), None)).is_err() {
+                            let Ok(event) = raw(&event) else { continue };
+                            if tx.send((Response::ok(id, event), None)).is_err() {
                                 break;
                             }
                         }
@@ -536,12 +539,12 @@ async fn kill_set(
     supervisor: &ActorRef<SupervisorMsg>,
     grace: Duration,
     msg: impl FnOnce(ractor::RpcReplyPort<Vec<sshvisor_actors::KillReport>>) -> SupervisorMsg,
-) -> Result<Value, String> {
+) -> Result<Box<RawValue>, String> {
     match supervisor
         .call(msg, Some(grace.saturating_add(CALL_MARGIN * 3)))
         .await
     {
-        Ok(CallResult::Success(reports)) => Ok(json!(reports)),
+        Ok(CallResult::Success(reports)) => raw(&reports),
         _ => Err("the supervisor did not answer the kill in time".into()),
     }
 }
@@ -604,6 +607,12 @@ fn explain(text: &str, found: PrefixMatch<Target>) -> Result<Target, String> {
     }
 }
 
+/// `result` as JSON, for a response.
+fn raw(result: &impl Serialize) -> Result<Box<RawValue>, String> {
+    serde_json::value::to_raw_value(result)
+        .map_err(|e| format!("internal error: cannot encode the result: {e}"))
+}
+
 async fn execute(
     request: Request,
     supervisor: &ActorRef<SupervisorMsg>,
@@ -623,12 +632,12 @@ async fn run(
     supervisor: &ActorRef<SupervisorMsg>,
     defaults: &ControlDefaults,
     uid: u32,
-) -> Result<Value, String> {
+) -> Result<Box<RawValue>, String> {
     let by = Some(format!("uid {uid} via ctl"));
     match command {
-        Command::Ls { filter } => Ok(json!(
-            with_process_counts(select(supervisor, filter).await?).await
-        )),
+        Command::Ls { filter } => {
+            raw(&with_process_counts(select(supervisor, filter).await?).await)
+        }
         Command::KillWhere {
             filter,
             reason,
@@ -637,7 +646,7 @@ async fn run(
         } => {
             let grace = parse_grace(grace.as_deref(), defaults.kill_grace.get())?;
             if dry_run {
-                return Ok(json!(select(supervisor, filter).await?));
+                return raw(&select(supervisor, filter).await?);
             }
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
             info!(?filter, reason = %reason, by = by.as_deref(), "audit: kill by filter requested");
@@ -661,9 +670,7 @@ async fn run(
                     .ok_or("the session ended meanwhile")?,
             };
             let info = all.into_iter().find(|c| c.id == conn);
-            Ok(json!(with_process_counts(info.into_iter().collect())
-                .await
-                .pop()))
+            raw(&with_process_counts(info.into_iter().collect()).await.pop())
         }
         Command::Kill {
             target,
@@ -689,7 +696,7 @@ async fn run(
             match answer {
                 Ok(CallResult::Success(Ok(report))) => {
                     info!(%target, forced = report.forced, elapsed_ms = report.elapsed.as_secs_f64() * 1e3, "audit: kill done");
-                    Ok(json!(report))
+                    raw(&report)
                 }
                 Ok(CallResult::Success(Err(KillError::NotFound(target)))) => {
                     Err(format!("{target} ended before the kill reached it"))
@@ -705,7 +712,7 @@ async fn run(
             let Ok(CallResult::Success(tree)) = tree else {
                 return Err("the supervisor did not answer in time".into());
             };
-            Ok(json!({ "tree": tree, "process": process_stats() }))
+            raw(&json!({ "tree": tree, "process": process_stats() }))
         }
         Command::Reload => {
             info!(by = by.as_deref(), "audit: reload requested");
@@ -715,7 +722,7 @@ async fn run(
             match reload().await {
                 Ok(changes) => {
                     info!(by = by.as_deref(), changes = %changes, "audit: reload done");
-                    Ok(json!({ "changes": changes }))
+                    raw(&json!({ "changes": changes }))
                 }
                 Err(why) => {
                     warn!(by = by.as_deref(), error = %why, "audit: reload refused; the old configuration stays in force");

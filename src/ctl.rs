@@ -135,7 +135,11 @@ impl CtlClient {
 /// The result of a response, or its error as a [`CtlError::Refused`].
 pub fn into_result(response: Response) -> Result<Value, CtlError> {
     if response.ok {
-        Ok(response.result.unwrap_or(Value::Null))
+        match response.result {
+            Some(raw) => serde_json::from_str(raw.get())
+                .map_err(|e| CtlError::Protocol(format!("a malformed result: {e}"))),
+            None => Ok(Value::Null),
+        }
     } else {
         Err(CtlError::Refused(
             response

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ractor::rpc::CallResult;
 use ractor::ActorRef;
 use ractor::ActorStatus;
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
-use russh::{ChannelId, ChannelOpenFailure};
+use russh::{ChannelId, ChannelOpenFailure, Disconnect};
 use sshvisor_actors::{ConnectionMsg, PtySpec, SessionMsg, SessionRequest, StartRefusal};
 use tracing::{debug, info, warn};
 
@@ -93,6 +94,33 @@ impl SshHandler {
             debug!(user, key = %fingerprint(key), "public key not authorized");
             Auth::reject()
         }
+    }
+
+    /// Reports the login and waits for the verdict: a login over a limit (`max_per_user`) is
+    /// refused here, with the limit's text, before the client can open a channel (the
+    /// connection is killed with the same reason, which then finds it gone).
+    async fn authenticated(&mut self, session: &mut Session) -> Result<(), HandlerError> {
+        let client_version = String::from_utf8_lossy(session.remote_sshid())
+            .trim()
+            .to_string();
+        let user = self.user.clone().unwrap_or_default();
+        let verdict = self
+            .conn
+            .call(
+                |verdict| ConnectionMsg::Authenticated {
+                    user,
+                    method: "publickey".into(),
+                    client_version: Some(client_version),
+                    verdict: Some(verdict),
+                },
+                Some(ACTOR_CALL_TIMEOUT),
+            )
+            .await
+            .map_err(|e| HandlerError::ActorGone(e.to_string()))?;
+        if let CallResult::Success(Err(reason)) = verdict {
+            session.disconnect(Disconnect::TooManyConnections, &reason, "en")?;
+        }
+        Ok(())
     }
 
     fn session(&self, channel: ChannelId) -> Option<&ActorRef<SessionMsg>> {
@@ -254,16 +282,7 @@ impl russh::server::Handler for SshHandler {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
-        let client_version = String::from_utf8_lossy(session.remote_sshid())
-            .trim()
-            .to_string();
-        self.conn
-            .cast(ConnectionMsg::Authenticated {
-                user: self.user.clone().unwrap_or_default(),
-                method: "publickey".into(),
-                client_version: Some(client_version),
-            })
-            .map_err(|e| HandlerError::ActorGone(e.to_string()))
+        Box::pin(self.authenticated(session)).await
     }
 
     async fn channel_open_session(

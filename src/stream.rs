@@ -10,8 +10,9 @@
 //! russh shuts down its sending side (FIN after the message) and then reads until the client
 //! closes too, so a kill would wait one round trip through the client, however slow or busy it
 //! is. Once our side is shut down the connection has nothing left to say or hear: reads end
-//! there (end of stream), russh's loop ends, the socket is closed. The client still receives
-//! the disconnect and the FIN, in order, from its own buffers.
+//! there (end of stream), russh's loop ends, the socket is closed (which sends the FIN: the
+//! socket itself is never shut down, one system call less). The client still receives the
+//! disconnect and the FIN, in order, from its own buffers.
 
 use std::io;
 use std::pin::Pin;
@@ -114,12 +115,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CuttableStream<S> {
         if self.switch.is_cut() {
             return Poll::Ready(Ok(()));
         }
-        let done = Pin::new(&mut self.inner).poll_shutdown(cx);
-        if let Poll::Ready(Ok(())) = done {
+        // No shutdown(2) of the socket: reads end here, so russh drops the stream at once, and
+        // the close that follows sends the FIN after everything written. One system call (and
+        // one packet) less for every connection that ends.
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = flushed {
             self.switch.shut.store(true, Ordering::SeqCst);
             self.switch.read_waker.wake();
         }
-        done
+        flushed
     }
 }
 
@@ -166,6 +170,11 @@ mod tests {
         peer.read_exact(&mut said).await.unwrap();
         assert_eq!(&said, b"bye");
         assert!(!switch.is_cut());
+        // The peer's end of stream comes with the close.
+        drop(write);
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
     }
 
     #[tokio::test]

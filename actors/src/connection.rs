@@ -65,6 +65,10 @@ pub enum ConnectionMsg {
         method: String,
         /// The client's SSH version string.
         client_version: Option<String>,
+        /// Told whether the login may go on, or why not (a limit such as `max_per_user`): the
+        /// binding can then refuse it before the client opens anything. The connection is
+        /// killed with that reason either way.
+        verdict: Option<RpcReplyPort<Result<(), String>>>,
     },
     /// (from the binding) The client opened a session channel: spawn its session actor.
     OpenSession {
@@ -348,6 +352,7 @@ impl Actor for ConnectionActor {
                     user,
                     method,
                     client_version,
+                    verdict,
                 } => {
                     info!(user = %user, method = %method, "authenticated");
                     state.authenticated = true;
@@ -361,6 +366,7 @@ impl Actor for ConnectionActor {
                             user,
                             method,
                             client_version,
+                            verdict,
                         }));
                 }
                 ConnectionMsg::OpenSession { link, reply } => {

@@ -183,6 +183,7 @@ pub enum Notice {
         user: String,
         method: String,
         client_version: Option<String>,
+        verdict: Option<RpcReplyPort<Result<(), String>>>,
     },
     SessionOpened {
         conn: ConnId,
@@ -751,9 +752,13 @@ impl Actor for SupervisorActor {
                     user,
                     method,
                     client_version,
+                    verdict,
                 } => {
                     let max = state.policy.limits.max_per_user;
                     let Some(entry) = state.conns.get_mut(&conn) else {
+                        if let Some(verdict) = verdict {
+                            let _ = verdict.send(Err("the connection has ended".into()));
+                        }
                         return Ok(());
                     };
                     if entry.info.state == ConnState::Handshaking {
@@ -781,8 +786,13 @@ impl Actor for SupervisorActor {
                             peer,
                             reason: reason.clone(),
                         });
+                        if let Some(verdict) = verdict {
+                            let _ = verdict.send(Err(reason.clone()));
+                        }
                         let grace = state.policy.kill_grace;
                         state.kill_connection(conn, &reason, grace, &Some("max_per_user".into()));
+                    } else if let Some(verdict) = verdict {
+                        let _ = verdict.send(Ok(()));
                     }
                 }
                 Notice::SessionOpened { conn, session } => {

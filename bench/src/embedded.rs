@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sshvisor::app::{ChannelIo, InProcessCommand, InProcessCommands};
-use sshvisor::config::Limits;
+use sshvisor::config::{Limits, Timeouts};
 use sshvisor::daemon::{Daemon, DaemonOptions};
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
@@ -29,6 +29,9 @@ pub struct EmbeddedArgs {
     /// OpenSSH authorized_keys file (without it a client key is generated in the state dir).
     #[arg(long)]
     authorized_keys: Option<PathBuf>,
+    /// Keepalive interval in seconds, 0 for none (sshvisor's default is 15).
+    #[arg(long, default_value_t = 15)]
+    keepalive: u64,
 }
 
 /// The in-process `@wait` command.
@@ -66,6 +69,10 @@ pub async fn run(args: EmbeddedArgs) -> anyhow::Result<()> {
             ..Limits::default()
         },
         commands: InProcessCommands::default().with("@wait", Arc::new(Wait)),
+        timeouts: Timeouts {
+            keepalive_interval: (args.keepalive > 0).then(|| Duration::from_secs(args.keepalive)),
+            ..Timeouts::default()
+        },
         ..DaemonOptions::default()
     })
     .await?;

@@ -182,6 +182,7 @@ impl Tree {
                 user,
                 method: "publickey".into(),
                 client_version: Some("SSH-2.0-FakeClient".into()),
+                verdict: None,
             })
             .expect("the connection actor is alive");
         let link = Box::new(FakeSessionLink::default());

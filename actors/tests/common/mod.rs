@@ -212,6 +212,7 @@ impl Conn {
                 user: user.to_string(),
                 method: "publickey".to_string(),
                 client_version: Some("SSH-2.0-FakeClient".to_string()),
+                verdict: None,
             })
             .expect("the connection actor is alive");
     }
