@@ -686,6 +686,14 @@ impl ChannelSession {
             let stream = io.into_inner();
             // Ended with its connection, the channel is left for the DISCONNECT to close.
             let leave = leave_open.load(Ordering::SeqCst);
+            if leave && exit == SessionExit::Closed {
+                // Stopped by its connection's kill: the EOF goes out with the DISCONNECT, in
+                // one write, and the stream is kept until then (its drop closes the channel).
+                after_goodbye.hold_with_eof(channel, Box::new(stream));
+                done2.store(true, Ordering::SeqCst);
+                events.finished(exit);
+                return;
+            }
             let goodbye = async {
                 if let SessionExit::Status(code) = exit {
                     let _ = handle.exit_status_request(channel, code).await;

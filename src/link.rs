@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use russh::server::Handle;
-use russh::Disconnect;
+use russh::{ChannelId, Disconnect};
 use sshvisor_actors::{ConnectionLink, Traffic};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -101,7 +101,14 @@ impl Traffic for Activity {
 #[derive(Default)]
 pub struct AfterGoodbye {
     released: AtomicBool,
-    held: Mutex<Vec<Box<dyn Send>>>,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    items: Vec<Box<dyn Send>>,
+    /// Channels whose EOF goes out just before the DISCONNECT.
+    eof: Vec<ChannelId>,
 }
 
 impl AfterGoodbye {
@@ -117,8 +124,26 @@ impl AfterGoodbye {
             drop(held);
             drop(item);
         } else {
-            held.push(item);
+            held.items.push(item);
         }
+    }
+
+    /// Like [`hold`](Self::hold), for the stream of `channel`, whose EOF is then queued with
+    /// the DISCONNECT, just before it: russh sends both in one write.
+    pub fn hold_with_eof(&self, channel: ChannelId, item: Box<dyn Send>) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if self.released.load(Ordering::SeqCst) {
+            drop(held);
+            drop(item);
+        } else {
+            held.items.push(item);
+            held.eof.push(channel);
+        }
+    }
+
+    /// The channels whose EOF the goodbye sends first.
+    fn take_eofs(&self) -> Vec<ChannelId> {
+        std::mem::take(&mut self.held.lock().unwrap_or_else(|e| e.into_inner()).eof)
     }
 
     /// The goodbye is queued (or the transport cut): drops everything held, and from now on
@@ -127,7 +152,7 @@ impl AfterGoodbye {
         let items = {
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
             self.released.store(true, Ordering::SeqCst);
-            std::mem::take(&mut *held)
+            std::mem::take(&mut held.items)
         };
         drop(items);
     }
@@ -167,8 +192,12 @@ impl ConnectionLink for RusshConnectionLink {
         };
         let reason = reason.to_string();
         let after_goodbye = self.after_goodbye.clone();
+        let eofs = after_goodbye.take_eofs();
         // Ends by itself: queued, or failed once the session loop is gone (after a cut).
         let mut goodbye = Box::pin(async move {
+            for channel in eofs {
+                let _ = handle.eof(channel).await;
+            }
             let _ = handle
                 .disconnect(Disconnect::ByApplication, reason, "en".into())
                 .await;

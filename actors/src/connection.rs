@@ -439,6 +439,9 @@ impl Actor for ConnectionActor {
                     state.advance(&myself);
                 }
                 ConnectionMsg::Kill { reason, grace, by } => {
+                    // Only the supervisor sends it, and it has marked the connection closing
+                    // already: no notice back.
+                    state.closing = true;
                     state.begin_kill(&myself, reason, grace, by);
                 }
                 ConnectionMsg::SetPolicy(policy) => {

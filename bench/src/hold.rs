@@ -2,6 +2,7 @@
 //! session, reports when all are up, then holds them and reports, per connection, when the
 //! server ended it (client-side timing of a kill), until all are gone or the hold time ends.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -108,21 +109,29 @@ pub async fn run(args: HoldArgs) -> anyhow::Result<()> {
     let deadline = tokio::time::sleep(Duration::from_secs(hold_secs));
     tokio::pin!(deadline);
     let mut ended = 0;
+    // One write per batch, not per line: a kill-all ends thousands of connections at once, and
+    // this client shares the machine's cores with the server it measures.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     loop {
-        tokio::select! {
+        let first = tokio::select! {
             at = ended_rx.recv() => match at {
-                Some((at, wall)) => {
-                    ended += 1;
-                    println!(
-                        "ended: {ended} at {:.6} unix_us {}",
-                        at.duration_since(started).as_secs_f64(),
-                        unix_us(wall)
-                    );
-                }
+                Some(at) => at,
                 None => break,
             },
             () = &mut deadline => break,
+        };
+        let mut next = Some(first);
+        while let Some((at, wall)) = next {
+            ended += 1;
+            writeln!(
+                out,
+                "ended: {ended} at {:.6} unix_us {}",
+                at.duration_since(started).as_secs_f64(),
+                unix_us(wall)
+            )?;
+            next = ended_rx.try_recv().ok();
         }
+        out.flush()?;
     }
     Ok(())
 }
