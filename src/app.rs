@@ -519,10 +519,12 @@ impl ChannelSession {
                 cmd.stdin(slave("stdin")?)
                     .stdout(slave("stdout")?)
                     .stderr(slave("stderr")?);
-                // SAFETY: between fork and exec only async-signal-safe calls are made: a new
-                // session, the terminal (fd 0) as its controlling tty, the subreaper flag.
+                // SAFETY: between fork and exec only async-signal-safe calls are made: default
+                // signal dispositions, a new session, the terminal (fd 0) as its controlling
+                // tty, the subreaper flag.
                 unsafe {
                     cmd.pre_exec(|| {
+                        procs::default_signal_dispositions();
                         if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                             return Err(std::io::Error::last_os_error());
                         }

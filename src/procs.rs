@@ -239,6 +239,34 @@ struct VforkPlan {
     errno: std::sync::atomic::AtomicI32,
 }
 
+/// Sets every signal's disposition back to the default, in a child between fork (or vfork) and
+/// exec: handlers of ours mean nothing after exec (and must not run in a vfork child), and an
+/// ignored signal would be inherited through exec. Rust ignores SIGPIPE, and a daemon started
+/// under `nohup` ignores SIGHUP: a session would then outlive the hangup a kill sends it.
+///
+/// # Safety
+///
+/// Only in a child before exec: it changes the whole process's signal dispositions. It makes
+/// only async-signal-safe calls.
+pub unsafe fn default_signal_dispositions() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: sigaction with valid pointers; the caller is a child before exec.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction != libc::SIG_DFL
+            {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
 extern "C" fn vfork_child(plan: *mut libc::c_void) -> libc::c_int {
     // SAFETY: runs in the child between clone(CLONE_VM | CLONE_VFORK) and exec, on its own
     // stack, with our memory shared and the parent suspended: it only reads the plan and makes
@@ -252,22 +280,7 @@ extern "C" fn vfork_child(plan: *mut libc::c_void) -> libc::c_int {
             );
             libc::_exit(127)
         };
-        // Signals: handlers of ours mean nothing after exec, and Rust ignores SIGPIPE, which a
-        // shell must not inherit; the mask starts empty, as std's Command does.
-        for sig in 1..libc::SIGRTMAX() {
-            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                continue;
-            }
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                && (old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN
-                    || sig == libc::SIGPIPE)
-            {
-                let mut dfl: libc::sigaction = std::mem::zeroed();
-                dfl.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
-            }
-        }
+        default_signal_dispositions();
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
