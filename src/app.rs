@@ -385,8 +385,10 @@ pub struct ChannelSession {
 /// An in-process session (sftp, or an in-process command): the task serving it.
 struct InProcessRun {
     task: AbortHandle,
-    /// Stops the serving future; a second time, cuts the goodbye short.
+    /// Stops the serving future (a kill).
     stop: Arc<Notify>,
+    /// Cuts the goodbye short (the kill's grace ran out).
+    force: Arc<Notify>,
     done: Arc<AtomicBool>,
     leave_channel_open: Arc<AtomicBool>,
 }
@@ -670,12 +672,13 @@ impl ChannelSession {
         let leave_channel_open = Arc::new(AtomicBool::new(false));
         let (handle, channel) = (self.handle.clone(), self.channel);
         let (done2, leave_open) = (done.clone(), leave_channel_open.clone());
-        let stop = Arc::new(Notify::new());
-        let stopped = stop.clone();
+        let (stop, force) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let (stopped, forced) = (stop.clone(), force.clone());
         let activity = self.activity.clone();
         let after_goodbye = self.after_goodbye.clone();
         // One task serves and says goodbye. A stop (a kill) drops the serving future, which
-        // closes every file it opened; a second stop (the force) cuts the goodbye short. A
+        // closes every file it opened; the force cuts the goodbye short (two notifies: a stop
+        // left unused by a serving future that ended by itself must not cut the goodbye). A
         // panic in the serving future ends the session like a stop.
         let task = tokio::spawn(async move {
             let mut io = CountedWrites::new(stream, activity);
@@ -707,7 +710,7 @@ impl ChannelSession {
             };
             tokio::select! {
                 _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye) => {}
-                () = stopped.notified() => {}
+                () = forced.notified() => {}
             }
             if leave {
                 // Dropping the stream closes the channel too, which may only follow the
@@ -724,6 +727,7 @@ impl ChannelSession {
         self.in_process = Some(InProcessRun {
             task,
             stop,
+            force,
             done,
             leave_channel_open,
         });
@@ -915,6 +919,7 @@ impl SessionLink for ChannelSession {
     fn force(&mut self) -> Winding {
         if let Some(run) = &self.in_process {
             run.stop.notify_one();
+            run.force.notify_one();
             return Winding::Pending;
         }
         match &self.running {
