@@ -465,6 +465,13 @@ def main():
     write_report(args, run, servers, sizes, sized, churned, long, started, finished)
 
 
+def killall_per_conn(runs):
+    """The median kill-all time per connection over `runs`, in µs (None without any)."""
+    if not runs:
+        return None
+    return median([r["killall_ms"] * 1000 / max(r["killall_n"], 1) for r in runs if "killall_ms" in r])
+
+
 def med(runs, key):
     return median([r.get(key) for r in runs])
 
@@ -535,9 +542,8 @@ def write_report(args, run, servers, sizes, sized, churned, long, started, finis
             runs = sized.get((name, n))
             if not runs or "killall_ms" not in runs[0]:
                 continue
-            per = median([r["killall_ms"] * 1000 / max(r["killall_n"], 1) for r in runs if "killall_ms" in r])
-            sv = sized.get(("sshvisor", n))
-            sper = median([r["killall_ms"] * 1000 / max(r["killall_n"], 1) for r in sv if "killall_ms" in r]) if sv else None
+            per = killall_per_conn(runs)
+            sper = killall_per_conn(sized.get(("sshvisor", n)))
             L.append(f"| {n:,} | {name} | {fmt(med(runs, 'killall_n'), 0)} | {fmt(med(runs, 'killall_ms'), 1)} | "
                      f"{fmt(per, 1)} | {ratio(per, sper)} |")
     L.append("")

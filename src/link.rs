@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -100,12 +100,13 @@ impl Traffic for Activity {
 /// without ever printing why it was disconnected.
 #[derive(Default)]
 pub struct AfterGoodbye {
-    released: AtomicBool,
     held: Mutex<Held>,
 }
 
 #[derive(Default)]
 struct Held {
+    /// The goodbye is queued: nothing is kept any more.
+    released: bool,
     items: Vec<Box<dyn Send>>,
     /// Channels whose EOF goes out just before the DISCONNECT.
     eof: Vec<ChannelId>,
@@ -119,26 +120,24 @@ impl AfterGoodbye {
 
     /// Keeps `item` until the goodbye is queued; drops it at once if it already is.
     pub fn hold(&self, item: Box<dyn Send>) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if self.released.load(Ordering::SeqCst) {
-            drop(held);
-            drop(item);
-        } else {
-            held.items.push(item);
-        }
+        self.keep(item, None);
     }
 
     /// Like [`hold`](Self::hold), for the stream of `channel`, whose EOF is then queued with
     /// the DISCONNECT, just before it: russh sends both in one write.
     pub fn hold_with_eof(&self, channel: ChannelId, item: Box<dyn Send>) {
+        self.keep(item, Some(channel));
+    }
+
+    fn keep(&self, item: Box<dyn Send>, eof: Option<ChannelId>) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if self.released.load(Ordering::SeqCst) {
+        if held.released {
             drop(held);
             drop(item);
-        } else {
-            held.items.push(item);
-            held.eof.push(channel);
+            return;
         }
+        held.items.push(item);
+        held.eof.extend(eof);
     }
 
     /// The channels whose EOF the goodbye sends first.
@@ -151,7 +150,7 @@ impl AfterGoodbye {
     pub fn release(&self) {
         let items = {
             let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            self.released.store(true, Ordering::SeqCst);
+            held.released = true;
             std::mem::take(&mut held.items)
         };
         drop(items);

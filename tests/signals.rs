@@ -9,7 +9,17 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::{signal, SigHandler, Signal};
+use russh::{client, Channel};
 use sshvisor_actors::{KillReport, SessionId, SupervisorMsg, Target};
+
+/// Kills `session` (a grace of 5 s) and checks that it ended on the hangup, at once.
+async fn hang_up(server: &TestServer, session: SessionId, channel: &mut Channel<client::Msg>) {
+    let started = Instant::now();
+    let report = kill_session(server, session).await;
+    assert!(!report.forced, "{report:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(drain(channel).await.signal.as_deref(), Some("HUP"));
+}
 
 async fn kill_session(server: &TestServer, session: SessionId) -> KillReport {
     ractor::call_t!(
@@ -38,11 +48,7 @@ async fn a_server_that_ignores_sighup_still_hangs_up_on_its_sessions() {
     let mut plain = client.handle.channel_open_session().await.unwrap();
     plain.exec(true, "sleep 987150").await.unwrap();
     let session = wait_started(&mut events, "sleep 987150").await;
-    let started = Instant::now();
-    let report = kill_session(&server, session).await;
-    assert!(!report.forced, "{report:?}");
-    assert!(started.elapsed() < Duration::from_secs(3));
-    assert_eq!(drain(&mut plain).await.signal.as_deref(), Some("HUP"));
+    hang_up(&server, session, &mut plain).await;
 
     let mut tty = client.handle.channel_open_session().await.unwrap();
     tty.request_pty(false, "xterm", 80, 24, 0, 0, &[])
@@ -50,11 +56,7 @@ async fn a_server_that_ignores_sighup_still_hangs_up_on_its_sessions() {
         .unwrap();
     tty.exec(true, "sleep 987151").await.unwrap();
     let session = wait_started(&mut events, "sleep 987151").await;
-    let started = Instant::now();
-    let report = kill_session(&server, session).await;
-    assert!(!report.forced, "{report:?}");
-    assert!(started.elapsed() < Duration::from_secs(3));
-    assert_eq!(drain(&mut tty).await.signal.as_deref(), Some("HUP"));
+    hang_up(&server, session, &mut tty).await;
     assert!(processes_with_argv(&["sleep", "987150"]).is_empty());
     assert!(processes_with_argv(&["sleep", "987151"]).is_empty());
 }

@@ -213,14 +213,24 @@ impl Shared {
     }
 }
 
-/// `Kill` of one connection among N, and `Connect` with N live, each to its reply.
-fn bench_kill_connect(c: &mut Criterion, rt: &Runtime, flavor: &str, ns: &[usize]) {
-    let pops: Vec<Shared> = ns.iter().map(|&n| Shared::new(rt, n)).collect();
-    let mut group = c.benchmark_group(format!("{flavor}/kill"));
+/// A group of quick measurements (one kill or connect each): half a second of warm-up, two of
+/// measurement, 50 samples.
+fn short_group(
+    c: &mut Criterion,
+    name: String,
+) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
     group
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(50);
+    group
+}
+
+/// `Kill` of one connection among N, and `Connect` with N live, each to its reply.
+fn bench_kill_connect(c: &mut Criterion, rt: &Runtime, flavor: &str, ns: &[usize]) {
+    let pops: Vec<Shared> = ns.iter().map(|&n| Shared::new(rt, n)).collect();
+    let mut group = short_group(c, format!("{flavor}/kill"));
     for shared in &pops {
         group.bench_function(BenchmarkId::from_parameter(shared.n), |b| {
             b.to_async(rt).iter_custom(|iters| async move {
@@ -242,11 +252,7 @@ fn bench_kill_connect(c: &mut Criterion, rt: &Runtime, flavor: &str, ns: &[usize
     }
     group.finish();
 
-    let mut group = c.benchmark_group(format!("{flavor}/connect"));
-    group
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(50);
+    let mut group = short_group(c, format!("{flavor}/connect"));
     for shared in &pops {
         group.bench_function(BenchmarkId::from_parameter(shared.n), |b| {
             b.to_async(rt).iter_custom(|iters| async move {

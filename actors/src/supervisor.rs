@@ -756,8 +756,9 @@ impl Actor for SupervisorActor {
                 } => {
                     let max = state.policy.limits.max_per_user;
                     let Some(entry) = state.conns.get_mut(&conn) else {
+                        // Already gone: no limit to tell the client about, it ends anyway.
                         if let Some(verdict) = verdict {
-                            let _ = verdict.send(Err("the connection has ended".into()));
+                            let _ = verdict.send(Ok(()));
                         }
                         return Ok(());
                     };

@@ -970,6 +970,17 @@ async fn stats_count_the_map_and_the_live_actors_and_return_to_zero() {
             "stats",
         )
     };
+    // Connections and sessions in the map, their live actors, waiting kills.
+    let counts = || async {
+        let s = stats().await;
+        (
+            s.connections,
+            s.sessions,
+            s.connection_actors,
+            s.session_actors,
+            s.waiting_kills,
+        )
+    };
     for i in 0..3 {
         let c = h.connect(&format!("c{i}"), Client::Healthy).await;
         c.authenticate("sam");
@@ -978,29 +989,9 @@ async fn stats_count_the_map_and_the_live_actors_and_return_to_zero() {
             h.open_started(&c, "c0/b", Work::Healthy).await;
         }
     }
-    let s = stats().await;
-    assert_eq!(
-        (
-            s.connections,
-            s.sessions,
-            s.connection_actors,
-            s.session_actors,
-            s.waiting_kills
-        ),
-        (3, 4, 3, 4, 0)
-    );
+    assert_eq!(counts().await, (3, 4, 3, 4, 0));
     assert_eq!(h.kill_all("bye", Duration::from_secs(1)).await.len(), 3);
-    let s = stats().await;
-    assert_eq!(
-        (
-            s.connections,
-            s.sessions,
-            s.connection_actors,
-            s.session_actors,
-            s.waiting_kills
-        ),
-        (0, 0, 0, 0, 0)
-    );
+    assert_eq!(counts().await, (0, 0, 0, 0, 0));
 }
 
 #[tokio::test(start_paused = true)]

@@ -2,7 +2,6 @@
 //! disconnecting, over and over until the duration is up. Reports handshakes per second and
 //! the latency of one whole cycle.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,21 +10,14 @@ use anyhow::{anyhow, bail, Context};
 use russh::keys::PrivateKey;
 use russh::{client, ChannelMsg, Disconnect};
 
-use crate::client as ssh;
+use crate::client::{self as ssh, Login};
 use crate::stats::Samples;
 
 /// What `churn` needs.
 #[derive(clap::Args)]
 pub struct ChurnArgs {
-    /// The server.
-    #[arg(long, default_value = "127.0.0.1:2222")]
-    addr: String,
-    /// Private key to authenticate with.
-    #[arg(long, default_value = ".sshvisor/client_ed25519")]
-    key: PathBuf,
-    /// User name.
-    #[arg(long, default_value = "bench")]
-    user: String,
+    #[command(flatten)]
+    login: Login,
     /// Connections in flight at once (one task each).
     #[arg(long, default_value_t = 1)]
     parallel: usize,
@@ -86,15 +78,15 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<()> {
     if !(args.duration > 0.0 && args.timeout > 0.0) {
         bail!("--duration and --timeout must be positive");
     }
-    let key = ssh::read_key(&args.key)?;
+    let key = ssh::read_key(&args.login.key)?;
     let config = ssh::config();
     let parallel = args.parallel.max(1);
     let timeout = Duration::from_secs_f64(args.timeout);
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration);
     let reported = Arc::new(AtomicBool::new(false));
-    let addr: Arc<str> = args.addr.into();
-    let user: Arc<str> = args.user.into();
+    let addr: Arc<str> = args.login.addr.into();
+    let user: Arc<str> = args.login.user.into();
     let command: Arc<str> = args.command.into();
     let mut tasks = Vec::with_capacity(parallel);
     for _ in 0..parallel {

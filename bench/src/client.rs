@@ -1,12 +1,26 @@
 //! The SSH client side shared by `hold` and `churn`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use russh::client::{self, DisconnectReason};
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+
+/// Which server to log in to, and as whom: the options `hold` and `churn` share.
+#[derive(clap::Args)]
+pub struct Login {
+    /// The server.
+    #[arg(long, default_value = "127.0.0.1:2222")]
+    pub addr: String,
+    /// Private key to authenticate with.
+    #[arg(long, default_value = ".sshvisor/client_ed25519")]
+    pub key: PathBuf,
+    /// User name.
+    #[arg(long, default_value = "bench")]
+    pub user: String,
+}
 
 /// A client handler that trusts any host key and keeps the server's disconnect message.
 pub struct Quiet {

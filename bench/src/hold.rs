@@ -3,28 +3,20 @@
 //! server ended it (client-side timing of a kill), until all are gone or the hold time ends.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::client::{self, unix_us};
+use crate::client::{self, unix_us, Login};
 
 /// What `hold` needs.
 #[derive(clap::Args)]
 pub struct HoldArgs {
     /// How many connections.
     count: usize,
-    /// The server.
-    #[arg(long, default_value = "127.0.0.1:2222")]
-    addr: String,
-    /// Private key to authenticate with.
-    #[arg(long, default_value = ".sshvisor/client_ed25519")]
-    key: PathBuf,
-    /// User name.
-    #[arg(long, default_value = "bench")]
-    user: String,
+    #[command(flatten)]
+    login: Login,
     /// Command each session runs.
     #[arg(long, default_value = "sleep 100000")]
     command: String,
@@ -40,9 +32,7 @@ pub struct HoldArgs {
 pub async fn run(args: HoldArgs) -> anyhow::Result<()> {
     let HoldArgs {
         count,
-        addr,
-        key,
-        user,
+        login: Login { addr, key, user },
         command,
         parallel,
         hold_secs,
