@@ -674,32 +674,33 @@ impl ChannelSession {
         let (done2, leave_open) = (done.clone(), leave_channel_open.clone());
         let (stop, force) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let (stopped, forced) = (stop.clone(), force.clone());
-        let activity = self.activity.clone();
         let after_goodbye = self.after_goodbye.clone();
+        // Made here, not in the task: what the task captures and what it makes from that
+        // would each take their own room in it, for as long as the session lives.
+        let mut io = CountedWrites::new(stream, self.activity.clone());
         // One task serves and says goodbye. A stop (a kill) drops the serving future, which
         // closes every file it opened; the force cuts the goodbye short (two notifies: a stop
         // left unused by a serving future that ended by itself must not cut the goodbye). A
         // panic in the serving future ends the session like a stop.
         let task = tokio::spawn(async move {
-            let mut io = CountedWrites::new(stream, activity);
             let exit = tokio::select! {
                 exit = AssertUnwindSafe(serve(&mut io)).catch_unwind() => {
                     exit.unwrap_or(SessionExit::Closed)
                 }
                 () = stopped.notified() => SessionExit::Closed,
             };
-            let stream = io.into_inner();
             // Ended with its connection, the channel is left for the DISCONNECT to close.
             let leave = leave_open.load(Ordering::SeqCst);
             if leave && exit == SessionExit::Closed {
                 // Stopped by its connection's kill: the EOF goes out with the DISCONNECT, in
                 // one write, and the stream is kept until then (its drop closes the channel).
-                after_goodbye.hold_with_eof(channel, Box::new(stream));
+                after_goodbye.hold_with_eof(channel, Box::new(io));
                 done2.store(true, Ordering::SeqCst);
                 events.finished(exit);
                 return;
             }
-            let goodbye = async {
+            // Boxed: inline, the goodbye would make every idle session's task bigger.
+            let goodbye = Box::pin(async {
                 if let SessionExit::Status(code) = exit {
                     let _ = handle.exit_status_request(channel, code).await;
                 }
@@ -707,7 +708,7 @@ impl ChannelSession {
                 if !leave {
                     let _ = handle.close(channel).await;
                 }
-            };
+            });
             tokio::select! {
                 _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye) => {}
                 () = forced.notified() => {}
@@ -715,10 +716,10 @@ impl ChannelSession {
             if leave {
                 // Dropping the stream closes the channel too, which may only follow the
                 // DISCONNECT: the connection drops it once that is queued.
-                after_goodbye.hold(Box::new(stream));
+                after_goodbye.hold(Box::new(io));
             } else {
                 // After the exit status, EOF and CLOSE, never racing them.
-                drop(stream);
+                drop(io);
             }
             done2.store(true, Ordering::SeqCst);
             events.finished(exit);

@@ -16,12 +16,14 @@
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
 use ractor::OutputPort;
@@ -29,7 +31,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sshvisor_actors::{
-    resolve_prefix, ConnectionInfo, Event, Filter, KillError, PrefixMatch, SupervisorMsg, Target,
+    resolve_prefix, ConnId, ConnectionInfo, Event, Filter, KillError, KillReport, PrefixMatch,
+    SupervisorMsg, Target,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -424,14 +427,14 @@ async fn serve_client(
                     async move {
                         let id = request.id;
                         // A bug in one request must still produce its answer.
-                        let run = tokio::spawn(
-                            async move { execute(request, &supervisor, &defaults, uid).await }
-                                .in_current_span(),
-                        );
-                        let response = run.await.unwrap_or_else(|e| {
-                            warn!(error = %e, "control request failed internally");
-                            Response::err(id, "internal error: see the server log")
-                        });
+                        let response =
+                            AssertUnwindSafe(execute(request, &supervisor, &defaults, uid))
+                                .catch_unwind()
+                                .await
+                                .unwrap_or_else(|_| {
+                                    warn!("control request failed internally (it panicked)");
+                                    Response::err(id, "internal error: see the server log")
+                                });
                         let _ = tx.send((response, Some(permit)));
                     }
                     .in_current_span(),
@@ -607,6 +610,33 @@ fn explain(text: &str, found: PrefixMatch<Target>) -> Result<Target, String> {
     }
 }
 
+/// Kills `target` and waits for its report; `None`
+/// when the supervisor did not answer in time.
+async fn kill_one(
+    supervisor: &ActorRef<SupervisorMsg>,
+    target: Target,
+    reason: &str,
+    grace: Duration,
+    by: &Option<String>,
+) -> Result<KillReport, Option<KillError>> {
+    let answer = supervisor
+        .call(
+            |reply| SupervisorMsg::Kill {
+                target,
+                reason: reason.to_string(),
+                grace,
+                by: by.clone(),
+                reply,
+            },
+            Some(grace.saturating_add(CALL_MARGIN)),
+        )
+        .await;
+    match answer {
+        Ok(CallResult::Success(answer)) => answer.map_err(Some),
+        _ => Err(None),
+    }
+}
+
 /// `result` as JSON, for a response.
 fn raw(result: &impl Serialize) -> Result<Box<RawValue>, String> {
     serde_json::value::to_raw_value(result)
@@ -678,30 +708,41 @@ async fn run(
             grace,
         } => {
             let grace = parse_grace(grace.as_deref(), defaults.kill_grace.get())?;
-            let target = resolve_live(supervisor, &target).await?;
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
-            info!(%target, reason = %reason, by = by.as_deref(), "audit: kill requested");
-            let answer = supervisor
-                .call(
-                    |reply| SupervisorMsg::Kill {
+            info!(target = %target.trim(), reason = %reason, by = by.as_deref(), "audit: kill requested");
+            // A full ID is most often a connection's: it is tried as one straight away, which
+            // saves a round trip to the supervisor; anything else is resolved first.
+            let (target, answer) = match target.trim().parse::<ConnId>() {
+                Ok(conn) => {
+                    let tried = Target::Connection(conn);
+                    match kill_one(supervisor, tried, &reason, grace, &by).await {
+                        Err(Some(KillError::NotFound(_))) => {
+                            let target = resolve_live(supervisor, &target).await?;
+                            (
+                                target,
+                                kill_one(supervisor, target, &reason, grace, &by).await,
+                            )
+                        }
+                        answer => (tried, answer),
+                    }
+                }
+                Err(_) => {
+                    let target = resolve_live(supervisor, &target).await?;
+                    (
                         target,
-                        reason,
-                        grace,
-                        by,
-                        reply,
-                    },
-                    Some(grace.saturating_add(CALL_MARGIN)),
-                )
-                .await;
+                        kill_one(supervisor, target, &reason, grace, &by).await,
+                    )
+                }
+            };
             match answer {
-                Ok(CallResult::Success(Ok(report))) => {
+                Ok(report) => {
                     info!(%target, forced = report.forced, elapsed_ms = report.elapsed.as_secs_f64() * 1e3, "audit: kill done");
                     raw(&report)
                 }
-                Ok(CallResult::Success(Err(KillError::NotFound(target)))) => {
+                Err(Some(KillError::NotFound(target))) => {
                     Err(format!("{target} ended before the kill reached it"))
                 }
-                _ => Err("the supervisor did not answer the kill in time".into()),
+                Err(None) => Err("the supervisor did not answer the kill in time".into()),
             }
         }
         Command::Watch => Err("watch streams on its own connection".into()),

@@ -241,11 +241,6 @@ impl<S> CountedWrites<S> {
     pub fn new(inner: S, activity: Arc<Activity>) -> Self {
         Self { inner, activity }
     }
-
-    /// The stream itself.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for CountedWrites<S> {

@@ -190,17 +190,17 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
         activity.clone(),
         after_goodbye.clone(),
     );
-    let admitted = shared
-        .supervisor
-        .call(
-            |reply| SupervisorMsg::Connect {
-                peer,
-                link: Box::new(link),
-                reply,
-            },
-            Some(ADMIT_TIMEOUT),
-        )
-        .await;
+    // Boxed, like the handshake below: inline, this one-time wait would make the task that
+    // lives as long as the connection bigger.
+    let admitted = Box::pin(shared.supervisor.call(
+        |reply| SupervisorMsg::Connect {
+            peer,
+            link: Box::new(link),
+            reply,
+        },
+        Some(ADMIT_TIMEOUT),
+    ))
+    .await;
     let (conn_id, conn) = match admitted {
         Ok(CallResult::Success(Ok(admitted))) => admitted,
         Ok(CallResult::Success(Err(refusal))) => {

@@ -93,6 +93,17 @@ async fn unknown_and_ambiguous_ids_are_refused_with_a_message_and_a_failing_stat
         "{}",
         text(&out.stderr)
     );
+    // A full ID is tried as a connection first, then as a session: neither, the same message.
+    let unknown = "0000dead-beef-4000-8000-000000000000";
+    let out = server.ctl(&["kill", unknown]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "no live connection or session has an ID starting with \"{unknown}\""
+        )),
+        "{}",
+        text(&out.stderr)
+    );
 
     // Open connections until two IDs share their first hex digit (at most 17 are needed).
     let mut clients = Vec::new();

@@ -398,7 +398,16 @@ impl Actor for ConnectionActor {
                         idle: state.policy.session_idle,
                         parent_span: state.span.clone(),
                     };
-                    match Actor::spawn_linked(None, SessionActor, args, myself.get_cell()).await {
+                    // Boxed: the spawn (which runs the session's `pre_start`) is the only
+                    // wait here, and inline it would make every idle connection actor's task
+                    // that much bigger.
+                    let spawned = Box::pin(Actor::spawn_linked(
+                        None,
+                        SessionActor,
+                        args,
+                        myself.get_cell(),
+                    ));
+                    match spawned.await {
                         Ok((actor, _)) => {
                             state
                                 .sessions

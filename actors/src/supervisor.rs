@@ -643,10 +643,13 @@ impl Actor for SupervisorActor {
                     reply,
                     since: Instant::now(),
                 };
-                info!(parent: &state.span, %target, reason = %reason, by = by.as_deref(), "kill requested");
+                // Logged once found: a kill of an ID that names nothing is no kill.
+                let span = state.span.clone();
+                let requested = || info!(parent: &span, %target, reason = %reason, by = by.as_deref(), "kill requested");
                 match target {
                     Target::Connection(conn) => match state.conns.get_mut(&conn) {
                         Some(entry) => {
+                            requested();
                             entry.waiters.push(waiter);
                             state.kill_connection(conn, &reason, grace, &by);
                         }
@@ -669,6 +672,7 @@ impl Actor for SupervisorActor {
                         });
                         match found {
                             Some((actor, s)) => {
+                                requested();
                                 s.waiters.push(waiter);
                                 let _ = actor.cast(ConnectionMsg::KillSession {
                                     session,
