@@ -316,13 +316,15 @@ impl Group {
         killpg(self.pgid, signal).map_err(|e| e.to_string())
     }
 
-    /// Kills whatever is left of the session, then reaps the (exited) leader. Called once the
-    /// pidfd said the leader exited, so `waitpid` does not block.
+    /// Kills what is left of the session's process group, then reaps the (exited) leader.
+    /// Called once the pidfd said the leader exited, so `waitpid` does not block; then
+    /// [`vanished`](Self::vanished) finds what left the group. Until the reap, the zombie
+    /// leader pins the group's ID, so the group kill cannot reach anyone else; and the leader
+    /// has no children to walk any more: at its exit the kernel gave them to this process (the
+    /// subreaper), where `vanished` looks for them by their mark.
     fn reap(&self) -> SessionExit {
         let mut reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
         let _ = killpg(self.pgid, Signal::SIGKILL);
-        let left = procs::signal_session(Some(self.pgid), &self.mark, Signal::SIGKILL);
-        procs::reap_adopted(&left.adopted);
         let status = waitpid(self.pgid, None);
         *reaped = true;
         procs::unregister_leader(self.pgid);
@@ -336,14 +338,20 @@ impl Group {
         }
     }
 
+    /// Kills every process of the session found by its mark (after the leader's reap) and
+    /// reaps those this process adopted; returns how many were alive.
+    fn sweep(&self) -> usize {
+        let left = procs::signal_session(None, &self.mark, Signal::SIGKILL);
+        procs::reap_adopted(&left.adopted);
+        left.all.len()
+    }
+
     /// Waits (bounded) until no process of the session is alive any more, reaping the orphans
     /// it adopted.
     async fn vanished(&self) {
         let deadline = tokio::time::Instant::now() + VANISH_TIMEOUT;
         loop {
-            let left = procs::signal_session(None, &self.mark, Signal::SIGKILL);
-            procs::reap_adopted(&left.adopted);
-            if left.all.is_empty() {
+            if self.sweep() == 0 {
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -588,6 +596,7 @@ impl ChannelSession {
             Err(e) => {
                 group.signal(Signal::SIGKILL);
                 let _ = group.reap();
+                group.sweep();
                 return Err(e);
             }
         };
