@@ -67,8 +67,21 @@ pub const STDIN_LIMIT: usize = 16 * 1024 * 1024;
 /// message.
 #[derive(Clone)]
 pub struct StdinSender {
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<Input>,
     pending: Arc<AtomicUsize>,
+}
+
+/// What the stdin queue carries: the client's data, and its window changes, which a terminal
+/// must get in the order the client sent them (`stty size` typed right after a resize must see
+/// the new size).
+enum Input {
+    Data(Bytes),
+    Resize {
+        cols: u32,
+        rows: u32,
+        pix_width: u32,
+        pix_height: u32,
+    },
 }
 
 /// Why client data could not be queued.
@@ -88,12 +101,27 @@ impl StdinSender {
             self.pending.fetch_sub(len, Ordering::SeqCst);
             return Err(StdinError::Full);
         }
-        self.tx.unbounded_send(data).map_err(|_| StdinError::Closed)
+        self.tx
+            .unbounded_send(Input::Data(data))
+            .map_err(|_| StdinError::Closed)
+    }
+
+    /// Queues a window change for the session's terminal, after the data queued before it;
+    /// `false` when nothing reads the queue any more. (A session without a terminal ignores it.)
+    pub fn resize(&self, cols: u32, rows: u32, pix_width: u32, pix_height: u32) -> bool {
+        self.tx
+            .unbounded_send(Input::Resize {
+                cols,
+                rows,
+                pix_width,
+                pix_height,
+            })
+            .is_ok()
     }
 }
 
 struct StdinReceiver {
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    rx: mpsc::UnboundedReceiver<Input>,
     pending: Arc<AtomicUsize>,
 }
 
@@ -316,12 +344,12 @@ impl Group {
         killpg(self.pgid, signal).map_err(|e| e.to_string())
     }
 
-    /// Kills what is left of the session's process group, then reaps the (exited) leader.
-    /// Called once the pidfd said the leader exited, so `waitpid` does not block; then
-    /// [`vanished`](Self::vanished) finds what left the group. Until the reap, the zombie
-    /// leader pins the group's ID, so the group kill cannot reach anyone else; and the leader
-    /// has no children to walk any more: at its exit the kernel gave them to this process (the
-    /// subreaper), where `vanished` looks for them by their mark.
+    /// Kills what is left of the session's process group, then reaps the leader: called once
+    /// the pidfd said it exited (or after a SIGKILL to it, when a start fails), and followed by
+    /// [`sweep`](Self::sweep) or [`vanished`](Self::vanished), which find what left the group.
+    /// Until the reap, the exited leader pins the group's ID, so the group kill cannot reach
+    /// anyone else; and it has no children to walk any more: at its exit the kernel gave them
+    /// to this process (the subreaper), where the sweep looks for them by their mark.
     fn reap(&self) -> SessionExit {
         let mut reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
         let _ = killpg(self.pgid, Signal::SIGKILL);
@@ -603,7 +631,7 @@ impl ChannelSession {
         let rx = self.stdin_rx.take().unwrap_or_else(|| stdin_queue().1);
         let (feed, outputs, master) = match io {
             Io::Pty(master) => (
-                tokio::spawn(feed_stdin(master.clone(), rx)).abort_handle(),
+                tokio::spawn(feed_stdin(master.clone(), rx, Some(master.clone()))).abort_handle(),
                 Outputs::Pty(master.clone()),
                 Some(master),
             ),
@@ -612,7 +640,7 @@ impl ChannelSession {
                 stdout,
                 stderr,
             } => (
-                tokio::spawn(feed_stdin(stdin, rx)).abort_handle(),
+                tokio::spawn(feed_stdin(stdin, rx, None)).abort_handle(),
                 Outputs::Pipes(stdout, stderr),
                 None,
             ),
@@ -840,7 +868,11 @@ impl SessionLink for ChannelSession {
 
     fn resize(&mut self, cols: u32, rows: u32, pix_width: u32, pix_height: u32) {
         if let Some(master) = self.running.as_ref().and_then(|r| r.master.as_ref()) {
-            master.resize(cols, rows, pix_width, pix_height);
+            // While the client may still type, the handler queues its window changes with its
+            // data (`StdinSender::resize`), in order; after its EOF they come only this way.
+            if self.stdin_tx.is_none() {
+                master.resize(cols, rows, pix_width, pix_height);
+            }
         } else if let Some(pty) = self.pty.as_mut() {
             pty.cols = cols.clamp(1, pty::MAX_DIMENSION);
             pty.rows = rows.clamp(1, pty::MAX_DIMENSION);
@@ -966,12 +998,32 @@ impl Drop for ChannelSession {
     }
 }
 
-async fn feed_stdin(mut stdin: impl AsyncWrite + Unpin, mut rx: StdinReceiver) {
-    while let Some(data) = rx.rx.next().await {
-        let written = stdin.write_all(&data).await;
-        rx.pending.fetch_sub(data.len(), Ordering::SeqCst);
-        if written.is_err() {
-            return;
+/// Writes the client's data to the command's stdin and applies its window changes to the
+/// `terminal`, if the session has one, in the order the client sent them.
+async fn feed_stdin(
+    mut stdin: impl AsyncWrite + Unpin,
+    mut rx: StdinReceiver,
+    terminal: Option<pty::Master>,
+) {
+    while let Some(input) = rx.rx.next().await {
+        match input {
+            Input::Data(data) => {
+                let written = stdin.write_all(&data).await;
+                rx.pending.fetch_sub(data.len(), Ordering::SeqCst);
+                if written.is_err() {
+                    return;
+                }
+            }
+            Input::Resize {
+                cols,
+                rows,
+                pix_width,
+                pix_height,
+            } => {
+                if let Some(terminal) = &terminal {
+                    terminal.resize(cols, rows, pix_width, pix_height);
+                }
+            }
         }
     }
     // Dropping stdin closes the pipe: the command sees EOF. (A terminal stays open: the client

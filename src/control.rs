@@ -342,7 +342,9 @@ async fn serve_client(
             }
         }
     });
+    // Watches last until the client goes; other requests until they are answered.
     let mut requests = JoinSet::new();
+    let mut watches = JoinSet::new();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
     loop {
@@ -393,7 +395,7 @@ async fn serve_client(
                     continue;
                 };
                 let tx = tx.clone();
-                requests.spawn(
+                watches.spawn(
                     async move {
                         // The permit is held for as long as the watch lasts.
                         let permit = permit;
@@ -431,8 +433,13 @@ async fn serve_client(
                             AssertUnwindSafe(execute(request, &supervisor, &defaults, uid))
                                 .catch_unwind()
                                 .await
-                                .unwrap_or_else(|_| {
-                                    warn!("control request failed internally (it panicked)");
+                                .unwrap_or_else(|panic| {
+                                    let what = panic
+                                        .downcast_ref::<&str>()
+                                        .map(|s| s.to_string())
+                                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                                        .unwrap_or_default();
+                                    warn!(panic = %what, "control request failed internally");
                                     Response::err(id, "internal error: see the server log")
                                 });
                         let _ = tx.send((response, Some(permit)));
@@ -447,12 +454,21 @@ async fn serve_client(
         }
         // Forget requests that are done.
         while requests.try_join_next().is_some() {}
+        while watches.try_join_next().is_some() {}
     }
     // The client may have half-closed after its requests (a script): answer what is in flight,
     // unless nobody reads any more.
     tokio::select! {
-        () = async { while requests.join_next().await.is_some() {} } => {}
-        () = tx.closed() => requests.abort_all(),
+        () = async {
+            while requests.join_next().await.is_some() {}
+            while watches.join_next().await.is_some() {}
+        } => {}
+        () = tx.closed() => {
+            // Nobody reads any more. A request in flight still runs to its end, unanswered: a
+            // kill or a reload cut halfway would be worse than an answer nobody reads.
+            requests.detach_all();
+            watches.abort_all();
+        }
     }
     drop(tx);
     let _ = writer.await;
@@ -610,8 +626,52 @@ fn explain(text: &str, found: PrefixMatch<Target>) -> Result<Target, String> {
     }
 }
 
-/// Kills `target` and waits for its report; `None`
-/// when the supervisor did not answer in time.
+/// Kills the connection or session that `text` names (a full ID or a unique prefix) and waits
+/// for its report.
+async fn kill_text(
+    supervisor: &ActorRef<SupervisorMsg>,
+    text: &str,
+    reason: &str,
+    grace: Duration,
+    by: &Option<String>,
+) -> Result<Box<RawValue>, String> {
+    // A full ID is most often a connection's: it is tried as one straight away, which saves a
+    // round trip to the supervisor; anything else is resolved first.
+    let (target, answer) = match text.parse::<ConnId>() {
+        Ok(conn) => {
+            let tried = Target::Connection(conn);
+            match kill_one(supervisor, tried, reason, grace, by).await {
+                Err(Some(KillError::NotFound(_))) => {
+                    let target = resolve_live(supervisor, text).await?;
+                    (
+                        target,
+                        kill_one(supervisor, target, reason, grace, by).await,
+                    )
+                }
+                answer => (tried, answer),
+            }
+        }
+        Err(_) => {
+            let target = resolve_live(supervisor, text).await?;
+            (
+                target,
+                kill_one(supervisor, target, reason, grace, by).await,
+            )
+        }
+    };
+    match answer {
+        Ok(report) => {
+            info!(%target, forced = report.forced, elapsed_ms = report.elapsed.as_secs_f64() * 1e3, "audit: kill done");
+            raw(&report)
+        }
+        Err(Some(KillError::NotFound(target))) => {
+            Err(format!("{target} ended before the kill reached it"))
+        }
+        Err(None) => Err("the supervisor did not answer the kill in time".into()),
+    }
+}
+
+/// Kills `target` and waits for its report; `None` when the supervisor did not answer in time.
 async fn kill_one(
     supervisor: &ActorRef<SupervisorMsg>,
     target: Target,
@@ -709,41 +769,12 @@ async fn run(
         } => {
             let grace = parse_grace(grace.as_deref(), defaults.kill_grace.get())?;
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
-            info!(target = %target.trim(), reason = %reason, by = by.as_deref(), "audit: kill requested");
-            // A full ID is most often a connection's: it is tried as one straight away, which
-            // saves a round trip to the supervisor; anything else is resolved first.
-            let (target, answer) = match target.trim().parse::<ConnId>() {
-                Ok(conn) => {
-                    let tried = Target::Connection(conn);
-                    match kill_one(supervisor, tried, &reason, grace, &by).await {
-                        Err(Some(KillError::NotFound(_))) => {
-                            let target = resolve_live(supervisor, &target).await?;
-                            (
-                                target,
-                                kill_one(supervisor, target, &reason, grace, &by).await,
-                            )
-                        }
-                        answer => (tried, answer),
-                    }
-                }
-                Err(_) => {
-                    let target = resolve_live(supervisor, &target).await?;
-                    (
-                        target,
-                        kill_one(supervisor, target, &reason, grace, &by).await,
-                    )
-                }
-            };
-            match answer {
-                Ok(report) => {
-                    info!(%target, forced = report.forced, elapsed_ms = report.elapsed.as_secs_f64() * 1e3, "audit: kill done");
-                    raw(&report)
-                }
-                Err(Some(KillError::NotFound(target))) => {
-                    Err(format!("{target} ended before the kill reached it"))
-                }
-                Err(None) => Err("the supervisor did not answer the kill in time".into()),
+            info!(target = ?target.trim(), reason = ?reason, by = by.as_deref(), "audit: kill requested");
+            let result = kill_text(supervisor, target.trim(), &reason, grace, &by).await;
+            if let Err(e) = &result {
+                info!(target = ?target.trim(), error = %e, "audit: kill not done");
             }
+            result
         }
         Command::Watch => Err("watch streams on its own connection".into()),
         Command::Stats => {

@@ -368,14 +368,23 @@ impl russh::server::Handler for SshHandler {
         pix_height: u32,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(actor) = self.session(channel) {
-            let _ = actor.cast(SessionMsg::Resize {
-                cols: cols.clamp(1, crate::pty::MAX_DIMENSION),
-                rows: rows.clamp(1, crate::pty::MAX_DIMENSION),
-                pix_width,
-                pix_height,
-            });
+        let Some(c) = self.sessions.get(&channel) else {
+            return Ok(());
+        };
+        let cols = cols.clamp(1, crate::pty::MAX_DIMENSION);
+        let rows = rows.clamp(1, crate::pty::MAX_DIMENSION);
+        // The terminal gets it through the stdin queue, in order with what the client types
+        // (through the actor it could come after the next command read the size); the actor
+        // only keeps the size for listings (and applies it once the client sent its EOF).
+        if let Some(stdin) = &c.stdin {
+            stdin.resize(cols, rows, pix_width, pix_height);
         }
+        let _ = c.actor.cast(SessionMsg::Resize {
+            cols,
+            rows,
+            pix_width,
+            pix_height,
+        });
         Ok(())
     }
 
