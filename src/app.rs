@@ -106,17 +106,15 @@ impl StdinSender {
             .map_err(|_| StdinError::Closed)
     }
 
-    /// Queues a window change for the session's terminal, after the data queued before it;
-    /// `false` when nothing reads the queue any more. (A session without a terminal ignores it.)
-    pub fn resize(&self, cols: u32, rows: u32, pix_width: u32, pix_height: u32) -> bool {
-        self.tx
-            .unbounded_send(Input::Resize {
-                cols,
-                rows,
-                pix_width,
-                pix_height,
-            })
-            .is_ok()
+    /// Queues a window change for the session's terminal, after the data queued before it (a
+    /// session without a terminal, or whose command is gone, ignores it).
+    pub fn resize(&self, cols: u32, rows: u32, pix_width: u32, pix_height: u32) {
+        let _ = self.tx.unbounded_send(Input::Resize {
+            cols,
+            rows,
+            pix_width,
+            pix_height,
+        });
     }
 }
 

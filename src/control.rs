@@ -636,22 +636,17 @@ async fn kill_text(
     by: &Option<String>,
 ) -> Result<Box<RawValue>, String> {
     // A full ID is most often a connection's: it is tried as one straight away, which saves a
-    // round trip to the supervisor; anything else is resolved first.
-    let (target, answer) = match text.parse::<ConnId>() {
-        Ok(conn) => {
-            let tried = Target::Connection(conn);
-            match kill_one(supervisor, tried, reason, grace, by).await {
-                Err(Some(KillError::NotFound(_))) => {
-                    let target = resolve_live(supervisor, text).await?;
-                    (
-                        target,
-                        kill_one(supervisor, target, reason, grace, by).await,
-                    )
-                }
-                answer => (tried, answer),
-            }
-        }
-        Err(_) => {
+    // round trip to the supervisor; a session's ID and anything else are resolved first.
+    let tried = match text.parse::<ConnId>() {
+        Ok(conn) => match kill_one(supervisor, Target::Connection(conn), reason, grace, by).await {
+            Err(Some(KillError::NotFound(_))) => None,
+            answer => Some((Target::Connection(conn), answer)),
+        },
+        Err(_) => None,
+    };
+    let (target, answer) = match tried {
+        Some(tried) => tried,
+        None => {
             let target = resolve_live(supervisor, text).await?;
             (
                 target,
