@@ -192,6 +192,10 @@ impl ConnectionLink for RusshConnectionLink {
         let reason = reason.to_string();
         let after_goodbye = self.after_goodbye.clone();
         let eofs = after_goodbye.take_eofs();
+        if !eofs.is_empty() {
+            // russh would flush each EOF on its own: kept until the DISCONNECT is written too.
+            self.switch.cork();
+        }
         // Ends by itself: queued, or failed once the session loop is gone (after a cut).
         let mut goodbye = Box::pin(async move {
             for channel in eofs {

@@ -13,12 +13,17 @@
 //! there (end of stream), russh's loop ends, the socket is closed (which sends the FIN: the
 //! socket itself is never shut down, one system call less). The client still receives the
 //! disconnect and the FIN, in order, from its own buffers.
+//!
+//! And it can hold a goodbye together ([`CutSwitch::cork`]): russh flushes each message its
+//! loop wakes for on its own, so the channel EOFs queued just before a DISCONNECT would go out
+//! in writes of their own, each a packet the client wakes for. Corked, what russh writes is
+//! kept until it shuts down after the DISCONNECT, and then goes out in one write.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -29,6 +34,8 @@ pub struct CutSwitch {
     cut: AtomicBool,
     /// Our sending side was shut down (the goodbye went out): reads end.
     shut: AtomicBool,
+    /// Writes are kept until the shutdown (a goodbye in several messages is coming).
+    corked: AtomicBool,
     read_waker: AtomicWaker,
     write_waker: AtomicWaker,
 }
@@ -50,6 +57,12 @@ impl CutSwitch {
     pub fn is_cut(&self) -> bool {
         self.cut.load(Ordering::SeqCst)
     }
+
+    /// Keeps everything written from now on until the shutdown, which writes it at once: for
+    /// a goodbye of several messages that ends with russh's shutdown after the DISCONNECT.
+    pub fn cork(&self) {
+        self.corked.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Wraps a stream so that a [`CutSwitch`] can make it fail.
@@ -57,12 +70,37 @@ impl CutSwitch {
 pub struct CuttableStream<S> {
     inner: S,
     switch: Arc<CutSwitch>,
+    /// What was written while corked, from `sent` on not yet written to `inner`.
+    kept: Vec<u8>,
+    sent: usize,
 }
 
 impl<S> CuttableStream<S> {
     /// Wraps `inner`; `switch` cuts it.
     pub fn new(inner: S, switch: Arc<CutSwitch>) -> Self {
-        Self { inner, switch }
+        Self {
+            inner,
+            switch,
+            kept: Vec::new(),
+            sent: 0,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> CuttableStream<S> {
+    /// Writes out what was kept while corked.
+    fn poll_write_kept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.kept.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.kept[self.sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.kept = Vec::new();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -100,6 +138,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CuttableStream<S> {
         if self.switch.is_cut() {
             return Poll::Ready(Err(aborted()));
         }
+        if self.switch.corked.load(Ordering::SeqCst) {
+            self.kept.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -108,18 +150,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CuttableStream<S> {
         if self.switch.is_cut() {
             return Poll::Ready(Err(aborted()));
         }
+        if self.switch.corked.load(Ordering::SeqCst) {
+            // Kept for the shutdown.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A corked goodbye may wait here on a client that stopped reading: a cut must wake it.
+        self.switch.write_waker.register(cx.waker());
         if self.switch.is_cut() {
             return Poll::Ready(Ok(()));
         }
         // No shutdown(2) of the socket: reads end here, so russh drops the stream at once, and
         // the close that follows sends the FIN after everything written. One system call (and
         // one packet) less for every connection that ends.
+        // A corked goodbye goes out here, in one write.
+        ready!(self.poll_write_kept(cx))?;
         let flushed = Pin::new(&mut self.inner).poll_flush(cx);
         if let Poll::Ready(Ok(())) = flushed {
+            self.switch.corked.store(false, Ordering::SeqCst);
             self.switch.shut.store(true, Ordering::SeqCst);
             self.switch.read_waker.wake();
         }
@@ -175,6 +226,52 @@ mod tests {
         let mut rest = Vec::new();
         peer.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_corked_goodbye_is_kept_until_the_shutdown_then_written_whole() {
+        let (a, mut peer) = tokio::io::duplex(1024);
+        let switch = CutSwitch::new();
+        let mut stream = CuttableStream::new(a, switch.clone());
+        stream.write_all(b"before ").await.unwrap();
+        switch.cork();
+        stream.write_all(b"eof ").await.unwrap();
+        stream.flush().await.unwrap();
+        stream.write_all(b"disconnect").await.unwrap();
+        stream.flush().await.unwrap();
+        let mut got = vec![0u8; 64];
+        let n = peer.read(&mut got).await.unwrap();
+        assert_eq!(
+            &got[..n],
+            b"before ",
+            "nothing corked is written before the shutdown"
+        );
+        let early = tokio::time::timeout(std::time::Duration::from_millis(50), peer.read(&mut got));
+        assert!(
+            early.await.is_err(),
+            "corked bytes went out before the shutdown"
+        );
+        stream.shutdown().await.unwrap();
+        let n = peer.read(&mut got).await.unwrap();
+        assert_eq!(
+            &got[..n],
+            b"eof disconnect",
+            "the goodbye goes out in one write, in order"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cut_wakes_a_corked_shutdown_blocked_on_a_full_peer() {
+        let (a, _peer) = tokio::io::duplex(8);
+        let switch = CutSwitch::new();
+        let mut stream = CuttableStream::new(a, switch.clone());
+        switch.cork();
+        stream.write_all(&[0u8; 1024]).await.unwrap();
+        let closer = tokio::spawn(async move { stream.shutdown().await });
+        tokio::task::yield_now().await;
+        switch.cut();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), closer).await;
+        assert!(ended.is_ok(), "the cut did not wake the shutdown");
     }
 
     #[tokio::test]
