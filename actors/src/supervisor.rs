@@ -519,6 +519,10 @@ impl Actor for SupervisorActor {
         _myself: ActorRef<SupervisorMsg>,
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
+        // ractor builds its process-group registry at the first actor stop (and dashmap reads
+        // the cgroup CPU quota from files to size it): done here, so that the first kill does
+        // not pay for it (about a millisecond).
+        let _ = ractor::pg::which_groups();
         Ok(SupervisorState {
             events: args.events,
             policy: args.policy,
