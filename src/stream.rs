@@ -17,8 +17,12 @@
 //! And it can hold a goodbye together ([`CutSwitch::cork`]): russh flushes each message its
 //! loop wakes for on its own, so the channel EOFs queued just before a DISCONNECT would go out
 //! in writes of their own, each a packet the client wakes for. Corked, what russh writes is
-//! kept until it shuts down after the DISCONNECT, and then goes out in one write.
+//! kept until it shuts down after the DISCONNECT, and then goes out in one write. The cork
+//! lasts [`CORK_LIMIT`] at most: russh leaves queued messages alone during a key exchange, and
+//! a rekey's packets kept back would leave both sides waiting for each other; past the limit,
+//! the next wake of russh's loop (its read is always pending) writes what was kept.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +31,10 @@ use std::task::{ready, Context, Poll};
 
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+/// How long a corked stream keeps what russh writes, at most.
+pub const CORK_LIMIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The shared switch that cuts one [`CuttableStream`].
 #[derive(Debug, Default)]
@@ -73,6 +81,8 @@ pub struct CuttableStream<S> {
     /// What was written while corked, from `sent` on not yet written to `inner`.
     kept: Vec<u8>,
     sent: usize,
+    /// When what is kept goes out even without the shutdown (see [`CORK_LIMIT`]).
+    cork_ends: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> CuttableStream<S> {
@@ -83,6 +93,7 @@ impl<S> CuttableStream<S> {
             switch,
             kept: Vec::new(),
             sent: 0,
+            cork_ends: None,
         }
     }
 }
@@ -102,6 +113,26 @@ impl<S: AsyncWrite + Unpin> CuttableStream<S> {
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
+
+    /// Past the cork's limit, writes what was kept (as far as the socket takes it now; the
+    /// rest when it is writable again) and ends the cork.
+    fn poll_cork_limit(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let Some(ends) = self.cork_ends.as_mut() else {
+            return Ok(());
+        };
+        if ends.as_mut().poll(cx).is_pending() {
+            return Ok(());
+        }
+        self.switch.corked.store(false, Ordering::SeqCst);
+        match self.poll_write_kept(cx) {
+            Poll::Ready(Ok(())) => {
+                self.cork_ends = None;
+                Ok(())
+            }
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Ok(()),
+        }
+    }
 }
 
 fn aborted() -> io::Error {
@@ -111,7 +142,7 @@ fn aborted() -> io::Error {
     )
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for CuttableStream<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CuttableStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -123,6 +154,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for CuttableStream<S> {
         }
         if self.switch.shut.load(Ordering::SeqCst) {
             return Poll::Ready(Ok(()));
+        }
+        // russh's read is always pending: its task, woken at the cork's limit, comes here.
+        if let Err(e) = self.poll_cork_limit(cx) {
+            return Poll::Ready(Err(e));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
@@ -140,8 +175,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CuttableStream<S> {
         }
         if self.switch.corked.load(Ordering::SeqCst) {
             self.kept.extend_from_slice(buf);
+            self.cork_ends
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(CORK_LIMIT)));
             return Poll::Ready(Ok(buf.len()));
         }
+        // Kept bytes (the cork's limit passed while the socket was full) go first.
+        ready!(self.poll_write_kept(cx))?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -154,6 +193,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CuttableStream<S> {
             // Kept for the shutdown.
             return Poll::Ready(Ok(()));
         }
+        ready!(self.poll_write_kept(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -163,11 +203,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CuttableStream<S> {
         if self.switch.is_cut() {
             return Poll::Ready(Ok(()));
         }
+        // A corked goodbye goes out here, in one write.
+        ready!(self.poll_write_kept(cx))?;
         // No shutdown(2) of the socket: reads end here, so russh drops the stream at once, and
         // the close that follows sends the FIN after everything written. One system call (and
         // one packet) less for every connection that ends.
-        // A corked goodbye goes out here, in one write.
-        ready!(self.poll_write_kept(cx))?;
         let flushed = Pin::new(&mut self.inner).poll_flush(cx);
         if let Poll::Ready(Ok(())) = flushed {
             self.switch.corked.store(false, Ordering::SeqCst);
@@ -258,6 +298,49 @@ mod tests {
             b"eof disconnect",
             "the goodbye goes out in one write, in order"
         );
+    }
+
+    #[tokio::test]
+    async fn a_cork_lasts_its_limit_when_no_shutdown_comes() {
+        // As in a rekey at the moment of a kill: russh writes what the client must answer
+        // before it can take the goodbye, and waits in its read.
+        let (a, mut peer) = tokio::io::duplex(1024);
+        let switch = CutSwitch::new();
+        let stream = CuttableStream::new(a, switch.clone());
+        let (mut read, mut write) = tokio::io::split(stream);
+        switch.cork();
+        write.write_all(b"kex reply").await.unwrap();
+        write.flush().await.unwrap();
+        let started = std::time::Instant::now();
+        let reader = tokio::spawn(async move {
+            let mut got = [0u8; 16];
+            read.read(&mut got).await.map(|n| got[..n].to_vec())
+        });
+        let mut said = [0u8; 9];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            peer.read_exact(&mut said),
+        )
+        .await
+        .expect("what was kept never went out")
+        .unwrap();
+        assert_eq!(&said, b"kex reply");
+        assert!(started.elapsed() >= CORK_LIMIT);
+        // Uncorked: the peer's answer reaches the pending read, and later writes go straight out.
+        peer.write_all(b"answer").await.unwrap();
+        let got = reader.await.unwrap().unwrap();
+        assert_eq!(got, b"answer");
+        write.write_all(b"next").await.unwrap();
+        write.flush().await.unwrap();
+        let mut next = [0u8; 4];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            peer.read_exact(&mut next),
+        )
+        .await
+        .expect("a write after the cork's limit was kept")
+        .unwrap();
+        assert_eq!(&next, b"next");
     }
 
     #[tokio::test]
