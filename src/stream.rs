@@ -20,7 +20,12 @@
 //! kept until it shuts down after the DISCONNECT, and then goes out in one write. The cork
 //! lasts [`CORK_LIMIT`] at most: russh leaves queued messages alone during a key exchange, and
 //! a rekey's packets kept back would leave both sides waiting for each other; past the limit,
-//! the next wake of russh's loop (its read is always pending) writes what was kept.
+//! the next wake of russh's loop (its read is always pending) writes what was kept, and so does
+//! its next write. That read writes to the socket: russh drives both halves of the stream from
+//! its one session task, so the write-readiness wake it registers reaches that task (with the
+//! halves in two tasks, the writer is woken too, to register again). If russh's loop ends in an
+//! error before its shutdown, what was kept is dropped with the connection, the DISCONNECT
+//! with it.
 
 use std::future::Future;
 use std::io;
@@ -114,24 +119,21 @@ impl<S: AsyncWrite + Unpin> CuttableStream<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// Past the cork's limit, writes what was kept (as far as the socket takes it now; the
-    /// rest when it is writable again) and ends the cork.
-    fn poll_cork_limit(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let Some(ends) = self.cork_ends.as_mut() else {
-            return Ok(());
-        };
+    /// Whether writes are still kept: corked, and the cork's limit not passed (which ends it).
+    fn still_corked(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.switch.corked.load(Ordering::SeqCst) {
+            return false;
+        }
+        let ends = self
+            .cork_ends
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(CORK_LIMIT)));
         if ends.as_mut().poll(cx).is_pending() {
-            return Ok(());
+            return true;
         }
+        // Over: a later cork gets a limit of its own.
+        self.cork_ends = None;
         self.switch.corked.store(false, Ordering::SeqCst);
-        match self.poll_write_kept(cx) {
-            Poll::Ready(Ok(())) => {
-                self.cork_ends = None;
-                Ok(())
-            }
-            Poll::Ready(Err(e)) => Err(e),
-            Poll::Pending => Ok(()),
-        }
+        false
     }
 }
 
@@ -155,9 +157,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CuttableStream<S> {
         if self.switch.shut.load(Ordering::SeqCst) {
             return Poll::Ready(Ok(()));
         }
-        // russh's read is always pending: its task, woken at the cork's limit, comes here.
-        if let Err(e) = self.poll_cork_limit(cx) {
-            return Poll::Ready(Err(e));
+        // russh's read is always pending: its task, woken at the cork's limit, comes here to
+        // write what was kept (the rest, when the socket is full, with its next write or wake).
+        if !self.kept.is_empty() && !self.still_corked(cx) {
+            match self.poll_write_kept(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                // Registered the read's waker for write readiness: a writer in another task
+                // must register again.
+                Poll::Pending => self.switch.write_waker.wake(),
+            }
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
@@ -173,10 +182,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CuttableStream<S> {
         if self.switch.is_cut() {
             return Poll::Ready(Err(aborted()));
         }
-        if self.switch.corked.load(Ordering::SeqCst) {
+        if self.still_corked(cx) {
             self.kept.extend_from_slice(buf);
-            self.cork_ends
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(CORK_LIMIT)));
             return Poll::Ready(Ok(buf.len()));
         }
         // Kept bytes (the cork's limit passed while the socket was full) go first.
@@ -189,7 +196,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CuttableStream<S> {
         if self.switch.is_cut() {
             return Poll::Ready(Err(aborted()));
         }
-        if self.switch.corked.load(Ordering::SeqCst) {
+        if self.still_corked(cx) {
             // Kept for the shutdown.
             return Poll::Ready(Ok(()));
         }
@@ -211,6 +218,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CuttableStream<S> {
         let flushed = Pin::new(&mut self.inner).poll_flush(cx);
         if let Poll::Ready(Ok(())) = flushed {
             self.switch.corked.store(false, Ordering::SeqCst);
+            self.cork_ends = None;
             self.switch.shut.store(true, Ordering::SeqCst);
             self.switch.read_waker.wake();
         }
@@ -341,6 +349,58 @@ mod tests {
         .expect("a write after the cork's limit was kept")
         .unwrap();
         assert_eq!(&next, b"next");
+    }
+
+    #[tokio::test]
+    async fn past_the_cork_limit_a_slow_peer_gets_everything_in_order() {
+        // The halves in two tasks, the peer's buffer smaller than what was kept: the read
+        // drains what it can at the limit, the writer (woken to register again) the rest.
+        let (a, mut peer) = tokio::io::duplex(16);
+        let switch = CutSwitch::new();
+        let (mut read, mut write) = tokio::io::split(CuttableStream::new(a, switch.clone()));
+        switch.cork();
+        let first: Vec<u8> = (0..200u32).map(|i| i as u8).collect();
+        write.write_all(&first).await.unwrap();
+        let _reader = tokio::spawn(async move {
+            let mut b = [0u8; 8];
+            read.read(&mut b).await.map(|_| read)
+        });
+        tokio::time::sleep(CORK_LIMIT * 3).await;
+        let writer = tokio::spawn(async move {
+            let second: Vec<u8> = (200..400u32).map(|i| i as u8).collect();
+            write.write_all(&second).await.unwrap();
+            write.flush().await.unwrap();
+        });
+        let mut got = vec![0u8; 400];
+        tokio::time::timeout(std::time::Duration::from_secs(5), peer.read_exact(&mut got))
+            .await
+            .expect("a write waited forever on a slow peer")
+            .unwrap();
+        let want: Vec<u8> = (0..400u32).map(|i| i as u8).collect();
+        assert_eq!(got, want);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_later_cork_gets_a_limit_of_its_own() {
+        let (a, mut peer) = tokio::io::duplex(1024);
+        let switch = CutSwitch::new();
+        let (mut read, mut write) = tokio::io::split(CuttableStream::new(a, switch.clone()));
+        switch.cork();
+        write.write_all(b"first").await.unwrap();
+        write.flush().await.unwrap();
+        let mut b = [0u8; 8];
+        // The first cork ends at its limit, through the pending read.
+        let pending = tokio::time::timeout(CORK_LIMIT * 3, read.read(&mut b)).await;
+        assert!(pending.is_err(), "the peer said nothing");
+        let mut first = [0u8; 5];
+        peer.read_exact(&mut first).await.unwrap();
+        switch.cork();
+        write.write_all(b"second").await.unwrap();
+        write.flush().await.unwrap();
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(1), read.read(&mut b)).await;
+        let early = tokio::time::timeout(CORK_LIMIT / 4, peer.read(&mut b)).await;
+        assert!(early.is_err(), "the second cork ended at once");
     }
 
     #[tokio::test]
