@@ -453,8 +453,11 @@ def main():
             sized[(name, n)] = runs
     churned = {}
     for c in [int(x) for x in args.churn_parallel.split(",")]:
-        for name in servers:
-            churned[(name, c)] = [run.churn(name, c, args.churn_secs) for _ in range(args.repeats)]
+        # Round by round, every server in turn: the machine's speed drifts, and a server's
+        # rounds in a row would carry that drift into its ratio.
+        for _ in range(args.repeats):
+            for name in servers:
+                churned.setdefault((name, c), []).append(run.churn(name, c, args.churn_secs))
     long = run.long_churn(args.long_churn, 64) if args.long_churn and "sshvisor" in servers else None
     finished = datetime.datetime.now(datetime.timezone.utc)
     raw = {"sized": {f"{k[0]}@{k[1]}": v for k, v in sized.items()},
@@ -560,7 +563,8 @@ def write_report(args, run, servers, sizes, sized, churned, long, started, finis
     L.append("## 4. Handshake rate\n")
     L.append(f"`sshvisor-bench churn`: connect, authenticate, exec `true` (a real process for "
              f"every server), wait for its exit status, disconnect; C clients in parallel for "
-             f"{args.churn_secs} s. Handshakes per second (failures in brackets when any).\n")
+             f"{args.churn_secs} s, the servers in turn round by round. Handshakes per second "
+             f"(failures in brackets when any).\n")
     cs = sorted({c for _, c in churned})
     L.append("| parallel | " + " | ".join(servers) + " | sshvisor ÷ bare |")
     L.append("|---|" + "---|" * (len(servers) + 1))
