@@ -106,6 +106,10 @@ impl<S> CuttableStream<S> {
 impl<S: AsyncWrite + Unpin> CuttableStream<S> {
     /// Writes out what was kept while corked.
     fn poll_write_kept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.kept.is_empty() {
+            // Every write of a connection that was never corked.
+            return Poll::Ready(Ok(()));
+        }
         while self.sent < self.kept.len() {
             match Pin::new(&mut self.inner).poll_write(cx, &self.kept[self.sent..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
@@ -231,6 +235,24 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// Exactly `len` bytes from `peer`, within `secs` seconds, or the test fails with `what`.
+    async fn read_within(
+        peer: &mut tokio::io::DuplexStream,
+        len: usize,
+        secs: u64,
+        what: &str,
+    ) -> Vec<u8> {
+        let mut got = vec![0u8; len];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(secs),
+            peer.read_exact(&mut got),
+        )
+        .await
+        .expect(what)
+        .unwrap();
+        got
+    }
+
     #[tokio::test]
     async fn a_cut_wakes_a_pending_read_with_connection_aborted() {
         let (a, _b) = tokio::io::duplex(64);
@@ -324,15 +346,8 @@ mod tests {
             let mut got = [0u8; 16];
             read.read(&mut got).await.map(|n| got[..n].to_vec())
         });
-        let mut said = [0u8; 9];
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            peer.read_exact(&mut said),
-        )
-        .await
-        .expect("what was kept never went out")
-        .unwrap();
-        assert_eq!(&said, b"kex reply");
+        let said = read_within(&mut peer, 9, 5, "what was kept never went out").await;
+        assert_eq!(said, b"kex reply");
         assert!(started.elapsed() >= CORK_LIMIT);
         // Uncorked: the peer's answer reaches the pending read, and later writes go straight out.
         peer.write_all(b"answer").await.unwrap();
@@ -340,15 +355,8 @@ mod tests {
         assert_eq!(got, b"answer");
         write.write_all(b"next").await.unwrap();
         write.flush().await.unwrap();
-        let mut next = [0u8; 4];
-        tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            peer.read_exact(&mut next),
-        )
-        .await
-        .expect("a write after the cork's limit was kept")
-        .unwrap();
-        assert_eq!(&next, b"next");
+        let next = read_within(&mut peer, 4, 1, "a write after the cork's limit was kept").await;
+        assert_eq!(next, b"next");
     }
 
     #[tokio::test]
@@ -371,11 +379,7 @@ mod tests {
             write.write_all(&second).await.unwrap();
             write.flush().await.unwrap();
         });
-        let mut got = vec![0u8; 400];
-        tokio::time::timeout(std::time::Duration::from_secs(5), peer.read_exact(&mut got))
-            .await
-            .expect("a write waited forever on a slow peer")
-            .unwrap();
+        let got = read_within(&mut peer, 400, 5, "a write waited forever on a slow peer").await;
         let want: Vec<u8> = (0..400u32).map(|i| i as u8).collect();
         assert_eq!(got, want);
         writer.await.unwrap();
