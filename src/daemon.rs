@@ -509,15 +509,17 @@ fn changes(old: &DaemonOptions, new: &DaemonOptions) -> Vec<String> {
 }
 
 /// Reaps adopted orphans whenever a child exits.
+///
+/// In place, not on the blocking pool: it reads this process's list of children and the state
+/// of each (procfs, no disk), and waits for no one. On the blocking pool every session's end
+/// cost a wake-up of a blocking thread and another of a worker for its answer.
 fn spawn_orphan_reaper() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::child()) {
         Ok(mut children) => {
             tokio::spawn(async move {
                 while children.recv().await.is_some() {
-                    let reaped = tokio::task::spawn_blocking(crate::procs::reap_orphans)
-                        .await
-                        .unwrap_or(0);
+                    let reaped = crate::procs::reap_orphans();
                     if reaped > 0 {
                         tracing::debug!(reaped, "reaped adopted orphans");
                     }

@@ -1,18 +1,21 @@
 //! The russh `Handler`: a thin adapter that turns russh callbacks into actor messages.
 //!
 //! It decides nothing about a connection's life. Authentication is checked here (it is a pure
-//! function of the key), everything else goes to the connection's or the session's actor. Calls
-//! into actors are bounded by [`ACTOR_CALL_TIMEOUT`], and the actors answer them without waiting
-//! on the network, so a callback never stalls russh's session loop for long.
+//! function of the key), everything else goes to the connection's or the session's actor. The
+//! actors answer without waiting on the network, so a callback never stalls russh's session loop
+//! for long; and a wait for an answer ends when the actor is gone (its reply port drops) or the
+//! connection is cut (the end of a kill's grace), so no callback can outlive a kill either.
+//!
+//! Those waits have no timer of their own: a timer whose deadline is the earliest one pending
+//! wakes tokio's driver to re-arm it (a write to its eventfd, and a parked worker woken), and a
+//! login waited on four of them (admission, the login's verdict, the session's open and start).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ractor::rpc::CallResult;
-use ractor::ActorRef;
-use ractor::ActorStatus;
+use ractor::{ActorRef, ActorStatus, RpcReplyPort};
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{ChannelId, ChannelOpenFailure, Disconnect};
@@ -24,9 +27,10 @@ use crate::app::{
 };
 use crate::keys::{fingerprint, AuthorizedKeys};
 use crate::link::{Activity, AfterGoodbye};
+use crate::stream::CutSwitch;
 
-/// The longest a callback waits for an actor's answer.
-pub const ACTOR_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a session whose command leaves too much input unread gets to end.
+pub const STDIN_OVERFLOW_GRACE: Duration = Duration::from_secs(5);
 
 /// Errors that end a connection from inside a callback.
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +38,9 @@ pub enum HandlerError {
     /// russh itself failed.
     #[error(transparent)]
     Russh(#[from] russh::Error),
-    /// The connection's actor is gone or did not answer.
-    #[error("the connection's actor is gone: {0}")]
-    ActorGone(String),
+    /// The connection's actor is gone, or the connection was cut while waiting for it.
+    #[error("the connection's actor is gone, or the connection was cut")]
+    ActorGone,
 }
 
 /// One connection's russh handler.
@@ -52,6 +56,8 @@ pub struct SshHandler {
     ends: Endpoints,
     activity: Arc<Activity>,
     after_goodbye: Arc<AfterGoodbye>,
+    /// The connection's cut: ends any wait for an actor.
+    switch: Arc<CutSwitch>,
     user: Option<String>,
     sessions: HashMap<ChannelId, Channel>,
 }
@@ -74,6 +80,7 @@ impl SshHandler {
         ends: Endpoints,
         activity: Arc<Activity>,
         after_goodbye: Arc<AfterGoodbye>,
+        switch: Arc<CutSwitch>,
     ) -> Self {
         Self {
             conn,
@@ -82,8 +89,25 @@ impl SshHandler {
             ends,
             activity,
             after_goodbye,
+            switch,
             user: None,
             sessions: HashMap::new(),
+        }
+    }
+
+    /// Asks `actor` and waits for its answer: `None` if the actor is gone or the connection
+    /// is cut first (see the module docs: no timer).
+    async fn reply_of<M: ractor::Message, T: Send + 'static>(
+        &self,
+        actor: &ActorRef<M>,
+        msg: impl FnOnce(RpcReplyPort<T>) -> M,
+    ) -> Option<T> {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        actor.cast(msg(tx.into())).ok()?;
+        tokio::select! {
+            biased;
+            answer = rx => answer.ok(),
+            () = self.switch.cut_off() => None,
         }
     }
 
@@ -105,19 +129,15 @@ impl SshHandler {
             .to_string();
         let user = self.user.clone().unwrap_or_default();
         let verdict = self
-            .conn
-            .call(
-                |verdict| ConnectionMsg::Authenticated {
-                    user,
-                    method: "publickey".into(),
-                    client_version: Some(client_version),
-                    verdict: Some(verdict),
-                },
-                Some(ACTOR_CALL_TIMEOUT),
-            )
+            .reply_of(&self.conn, |verdict| ConnectionMsg::Authenticated {
+                user,
+                method: "publickey".into(),
+                client_version: Some(client_version),
+                verdict: Some(verdict),
+            })
             .await
-            .map_err(|e| HandlerError::ActorGone(e.to_string()))?;
-        if let CallResult::Success(Err(reason)) = verdict {
+            .ok_or(HandlerError::ActorGone)?;
+        if let Err(reason) = verdict {
             session.disconnect(Disconnect::TooManyConnections, &reason, "en")?;
         }
         Ok(())
@@ -131,15 +151,12 @@ impl SshHandler {
     async fn ask(
         &self,
         channel: ChannelId,
-        msg: impl FnOnce(ractor::RpcReplyPort<Result<(), String>>) -> SessionMsg,
+        msg: impl FnOnce(RpcReplyPort<Result<(), String>>) -> SessionMsg,
     ) -> bool {
         let Some(actor) = self.session(channel) else {
             return false;
         };
-        matches!(
-            actor.call(msg, Some(ACTOR_CALL_TIMEOUT)).await,
-            Ok(ractor::rpc::CallResult::Success(Ok(())))
-        )
+        matches!(self.reply_of(actor, msg).await, Some(Ok(())))
     }
 
     /// Answers a channel request that wanted a reply.
@@ -168,15 +185,12 @@ impl SshHandler {
             session.channel_failure(channel)?;
             return Ok(());
         };
-        let answer = actor
-            .call(
-                |reply| SessionMsg::Start { request, reply },
-                Some(ACTOR_CALL_TIMEOUT),
-            )
+        let answer = self
+            .reply_of(&actor, |reply| SessionMsg::Start { request, reply })
             .await;
         match answer {
-            Ok(ractor::rpc::CallResult::Success(Ok(()))) => session.channel_success(channel)?,
-            Ok(ractor::rpc::CallResult::Success(Err(StartRefusal::Failed(text)))) => {
+            Some(Ok(())) => session.channel_success(channel)?,
+            Some(Err(StartRefusal::Failed(text))) => {
                 // A failed request makes OpenSSH exit before it prints anything the server
                 // sent: accept it, explain on stderr, and end with status 1. The session actor
                 // ends itself and closes the channel (queued behind these messages).
@@ -188,8 +202,8 @@ impl SshHandler {
             }
             // The connection is being ended: its disconnect, with the reason, is on its way.
             // A failure now would make OpenSSH exit before it could print that reason.
-            Ok(ractor::rpc::CallResult::Success(Err(StartRefusal::Closing))) => {}
-            _ => session.channel_failure(channel)?,
+            Some(Err(StartRefusal::Closing)) => {}
+            Some(Err(StartRefusal::AlreadyStarted)) | None => session.channel_failure(channel)?,
         }
         Ok(())
     }
@@ -222,17 +236,13 @@ impl SshHandler {
             self.after_goodbye.clone(),
         );
         let answer = self
-            .conn
-            .call(
-                |reply| ConnectionMsg::OpenSession {
-                    link: Box::new(link),
-                    reply,
-                },
-                Some(ACTOR_CALL_TIMEOUT),
-            )
+            .reply_of(&self.conn, |reply| ConnectionMsg::OpenSession {
+                link: Box::new(link),
+                reply,
+            })
             .await;
         match answer {
-            Ok(ractor::rpc::CallResult::Success(Ok((_, actor)))) => {
+            Some(Ok((_, actor))) => {
                 self.sessions.insert(
                     id,
                     Channel {
@@ -243,13 +253,13 @@ impl SshHandler {
                 );
                 reply.accept().await;
             }
-            Ok(ractor::rpc::CallResult::Success(Err(text))) => {
+            Some(Err(text)) => {
                 debug!(reason = %text, "session refused");
                 reply
                     .reject(ChannelOpenFailure::AdministrativelyProhibited)
                     .await;
             }
-            Ok(_) | Err(_) => {
+            None => {
                 reply.reject(ChannelOpenFailure::ConnectFailed).await;
             }
         }
@@ -430,7 +440,7 @@ impl russh::server::Handler for SshHandler {
                     "the command left more than {} MiB of input unread",
                     STDIN_LIMIT / (1024 * 1024)
                 )),
-                grace: ACTOR_CALL_TIMEOUT,
+                grace: STDIN_OVERFLOW_GRACE,
                 scope: sshvisor_actors::EndScope::Session,
             });
         }

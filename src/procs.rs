@@ -44,12 +44,19 @@ pub fn spawn_leader(
 /// Reaps every exited child of this process that is not a session leader: orphans the server
 /// adopted as subreaper. Only for a process whose other children are all session leaders (the
 /// daemon): it would steal the exit status of any other child.
+///
+/// /proc is read before the lock, so that a session's spawn or reap never waits on it: a
+/// leader that exits at once may be in the list unregistered, but its spawn holds the lock
+/// until it is registered, so under the lock it is known.
 pub fn reap_orphans() -> usize {
+    let exited: Vec<i32> = adoptable().into_iter().filter(|c| !alive(*c)).collect();
+    if exited.is_empty() {
+        return 0;
+    }
     let leaders = leaders().lock().unwrap_or_else(|e| e.into_inner());
     let mut reaped = 0;
-    for child in adoptable() {
+    for child in exited {
         if !leaders.contains(&child)
-            && !alive(child)
             && waitpid(Pid::from_raw(child), Some(WaitPidFlag::WNOHANG)).is_ok()
         {
             reaped += 1;

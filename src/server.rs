@@ -29,9 +29,6 @@ use crate::keys::AuthorizedKeys;
 use crate::link::{Activity, AfterGoodbye, RusshConnectionLink};
 use crate::stream::{CutSwitch, CuttableStream};
 
-/// How long a new connection waits for the supervisor to admit it.
-const ADMIT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What the SSH side of the server needs.
 pub struct SshOptions {
     /// The address to listen on (port 0 picks a free port).
@@ -191,14 +188,16 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
         after_goodbye.clone(),
     );
     // Boxed, like the handshake below: inline, this one-time wait would make the task that
-    // lives as long as the connection bigger.
+    // lives as long as the connection bigger. No timer on it (see `handler`'s docs for what one
+    // costs): the supervisor answers every admission, at once, and if it is gone the reply port
+    // is dropped with its mailbox, which ends the wait.
     let admitted = Box::pin(shared.supervisor.call(
         |reply| SupervisorMsg::Connect {
             peer,
             link: Box::new(link),
             reply,
         },
-        Some(ADMIT_TIMEOUT),
+        None,
     ))
     .await;
     let (conn_id, conn) = match admitted {
@@ -210,7 +209,7 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
             return;
         }
         Ok(_) | Err(_) => {
-            warn!(%peer, "connection dropped: the supervisor did not admit it in time");
+            warn!(%peer, "connection dropped: the supervisor is gone");
             return;
         }
     };
@@ -225,6 +224,7 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
         ends,
         activity,
         after_goodbye,
+        switch.clone(),
     );
     let stream = CuttableStream::new(socket, switch.clone());
     // This task lives as long as the connection: the handshake's future is boxed so that only

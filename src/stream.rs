@@ -51,6 +51,8 @@ pub struct CutSwitch {
     corked: AtomicBool,
     read_waker: AtomicWaker,
     write_waker: AtomicWaker,
+    /// Whoever waits for the cut outside the stream ([`CutSwitch::cut_off`]).
+    cut_waker: AtomicWaker,
 }
 
 impl CutSwitch {
@@ -64,6 +66,23 @@ impl CutSwitch {
         self.cut.store(true, Ordering::SeqCst);
         self.read_waker.wake();
         self.write_waker.wake();
+        self.cut_waker.wake();
+    }
+
+    /// Resolves once the stream is cut: what bounds a russh callback's wait for an actor's
+    /// answer (see `SshHandler`). One waiter at a time (russh runs one callback at a time).
+    pub fn cut_off(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.is_cut() {
+                return Poll::Ready(());
+            }
+            self.cut_waker.register(cx.waker());
+            if self.is_cut() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 
     /// Whether the stream was cut.
@@ -234,6 +253,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CuttableStream<S> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_wait_for_the_cut_ends_at_the_cut_and_not_before() {
+        let switch = CutSwitch::new();
+        let waiter = tokio::spawn({
+            let switch = switch.clone();
+            async move { switch.cut_off().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "ended before the cut");
+        switch.cut();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the cut did not end the wait")
+            .unwrap();
+        // Already cut: at once.
+        switch.cut_off().await;
+    }
 
     /// Exactly `len` bytes from `peer`, within `secs` seconds, or the test fails with `what`.
     async fn read_within(
