@@ -21,7 +21,10 @@
 //! lasts [`CORK_LIMIT`] at most: russh leaves queued messages alone during a key exchange, and
 //! a rekey's packets kept back would leave both sides waiting for each other; past the limit,
 //! the next wake of russh's loop (its read is always pending) writes what was kept, and so does
-//! its next write. That read writes to the socket: russh drives both halves of the stream from
+//! its next write. Its timer is armed only when russh waits in that read with something kept:
+//! a goodbye that goes out at once, the usual case, registers none (a new earliest deadline
+//! wakes tokio's driver, a system call and a parked worker's wake per kill). That read writes to
+//! the socket: russh drives both halves of the stream from
 //! its one session task, so the write-readiness wake it registers reaches that task (with the
 //! halves in two tasks, the writer is woken too, to register again). If russh's loop ends in an
 //! error before its shutdown, what was kept is dropped with the connection, the DISCONNECT
@@ -36,7 +39,7 @@ use std::task::{ready, Context, Poll};
 
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// How long a corked stream keeps what russh writes, at most.
 pub const CORK_LIMIT: std::time::Duration = std::time::Duration::from_millis(20);
@@ -105,7 +108,9 @@ pub struct CuttableStream<S> {
     /// What was written while corked, from `sent` on not yet written to `inner`.
     kept: Vec<u8>,
     sent: usize,
-    /// When what is kept goes out even without the shutdown (see [`CORK_LIMIT`]).
+    /// Since when writes are kept (the first one kept under the cork).
+    corked_since: Option<Instant>,
+    /// Wakes a read that waits with something kept, at the cork's limit (see [`CORK_LIMIT`]).
     cork_ends: Option<Pin<Box<Sleep>>>,
 }
 
@@ -117,6 +122,7 @@ impl<S> CuttableStream<S> {
             switch,
             kept: Vec::new(),
             sent: 0,
+            corked_since: None,
             cork_ends: None,
         }
     }
@@ -143,20 +149,36 @@ impl<S: AsyncWrite + Unpin> CuttableStream<S> {
     }
 
     /// Whether writes are still kept: corked, and the cork's limit not passed (which ends it).
-    fn still_corked(&mut self, cx: &mut Context<'_>) -> bool {
+    /// `waiting`: a read about to wait, which the limit's timer must wake (armed here, once).
+    fn still_corked(&mut self, cx: &mut Context<'_>, waiting: bool) -> bool {
         if !self.switch.corked.load(Ordering::SeqCst) {
             return false;
         }
-        let ends = self
-            .cork_ends
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(CORK_LIMIT)));
-        if ends.as_mut().poll(cx).is_pending() {
-            return true;
+        let since = *self.corked_since.get_or_insert_with(Instant::now);
+        let over = since.elapsed() >= CORK_LIMIT
+            || (waiting
+                && self
+                    .cork_ends
+                    .as_mut()
+                    .is_some_and(|ends| ends.as_mut().poll(cx).is_ready()));
+        if over {
+            // A later cork gets a limit of its own.
+            self.uncork();
+            return false;
         }
-        // Over: a later cork gets a limit of its own.
-        self.cork_ends = None;
+        if waiting && self.cork_ends.is_none() {
+            let mut ends = Box::pin(tokio::time::sleep(CORK_LIMIT));
+            // Registers the read's waker; it cannot be over yet.
+            let _ = ends.as_mut().poll(cx);
+            self.cork_ends = Some(ends);
+        }
+        true
+    }
+
+    fn uncork(&mut self) {
         self.switch.corked.store(false, Ordering::SeqCst);
-        false
+        self.corked_since = None;
+        self.cork_ends = None;
     }
 }
 
@@ -182,7 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CuttableStream<S> {
         }
         // russh's read is always pending: its task, woken at the cork's limit, comes here to
         // write what was kept (the rest, when the socket is full, with its next write or wake).
-        if !self.kept.is_empty() && !self.still_corked(cx) {
+        if !self.kept.is_empty() && !self.still_corked(cx, true) {
             match self.poll_write_kept(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -205,7 +227,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CuttableStream<S> {
         if self.switch.is_cut() {
             return Poll::Ready(Err(aborted()));
         }
-        if self.still_corked(cx) {
+        if self.still_corked(cx, false) {
             self.kept.extend_from_slice(buf);
             return Poll::Ready(Ok(buf.len()));
         }
@@ -219,7 +241,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CuttableStream<S> {
         if self.switch.is_cut() {
             return Poll::Ready(Err(aborted()));
         }
-        if self.still_corked(cx) {
+        if self.still_corked(cx, false) {
             // Kept for the shutdown.
             return Poll::Ready(Ok(()));
         }
@@ -240,8 +262,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CuttableStream<S> {
         // one packet) less for every connection that ends.
         let flushed = Pin::new(&mut self.inner).poll_flush(cx);
         if let Poll::Ready(Ok(())) = flushed {
-            self.switch.corked.store(false, Ordering::SeqCst);
-            self.cork_ends = None;
+            self.uncork();
             self.switch.shut.store(true, Ordering::SeqCst);
             self.switch.read_waker.wake();
         }

@@ -90,6 +90,10 @@ pub enum ConnectionMsg {
         grace: Duration,
         /// Who asked, when known.
         by: Option<String>,
+        /// The sender sends [`GraceElapsed`](Self::GraceElapsed) when the grace runs out (a
+        /// kill of many connections arms one timer, not one per connection); otherwise the
+        /// actor arms its own.
+        timed_by_sender: bool,
     },
     /// (from the supervisor) End one session of this connection.
     KillSession {
@@ -115,7 +119,8 @@ pub enum ConnectionMsg {
     /// from now at the earliest, so a reload never ends a connection at once). The login grace
     /// and the lifetime stay as they were when the connection was admitted.
     SetPolicy(Policy),
-    /// The kill's grace ran out.
+    /// The kill's grace ran out (passed on to every session: a connection's end is timed
+    /// here, not by each session).
     GraceElapsed,
     /// Cut the transport if it is still up.
     Cut,
@@ -201,12 +206,15 @@ impl ConnectionState {
 
     /// Starts the kill sequence (see the module docs). A later kill whose grace ends sooner
     /// brings the force closer; any other later kill changes nothing.
+    /// `timed_by_sender`: the kill's sender sends `GraceElapsed` itself (see
+    /// [`ConnectionMsg::Kill`]).
     fn begin_kill(
         &mut self,
         myself: &ActorRef<ConnectionMsg>,
         reason: String,
         grace: Duration,
         by: Option<String>,
+        timed_by_sender: bool,
     ) {
         let deadline = Instant::now().checked_add(grace).unwrap_or_else(far_future);
         if let Some(kill) = self.killing.as_mut() {
@@ -215,7 +223,9 @@ impl ConnectionState {
                 kill.deadline = deadline;
                 let reason = kill.reason.clone();
                 self.end_sessions(Some(&reason), grace);
-                self.after(myself, grace, || ConnectionMsg::GraceElapsed);
+                if !timed_by_sender {
+                    self.after(myself, grace, || ConnectionMsg::GraceElapsed);
+                }
             }
             return;
         }
@@ -223,7 +233,9 @@ impl ConnectionState {
         let client_left_first = self.transport.is_some();
         // The order matters for speed, not for correctness: what is woken last runs next on
         // this thread, and that should be the sessions, which the kill waits for.
-        self.after(myself, grace, || ConnectionMsg::GraceElapsed);
+        if !timed_by_sender {
+            self.after(myself, grace, || ConnectionMsg::GraceElapsed);
+        }
         self.enter_closing();
         // Sessions already ending (the client left) keep the shorter of the graces.
         self.end_sessions(Some(&reason), grace);
@@ -437,9 +449,11 @@ impl Actor for ConnectionActor {
                         state.enter_closing();
                         let grace = state.policy.kill_grace;
                         state.end_sessions(None, grace);
-                        state.after(&myself, grace.saturating_add(GIVE_UP_MARGIN), || {
-                            ConnectionMsg::GiveUp
-                        });
+                        // Forces the sessions when the grace runs out, then gives up after
+                        // GIVE_UP_MARGIN; nothing to time if none is left.
+                        if !state.sessions.is_empty() {
+                            state.after(&myself, grace, || ConnectionMsg::GraceElapsed);
+                        }
                     } else {
                         for (_, session) in state.sessions.values() {
                             let _ = session.cast(SessionMsg::ClientClosed);
@@ -447,11 +461,16 @@ impl Actor for ConnectionActor {
                     }
                     state.advance(&myself);
                 }
-                ConnectionMsg::Kill { reason, grace, by } => {
+                ConnectionMsg::Kill {
+                    reason,
+                    grace,
+                    by,
+                    timed_by_sender,
+                } => {
                     // Only the supervisor sends it, and it has marked the connection closing
                     // already: no notice back.
                     state.closing = true;
-                    state.begin_kill(&myself, reason, grace, by);
+                    state.begin_kill(&myself, reason, grace, by, timed_by_sender);
                 }
                 ConnectionMsg::SetPolicy(policy) => {
                     let live = &mut state.policy;
@@ -489,7 +508,7 @@ impl Actor for ConnectionActor {
                             humantime::format_duration(limit)
                         );
                         let grace = state.policy.kill_grace;
-                        state.begin_kill(&myself, reason, grace, Some("idle".into()));
+                        state.begin_kill(&myself, reason, grace, Some("idle".into()), false);
                     } else {
                         // Check again exactly when the connection would have been idle long enough.
                         state.arm_idle_check(&myself, limit - idle_for);
@@ -503,7 +522,13 @@ impl Actor for ConnectionActor {
                             humantime::format_duration(limit)
                         );
                         let grace = state.policy.kill_grace;
-                        state.begin_kill(&myself, reason, grace, Some("max_lifetime".into()));
+                        state.begin_kill(
+                            &myself,
+                            reason,
+                            grace,
+                            Some("max_lifetime".into()),
+                            false,
+                        );
                     }
                 }
                 ConnectionMsg::LoginGraceElapsed => {
@@ -514,7 +539,7 @@ impl Actor for ConnectionActor {
                             humantime::format_duration(limit)
                         );
                         let grace = state.policy.kill_grace;
-                        state.begin_kill(&myself, reason, grace, Some("login_grace".into()));
+                        state.begin_kill(&myself, reason, grace, Some("login_grace".into()), false);
                     }
                 }
                 ConnectionMsg::KillSession {
@@ -542,6 +567,9 @@ impl Actor for ConnectionActor {
                         "grace ran out: forcing the connection's end"
                     );
                     state.forced = true;
+                    for (_, session) in state.sessions.values() {
+                        let _ = session.cast(SessionMsg::GraceElapsed);
+                    }
                     if state.transport.is_none() {
                         if let Some(kill) = state.killing.as_mut() {
                             if !kill.disconnect_sent {

@@ -219,9 +219,12 @@ impl SessionState {
 
     /// Starts the polite end; arms the force for when `grace` runs out.
     fn begin_end(&mut self, myself: &ActorRef<SessionMsg>, grace: Duration, scope: EndScope) {
+        // The end of a whole connection is timed by the connection actor, which passes its
+        // `GraceElapsed` on to every session: one timer per connection, not one per session.
+        let timed_here = scope == EndScope::Session;
         if self.ending {
             // Already ending: a second request may only bring the force closer.
-            if !self.forced && self.outcome.is_none() {
+            if timed_here && !self.forced && self.outcome.is_none() {
                 self.after(myself, grace, || SessionMsg::GraceElapsed);
             }
             return;
@@ -229,7 +232,10 @@ impl SessionState {
         self.ending = true;
         match self.link.terminate(scope) {
             Winding::Done => self.finish(myself, SessionExit::Closed),
-            Winding::Pending => self.after(myself, grace, || SessionMsg::GraceElapsed),
+            Winding::Pending if timed_here => {
+                self.after(myself, grace, || SessionMsg::GraceElapsed)
+            }
+            Winding::Pending => {}
         }
     }
 }

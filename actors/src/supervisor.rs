@@ -23,6 +23,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use ractor::concurrency::JoinHandle;
+
 use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, MessagingErr, OutputPort, RpcReplyPort,
     SupervisionEvent,
@@ -202,6 +204,10 @@ pub enum Notice {
         killed: Option<String>,
         forced: bool,
     },
+    /// Sent by the supervisor to itself when a kill group's grace ran out.
+    GroupGraceElapsed {
+        group: u64,
+    },
     /// Sent by the supervisor to itself when a connection actor has terminated, so that it is
     /// handled after every notice the connection cast before it stopped.
     ConnectionEnded {
@@ -237,10 +243,13 @@ struct ConnEntry {
 }
 
 struct Group {
+    id: u64,
     pending: HashSet<ConnId>,
     reports: Vec<KillReport>,
     since: Instant,
     reply: RpcReplyPort<Vec<KillReport>>,
+    /// The one timer of the kill's grace, for all its connections; stopped once all are gone.
+    grace_timer: JoinHandle<Result<(), MessagingErr<SupervisorMsg>>>,
 }
 
 /// The supervisor's state: the ID map and everyone waiting on it.
@@ -253,6 +262,8 @@ pub struct SupervisorState {
     by_actor: HashMap<ActorId, ConnId>,
     sessions: HashMap<SessionId, ConnId>,
     groups: Vec<Group>,
+    /// The last kill group's ID.
+    next_group: u64,
     span: Span,
 }
 
@@ -279,12 +290,15 @@ impl SupervisorState {
         info
     }
 
+    /// `timed_here`: the caller sends the connection `GraceElapsed` when the grace runs out
+    /// (see [`ConnectionMsg::Kill`]).
     fn kill_connection(
         &mut self,
         conn: ConnId,
         reason: &str,
         grace: Duration,
         by: &Option<String>,
+        timed_here: bool,
     ) {
         if let Some(entry) = self.conns.get_mut(&conn) {
             if entry.info.state == ConnState::Handshaking {
@@ -297,6 +311,7 @@ impl SupervisorState {
                 reason: reason.to_string(),
                 grace,
                 by: by.clone(),
+                timed_by_sender: timed_here,
             });
         }
     }
@@ -375,6 +390,7 @@ impl SupervisorState {
     /// all of them are gone.
     fn kill_group(
         &mut self,
+        myself: &ActorRef<SupervisorMsg>,
         filter: &Filter,
         reason: &str,
         grace: Duration,
@@ -394,14 +410,33 @@ impl SupervisorState {
             return;
         }
         for conn in &pending {
-            self.kill_connection(*conn, reason, grace, by);
+            self.kill_connection(*conn, reason, grace, by, true);
         }
+        self.next_group += 1;
+        let id = self.next_group;
+        let grace_timer = myself.send_after(grace, move || {
+            SupervisorMsg::Notice(Notice::GroupGraceElapsed { group: id })
+        });
         self.groups.push(Group {
+            id,
             reports: Vec::with_capacity(pending.len()),
             pending,
             since: Instant::now(),
             reply,
+            grace_timer,
         });
+    }
+
+    /// A kill group's grace ran out: its connections still alive are told so.
+    fn group_grace_elapsed(&self, group: u64) {
+        let Some(group) = self.groups.iter().find(|g| g.id == group) else {
+            return;
+        };
+        for conn in &group.pending {
+            if let Some(entry) = self.conns.get(conn) {
+                let _ = entry.actor.cast(ConnectionMsg::GraceElapsed);
+            }
+        }
     }
 
     fn session_ended(
@@ -499,6 +534,7 @@ impl SupervisorState {
                 self.groups[i].reports.push(report(since));
                 if self.groups[i].pending.is_empty() {
                     let group = self.groups.swap_remove(i);
+                    group.grace_timer.abort();
                     let _ = group.reply.send(group.reports);
                     continue;
                 }
@@ -531,6 +567,7 @@ impl Actor for SupervisorActor {
             by_actor: HashMap::new(),
             sessions: HashMap::new(),
             groups: Vec::new(),
+            next_group: 0,
             span: tracing::info_span!(parent: None, "supervisor"),
         })
     }
@@ -553,6 +590,7 @@ impl Actor for SupervisorActor {
                             &reason,
                             grace,
                             &Some("max_unauthenticated".into()),
+                            false,
                         );
                     }
                     Admission::Refuse(refusal) => {
@@ -655,7 +693,7 @@ impl Actor for SupervisorActor {
                         Some(entry) => {
                             requested();
                             entry.waiters.push(waiter);
-                            state.kill_connection(conn, &reason, grace, &by);
+                            state.kill_connection(conn, &reason, grace, &by, false);
                         }
                         None => {
                             let _ = waiter.reply.send(Err(KillError::NotFound(target)));
@@ -696,14 +734,14 @@ impl Actor for SupervisorActor {
                 grace,
                 by,
                 reply,
-            } => state.kill_group(&Filter::default(), &reason, grace, &by, reply),
+            } => state.kill_group(&myself, &Filter::default(), &reason, grace, &by, reply),
             SupervisorMsg::KillWhere {
                 filter,
                 reason,
                 grace,
                 by,
                 reply,
-            } => state.kill_group(&filter, &reason, grace, &by, reply),
+            } => state.kill_group(&myself, &filter, &reason, grace, &by, reply),
             SupervisorMsg::Resolve { text, reply } => {
                 let _ = reply.send(state.resolve(&text));
             }
@@ -799,7 +837,13 @@ impl Actor for SupervisorActor {
                             let _ = verdict.send(Err(reason.clone()));
                         }
                         let grace = state.policy.kill_grace;
-                        state.kill_connection(conn, &reason, grace, &Some("max_per_user".into()));
+                        state.kill_connection(
+                            conn,
+                            &reason,
+                            grace,
+                            &Some("max_per_user".into()),
+                            false,
+                        );
                     } else if let Some(verdict) = verdict {
                         let _ = verdict.send(Ok(()));
                     }
@@ -849,6 +893,7 @@ impl Actor for SupervisorActor {
                     killed,
                     forced,
                 } => state.session_ended(conn, session, exit, killed, forced),
+                Notice::GroupGraceElapsed { group } => state.group_grace_elapsed(group),
                 Notice::ConnectionEnded { actor, end } => {
                     state.connection_ended(actor, end.outcome, end.failure)
                 }

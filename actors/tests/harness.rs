@@ -353,6 +353,39 @@ async fn a_stalled_client_is_cut_after_the_grace_and_the_kill_reports_forced() {
     assert_eq!(h.log.count(|e| matches!(e, LogEvent::Force { .. })), 0);
 }
 
+/// A kill of a set times its grace once for all its connections (the supervisor's one timer),
+/// and each connection passes it on to its sessions: a stubborn session is still forced at the
+/// grace, and nothing polite is forced.
+#[tokio::test(start_paused = true)]
+async fn kill_all_forces_a_stubborn_session_at_the_grace_through_its_connection() {
+    let h = Harness::start().await;
+    let c1 = h.connect("c1", Client::Healthy).await;
+    let stubborn = h.open_started(&c1, "c1/stubborn", Work::Stubborn).await;
+    h.open_started(&c1, "c1/polite", Work::Healthy).await;
+    let c2 = h.connect("c2", Client::Healthy).await;
+    h.open_started(&c2, "c2/polite", Work::Healthy).await;
+
+    let grace = Duration::from_secs(2);
+    let start = Instant::now();
+    let reports = h.kill_all("draining", grace).await;
+    let elapsed = start.elapsed();
+
+    assert!(
+        elapsed >= grace && elapsed <= grace + Duration::from_secs(2),
+        "replied after {elapsed:?}, grace {grace:?}"
+    );
+    assert_eq!(reports.len(), 2);
+    let forced: HashMap<Target, bool> = reports.iter().map(|r| (r.target, r.forced)).collect();
+    assert!(forced[&Target::Connection(c1.id)]);
+    assert!(!forced[&Target::Connection(c2.id)]);
+    assert!(is_stopped(stubborn.actor.get_status()));
+    h.log.only(&LogEvent::Force {
+        session: "c1/stubborn".into(),
+    });
+    assert_eq!(h.log.count(|e| matches!(e, LogEvent::Force { .. })), 1);
+    assert!(h.list().await.is_empty());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_stubborn_session_is_forced_after_the_grace_and_the_kill_reports_forced() {
     let h = Harness::start().await;
