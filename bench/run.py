@@ -490,7 +490,10 @@ def write_report(args, run, servers, sizes, sized, churned, long, started, finis
              "The machine is shared and noisy: read medians and ratios. Every figure is the median "
              f"over {args.repeats} runs (each run: a fresh server, fresh connections).\n")
     L.append("Servers, all on 127.0.0.1, all loaded by the same client (`sshvisor-bench`: russh, "
-             "nodelay, ed25519 public key, one exec session per connection):\n")
+             "nodelay, ed25519 public key, one exec session per connection). The client that "
+             "holds the connections (`hold`) runs on one thread, like the one Python client of "
+             "the issue's reference figures, so it never takes both cores from the server it "
+             "measures; `churn` runs on both:\n")
     L.append("- **sshvisor**: `sshvisor-bench embedded-server`, sshvisor as a library with the "
              "in-process command `@wait` (no process per session: 10,000 sessions with a process "
              "each need 40,000–50,000 descriptors, above this machine's 20,000 per process). "
