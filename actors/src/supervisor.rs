@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ractor::concurrency::JoinHandle;
-
 use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, MessagingErr, OutputPort, RpcReplyPort,
     SupervisionEvent,
