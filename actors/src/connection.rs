@@ -104,7 +104,7 @@ pub enum ConnectionMsg {
         /// How long the polite end may take before it is forced.
         grace: Duration,
     },
-    /// The login grace ran out.
+    /// (from the supervisor, which times every login with one timer) The login grace ran out.
     LoginGraceElapsed,
     /// The connection's maximum lifetime ran out.
     LifetimeElapsed,
@@ -163,9 +163,6 @@ pub struct ConnectionState {
     sessions_closed: usize,
     forced: bool,
     timers: Vec<JoinHandle<()>>,
-    /// The login grace timer, dropped at authentication (it could only find the connection
-    /// authenticated) so an idle connection does not keep its task for the whole grace.
-    login_grace: Option<JoinHandle<()>>,
     idle_clock: IdleClock,
     pub(crate) outcome: Option<ConnOutcome>,
 }
@@ -327,7 +324,6 @@ impl Actor for ConnectionActor {
             sessions_closed: 0,
             forced: false,
             timers: Vec::new(),
-            login_grace: None,
             idle_clock: IdleClock::new(),
             outcome: None,
         })
@@ -338,10 +334,6 @@ impl Actor for ConnectionActor {
         myself: ActorRef<ConnectionMsg>,
         state: &mut ConnectionState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(limit) = state.policy.login_grace {
-            state.after(&myself, limit, || ConnectionMsg::LoginGraceElapsed);
-            state.login_grace = state.timers.pop();
-        }
         if let Some(limit) = state.policy.max_lifetime {
             state.after(&myself, limit, || ConnectionMsg::LifetimeElapsed);
         }
@@ -368,9 +360,6 @@ impl Actor for ConnectionActor {
                 } => {
                     info!(user = %user, method = %method, "authenticated");
                     state.authenticated = true;
-                    if let Some(timer) = state.login_grace.take() {
-                        timer.abort();
-                    }
                     let _ = state
                         .supervisor
                         .cast(SupervisorMsg::Notice(Notice::Authenticated {
@@ -679,7 +668,7 @@ impl Actor for ConnectionActor {
         _myself: ActorRef<ConnectionMsg>,
         state: &mut ConnectionState,
     ) -> Result<(), ActorProcessingErr> {
-        for timer in state.timers.drain(..).chain(state.login_grace.take()) {
+        for timer in state.timers.drain(..) {
             timer.abort();
         }
         Ok(())

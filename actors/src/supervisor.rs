@@ -18,7 +18,7 @@
 //! Architecture Invariant: only this actor writes the map, and it removes an entry only when the
 //! entry's actor has terminated (or, for a session that could not be spawned, never existed).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -203,6 +203,8 @@ pub enum Notice {
         killed: Option<String>,
         forced: bool,
     },
+    /// Sent by the supervisor to itself when the earliest login grace runs out.
+    LoginTimer,
     /// Sent by the supervisor to itself when a kill group's grace ran out.
     GroupGraceElapsed {
         group: u64,
@@ -235,11 +237,16 @@ struct SessionEntry {
 struct ConnEntry {
     actor: ActorRef<ConnectionMsg>,
     admitted: Instant,
+    /// When its login grace runs out, while it is logging in (its key in `logins`).
+    login_deadline: Option<Instant>,
     traffic: Option<Arc<dyn Traffic>>,
     info: ConnectionInfo,
     sessions: Vec<SessionEntry>,
     waiters: Vec<Waiter>,
 }
+
+/// A message to the supervisor itself, sent later (`send_after`); aborted when not needed.
+type Timer = JoinHandle<Result<(), MessagingErr<SupervisorMsg>>>;
 
 struct Group {
     id: u64,
@@ -248,7 +255,7 @@ struct Group {
     since: Instant,
     reply: RpcReplyPort<Vec<KillReport>>,
     /// The one timer of the kill's grace, for all its connections; stopped once all are gone.
-    grace_timer: JoinHandle<Result<(), MessagingErr<SupervisorMsg>>>,
+    grace_timer: Timer,
 }
 
 /// The supervisor's state: the ID map and everyone waiting on it.
@@ -263,6 +270,10 @@ pub struct SupervisorState {
     groups: Vec<Group>,
     /// The last kill group's ID.
     next_group: u64,
+    /// Connections logging in, by when their login grace runs out: one timer for all of them
+    /// (`login_timer`, armed for the earliest), not a timer task per connection.
+    logins: BTreeSet<(Instant, ConnId)>,
+    login_timer: Option<(Instant, Timer)>,
     span: Span,
 }
 
@@ -302,6 +313,7 @@ impl SupervisorState {
         if let Some(entry) = self.conns.get_mut(&conn) {
             if entry.info.state == ConnState::Handshaking {
                 self.counts.pending.remove(&(entry.admitted, conn));
+                forget_login(&mut self.logins, entry, conn);
             }
             entry.info.state = ConnState::Closing;
             // Every kill goes on: a later one with a shorter grace brings the end closer. If the
@@ -426,6 +438,42 @@ impl SupervisorState {
         });
     }
 
+    /// Arms the login timer for the earliest login deadline, unless it is armed for that or
+    /// earlier already (a timer that finds nothing due re-arms for what is left).
+    fn arm_login_timer(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        let Some(&(first, _)) = self.logins.first() else {
+            return;
+        };
+        if let Some((at, _)) = &self.login_timer {
+            if *at <= first {
+                return;
+            }
+        }
+        let delay = first.saturating_duration_since(Instant::now());
+        let timer = myself.send_after(delay, || SupervisorMsg::Notice(Notice::LoginTimer));
+        if let Some((_, earlier)) = self.login_timer.replace((first, timer)) {
+            earlier.abort();
+        }
+    }
+
+    /// The login timer went off: every login past its grace is told so; the timer is armed
+    /// again for the next one.
+    fn login_timer(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        self.login_timer = None;
+        let now = Instant::now();
+        while let Some(&(deadline, conn)) = self.logins.first() {
+            if deadline > now {
+                break;
+            }
+            self.logins.pop_first();
+            if let Some(entry) = self.conns.get_mut(&conn) {
+                entry.login_deadline = None;
+                let _ = entry.actor.cast(ConnectionMsg::LoginGraceElapsed);
+            }
+        }
+        self.arm_login_timer(myself);
+    }
+
     /// A kill group's grace ran out: its connections still alive are told so.
     fn group_grace_elapsed(&self, group: u64) {
         let Some(group) = self.groups.iter().find(|g| g.id == group) else {
@@ -479,9 +527,10 @@ impl SupervisorState {
         let Some(conn) = self.by_actor.remove(&actor) else {
             return;
         };
-        let Some(entry) = self.conns.remove(&conn) else {
+        let Some(mut entry) = self.conns.remove(&conn) else {
             return;
         };
+        forget_login(&mut self.logins, &mut entry, conn);
         self.counts.release(&entry, &self.policy.limits);
         let (cause, sessions_closed, forced) = match (outcome, failure) {
             (Some(o), _) => (o.cause, o.sessions_closed, o.forced),
@@ -567,6 +616,8 @@ impl Actor for SupervisorActor {
             sessions: HashMap::new(),
             groups: Vec::new(),
             next_group: 0,
+            logins: BTreeSet::new(),
+            login_timer: None,
             span: tracing::info_span!(parent: None, "supervisor"),
         })
     }
@@ -616,11 +667,20 @@ impl Actor for SupervisorActor {
                         state.by_actor.insert(actor.get_id(), id);
                         let admitted = Instant::now();
                         state.counts.admit(peer, id, admitted, &state.policy.limits);
+                        let login_deadline = state
+                            .policy
+                            .login_grace
+                            .and_then(|grace| admitted.checked_add(grace));
+                        if let Some(deadline) = login_deadline {
+                            state.logins.insert((deadline, id));
+                            state.arm_login_timer(&myself);
+                        }
                         state.conns.insert(
                             id,
                             ConnEntry {
                                 actor: actor.clone(),
                                 admitted,
+                                login_deadline,
                                 traffic,
                                 info: ConnectionInfo {
                                     id,
@@ -788,6 +848,7 @@ impl Actor for SupervisorActor {
                     if let Some(entry) = state.conns.get_mut(&conn) {
                         if entry.info.state == ConnState::Handshaking {
                             state.counts.pending.remove(&(entry.admitted, conn));
+                            forget_login(&mut state.logins, entry, conn);
                         }
                         entry.info.state = ConnState::Closing;
                     }
@@ -809,6 +870,7 @@ impl Actor for SupervisorActor {
                     };
                     if entry.info.state == ConnState::Handshaking {
                         state.counts.pending.remove(&(entry.admitted, conn));
+                        forget_login(&mut state.logins, entry, conn);
                         entry.info.state = ConnState::Authenticated;
                     }
                     if let Some(before) = entry.info.user.take() {
@@ -893,6 +955,7 @@ impl Actor for SupervisorActor {
                     forced,
                 } => state.session_ended(conn, session, exit, killed, forced),
                 Notice::GroupGraceElapsed { group } => state.group_grace_elapsed(group),
+                Notice::LoginTimer => state.login_timer(&myself),
                 Notice::ConnectionEnded { actor, end } => {
                     state.connection_ended(actor, end.outcome, end.failure)
                 }
@@ -1036,5 +1099,12 @@ impl Counts {
                 map.remove(key);
             }
         }
+    }
+}
+
+/// A connection leaves the logins (authenticated, closing or gone): its login grace is over.
+fn forget_login(logins: &mut BTreeSet<(Instant, ConnId)>, entry: &mut ConnEntry, conn: ConnId) {
+    if let Some(deadline) = entry.login_deadline.take() {
+        logins.remove(&(deadline, conn));
     }
 }

@@ -77,6 +77,46 @@ async fn an_unauthenticated_connection_is_disconnected_at_the_login_grace_not_be
     assert!(h.listed(quick.id).await.is_some());
 }
 
+/// Every login is timed by one timer in the supervisor, armed for the earliest deadline: each
+/// lazy connection still goes at its own deadline, also after the earlier ones logged in or left,
+/// and a connection that logged in is never touched.
+#[tokio::test(start_paused = true)]
+async fn each_pending_login_is_disconnected_at_its_own_grace() {
+    let policy = Policy {
+        login_grace: Some(Duration::from_secs(30)),
+        ..Policy::default()
+    };
+    let mut h = Harness::start_with(None, policy).await;
+    let start = Instant::now();
+    let first = h.connect("first", Client::Healthy).await;
+    let quick = h.connect("quick", Client::Healthy).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let second = h.connect("second", Client::Healthy).await;
+    // The login timer is armed for `first` and `quick`; `quick` logs in before it goes off.
+    quick.authenticate("alice");
+
+    disconnected_within_a_second_of(
+        &mut h,
+        "the first lazy connection is disconnected",
+        first.id,
+        start + Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        h.listed(second.id).await.is_some(),
+        "the second went with the first"
+    );
+    disconnected_within_a_second_of(
+        &mut h,
+        "the second lazy connection is disconnected",
+        second.id,
+        start + Duration::from_secs(40),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(h.listed(quick.id).await.is_some());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_kill_after_the_client_left_still_keeps_its_own_shorter_grace() {
     let policy = Policy {
