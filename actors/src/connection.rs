@@ -215,7 +215,9 @@ impl ConnectionState {
     ) {
         let deadline = Instant::now().checked_add(grace).unwrap_or_else(far_future);
         if let Some(kill) = self.killing.as_mut() {
-            if deadline < kill.deadline && !self.forced {
+            // Until the connection's own grace has run out (a session forced on its own makes
+            // the end forced, not over).
+            if deadline < kill.deadline && !self.grace_ran_out {
                 debug!(grace = %humantime::format_duration(grace), "a later kill shortens the grace");
                 kill.deadline = deadline;
                 let reason = kill.reason.clone();

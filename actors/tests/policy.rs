@@ -181,6 +181,54 @@ async fn a_second_kill_with_a_shorter_grace_is_answered_within_its_own_grace() {
     let _ = s;
 }
 
+/// A session forced on its own (a session kill) makes the connection's end forced, but does not
+/// end its grace: a later, shorter kill of the connection still brings the force closer.
+#[tokio::test(start_paused = true)]
+async fn a_shorter_kill_still_counts_after_one_session_was_forced() {
+    let h = Harness::start().await;
+    let c = h.connect("c1", Client::Healthy).await;
+    c.authenticate("erin");
+    let one = h.open_started(&c, "c1/one", Work::Stubborn).await;
+    h.open_started(&c, "c1/two", Work::Stubborn).await;
+    let sup = h.sup.clone();
+    let conn = c.id;
+    let slow = tokio::spawn(async move {
+        kill(
+            &sup,
+            Target::Connection(conn),
+            "slow",
+            Duration::from_secs(60),
+        )
+        .await
+    });
+    h.log
+        .wait_for("the sessions are asked to end", |e| {
+            matches!(e, LogEvent::Terminate { .. })
+        })
+        .await;
+    let report = h
+        .kill(
+            Target::Session(one.id),
+            "this one now",
+            Duration::from_secs(1),
+        )
+        .await
+        .expect("the session kill answers");
+    assert!(report.forced);
+    let start = Instant::now();
+    let report = h
+        .kill(Target::Connection(c.id), "now", Duration::from_secs(1))
+        .await
+        .expect("the second connection kill answers");
+    let took = start.elapsed();
+    assert!(report.forced);
+    assert!(
+        took < Duration::from_secs(3),
+        "waited for the first kill's grace: {took:?}"
+    );
+    slow.await.unwrap().expect("the first kill answers too");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_second_session_kill_with_a_shorter_grace_is_answered_within_its_own_grace() {
     let h = Harness::start().await;
