@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sshvisor_actors::{ConnId, DisconnectCause, Event, Policy, Target};
+use sshvisor_actors::{ConnId, DisconnectCause, Event, KillError, KillReport, Policy, Target};
 use tokio::time::Instant;
 
 /// Waits for `conn`'s `Disconnected` event and checks that it came at `due`, within a second;
@@ -142,29 +142,30 @@ async fn a_kill_after_the_client_left_still_keeps_its_own_shorter_grace() {
     );
 }
 
+/// Starts a kill of `target` with a long `grace` in a task of its own and waits until it has
+/// reached the sessions (their `Terminate`), so that a later kill comes second.
+async fn slow_kill(
+    h: &Harness,
+    target: Target,
+    grace: Duration,
+) -> tokio::task::JoinHandle<Result<KillReport, KillError>> {
+    let sup = h.sup.clone();
+    let slow = tokio::spawn(async move { kill(&sup, target, "slow", grace).await });
+    h.log
+        .wait_for("the first kill reaches the sessions", |e| {
+            matches!(e, LogEvent::Terminate { .. })
+        })
+        .await;
+    slow
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_second_kill_with_a_shorter_grace_is_answered_within_its_own_grace() {
     let h = Harness::start().await;
     let c = h.connect("c1", Client::Healthy).await;
     c.authenticate("carol");
     let s = h.open_started(&c, "c1/stubborn", Work::Stubborn).await;
-    let sup = h.sup.clone();
-    let conn = c.id;
-    let slow = tokio::spawn(async move {
-        kill(
-            &sup,
-            Target::Connection(conn),
-            "slow",
-            Duration::from_secs(30),
-        )
-        .await
-    });
-    // Let the first kill reach the connection before the second one.
-    h.log
-        .wait_for("the stubborn session is asked to end", |e| {
-            matches!(e, LogEvent::Terminate { .. })
-        })
-        .await;
+    let slow = slow_kill(&h, Target::Connection(c.id), Duration::from_secs(30)).await;
     let start = Instant::now();
     let report = h
         .kill(Target::Connection(c.id), "now", Duration::from_secs(1))
@@ -190,22 +191,7 @@ async fn a_shorter_kill_still_counts_after_one_session_was_forced() {
     c.authenticate("erin");
     let one = h.open_started(&c, "c1/one", Work::Stubborn).await;
     h.open_started(&c, "c1/two", Work::Stubborn).await;
-    let sup = h.sup.clone();
-    let conn = c.id;
-    let slow = tokio::spawn(async move {
-        kill(
-            &sup,
-            Target::Connection(conn),
-            "slow",
-            Duration::from_secs(60),
-        )
-        .await
-    });
-    h.log
-        .wait_for("the sessions are asked to end", |e| {
-            matches!(e, LogEvent::Terminate { .. })
-        })
-        .await;
+    let slow = slow_kill(&h, Target::Connection(c.id), Duration::from_secs(60)).await;
     let report = h
         .kill(
             Target::Session(one.id),
@@ -235,22 +221,7 @@ async fn a_second_session_kill_with_a_shorter_grace_is_answered_within_its_own_g
     let c = h.connect("c1", Client::Healthy).await;
     c.authenticate("dan");
     let s = h.open_started(&c, "c1/stubborn", Work::Stubborn).await;
-    let sup = h.sup.clone();
-    let session = s.id;
-    let slow = tokio::spawn(async move {
-        kill(
-            &sup,
-            Target::Session(session),
-            "slow",
-            Duration::from_secs(30),
-        )
-        .await
-    });
-    h.log
-        .wait_for("the stubborn session is asked to end", |e| {
-            matches!(e, LogEvent::Terminate { .. })
-        })
-        .await;
+    let slow = slow_kill(&h, Target::Session(s.id), Duration::from_secs(30)).await;
     let start = Instant::now();
     let report = h
         .kill(Target::Session(s.id), "now", Duration::from_secs(1))
