@@ -16,6 +16,7 @@
 //! - `control`: the control socket (JSON lines) and its protocol.
 //! - `ctl`: the operator's client of the control socket.
 //! - `daemon`: `sshvisor serve`, everything put together.
+//! - `runtime`: the tokio runtime to run it on (multi-threaded, no LIFO slot).
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -29,6 +30,7 @@ pub mod keys;
 pub mod link;
 pub mod procs;
 pub mod pty;
+pub mod runtime;
 pub mod server;
 pub mod sftp;
 pub mod stream;

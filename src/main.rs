@@ -194,10 +194,7 @@ impl FilterArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match sshvisor::runtime::builder().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sshvisor: cannot start the async runtime: {e}");

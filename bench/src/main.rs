@@ -51,12 +51,17 @@ fn main() -> anyhow::Result<()> {
     // `hold` runs on one thread, like the one Python client of the reference figures:
     // when a kill-all ends thousands of its connections at once, it takes at most one of the
     // machine's two cores from the server it measures (on two threads it took both, and the
-    // server's kill-all read 30 % slower for it). The rest runs on every core.
+    // server's kill-all read 30 % slower for it). The rest runs on every core, on the runtime
+    // `sshvisor serve` runs on (the bare server too: the two differ by the actors and the map).
     let mut runtime = match command {
-        Cmd::Hold(_) => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
+        Cmd::Hold(_) => {
+            let mut one = tokio::runtime::Builder::new_current_thread();
+            one.enable_all();
+            one
+        }
+        _ => sshvisor::runtime::builder(),
     };
-    runtime.enable_all().build()?.block_on(async move {
+    runtime.build()?.block_on(async move {
         match command {
             Cmd::Hold(args) => hold::run(args).await,
             Cmd::Churn(args) => churn::run(args).await,
