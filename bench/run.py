@@ -192,6 +192,9 @@ class Run:
     def __init__(self, args):
         self.args = args
         self.bench = args.bench_bin
+        # The machine's own hold-ups (before and after) and the CPU steal during the run.
+        self.hiccups = []
+        self.steal = 0.0
         self.work = tempfile.mkdtemp(prefix="sshvisor-bench-")
         # sshd reads authorized_keys as the logged-in user.
         os.chmod(self.work, 0o755)
@@ -344,6 +347,29 @@ def machine():
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Linux {platform.release()}"
 
 
+def hiccups(secs):
+    """How often this machine stops a thread that only sleeps: 1 ms sleeps for `secs` seconds,
+    nothing else of the benchmark running. Each overshoot over 1 ms is time the thread was ready
+    but did not run (preempted, or its virtual CPU descheduled by the hypervisor); a kill that
+    meets one waits for it, so these bound what a p99 can read here."""
+    over, end = [], time.monotonic() + secs
+    last = time.perf_counter()
+    while time.monotonic() < end:
+        time.sleep(0.001)
+        now = time.perf_counter()
+        if now - last > 0.002:
+            over.append((now - last - 0.001) * 1e3)
+        last = now
+    return {"secs": secs, "per_s": len(over) / secs, "worst_ms": max(over, default=0.0)}
+
+
+def cpu_steal():
+    """(stolen, total) jiffies of every CPU since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    return fields[7], sum(fields)
+
+
 def versions():
     out = {}
     def first(cmd):
@@ -444,6 +470,9 @@ def main():
     sizes = [int(x) for x in args.sizes.split(",")]
     run = Run(args)
     started = datetime.datetime.now(datetime.timezone.utc)
+    probe_secs = 2 if args.smoke else 10
+    run.hiccups = [hiccups(probe_secs)]
+    steal0 = cpu_steal()
     sized = {}
     for n in sizes:
         for name in servers:
@@ -459,9 +488,13 @@ def main():
             for name in servers:
                 churned.setdefault((name, c), []).append(run.churn(name, c, args.churn_secs))
     long = run.long_churn(args.long_churn, 64) if args.long_churn and "sshvisor" in servers else None
+    steal1 = cpu_steal()
+    run.steal = (steal1[0] - steal0[0]) / max(1, steal1[1] - steal0[1])
+    run.hiccups.append(hiccups(probe_secs))
     finished = datetime.datetime.now(datetime.timezone.utc)
     raw = {"sized": {f"{k[0]}@{k[1]}": v for k, v in sized.items()},
-           "churn": {f"{k[0]}@{k[1]}": v for k, v in churned.items()}, "long": long}
+           "churn": {f"{k[0]}@{k[1]}": v for k, v in churned.items()}, "long": long,
+           "machine": {"hiccups": run.hiccups, "steal": run.steal}}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(raw, f, indent=1)
@@ -489,6 +522,13 @@ def write_report(args, run, servers, sizes, sized, churned, long, started, finis
              f"({started:%H:%M}–{finished:%H:%M} UTC), in one run, on one machine: {machine()}. "
              "The machine is shared and noisy: read medians and ratios. Every figure is the median "
              f"over {args.repeats} runs (each run: a fresh server, fresh connections).\n")
+    h = run.hiccups
+    L.append("How still the machine holds: a thread that only sleeps 1 ms at a time, with nothing "
+             f"of the benchmark running, was held up by more than 1 ms {h[0]['per_s']:.1f} times "
+             f"per second before the run (worst {h[0]['worst_ms']:.1f} ms) and "
+             f"{h[-1]['per_s']:.1f} after it (worst {h[-1]['worst_ms']:.1f} ms); the hypervisor "
+             f"took {run.steal * 100:.1f} % of the CPU time during the run (steal). A kill that "
+             "meets such a hold-up waits for it: they decide the p99s of 100 kills.\n")
     L.append("Servers, all on 127.0.0.1, all loaded by the same client (`sshvisor-bench`: russh, "
              "nodelay, ed25519 public key, one exec session per connection). The client that "
              "holds the connections (`hold`) runs on one thread, like the one Python client of "

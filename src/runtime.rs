@@ -32,7 +32,9 @@ pub fn builder() -> tokio::runtime::Builder {
 }
 
 /// Whether [`builder`] turns tokio's LIFO slot off in this build.
-pub const LIFO_SLOT_OFF: bool = cfg!(tokio_unstable);
+pub fn lifo_slot_off() -> bool {
+    cfg!(tokio_unstable)
+}
 
 #[cfg(test)]
 mod tests {
@@ -45,7 +47,7 @@ mod tests {
     #[test]
     fn this_build_turns_the_lifo_slot_off() {
         assert!(
-            LIFO_SLOT_OFF,
+            lifo_slot_off(),
             "built without --cfg tokio_unstable: is RUSTFLAGS set? It replaces .cargo/config.toml's"
         );
     }
