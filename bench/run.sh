@@ -37,4 +37,4 @@ if [ "$smoke" = 0 ]; then
   args+=(--bench-bin "$PWD/target/release/sshvisor-bench")
 fi
 ulimit -n "$(ulimit -Hn)"
-exec python3 bench/run.py --command-line "bench/run.sh $*" "${args[@]}"
+exec python3 bench/run.py --command-line "bench/run.sh${*:+ $*}" "${args[@]}"
