@@ -11,9 +11,9 @@
 //! the worker's stealable queue and an idle worker is woken to take it.
 //!
 //! Measured (bench/NOTES.md, "Kill latency: the LIFO slot"): at 10,000 live connections on a
-//! two-core virtual machine, the p99 of 300 single kills was 4.6–16.7 ms with the slot and
-//! 0.5–0.9 ms in three runs of four without it (the fourth hit a 12 ms stall of the machine), the
-//! p50 and the handshake rate unchanged within the machine's noise.
+//! two-core virtual machine, the p99 of 300 single kills was 4.6–16.7 ms in five runs with the
+//! slot and 0.5–1.9 ms in four of five without it (the fifth met a 12 ms hold-up of the
+//! machine); the p50 and the handshake rate did not change beyond the machine's noise.
 //!
 //! Turning the slot off is one of tokio's unstable options: it exists only in builds with
 //! `--cfg tokio_unstable`, which this repository sets for itself (`.cargo/config.toml`). A build
@@ -60,12 +60,15 @@ mod tests {
         let stall = Duration::from_millis(400);
         let waited = runtime.block_on(async move {
             let (tx, rx) = tokio::sync::oneshot::channel::<Instant>();
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
             let woken = tokio::spawn(async move {
+                let _ = ready_tx.send(());
                 let sent = rx.await.expect("the waker sends");
                 sent.elapsed()
             });
-            // Let the woken task park on its channel first.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The waker starts once the woken task is on its way to wait on its channel, so that
+            // the send wakes it (rather than finding it not yet started, in a shared queue).
+            ready_rx.await.expect("the woken task starts");
             tokio::spawn(async move {
                 let _ = tx.send(Instant::now());
                 std::thread::sleep(stall);
