@@ -15,7 +15,9 @@
 //!   user's connections, with 10,000 live.
 //! - `kill_all/N`: `KillAll` of N connections; a fresh population for every iteration.
 //!
-//! The runtime is tokio's multi-thread one with 2 workers (group names start with `mt2/`); set
+//! The runtime is tokio's multi-thread one with 2 workers (group names start with `mt2/`), with
+//! its LIFO slot off as `sshvisor serve` has it (builds with `--cfg tokio_unstable`, which the
+//! repository's `.cargo/config.toml` sets; see the sshvisor crate's `runtime` module); set
 //! `SSHVISOR_BENCH_RT=current` for the current-thread runtime (`ct/`).
 //!
 //! Run: `cargo bench -p sshvisor-actors --bench tree`. Under `cargo test --benches` every
@@ -64,14 +66,13 @@ fn runtime() -> (Runtime, &'static str) {
                 .expect("a tokio runtime"),
             "ct",
         ),
-        _ => (
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a tokio runtime"),
-            "mt2",
-        ),
+        _ => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(2).enable_all();
+            #[cfg(tokio_unstable)]
+            builder.disable_lifo_slot();
+            (builder.build().expect("a tokio runtime"), "mt2")
+        }
     }
 }
 
