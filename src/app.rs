@@ -365,11 +365,12 @@ impl Group {
     }
 
     /// Kills every process of the session found by its mark (after the leader's reap) and
-    /// reaps those this process adopted; returns how many were alive.
+    /// reaps those this process adopted; returns how many were alive, plus the orphans caught
+    /// inside `execve` that may be the session's (looked at again on the next sweep).
     fn sweep(&self) -> usize {
         let left = procs::signal_session(None, &self.mark, Signal::SIGKILL);
         procs::reap_adopted(&left.adopted);
-        left.all.len()
+        left.all.len() + left.pending
     }
 
     /// Waits (bounded) until no process of the session is alive any more, reaping the orphans

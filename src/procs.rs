@@ -128,14 +128,82 @@ fn alive(pid: i32) -> bool {
     !matches!(state, "Z" | "X")
 }
 
-/// The session mark in a process's environment, if it has one.
-fn mark_of(pid: i32) -> Option<String> {
-    let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let prefix = format!("{SESSION_ENV}=");
-    environ
-        .split(|b| *b == 0)
-        .find_map(|var| var.strip_prefix(prefix.as_bytes()))
-        .map(|value| String::from_utf8_lossy(value).into_owned())
+/// What a process's environment says about its session.
+#[derive(Debug, PartialEq, Eq)]
+enum Mark {
+    /// It carries this session mark.
+    Is(String),
+    /// It carries none, or cannot be read (gone, or not ours to read).
+    Unmarked,
+    /// It is inside `execve`: its new memory has no environment area yet, so the mark cannot
+    /// be read now, but will be in a moment.
+    Pending,
+}
+
+/// The session mark in a process's environment.
+///
+/// While a process execs, between the kernel switching it to the new program's memory and
+/// laying out that program's stack, its `/proc/PID/environ` reads empty. A session's escaped
+/// process is often exactly there when its leader exits (`cmd & exit`), so an empty read is
+/// told apart from an empty environment by the environment's end address (field 51 of
+/// `/proc/PID/stat`), which is 0 only in that window (and in a zombie). And the file is read
+/// in one call: see [`read_in_one_call`].
+fn mark_of(pid: i32) -> Mark {
+    // Each empty read with a set end address means the exec finished in between (read again)
+    // or the environment really is empty (`env -i`): a few rounds tell which.
+    for _ in 0..3 {
+        let environ = match read_in_one_call(&format!("/proc/{pid}/environ")) {
+            Ok(environ) => environ,
+            Err(_) => return Mark::Unmarked,
+        };
+        if !environ.is_empty() {
+            let prefix = format!("{SESSION_ENV}=");
+            return environ
+                .split(|b| *b == 0)
+                .find_map(|var| var.strip_prefix(prefix.as_bytes()))
+                .map_or(Mark::Unmarked, |value| {
+                    Mark::Is(String::from_utf8_lossy(value).into_owned())
+                });
+        }
+        match environment_end(pid) {
+            // A zombie has no memory at all, so no end address either.
+            Some(0) if alive(pid) => return Mark::Pending,
+            Some(0) => return Mark::Unmarked,
+            Some(_) => continue,
+            None => return Mark::Unmarked,
+        }
+    }
+    Mark::Unmarked
+}
+
+/// Reads a `/proc` file in one `read` call (growing the buffer and starting over while it
+/// fills up). The kernel serves each call of a process's environ from the memory it holds at
+/// that moment, and the file keeps the memory it opened with: read in several calls across an
+/// exec, the environment ends early, at the point where the old program's memory went away.
+fn read_in_one_call(path: &str) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    // Linux limits a program's arguments and environment together to a quarter of its stack
+    // limit; 8 MiB covers a 32 MiB stack limit.
+    const MAX: usize = 8 << 20;
+    let file = fs::File::open(path)?;
+    let mut size = 16 << 10;
+    loop {
+        let mut buf = vec![0u8; size];
+        let n = file.read_at(&mut buf, 0)?;
+        if n < size || size >= MAX {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        size *= 4;
+    }
+}
+
+/// The end address of a process's environment area (`env_end`, field 51 of its stat line).
+fn environment_end(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    after.split_whitespace().nth(51 - 3)?.parse().ok()
 }
 
 /// The processes of one session (without its leader).
@@ -145,6 +213,9 @@ pub struct SessionProcs {
     pub all: Vec<Pid>,
     /// Those adopted by this process (orphans): its own children, to reap once killed.
     pub adopted: Vec<Pid>,
+    /// Adopted orphans caught inside `execve`, whose session cannot be told yet: look again
+    /// in a moment.
+    pub pending: usize,
 }
 
 /// The live processes of the session marked `mark` whose leader is `leader` (`None` once the
@@ -166,13 +237,22 @@ pub fn session_processes(leader: Option<Pid>, mark: &str) -> SessionProcs {
             .collect()
     };
     for orphan in orphans {
-        if !seen.contains(&orphan) && mark_of(orphan).as_deref() == Some(mark) {
-            seen.insert(orphan);
-            queue.push(orphan);
-            out.adopted.push(Pid::from_raw(orphan));
-            if alive(orphan) {
-                out.all.push(Pid::from_raw(orphan));
+        if seen.contains(&orphan) {
+            continue;
+        }
+        match mark_of(orphan) {
+            Mark::Is(m) if m == mark => {}
+            Mark::Pending => {
+                out.pending += 1;
+                continue;
             }
+            _ => continue,
+        }
+        seen.insert(orphan);
+        queue.push(orphan);
+        out.adopted.push(Pid::from_raw(orphan));
+        if alive(orphan) {
+            out.all.push(Pid::from_raw(orphan));
         }
     }
     while let Some(pid) = queue.pop() {
@@ -216,7 +296,7 @@ pub fn count_by_session() -> HashMap<String, usize> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
     {
         if pid != me && alive(pid) {
-            if let Some(session) = mark_of(pid) {
+            if let Mark::Is(session) = mark_of(pid) {
                 *counts.entry(session).or_insert(0) += 1;
             }
         }
@@ -439,6 +519,16 @@ mod tests {
     use super::*;
     use std::process::Command;
 
+    /// A child killed and waited for when the test ends, failed or not.
+    struct KillOnDrop(std::process::Child);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     #[test]
     fn descendants_are_found_through_the_leader_and_others_are_not() {
         let mark = format!("test-{}", std::process::id());
@@ -465,5 +555,61 @@ mod tests {
         );
         let _ = kill(pid, Signal::SIGKILL);
         leader.wait().unwrap();
+    }
+
+    #[test]
+    fn a_process_inside_exec_is_never_taken_for_an_unmarked_one() {
+        // Execs itself over and over under the same ID, mark and all.
+        let again = r#"exec sh -c "$0" "$0""#;
+        // Killed when the test ends, failed or not: it would run forever.
+        let looping = KillOnDrop(
+            Command::new("sh")
+                .args(["-c", again, again])
+                .env(SESSION_ENV, "looping")
+                .spawn()
+                .unwrap(),
+        );
+        let pid = looping.0.id() as i32;
+        // Spawned the way posix_spawn does, it may still run in this test's memory, with this
+        // test's environment, for a moment after the spawn returns.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while mark_of(pid) != Mark::Is("looping".into()) {
+            assert!(std::time::Instant::now() < deadline);
+        }
+        // Until twenty reads caught it inside execve (a few hundred per second here), or 5 s.
+        let (mut reads, mut pending) = (0, 0);
+        let start = std::time::Instant::now();
+        while pending < 20 && start.elapsed() < std::time::Duration::from_secs(5) {
+            reads += 1;
+            match mark_of(pid) {
+                Mark::Is(m) => assert_eq!(m, "looping"),
+                Mark::Pending => pending += 1,
+                Mark::Unmarked => panic!("the mark was lost while the process execs"),
+            }
+        }
+        drop(looping);
+        eprintln!("{pending} of {reads} reads caught the process inside execve");
+    }
+
+    #[test]
+    fn an_empty_environment_and_a_zombie_are_unmarked_not_pending() {
+        let mut bare = KillOnDrop(Command::new("sleep").arg("30").env_clear().spawn().unwrap());
+        let pid = bare.0.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // Until its exec is done it is still this test's copy, with this test's environment.
+        while fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default()
+            != "sleep\x0030\x00"
+        {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(mark_of(pid), Mark::Unmarked);
+        bare.0.kill().unwrap();
+        while alive(pid) {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // Killed, not yet waited for: a zombie.
+        assert_eq!(mark_of(pid), Mark::Unmarked);
     }
 }
