@@ -58,7 +58,8 @@ mod tests {
     #[test]
     fn a_woken_task_does_not_wait_for_a_stalled_waker() {
         let runtime = builder().worker_threads(2).build().expect("a runtime");
-        let stall = Duration::from_millis(400);
+        // Long, so that a loaded machine delaying the other worker cannot pass for the stall.
+        let stall = Duration::from_secs(2);
         let waited = runtime.block_on(async move {
             let (tx, rx) = tokio::sync::oneshot::channel::<Instant>();
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();

@@ -186,11 +186,19 @@ async fn adopted_orphans_are_reaped_not_left_as_zombies() {
     let (mut server, lines) = serve(cwd.path(), &[]).await;
     let server_pid = server.id().unwrap();
     let ssh_line = lines.last().unwrap().trim().to_string();
-    // The background sleep outlives its parent shell: the server adopts it, and it exits on
-    // its own a moment later.
+    // The background sleep outlives the session's shell, and out of its process group and
+    // without the session's mark (the shell waits until it is), the session's end does not
+    // kill it: the server adopts it, and it exits on its own later. (Its stdio elsewhere: the
+    // session's output would otherwise last as long as it.)
+    let ready = cwd.path().join("ready");
+    let ready = ready.display();
     let line = ssh_line.replace(
         "'echo hello from sshvisor'",
-        "'(sleep 0.3 &); sleep 0.6; echo done'",
+        &format!(
+            "'(env -u SSHVISOR_SESSION setsid sh -c \"echo > {ready}; exec sleep 2.987130\" \
+             </dev/null >/dev/null 2>&1 &); \
+             until [ -e {ready} ]; do sleep 0.05; done; echo done'"
+        ),
     );
     let out = Command::new("sh")
         .arg("-c")
@@ -201,8 +209,8 @@ async fn adopted_orphans_are_reaped_not_left_as_zombies() {
         .await
         .unwrap();
     assert_eq!(text(&out.stdout), "done\n", "{}", text(&out.stderr));
-    common::eventually("no zombie children under the server", || {
-        let children = std::fs::read_dir(format!("/proc/{server_pid}/task"))
+    let children = || {
+        std::fs::read_dir(format!("/proc/{server_pid}/task"))
             .unwrap()
             .flatten()
             .flat_map(|t| {
@@ -212,8 +220,26 @@ async fn adopted_orphans_are_reaped_not_left_as_zombies() {
                     .map(str::to_string)
                     .collect::<Vec<_>>()
             })
-            .collect::<Vec<_>>();
-        children.iter().all(|pid| {
+            .collect::<Vec<_>>()
+    };
+    // (It may not have exec'd its sleep yet.)
+    let mut orphan = None;
+    common::eventually("the server adopts the sleep", || {
+        orphan = children().into_iter().find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()
+                == b"sleep\x002.987130\x00"
+        });
+        orphan.is_some()
+    })
+    .await;
+    let orphan = orphan.unwrap();
+    // Exited and reaped: not even a zombie is left.
+    common::eventually("the adopted sleep is reaped", || {
+        !std::path::Path::new(&format!("/proc/{orphan}")).exists()
+    })
+    .await;
+    common::eventually("no zombie children under the server", || {
+        children().iter().all(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             !stat.contains(") Z ")
         })
@@ -269,23 +295,31 @@ async fn after_a_churn_of_connections_the_map_actors_and_descriptors_are_back_at
     };
     one_round().await;
     let deadline = tokio::time::Instant::now() + WAIT;
+    // The baseline once it holds still: no connection, and the same descriptors twice in a row
+    // (a reading may catch the previous `ctl stats` connection not yet closed).
     let mut before = json(stats(false).await);
-    while before["tree"]["connections"] != 0 {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let again = json(stats(false).await);
+        if before["tree"]["connections"] == 0
+            && again["tree"]["connections"] == 0
+            && before["process"]["open_fds"] == again["process"]["open_fds"]
+        {
+            break;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the first round lingers: {before}"
+            "the first round lingers: {again}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        before = json(stats(false).await);
+        before = again;
     }
     for _ in 0..40 {
         one_round().await;
     }
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut after = json(stats(false).await);
-    while after["tree"]["connections"] != 0
-        || after["process"]["open_fds"] != before["process"]["open_fds"]
-    {
+    let fds = |v: &serde_json::Value| v["process"]["open_fds"].as_u64().expect("open_fds");
+    while after["tree"]["connections"] != 0 || fds(&after) > fds(&before) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "not back at the baseline: before {before} after {after}"

@@ -251,7 +251,7 @@ async fn a_session_whose_command_exits_leaves_no_background_process() {
     // The escaped process is usually inside its exec when the shell exits: a few rounds, so
     // that the sweep meets it there.
     for round in 0..5 {
-        let tag = format!("98704{round}");
+        let tag = format!("98708{round}");
         let out = server
             .ssh("uma")
             .arg(format!(

@@ -90,14 +90,15 @@ async fn the_session_over_max_sessions_per_connection_is_refused_and_the_connect
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_lifetime_ends_a_connection_with_the_limit() {
     let server = TestServer::start_with(|o| {
-        o.timeouts.max_lifetime = Some(Duration::from_secs(1));
+        // Long enough for a loaded machine to finish the login first.
+        o.timeouts.max_lifetime = Some(Duration::from_secs(3));
     })
     .await;
     let out = server.ssh("eve").arg("sleep 987101").output();
     let out = finish(out).await;
     assert_eq!(out.status.code(), Some(255));
     assert!(
-        text(&out.stderr).contains("max_lifetime (1s) reached"),
+        text(&out.stderr).contains("max_lifetime (3s) reached"),
         "{}",
         text(&out.stderr)
     );
@@ -126,51 +127,53 @@ async fn serve_refuses_a_bad_configuration_file_with_the_line_and_runs_a_good_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_ended_at_the_idle_timeout_and_a_busy_one_is_not() {
     let server = TestServer::start_with(|o| {
-        o.timeouts.idle = Some(Duration::from_secs(1));
+        // Long enough that a loaded machine's login and first output fit well inside.
+        o.timeouts.idle = Some(Duration::from_secs(3));
     })
     .await;
     let started = std::time::Instant::now();
     let busy = server
         .ssh("fay")
-        .arg("for i in 1 2 3 4 5 6 7 8 9 10; do echo tick; sleep 0.2; done")
+        .arg("for i in $(seq 1 20); do echo tick; sleep 0.2; done")
         .output();
     let idle = server.ssh("gus").arg("sleep 987110").output();
     let (busy, idle) = tokio::join!(finish(busy), finish(idle));
     assert_eq!(idle.status.code(), Some(255));
     assert!(
-        text(&idle.stderr).contains("idle timeout (1s) reached"),
+        text(&idle.stderr).contains("idle timeout (3s) reached"),
         "{}",
         text(&idle.stderr)
     );
-    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(started.elapsed() >= Duration::from_secs(3));
     assert!(processes_with_argv(&["sleep", "987110"]).is_empty());
     // Output every 0.2 s keeps the other one alive past the timeout.
     assert_eq!(busy.status.code(), Some(0), "{}", text(&busy.stderr));
-    assert_eq!(text(&busy.stdout).matches("tick").count(), 10);
+    assert_eq!(text(&busy.stdout).matches("tick").count(), 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_is_ended_at_session_idle_while_a_busy_one_and_the_connection_stay() {
     let server = TestServer::start_with(|o| {
-        o.timeouts.session_idle = Some(Duration::from_secs(1));
+        o.timeouts.session_idle = Some(Duration::from_secs(3));
     })
     .await;
     let client = server.russh_client("hal").await;
     let mut quiet = client.handle.channel_open_session().await.unwrap();
     quiet.exec(true, "sleep 987120").await.unwrap();
     let mut busy = client.handle.channel_open_session().await.unwrap();
-    busy.exec(true, "for i in $(seq 1 12); do echo tick; sleep 0.2; done")
+    busy.exec(true, "for i in $(seq 1 20); do echo tick; sleep 0.2; done")
         .await
         .unwrap();
     let started = std::time::Instant::now();
     let (quiet, busy) = tokio::join!(drain(&mut quiet), drain(&mut busy));
-    // The quiet one was hung up on after 1 s of silence; its process is gone.
+    // The quiet one was hung up on after 3 s of silence; its process is gone. (The clock
+    // started with the session, a moment before `started`.)
     assert_eq!(quiet.signal.as_deref(), Some("HUP"), "{quiet:?}");
-    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(started.elapsed() >= Duration::from_millis(2500));
     assert!(processes_with_argv(&["sleep", "987120"]).is_empty());
     // Output every 0.2 s kept the other one going to its natural end.
     assert_eq!(busy.status, Some(0));
-    assert_eq!(text(&busy.stdout).matches("tick").count(), 12);
+    assert_eq!(text(&busy.stdout).matches("tick").count(), 20);
     // Only sessions end: the connection is still there and takes a new one.
     let mut again = client.handle.channel_open_session().await.unwrap();
     again.exec(true, "echo still here").await.unwrap();

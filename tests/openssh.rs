@@ -196,7 +196,7 @@ async fn a_client_that_stops_reading_is_cut_after_the_grace_and_the_report_says_
     )
     .unwrap();
     eventually("the stopped client's socket fills up", || {
-        tcp_rx_queue(conn.peer).is_some_and(|queued| queued > 64 * 1024)
+        tcp_rx_queue(conn.peer).is_some_and(|queued| queued > 16 * 1024)
     })
     .await;
     // And the server's side cannot send any more: the goodbye will not get out.
@@ -204,7 +204,7 @@ async fn a_client_that_stops_reading_is_cut_after_the_grace_and_the_report_says_
         let before = tcp_tx_queue_to(conn.peer).unwrap_or(0);
         std::thread::sleep(Duration::from_millis(100));
         let after = tcp_tx_queue_to(conn.peer).unwrap_or(0);
-        before > 64 * 1024 && after == before
+        before > 16 * 1024 && after == before
     })
     .await;
 
@@ -226,8 +226,10 @@ async fn a_client_that_stops_reading_is_cut_after_the_grace_and_the_report_says_
     let took = started.elapsed();
     assert!(report.forced, "{report:?}");
     assert!(took >= grace, "forced before the grace ran out: {took:?}");
+    // A kill stuck on the stalled client would not reply at all; the margin is for a loaded
+    // machine.
     assert!(
-        took < grace + Duration::from_secs(2),
+        took < grace + Duration::from_secs(10),
         "the reply took {took:?}"
     );
     assert!(processes_with_argv(&["yes", "987004"]).is_empty());

@@ -63,8 +63,12 @@ impl Served {
         self.cwd.path().join(".sshvisor/client_ed25519")
     }
 
+    /// Replaces the file whole (a new file renamed over it), so that a reload still reading
+    /// the previous round's never sees it half written.
     fn write_config(&self, config: &str) {
-        std::fs::write(&self.config, config).unwrap();
+        let fresh = self.config.with_extension("new");
+        std::fs::write(&fresh, config).unwrap();
+        std::fs::rename(&fresh, &self.config).unwrap();
     }
 
     async fn ctl(&self, args: &[&str]) -> std::process::Output {
@@ -122,7 +126,7 @@ async fn echo(channel: &mut russh::Channel<russh::client::Msg>, word: &str) {
 /// naming the limit.
 async fn refused_text(served: &Served, user: &str) -> Option<String> {
     let client = served.login(user).await.ok()?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::time::Instant::now() < deadline {
         if let Some(said) = client.disconnect.lock().unwrap().clone() {
             return Some(said);

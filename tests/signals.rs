@@ -17,7 +17,8 @@ async fn hang_up(server: &TestServer, session: SessionId, channel: &mut Channel<
     let started = Instant::now();
     let report = kill_session(server, session).await;
     assert!(!report.forced, "{report:?}");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    // Well before the grace would have run out.
+    assert!(started.elapsed() < Duration::from_millis(4_500));
     assert_eq!(drain(channel).await.signal.as_deref(), Some("HUP"));
 }
 

@@ -630,8 +630,10 @@ async fn a_thousand_concurrent_kills_racing_client_disconnects_each_get_one_repl
 async fn a_thousand_concurrent_kills_on_parallel_threads_each_get_one_reply() {
     let start = std::time::Instant::now();
     thousand_kills_racing_disconnects(Duration::from_millis(200)).await;
+    // Kills waiting out their 200 ms grace one after another would take a minute for the 300
+    // connections; the bound leaves a loaded machine plenty of room below that.
     assert!(
-        start.elapsed() < Duration::from_secs(5),
+        start.elapsed() < Duration::from_secs(30),
         "{:?}",
         start.elapsed()
     );
