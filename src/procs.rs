@@ -116,16 +116,28 @@ fn adoptable() -> Vec<i32> {
         .collect()
 }
 
+/// What this module reads of a process's stat line.
+struct Stat {
+    /// It runs (is not a zombie, nor dead).
+    alive: bool,
+    /// The end address of its environment area (`env_end`, field 51): 0 while it has no
+    /// memory of its own (a zombie) or none laid out yet (inside `execve`).
+    env_end: Option<u64>,
+}
+
+/// A process's stat line, read once; `None` if it is gone.
+fn stat(pid: i32) -> Option<Stat> {
+    let line = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3, the state.
+    let mut fields = line.get(line.rfind(')')? + 2..)?.split_whitespace();
+    let alive = !matches!(fields.next(), Some("Z" | "X") | None);
+    let env_end = fields.nth(51 - 4).and_then(|f| f.parse().ok());
+    Some(Stat { alive, env_end })
+}
+
 /// Whether `pid` runs (exists and is not a zombie).
 fn alive(pid: i32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat.get(i + 2..i + 3))
-        .unwrap_or("X");
-    !matches!(state, "Z" | "X")
+    stat(pid).is_some_and(|s| s.alive)
 }
 
 /// What a process's environment says about its session.
@@ -151,7 +163,7 @@ enum Mark {
 /// exec). And the file is read in one call: see [`read_in_one_call`].
 fn mark_of(pid: i32) -> Mark {
     for _ in 0..3 {
-        let before = environment_end(pid);
+        let before = stat(pid).and_then(|s| s.env_end);
         let environ = match read_in_one_call(&format!("/proc/{pid}/environ")) {
             Ok(environ) => environ,
             Err(_) => return Mark::Unmarked,
@@ -165,10 +177,13 @@ fn mark_of(pid: i32) -> Mark {
                     Mark::Is(String::from_utf8_lossy(value).into_owned())
                 });
         }
-        match (before, environment_end(pid)) {
+        let Some(after) = stat(pid) else {
+            return Mark::Unmarked;
+        };
+        match (before, after.env_end) {
             (_, None) => return Mark::Unmarked,
             // A zombie has no memory at all, so no end address either.
-            (_, Some(0)) if alive(pid) => return Mark::Pending,
+            (_, Some(0)) if after.alive => return Mark::Pending,
             (_, Some(0)) => return Mark::Unmarked,
             (Some(before), Some(after)) if before == after => return Mark::Unmarked,
             // It execed meanwhile: read again.
@@ -199,14 +214,6 @@ fn read_in_one_call(path: &str) -> std::io::Result<Vec<u8>> {
         }
         size *= 4;
     }
-}
-
-/// The end address of a process's environment area (`env_end`, field 51 of its stat line).
-fn environment_end(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at field 3.
-    let after = stat.get(stat.rfind(')')? + 2..)?;
-    after.split_whitespace().nth(51 - 3)?.parse().ok()
 }
 
 /// The processes of one session (without its leader).
