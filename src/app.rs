@@ -7,12 +7,13 @@
 //!
 //! It is the [`SessionLink`] of one session channel. Ending a session ends every process it
 //! started: SIGHUP on [`terminate`](SessionLink::terminate), SIGKILL on
-//! [`force`](SessionLink::force), and SIGKILL to whatever is left once the session is over or
-//! the link is dropped — the process group, and every process carrying the session's mark in
-//! its environment (see `procs`), so `setsid`, `nohup` and double forks do not escape.
+//! [`force`](SessionLink::force), and SIGKILL to whatever is left once the leader has exited or
+//! the link is dropped: every process of the session's scope (its cgroup, or its reaper's
+//! tree; see `containment`), so `setsid`, `nohup`, double forks and `env -i` do not escape, and
+//! no orphan holding the output pipes can keep the session from ending.
 //!
 //! The leader is watched through a pidfd and reaped only at the very end: until then it holds
-//! its process ID, so the group ID can never be recycled under a signal of ours. Stdin is a
+//! its process ID, so the group ID can never be recycled under a client's `signal`. Stdin is a
 //! bounded queue written straight by the russh handler, so a client that floods a command that
 //! does not read is held back by TCP instead of filling the server's memory.
 
@@ -31,7 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use russh::server::Handle;
@@ -46,6 +47,7 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
+use crate::containment::{Containment, SessionScope};
 use crate::link::{Activity, AfterGoodbye, CountedWrites};
 use crate::procs;
 use crate::pty;
@@ -139,8 +141,13 @@ fn stdin_queue() -> (StdinSender, StdinReceiver) {
 /// (background jobs may hold the terminal open forever).
 const PTY_DRAIN: Duration = Duration::from_millis(200);
 
-/// How long the session's marked processes may take to disappear after the final SIGKILL.
+/// How long the session's processes may take to disappear after the final SIGKILL.
 const VANISH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Once every process of a session is gone, how long its output pumps may take to deliver what
+/// the pipes still hold. Bounded: a descriptor passed to a process outside the session could
+/// hold a pipe open forever.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 
 /// The most environment variables one session may set, and the longest value.
 pub const MAX_ENV_VARS: usize = 64;
@@ -220,6 +227,8 @@ pub struct ExecEnv {
     pub sftp: SftpService,
     /// Commands served in-process instead of by a process.
     pub commands: InProcessCommands,
+    /// How each session's processes are kept together (and so all ended with it).
+    pub containment: Containment,
 }
 
 /// What serves the `sftp` subsystem (and so `scp`, which speaks sftp in OpenSSH 9).
@@ -265,11 +274,22 @@ impl Default for ExecEnv {
             home,
             login_shell,
             shell: "/bin/sh".into(),
-            path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+            path: default_path(nix::unistd::getuid().is_root()).into(),
             accept_env: Vec::new(),
             sftp: SftpService::InProcess(None),
             commands: InProcessCommands::default(),
+            containment: Containment::detect(None),
         }
+    }
+}
+
+/// The `PATH` sessions get unless configured, as sshd's: the system's directories, not the
+/// server's own `PATH` (which may name a build tree or an operator's private directories).
+pub fn default_path(root: bool) -> &'static str {
+    if root {
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    } else {
+        "/usr/local/bin:/usr/bin:/bin"
     }
 }
 
@@ -292,65 +312,38 @@ pub struct Endpoints {
     pub local: SocketAddr,
 }
 
-/// The processes of one session: a group whose leader is not reaped yet (so its ID stays
-/// ours), plus every descendant and adopted orphan carrying the session's mark.
+/// The processes of one session: its leader, not reaped until the end (so the process group ID
+/// stays ours), and its scope, which holds every process the session started.
 struct Group {
     pgid: Pid,
-    mark: String,
+    scope: Arc<SessionScope>,
     reaped: Mutex<bool>,
 }
 
 impl Group {
-    /// Signals every process of the session.
-    fn signal(&self, signal: Signal) {
-        self.signal_all(&[signal]);
+    /// Asks every process of the session to end (SIGHUP, then SIGCONT).
+    fn hang_up(&self) {
+        self.scope.hang_up();
     }
 
-    /// Sends each of `signals`, in order, to every process of the session (one walk).
-    fn signal_all(&self, signals: &[Signal]) {
-        let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
-        // After the reap the leader's ID may belong to someone else: only marks count then.
-        let leader = (!*reaped).then_some(self.pgid);
-        let found = procs::session_processes(leader, &self.mark);
-        for &signal in signals {
-            if leader.is_some() {
-                match killpg(self.pgid, signal) {
-                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-                    Err(e) => {
-                        warn!(pgid = self.pgid.as_raw(), ?signal, error = %e, "could not signal process group")
-                    }
-                }
-            }
-            for pid in &found.all {
-                let _ = nix::sys::signal::kill(*pid, signal);
-            }
-        }
-        debug!(
-            pgid = self.pgid.as_raw(),
-            ?signals,
-            processes = found.all.len(),
-            "signalled the session"
-        );
+    /// Kills every process of the session.
+    fn kill(&self) {
+        self.scope.kill_all();
     }
 
-    /// Signals only the process group (what a client's `signal` request reaches).
+    /// Signals the command's process group (what a client's `signal` request reaches).
     fn signal_group(&self, signal: Signal) -> Result<(), String> {
         let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
         if *reaped {
             return Err("the session's processes have exited".into());
         }
-        killpg(self.pgid, signal).map_err(|e| e.to_string())
+        self.scope.signal_command(signal).map_err(|e| e.to_string())
     }
 
-    /// Kills what is left of the session's process group, then reaps the leader: called once
-    /// the pidfd said it exited (or after a SIGKILL to it, when a start fails), and followed by
-    /// [`sweep`](Self::sweep) or [`vanished`](Self::vanished), which find what left the group.
-    /// Until the reap, the exited leader pins the group's ID, so the group kill cannot reach
-    /// anyone else; and it has no children to walk any more: at its exit the kernel gave them
-    /// to this process (the subreaper), where the sweep looks for them by their mark.
+    /// Reaps the leader: called once the pidfd said it exited and the rest of the session was
+    /// ended ([`SessionScope::end_the_rest`]), or after a SIGKILL to it, when a start fails.
     fn reap(&self) -> SessionExit {
         let mut reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = killpg(self.pgid, Signal::SIGKILL);
         let status = waitpid(self.pgid, None);
         *reaped = true;
         procs::unregister_leader(self.pgid);
@@ -361,31 +354,6 @@ impl Group {
             }
             Ok(other) => SessionExit::Failed(format!("the command ended oddly: {other:?}")),
             Err(e) => SessionExit::Failed(format!("waiting for the command failed: {e}")),
-        }
-    }
-
-    /// Kills every process of the session found by its mark (after the leader's reap) and
-    /// reaps those this process adopted; returns how many were alive, plus the orphans caught
-    /// inside `execve` that may be the session's (looked at again on the next sweep).
-    fn sweep(&self) -> usize {
-        let left = procs::signal_session(None, &self.mark, Signal::SIGKILL);
-        procs::reap_adopted(&left.adopted);
-        left.all.len() + left.pending
-    }
-
-    /// Waits (bounded) until no process of the session is alive any more, reaping the orphans
-    /// it adopted.
-    async fn vanished(&self) {
-        let deadline = tokio::time::Instant::now() + VANISH_TIMEOUT;
-        loop {
-            if self.sweep() == 0 {
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                warn!(mark = %self.mark, "some of the session's processes survived SIGKILL");
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }
@@ -538,13 +506,30 @@ impl ChannelSession {
         events: SessionEvents,
     ) -> Result<Running, String> {
         let mark = events.session().to_string();
-        let mut cmd = self.command(request, &mark)?;
+        let cmd = self.command(request, &mark)?;
+        let scope = Arc::new(
+            self.env
+                .containment
+                .enclose(&mark)
+                .map_err(|e| format!("cannot set up the session's process containment: {e}"))?,
+        );
         let terminal = match &self.pty {
             Some(spec) => {
                 Some(pty::open(spec).map_err(|e| format!("cannot open a terminal: {e}"))?)
             }
             None => None,
         };
+        let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> = cmd
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+            .collect();
+        let args: Vec<&std::ffi::OsStr> = cmd.get_args().collect();
+        let program = std::path::Path::new(cmd.get_program());
+        let arg0 =
+            arg0_for(request, &self.env).unwrap_or_else(|| program.to_string_lossy().into_owned());
+        let cwd = cmd.get_current_dir().unwrap_or(&self.env.home);
+        let launch = scope.launch(program, &arg0, &args, terminal.is_some());
+        let cgroup_procs = scope.cgroup_procs_fd();
         let spawned = match &terminal {
             Some(t) => {
                 let slave = |what: &str| {
@@ -553,45 +538,63 @@ impl ChannelSession {
                         .map(Stdio::from)
                         .map_err(|e| format!("cannot set up the terminal's {what}: {e}"))
                 };
-                cmd.stdin(slave("stdin")?)
+                let mut leader = std::process::Command::new(&launch.program);
+                leader
+                    .arg0(&launch.arg0)
+                    .args(&launch.args)
+                    .env_clear()
+                    .envs(envs.iter().map(|(k, v)| (k, v)))
+                    .current_dir(cwd)
+                    .stdin(slave("stdin")?)
                     .stdout(slave("stdout")?)
                     .stderr(slave("stderr")?);
-                // SAFETY: between fork and exec only async-signal-safe calls are made: default
-                // signal dispositions, a new session, the terminal (fd 0) as its controlling
-                // tty, the subreaper flag.
+                let takes_terminal = scope.leader_takes_terminal();
+                // SAFETY: between fork and exec only async-signal-safe calls are made: the move
+                // into the session's cgroup, default signal dispositions, then either a new
+                // session with the terminal (fd 0) as its controlling tty, or (a reaper, which
+                // does that for the command) a process group of its own.
                 unsafe {
-                    cmd.pre_exec(|| {
+                    leader.pre_exec(move || {
+                        if let Some(fd) = cgroup_procs {
+                            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                        }
                         procs::default_signal_dispositions();
-                        if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        if takes_terminal {
+                            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                        } else if libc::setpgid(0, 0) < 0 {
                             return Err(std::io::Error::last_os_error());
                         }
-                        leader_adopts_orphans();
                         Ok(())
                     });
                 }
-                procs::spawn_leader(|| cmd.spawn())
+                procs::spawn_leader(|| leader.spawn())
                     .map(|child| (Pid::from_raw(child.id() as i32), None))
             }
             None => {
                 // Not `fork`: it would copy the page tables of the whole server for every
                 // command, a cost that grows with the number of live connections.
-                let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> = cmd
-                    .get_envs()
-                    .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
-                    .collect();
-                let args: Vec<&std::ffi::OsStr> = cmd.get_args().collect();
-                let program = std::path::Path::new(cmd.get_program());
-                let arg0 = arg0_for(request, &self.env)
-                    .unwrap_or_else(|| program.to_string_lossy().into_owned());
-                let cwd = cmd.get_current_dir().unwrap_or(&self.env.home);
-                procs::spawn_leader_vfork(program, &arg0, &args, &envs, cwd)
-                    .map(|child| (child.pid, Some((child.stdin, child.stdout, child.stderr))))
+                let args: Vec<&std::ffi::OsStr> =
+                    launch.args.iter().map(|a| a.as_os_str()).collect();
+                procs::spawn_leader_vfork(
+                    &launch.program,
+                    &launch.arg0,
+                    &args,
+                    &envs,
+                    cwd,
+                    cgroup_procs,
+                )
+                .map(|child| (child.pid, Some((child.stdin, child.stdout, child.stderr))))
             }
         };
         let (leader, pipes) = spawned.map_err(|e| format!("cannot start the session: {e}"))?;
+        scope.started(leader);
         let group = Arc::new(Group {
             pgid: leader,
-            mark,
+            scope,
             reaped: Mutex::new(false),
         });
         let io = (|| -> Result<(AsyncFd<OwnedFd>, Io), String> {
@@ -621,9 +624,9 @@ impl ChannelSession {
         let (pidfd, io) = match io {
             Ok(parts) => parts,
             Err(e) => {
-                group.signal(Signal::SIGKILL);
+                group.kill();
+                let _ = nix::sys::signal::kill(leader, Signal::SIGKILL);
                 let _ = group.reap();
-                group.sweep();
                 return Err(e);
             }
         };
@@ -786,16 +789,6 @@ enum Outputs {
     Pipes(pipe::Receiver, pipe::Receiver),
 }
 
-/// Makes the session's leader (in the child, before exec; kept across exec) the subreaper of
-/// its descendants: while it lives, an orphan of the session is re-parented to it, so the walk
-/// from the leader finds even a process that left the group and wiped its environment.
-fn leader_adopts_orphans() {
-    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes a plain integer; async-signal-safe.
-    unsafe {
-        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-    }
-}
-
 /// The `argv[0]` a session's program gets when it is not the program's path: a login shell's
 /// name with a leading dash, as sshd does.
 fn arg0_for(request: &SessionRequest, env: &ExecEnv) -> Option<String> {
@@ -951,7 +944,7 @@ impl SessionLink for ChannelSession {
                     .leave_channel_open
                     .store(scope == EndScope::Connection, Ordering::SeqCst);
                 running.feed.abort();
-                running.group.signal_all(&[Signal::SIGHUP, Signal::SIGCONT]);
+                running.group.hang_up();
                 Winding::Pending
             }
         }
@@ -967,7 +960,7 @@ impl SessionLink for ChannelSession {
             // Nothing runs: whatever the scope, the channel is not ours to wait for.
             None => Winding::Done,
             Some(running) => {
-                running.group.signal(Signal::SIGKILL);
+                running.group.kill();
                 running.forced.notify_one();
                 Winding::Pending
             }
@@ -990,7 +983,7 @@ impl Drop for ChannelSession {
             // The session actor went away without a finished session (killed outright or
             // crashed): nothing of it may stay behind. The driver reaps the leader.
             running.feed.abort();
-            running.group.signal(Signal::SIGKILL);
+            running.group.kill();
             running.forced.notify_one();
             self.close_channel_later();
         }
@@ -1087,29 +1080,34 @@ impl Driver {
         tokio::select! {
             _ = pidfd.readable() => {}
             () = self.forced.notified() => {
-                self.group.signal(Signal::SIGKILL);
+                self.group.kill();
                 self.forced.notify_one();
                 let _ = pidfd.readable().await;
             }
         }
         let _ = exited_tx.send(true);
-        // Output written just before the exit is still buffered: deliver it, unless the session
-        // is being forced (then nothing more is owed to the client). A terminal may be held open
-        // by background jobs: give it a moment, not forever.
+        // No process outlives its session: what the leader left running (background jobs,
+        // escapees) is killed now. That also closes every copy of the output pipes, so the
+        // pumps below end even when an orphan held them open.
+        let left = self.group.scope.end_the_rest(VANISH_TIMEOUT).await;
+        // Output written before the end is still buffered: deliver it, unless the session is
+        // being forced (then nothing more is owed to the client). Bounded all the same.
         let drained = async {
             for pump in pumps {
                 let _ = pump.await;
             }
         };
         let forced = tokio::select! {
-            _ = drained => false,
+            _ = tokio::time::timeout(OUTPUT_DRAIN, drained) => false,
             () = self.forced.notified() => true,
         };
         for abort in &aborts {
             abort.abort();
         }
         let exit = self.group.reap();
-        self.group.vanished().await;
+        if left > 0 {
+            warn!(left, "processes of the session outlived it");
+        }
         // Stdin has no reader any more.
         self.feed.abort();
         // Boxed: inline, these request futures would sit in the driver's task, idle or not.
@@ -1150,7 +1148,7 @@ impl Driver {
             let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
         }
         self.done.store(true, Ordering::SeqCst);
-        self.events.finished(exit);
+        self.events.finished_leaving(exit, left);
     }
 }
 

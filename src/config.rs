@@ -25,6 +25,11 @@ pub struct Config {
     pub accept_env: Vec<String>,
     /// An external sftp-server binary instead of the in-process sftp.
     pub sftp_server: Option<PathBuf>,
+    /// How each session's processes are kept together: `auto`, `cgroup`, `reaper` or
+    /// `process-group` (see docs/OPERATIONS.md).
+    pub containment: crate::containment::ContainmentChoice,
+    /// `PATH` for sessions; none: the system's directories, as sshd gives them.
+    pub session_path: Option<String>,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Limits.
@@ -39,6 +44,8 @@ impl Default for Config {
             authorized_keys: None,
             accept_env: Vec::new(),
             sftp_server: None,
+            containment: Default::default(),
+            session_path: None,
             timeouts: Timeouts::default(),
             limits: Limits::default(),
         }

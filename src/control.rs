@@ -570,7 +570,7 @@ async fn kill_set(
 
 /// Fills in how many live processes each session has (one scan of /proc, off the runtime).
 async fn with_process_counts(mut all: Vec<ConnectionInfo>) -> Vec<ConnectionInfo> {
-    let counts = tokio::task::spawn_blocking(crate::procs::count_by_session)
+    let counts = tokio::task::spawn_blocking(crate::containment::count_by_session)
         .await
         .unwrap_or_default();
     for session in all.iter_mut().flat_map(|c| c.sessions.iter_mut()) {
@@ -839,7 +839,10 @@ pub fn process_stats() -> Value {
     let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).ok();
+    let containment = crate::containment::in_use();
     json!({
+        "containment": containment.as_ref().map(|c| c.name()),
+        "containment_location": containment.as_ref().and_then(|c| c.location()).map(|p| p.display().to_string()),
         "pss_kib": field(&rollup, "Pss:"),
         "rss_kib": field(&status, "VmRSS:"),
         "open_fds": fds,

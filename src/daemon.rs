@@ -19,6 +19,7 @@ use sshvisor_actors::{spawn_supervisor, Event, KillReport, Policy, SupervisorArg
 use tracing::info;
 
 use crate::app::{ExecEnv, InProcessCommands, SftpService};
+use crate::containment::Containment;
 use crate::control::{ControlDefaults, ControlServer, KillGrace, ListenerSlot, ReloadHook};
 use crate::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
 use crate::server::{SshListener, SshOptions};
@@ -53,6 +54,10 @@ pub struct DaemonOptions {
     /// Reap the orphans the server adopts as subreaper. Leave on unless the embedding program
     /// spawns children of its own (the reaper would take their exit status).
     pub reap_orphans: bool,
+    /// How each session's processes are kept together; fixed at start (a reload keeps it).
+    pub containment: crate::containment::ContainmentChoice,
+    /// `PATH` for sessions; `None`: [`crate::app::default_path`].
+    pub session_path: Option<String>,
     /// Where `reload` (`sshvisor ctl reload`, SIGHUP) reads new options from; `None`: the
     /// server cannot be reloaded.
     pub reload_from: Option<ConfigSource>,
@@ -79,15 +84,18 @@ impl DaemonOptions {
         self.timeouts.policy(&self.limits, self.kill_grace)
     }
 
-    fn exec_env(&self) -> ExecEnv {
+    fn exec_env(&self, containment: &Containment) -> ExecEnv {
+        let defaults = ExecEnv::default();
         ExecEnv {
+            containment: containment.clone(),
+            path: self.session_path.clone().unwrap_or(defaults.path.clone()),
             accept_env: self.accept_env.clone(),
             sftp: match &self.sftp_server {
                 Some(path) => SftpService::External(path.clone()),
                 None => SftpService::InProcess(None),
             },
             commands: self.commands.clone(),
-            ..ExecEnv::default()
+            ..defaults
         }
     }
 
@@ -113,6 +121,8 @@ impl Default for DaemonOptions {
             timeouts: crate::config::Timeouts::default(),
             limits: crate::config::Limits::default(),
             reap_orphans: true,
+            containment: Default::default(),
+            session_path: None,
             reload_from: None,
             commands: InProcessCommands::default(),
         }
@@ -152,6 +162,9 @@ pub enum DaemonError {
     /// The supervisor could not be spawned.
     #[error("cannot start the supervisor: {0}")]
     Supervisor(String),
+    /// The process containment asked for is not available here.
+    #[error("cannot contain session processes: {0}")]
+    Containment(String),
 }
 
 /// A running server: supervisor, SSH listener and control socket.
@@ -204,8 +217,17 @@ impl Daemon {
         if let Err(e) = crate::procs::become_subreaper() {
             tracing::warn!(error = %e, "cannot become a child subreaper: escaped processes are found by their mark only while their parent lives");
         }
+        let containment = options
+            .containment
+            .resolve()
+            .map_err(DaemonError::Containment)?;
+        match &containment {
+            Containment::ProcessGroup => tracing::warn!("sessions are contained by their process group only: a process that leaves it (setsid, a double fork) can outlive its session; run as root or give the server a delegated cgroup (systemd Delegate=yes)"),
+            other => info!(containment = other.name(), location = ?other.location(), "session processes are contained"),
+        }
+        crate::containment::set_in_use(containment.clone());
         if options.reap_orphans {
-            spawn_orphan_reaper();
+            spawn_orphan_reaper(matches!(containment, Containment::Reaper(_)));
         }
         let events = Arc::new(ractor::OutputPort::default());
         let supervisor = spawn_supervisor(
@@ -227,6 +249,7 @@ impl Daemon {
             supervisor: supervisor.clone(),
             listener: slot.clone(),
             kill_grace: kill_grace.clone(),
+            containment: containment.clone(),
         });
         let hook: ReloadHook = {
             let reloader = reloader.clone();
@@ -262,7 +285,7 @@ impl Daemon {
                 host_key: host_key.clone(),
                 authorized,
                 keepalive: options.keepalive(),
-                env: options.exec_env(),
+                env: options.exec_env(&containment),
             },
             supervisor.clone(),
         )
@@ -360,6 +383,8 @@ pub struct Reloader {
     supervisor: ActorRef<SupervisorMsg>,
     listener: ListenerSlot,
     kill_grace: KillGrace,
+    /// Chosen at start; a reload keeps it (live sessions are contained by it).
+    containment: Containment,
 }
 
 impl Reloader {
@@ -411,7 +436,7 @@ impl Reloader {
             _ => return Err("the supervisor did not take the new policy".into()),
         }
         if let Some(listener) = self.listener.lock().await.as_ref() {
-            listener.update(authorized, new.exec_env(), new.keepalive());
+            listener.update(authorized, new.exec_env(&self.containment), new.keepalive());
         }
         self.kill_grace.set(new.kill_grace);
         *applied = DaemonOptions {
@@ -513,13 +538,16 @@ fn changes(old: &DaemonOptions, new: &DaemonOptions) -> Vec<String> {
 /// In place, not on the blocking pool: it reads this process's list of children and the state
 /// of each (procfs, no disk), and waits for no one. On the blocking pool every session's end
 /// cost a wake-up of a blocking thread and another of a worker for its answer.
-fn spawn_orphan_reaper() {
+///
+/// `kill_live`: where each session has a reaper of its own, a live orphan reached the server
+/// only because its session's reaper was killed: it is killed too.
+fn spawn_orphan_reaper(kill_live: bool) {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::child()) {
         Ok(mut children) => {
             tokio::spawn(async move {
                 while children.recv().await.is_some() {
-                    let reaped = crate::procs::reap_orphans();
+                    let reaped = crate::procs::reap_orphans(kill_live);
                     if reaped > 0 {
                         tracing::debug!(reaped, "reaped adopted orphans");
                     }

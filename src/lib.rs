@@ -10,7 +10,9 @@
 //! - `link`: the russh implementation of the tree's `ConnectionLink`.
 //! - `app`: the default session application (exec, shells, terminals), the `SessionLink`.
 //! - `pty`: pseudo-terminals: open with size and modes, resize, async master.
-//! - `procs`: finding a session's processes (its mark in their environment) to end them all.
+//! - `containment`: keeping each session's processes together (a cgroup, or a reaper) so that
+//!   its end takes them all; `reaper`: the per-session reaper process, the unprivileged way.
+//! - `procs`: starting session leaders; reaping the orphans the daemon adopts.
 //! - `sftp`: the in-process SFTP server (`serve`) over the `SftpFs` trait; `LocalFs` by default.
 //! - `keys`: host key, generated client key, authorized_keys.
 //! - `control`: the control socket (JSON lines) and its protocol.
@@ -22,6 +24,7 @@
 
 pub mod app;
 pub mod config;
+pub mod containment;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
@@ -30,6 +33,7 @@ pub mod keys;
 pub mod link;
 pub mod procs;
 pub mod pty;
+pub mod reaper;
 pub mod runtime;
 pub mod server;
 pub mod sftp;

@@ -136,6 +136,14 @@ struct ServeArgs {
     /// Run this sftp-server binary for the sftp subsystem instead of the in-process one.
     #[arg(long, value_name = "PATH")]
     sftp_server: Option<PathBuf>,
+    /// How each session's processes are kept together: auto, cgroup, reaper, process-group
+    /// [default: auto: a cgroup per session where the server may make one, else a reaper].
+    #[arg(long, value_parser = clap::value_parser!(sshvisor::containment::ContainmentChoice))]
+    containment: Option<sshvisor::containment::ContainmentChoice>,
+    /// PATH for sessions [default: /usr/local/bin:/usr/bin:/bin, plus the sbin directories
+    /// for root].
+    #[arg(long, value_name = "PATH")]
+    session_path: Option<String>,
 }
 
 impl ServeArgs {
@@ -158,6 +166,8 @@ impl ServeArgs {
             timeouts: file.timeouts,
             limits: file.limits,
             reap_orphans: true,
+            containment: self.containment.unwrap_or(file.containment),
+            session_path: self.session_path.clone().or(file.session_path),
             reload_from: Some(ConfigSource(Arc::new(move || flags.options()))),
             commands: Default::default(),
         })
@@ -193,6 +203,9 @@ impl FilterArgs {
 }
 
 fn main() -> ExitCode {
+    // Run again as a session's reaper (where no cgroup contains sessions): that and nothing
+    // else, before anything is set up.
+    sshvisor::reaper::run_if_asked();
     let cli = Cli::parse();
     let runtime = match sshvisor::runtime::builder().build() {
         Ok(rt) => rt,

@@ -226,9 +226,9 @@ async fn a_killed_session_leaves_no_escaped_process_behind() {
     .await;
     let listed = server.ctl(&["ls", "--json"]).output().await.unwrap();
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    // The shell running the command line and four of its sleeps carry the mark (the fifth
-    // wiped it, and is found through the process tree).
-    assert_eq!(listed[0]["sessions"][0]["processes"], 5, "{listed}");
+    // The shell running the command line and its five sleeps, the one without the session's
+    // variable included.
+    assert_eq!(listed[0]["sessions"][0]["processes"], 6, "{listed}");
 
     let out = server
         .ctl(&["kill", &session.to_string(), "--grace", "2s"])

@@ -134,6 +134,7 @@ pub(crate) struct ConnOutcome {
     pub(crate) cause: DisconnectCause,
     pub(crate) sessions_closed: usize,
     pub(crate) forced: bool,
+    pub(crate) processes_left: usize,
 }
 
 struct Killing {
@@ -161,6 +162,8 @@ pub struct ConnectionState {
     giving_up: bool,
     authenticated: bool,
     sessions_closed: usize,
+    /// Processes its sessions reported left running at their end (summed).
+    processes_left: usize,
     forced: bool,
     timers: Vec<JoinHandle<()>>,
     idle_clock: IdleClock,
@@ -294,6 +297,7 @@ impl ConnectionState {
             cause,
             sessions_closed: self.sessions_closed,
             forced: self.forced,
+            processes_left: self.processes_left,
         });
         myself.stop(None);
     }
@@ -324,6 +328,7 @@ impl Actor for ConnectionActor {
             giving_up: false,
             authenticated: false,
             sessions_closed: 0,
+            processes_left: 0,
             forced: false,
             timers: Vec::new(),
             idle_clock: IdleClock::new(),
@@ -426,6 +431,7 @@ impl Actor for ConnectionActor {
                                     exit: SessionExit::Failed(e.to_string()),
                                     killed: None,
                                     forced: false,
+                                    processes_left: 0,
                                 },
                             ));
                             let _ = reply
@@ -636,14 +642,16 @@ impl Actor for ConnectionActor {
         let Some((session, _)) = state.sessions.remove(&cell.get_id()) else {
             return Ok(());
         };
-        let (exit, killed, forced) = match outcome {
-            Some(o) => (o.exit, o.killed, o.forced),
+        let (exit, killed, forced, processes_left) = match outcome {
+            Some(o) => (o.exit, o.killed, o.forced, o.processes_left),
             None => (
                 SessionExit::Failed("the session crashed".into()),
                 None,
                 false,
+                0,
             ),
         };
+        state.processes_left += processes_left;
         // A session that had to be forced while the connection closes makes its end forced too
         // (the connection's own grace may never run out: the client can leave first).
         if state.closing {
@@ -660,6 +668,7 @@ impl Actor for ConnectionActor {
                 exit,
                 killed,
                 forced,
+                processes_left,
             }));
         state.advance(&myself);
         Ok(())

@@ -209,7 +209,16 @@ impl SessionEvents {
 
     /// The work has ended and the channel is closed on our side. Extra calls are ignored.
     pub fn finished(&self, exit: SessionExit) {
+        self.finished_leaving(exit, 0);
+    }
+
+    /// The work has ended, but `processes_left` of its processes still ran after the last
+    /// SIGKILL (reported in the kill's [`KillReport`](crate::KillReport)).
+    pub fn finished_leaving(&self, exit: SessionExit, processes_left: usize) {
         // The session may already be gone (killed outright); nothing is waiting then.
-        let _ = self.actor.cast(SessionMsg::Finished { exit });
+        let _ = self.actor.cast(SessionMsg::Finished {
+            exit,
+            processes_left,
+        });
     }
 }

@@ -127,6 +127,10 @@ pub struct KillReport {
     pub elapsed: Duration,
     /// True when the grace ran out and the end was forced (processes killed, stream cut).
     pub forced: bool,
+    /// Processes of the target's sessions still running when those sessions reported their
+    /// end (they could not be killed): the target is zero.
+    #[serde(default)]
+    pub processes_left: usize,
 }
 
 /// Why a kill could not be carried out.

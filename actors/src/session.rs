@@ -115,6 +115,8 @@ pub enum SessionMsg {
     Finished {
         /// How it ended.
         exit: SessionExit,
+        /// How many of its processes were still running after the last SIGKILL.
+        processes_left: usize,
     },
     /// The grace of a terminate ran out.
     GraceElapsed,
@@ -154,6 +156,7 @@ pub(crate) struct SessionOutcome {
     pub(crate) exit: SessionExit,
     pub(crate) killed: Option<String>,
     pub(crate) forced: bool,
+    pub(crate) processes_left: usize,
 }
 
 /// The actor's state; its parent reads `outcome` from it once the actor has stopped.
@@ -173,6 +176,8 @@ pub struct SessionState {
     timers: Vec<JoinHandle<()>>,
     pty: Option<PtyInfo>,
     pub(crate) outcome: Option<SessionOutcome>,
+    /// What the link reported left running at its end.
+    processes_left: usize,
 }
 
 impl SessionState {
@@ -192,6 +197,7 @@ impl SessionState {
                 exit,
                 killed: self.killed.clone(),
                 forced: self.forced,
+                processes_left: self.processes_left,
             });
         }
         myself.stop(None);
@@ -267,6 +273,7 @@ impl Actor for SessionActor {
             timers: Vec::new(),
             pty: None,
             outcome: None,
+            processes_left: 0,
         })
     }
 
@@ -399,8 +406,12 @@ impl Actor for SessionActor {
                     info!(reason = state.killed.as_deref(), grace = %humantime::format_duration(grace), "terminating session");
                     state.begin_end(&myself, grace, scope);
                 }
-                SessionMsg::Finished { exit } => {
-                    debug!(?exit, "session work finished");
+                SessionMsg::Finished {
+                    exit,
+                    processes_left,
+                } => {
+                    debug!(?exit, processes_left, "session work finished");
+                    state.processes_left = processes_left;
                     state.finish(&myself, exit);
                 }
                 SessionMsg::GraceElapsed => {

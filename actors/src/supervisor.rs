@@ -202,6 +202,7 @@ pub enum Notice {
         exit: SessionExit,
         killed: Option<String>,
         forced: bool,
+        processes_left: usize,
     },
     /// Sent by the supervisor to itself when the earliest login grace runs out.
     LoginTimer,
@@ -493,6 +494,7 @@ impl SupervisorState {
         exit: SessionExit,
         killed: Option<String>,
         forced: bool,
+        processes_left: usize,
     ) {
         self.sessions.remove(&session);
         let Some(entry) = self.conns.get_mut(&conn) else {
@@ -508,6 +510,7 @@ impl SupervisorState {
                 sessions_closed: 1,
                 elapsed: waiter.since.elapsed(),
                 forced,
+                processes_left,
             }));
         }
         self.events.send(Event::SessionClosed {
@@ -532,14 +535,15 @@ impl SupervisorState {
         };
         forget_login(&mut self.logins, &mut entry, conn);
         self.counts.release(&entry, &self.policy.limits);
-        let (cause, sessions_closed, forced) = match (outcome, failure) {
-            (Some(o), _) => (o.cause, o.sessions_closed, o.forced),
+        let (cause, sessions_closed, forced, processes_left) = match (outcome, failure) {
+            (Some(o), _) => (o.cause, o.sessions_closed, o.forced, o.processes_left),
             (None, message) => (
                 DisconnectCause::Error {
                     message: message.unwrap_or_else(|| "the connection actor was killed".into()),
                 },
                 entry.sessions.len(),
                 true,
+                0,
             ),
         };
         // Sessions still listed here died with their connection (it crashed or was killed).
@@ -551,6 +555,7 @@ impl SupervisorState {
                     sessions_closed: 1,
                     elapsed: waiter.since.elapsed(),
                     forced: true,
+                    processes_left: 0,
                 }));
             }
             self.events.send(Event::SessionClosed {
@@ -567,6 +572,7 @@ impl SupervisorState {
                 sessions_closed,
                 elapsed: waiter.since.elapsed(),
                 forced,
+                processes_left,
             }));
         }
         let report = |since: Instant| KillReport {
@@ -574,6 +580,7 @@ impl SupervisorState {
             sessions_closed,
             elapsed: since.elapsed(),
             forced,
+            processes_left,
         };
         let mut i = 0;
         while i < self.groups.len() {
@@ -953,7 +960,8 @@ impl Actor for SupervisorActor {
                     exit,
                     killed,
                     forced,
-                } => state.session_ended(conn, session, exit, killed, forced),
+                    processes_left,
+                } => state.session_ended(conn, session, exit, killed, forced, processes_left),
                 Notice::GroupGraceElapsed { group } => state.group_grace_elapsed(group),
                 Notice::LoginTimer => state.login_timer(&myself),
                 Notice::ConnectionEnded { actor, end } => {

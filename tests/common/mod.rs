@@ -411,3 +411,54 @@ pub fn tcp_tx_queue_to(remote: std::net::SocketAddr) -> Option<u64> {
         u64::from_str_radix(tx, 16).ok()
     })
 }
+
+/// `sshvisor serve --listen 127.0.0.1:0 EXTRA...` run as its own process in `cwd` (the daemon
+/// as an operator runs it: subreaper, orphan reaper, signals); with the printed `ssh` command
+/// line as words, the session's command left out.
+pub async fn serve_process(cwd: &Path, extra: &[&str]) -> (tokio::process::Child, Vec<String>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sshvisor"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ssh_line = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.trim_start().starts_with("ssh ") {
+                return line;
+            }
+        }
+        panic!("serve ended without printing its ssh line");
+    })
+    .await
+    .expect("serve prints its ssh line");
+    let words = ssh_line
+        .replace("'echo hello from sshvisor'", "")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    (child, words)
+}
+
+/// Live zombies whose parent is `parent`.
+pub fn zombies_of(parent: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            fields.next() == Some("Z") && fields.next() == Some(parent.to_string().as_str())
+        })
+        .count()
+}
