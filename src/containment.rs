@@ -86,7 +86,7 @@ impl Containment {
     /// A scope for a new session's processes (before its leader is started).
     pub(crate) fn enclose(&self, session: &str) -> io::Result<SessionScope> {
         let kind = match self {
-            Containment::Cgroup(root) => ScopeKind::Cgroup(root.create(session)?),
+            Containment::Cgroup(root) => ScopeKind::Cgroup(root.create()?),
             Containment::Reaper(program) => ScopeKind::Reaper(program.clone()),
             Containment::ProcessGroup => ScopeKind::ProcessGroup,
         };
@@ -164,11 +164,19 @@ pub enum ContainmentError {
 }
 
 /// The directory under which this server makes its sessions' cgroups: `sshvisor-<pid>` inside
-/// the server's own cgroup.
+/// the server's own cgroup; each session's is `s<N>` in it, reused once empty.
 #[derive(Debug)]
 pub struct CgroupRoot {
     dir: PathBuf,
+    /// Empty session cgroups kept for the next sessions: a cgroup's creation and removal cost
+    /// the kernel more than everything else in a session's start and end.
+    spare: Mutex<Vec<PathBuf>>,
+    /// Names the next new session cgroup.
+    next: std::sync::atomic::AtomicU64,
 }
+
+/// The most empty session cgroups kept for reuse; more are removed.
+const MAX_SPARE: usize = 4096;
 
 impl CgroupRoot {
     /// This process's root (made once, shared by every listener in the process).
@@ -218,7 +226,11 @@ impl CgroupRoot {
             });
         }
         info!(dir = %dir.display(), "sessions are contained in cgroups");
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            spare: Mutex::new(Vec::new()),
+            next: Default::default(),
+        })
     }
 
     /// The directory of this server's session cgroups.
@@ -226,9 +238,18 @@ impl CgroupRoot {
         &self.dir
     }
 
-    fn create(&self, session: &str) -> io::Result<SessionCgroup> {
-        let dir = self.dir.join(session);
-        fs::create_dir(&dir)?;
+    /// An empty cgroup for a new session: a spare one, or a new one.
+    fn create(self: &Arc<Self>) -> io::Result<SessionCgroup> {
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let dir = match spare {
+            Some(dir) => dir,
+            None => {
+                let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let dir = self.dir.join(format!("s{n}"));
+                fs::create_dir(&dir)?;
+                dir
+            }
+        };
         let procs = fs::OpenOptions::new()
             .write(true)
             .open(dir.join("cgroup.procs"));
@@ -236,11 +257,23 @@ impl CgroupRoot {
             Ok(procs) => Ok(SessionCgroup {
                 dir,
                 procs: Mutex::new(Some(procs.into())),
+                root: self.clone(),
+                emptied: std::sync::atomic::AtomicBool::new(false),
             }),
             Err(e) => {
                 let _ = fs::remove_dir(&dir);
                 Err(e)
             }
+        }
+    }
+
+    /// Takes back a session's cgroup once nothing runs in it.
+    fn give_back(&self, dir: PathBuf) {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < MAX_SPARE {
+            spare.push(dir);
+        } else if let Err(e) = fs::remove_dir(&dir) {
+            debug!(dir = %dir.display(), error = %e, "cannot remove a session's cgroup");
         }
     }
 }
@@ -329,6 +362,10 @@ pub(crate) struct SessionCgroup {
     /// `cgroup.procs`, open for the leader to move itself in before it execs; closed once it
     /// has started (a session holds no descriptor for its cgroup).
     procs: Mutex<Option<OwnedFd>>,
+    /// Where the cgroup goes back once empty.
+    root: Arc<CgroupRoot>,
+    /// Seen empty after the leader's exit: it can go back as it is.
+    emptied: std::sync::atomic::AtomicBool,
 }
 
 /// The processes of one session, however they are held together.
@@ -516,6 +553,7 @@ impl SessionScope {
                 let mut pause = Duration::from_micros(200);
                 loop {
                     if !populated(&cg.dir) {
+                        cg.emptied.store(true, std::sync::atomic::Ordering::SeqCst);
                         return 0;
                     }
                     cgroup_kill(&cg.dir);
@@ -552,16 +590,17 @@ impl Drop for SessionScope {
         }
         if let ScopeKind::Cgroup(cg) = &self.kind {
             // Emptied by `end_the_rest` in the normal course; when it was not (the session was
-            // dropped early), nothing of it may stay: killed, and removed once empty.
-            if populated(&cg.dir) {
+            // dropped early), nothing of it may stay: killed, and taken back once empty.
+            if cg.emptied.load(std::sync::atomic::Ordering::SeqCst) || !populated(&cg.dir) {
+                cg.root.give_back(cg.dir.clone());
+            } else {
                 cgroup_kill(&cg.dir);
-                let dir = cg.dir.clone();
+                let (dir, root) = (cg.dir.clone(), cg.root.clone());
                 std::thread::spawn(move || {
-                    wait_unpopulated_blocking(&dir, Duration::from_secs(5));
-                    let _ = fs::remove_dir(&dir);
+                    if wait_unpopulated_blocking(&dir, Duration::from_secs(5)) {
+                        root.give_back(dir);
+                    }
                 });
-            } else if let Err(e) = fs::remove_dir(&cg.dir) {
-                debug!(dir = %cg.dir.display(), error = %e, "cannot remove a session's cgroup");
             }
         }
     }
