@@ -302,3 +302,34 @@ async fn a_server_killed_outright_leaves_no_session_process_for_long() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_session_is_contained_too_and_keeps_its_exit_status() {
+    for (round, containment) in containments().into_iter().enumerate() {
+        let server = server_with(containment).await;
+        let tag = format!("98716{round}");
+        let out = server
+            .ssh("eve")
+            .arg("-tt")
+            .arg(format!(
+                "tty >/dev/null && echo on-a-terminal; setsid -f sleep {tag} >/dev/null 2>&1; exit 7"
+            ))
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "{containment:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stdout).contains("on-a-terminal"),
+            "{containment:?}"
+        );
+        assert!(
+            processes_with_argv(&["sleep", &tag]).is_empty(),
+            "{containment:?}: the escapee outlived its terminal session"
+        );
+    }
+}
