@@ -141,7 +141,7 @@ fn run(args: Vec<OsString>) -> i32 {
         reap(child, &mut status);
         if status.is_some() || ending {
             ending = true;
-            if !end_everything() {
+            if !end_everything(child, &mut status) {
                 return exit_like(status);
             }
             continue;
@@ -194,8 +194,9 @@ fn reap(command: Pid, status: &mut Option<WaitStatus>) {
     }
 }
 
-/// One round of the end: SIGKILL to every descendant, then reap. False once no child is left.
-fn end_everything() -> bool {
+/// One round of the end: SIGKILL to every descendant, then reap (keeping the command's
+/// status). False once no child is left.
+fn end_everything(command: Pid, status: &mut Option<WaitStatus>) -> bool {
     let all = crate::containment::descendants(Pid::this());
     for pid in &all {
         let _ = kill(*pid, Signal::SIGKILL);
@@ -207,7 +208,11 @@ fn end_everything() -> bool {
                 std::thread::sleep(Duration::from_millis(1));
                 return true;
             }
-            Ok(_) => continue,
+            Ok(s) => {
+                if s.pid() == Some(command) && status.is_none() {
+                    *status = Some(s);
+                }
+            }
             Err(_) => return false,
         }
     }
