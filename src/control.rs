@@ -96,15 +96,20 @@ pub enum Command {
         target: String,
     },
     /// Kill a connection or a session (full ID or unique prefix); answers once it is gone.
+    /// With `dry_run`, answers what it would kill and kills nothing: the connection, or for a
+    /// session its connection listing only that session.
     Kill {
         /// The ID or prefix.
         target: String,
         /// Shown to the client.
         #[serde(default)]
         reason: Option<String>,
-        /// Humantime duration (`5s`, `500ms`).
+        /// Humantime duration (`5s`, `500ms`); the server's kill grace when absent.
         #[serde(default)]
         grace: Option<String>,
+        /// Say what would be killed, kill nothing.
+        #[serde(default)]
+        dry_run: bool,
     },
     /// Kill every connection the filter selects (AND of its criteria); answers once all of
     /// them are gone, with one report per connection. With `dry_run`, only lists them.
@@ -626,6 +631,28 @@ fn explain(text: &str, found: PrefixMatch<Target>) -> Result<Target, String> {
     }
 }
 
+/// What a kill of `text` would end, killing nothing: the connection it names, or for a
+/// session its connection with only that session listed.
+async fn would_kill(
+    supervisor: &ActorRef<SupervisorMsg>,
+    text: &str,
+) -> Result<ConnectionInfo, String> {
+    let target = resolve_live(supervisor, text).await?;
+    let gone = || format!("{target} ended meanwhile");
+    let all = list(supervisor).await?;
+    match target {
+        Target::Connection(conn) => all.into_iter().find(|c| c.id == conn).ok_or_else(gone),
+        Target::Session(session) => {
+            let mut info = all
+                .into_iter()
+                .find(|c| c.sessions.iter().any(|s| s.id == session))
+                .ok_or_else(gone)?;
+            info.sessions.retain(|s| s.id == session);
+            Ok(info)
+        }
+    }
+}
+
 /// Kills the connection or session that `text` names (a full ID or a unique prefix) and waits
 /// for its report.
 async fn kill_text(
@@ -759,8 +786,14 @@ async fn run(
         }
         Command::Kill {
             target,
+            dry_run: true,
+            ..
+        } => raw(&would_kill(supervisor, target.trim()).await?),
+        Command::Kill {
+            target,
             reason,
             grace,
+            dry_run: false,
         } => {
             let grace = parse_grace(grace.as_deref(), defaults.kill_grace.get())?;
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
