@@ -218,6 +218,8 @@ pub struct ExecEnv {
     pub accept_env: Vec<String>,
     /// What serves the `sftp` subsystem.
     pub sftp: SftpService,
+    /// The budgets of open in-process sftp handles (kept across reloads).
+    pub sftp_handles: Arc<sftp::HandleBudgets>,
     /// Commands served in-process instead of by a process.
     pub commands: InProcessCommands,
 }
@@ -268,6 +270,7 @@ impl Default for ExecEnv {
             path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
             accept_env: Vec::new(),
             sftp: SftpService::InProcess(None),
+            sftp_handles: Arc::default(),
             commands: InProcessCommands::default(),
         }
     }
@@ -415,6 +418,8 @@ pub struct ChannelSession {
     in_process: Option<InProcessRun>,
     activity: Arc<Activity>,
     after_goodbye: Arc<AfterGoodbye>,
+    /// The connection's share of the sftp handle budgets.
+    sftp_handles: sftp::ConnectionHandles,
 }
 
 /// An in-process session (sftp, or an in-process command): the task serving it.
@@ -441,6 +446,7 @@ impl ChannelSession {
         ends: Endpoints,
         activity: Arc<Activity>,
         after_goodbye: Arc<AfterGoodbye>,
+        sftp_handles: sftp::ConnectionHandles,
     ) -> (Self, StdinSender) {
         let (tx, rx) = stdin_queue();
         let channel = stream.id();
@@ -451,6 +457,7 @@ impl ChannelSession {
             in_process: None,
             activity,
             after_goodbye,
+            sftp_handles,
             env,
             ends,
             pty: None,
@@ -677,10 +684,11 @@ impl ChannelSession {
         events: SessionEvents,
     ) -> Result<(), String> {
         let fs = fs.unwrap_or_else(|| Arc::new(LocalFs::new(self.env.home.clone())));
+        let share = self.sftp_handles.clone();
         self.start_in_process(
             Box::new(move |io| {
                 Box::pin(async move {
-                    match sftp::serve(io, fs).await {
+                    match sftp::serve_within(io, fs, Some(share)).await {
                         Ok(()) => SessionExit::Status(0),
                         Err(e) => {
                             debug!(error = %e, "sftp session ended with an error");

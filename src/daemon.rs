@@ -22,6 +22,7 @@ use crate::app::{ExecEnv, InProcessCommands, SftpService};
 use crate::control::{ControlDefaults, ControlServer, KillGrace, ListenerSlot, ReloadHook};
 use crate::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
 use crate::server::{SshListener, SshOptions};
+use crate::sftp::HandleBudgets;
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2222";
@@ -79,8 +80,11 @@ impl DaemonOptions {
         self.timeouts.policy(&self.limits, self.kill_grace)
     }
 
-    fn exec_env(&self) -> ExecEnv {
+    /// What sessions run with; `sftp_handles` is the server's, kept across reloads (its counts
+    /// are of what is open now).
+    fn exec_env(&self, sftp_handles: &Arc<HandleBudgets>) -> ExecEnv {
         ExecEnv {
+            sftp_handles: sftp_handles.clone(),
             accept_env: self.accept_env.clone(),
             sftp: match &self.sftp_server {
                 Some(path) => SftpService::External(path.clone()),
@@ -221,7 +225,9 @@ impl Daemon {
         let ctl_path = dir.join(CTL_SOCKET);
         let slot: ListenerSlot = Arc::new(tokio::sync::Mutex::new(None));
         let kill_grace = KillGrace::new(options.kill_grace);
+        let sftp_handles = Arc::new(HandleBudgets::new(options.limits.sftp_handles()));
         let reloader = Arc::new(Reloader {
+            sftp_handles: sftp_handles.clone(),
             generated,
             applied: tokio::sync::Mutex::new(options.clone()),
             supervisor: supervisor.clone(),
@@ -262,7 +268,7 @@ impl Daemon {
                 host_key: host_key.clone(),
                 authorized,
                 keepalive: options.keepalive(),
-                env: options.exec_env(),
+                env: options.exec_env(&sftp_handles),
             },
             supervisor.clone(),
         )
@@ -360,6 +366,7 @@ pub struct Reloader {
     supervisor: ActorRef<SupervisorMsg>,
     listener: ListenerSlot,
     kill_grace: KillGrace,
+    sftp_handles: Arc<HandleBudgets>,
 }
 
 impl Reloader {
@@ -411,9 +418,14 @@ impl Reloader {
             _ => return Err("the supervisor did not take the new policy".into()),
         }
         if let Some(listener) = self.listener.lock().await.as_ref() {
-            listener.update(authorized, new.exec_env(), new.keepalive());
+            listener.update(
+                authorized,
+                new.exec_env(&self.sftp_handles),
+                new.keepalive(),
+            );
         }
         self.kill_grace.set(new.kill_grace);
+        self.sftp_handles.set_limits(new.limits.sftp_handles());
         *applied = DaemonOptions {
             listen: applied.listen,
             state_dir: applied.state_dir.clone(),
@@ -501,6 +513,21 @@ fn changes(old: &DaemonOptions, new: &DaemonOptions) -> Vec<String> {
             "max_sessions_per_connection",
             l0.max_sessions_per_connection,
             l1.max_sessions_per_connection,
+        ),
+        (
+            "max_sftp_handles_per_session",
+            l0.max_sftp_handles_per_session,
+            l1.max_sftp_handles_per_session,
+        ),
+        (
+            "max_sftp_handles_per_connection",
+            l0.max_sftp_handles_per_connection,
+            l1.max_sftp_handles_per_connection,
+        ),
+        (
+            "max_sftp_handles_per_user",
+            l0.max_sftp_handles_per_user,
+            l1.max_sftp_handles_per_user,
         ),
     ] {
         field(&format!("limits.{name}"), a.to_string(), b.to_string());
