@@ -41,6 +41,8 @@ use tokio::task::JoinHandle;
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
+mod reserve;
+
 /// The longest request line accepted, in bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
@@ -263,6 +265,7 @@ impl ControlServer {
         }
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        reserve::open_proc_self();
         let owner = nix::unistd::geteuid().as_raw();
         let task = tokio::spawn(accept_loop(listener, supervisor, defaults, owner));
         info!(path = %path.display(), "control socket ready");
@@ -285,13 +288,22 @@ async fn accept_loop(
     defaults: ControlDefaults,
     owner: u32,
 ) {
+    // See `reserve`: the operator gets in when nothing else can.
+    let spare = Arc::new(reserve::Spare::new());
+    let mut released = false;
     loop {
+        // Taken back here too when no descriptor was free for it before; never right after
+        // it was given up, or the accept it was given up for would find none again.
+        if !std::mem::take(&mut released) {
+            spare.retake();
+        }
         match listener.accept().await {
             Ok((stream, _)) => {
                 let uid = stream.peer_cred().map(|c| c.uid()).ok();
                 let span = info_span!("ctl", uid = uid.map(i64::from).unwrap_or(-1));
                 let supervisor = supervisor.clone();
                 let defaults = defaults.clone();
+                let spare = spare.clone();
                 tokio::spawn(
                     async move {
                         match uid {
@@ -300,9 +312,16 @@ async fn accept_loop(
                             }
                             _ => refuse(stream, owner).await,
                         }
+                        // The client's descriptor is closed: take the spare back with it
+                        // if it was given up, before anything else can.
+                        spare.retake();
                     }
                     .instrument(span),
                 );
+            }
+            Err(e) if reserve::out_of_descriptors(&e) && spare.release() => {
+                released = true;
+                warn!(error = %e, "control accept: out of descriptors; the spare one is given up to let the operator in");
             }
             Err(e) => {
                 warn!(error = %e, "control accept failed");
@@ -861,23 +880,11 @@ async fn run(
     }
 }
 
-/// This process's memory, descriptors and threads, read from /proc (`None` where unreadable).
+/// This process's memory, descriptors and threads, read from /proc (`None` where unreadable)
+/// through files kept open since start: it needs no descriptor, so it answers when the process
+/// has none left.
 pub fn process_stats() -> Value {
-    fn field(text: &str, name: &str) -> Option<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-    }
-    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).ok();
-    json!({
-        "pss_kib": field(&rollup, "Pss:"),
-        "rss_kib": field(&status, "VmRSS:"),
-        "open_fds": fds,
-        "threads": field(&status, "Threads:"),
-    })
+    reserve::process_stats()
 }
 
 #[cfg(test)]

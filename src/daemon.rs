@@ -535,6 +535,19 @@ fn changes(old: &DaemonOptions, new: &DaemonOptions) -> Vec<String> {
     out
 }
 
+/// Raises this process's soft limit of open files (`RLIMIT_NOFILE`) to its hard limit, as
+/// `serve` does at start: every connection, session pipe and open sftp handle is a descriptor,
+/// and the usual soft limit (1,024) is far below what a server holds. Returns the soft limit
+/// before and after.
+pub fn raise_open_files_limit() -> Result<(u64, u64), nix::Error> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft, soft.max(hard)))
+}
+
 /// Reaps adopted orphans whenever a child exits.
 ///
 /// In place, not on the blocking pool: it reads this process's list of children and the state

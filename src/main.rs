@@ -226,6 +226,14 @@ async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
+    match sshvisor::daemon::raise_open_files_limit() {
+        Ok((before, after)) => tracing::info!(
+            before,
+            limit = after,
+            "open files limit (RLIMIT_NOFILE): the soft limit is raised to the hard one"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit (RLIMIT_NOFILE)"),
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;

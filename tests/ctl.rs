@@ -26,8 +26,29 @@ struct Serve {
 
 impl Serve {
     async fn start(extra: &[&str]) -> Self {
+        Self::start_with_nofile(extra, None).await
+    }
+
+    /// Started with this open files limit (soft, hard), when given.
+    async fn start_with_nofile(extra: &[&str], nofile: Option<(u64, u64)>) -> Self {
         let cwd = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sshvisor"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sshvisor"));
+        if let Some((soft, hard)) = nofile {
+            // SAFETY: setrlimit is async-signal-safe and touches nothing of the parent.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .current_dir(cwd.path())
@@ -267,6 +288,86 @@ async fn ctl_drain_without_grace_uses_the_servers_kill_grace() {
         common::processes_with_argv(&["sleep", "987303"]).is_empty()
     })
     .await;
+    server.stop().await;
+}
+
+/// The soft and hard open files limits of process `pid`.
+fn nofile_of(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_control_socket_still_answers_and_the_hoarder_can_be_killed() {
+    use russh_sftp::protocol::{FileAttributes, OpenFlags};
+    // A low limit, as a 1,024 one is to a busy server; serve raises its soft limit to the hard.
+    let server = Serve::start_with_nofile(&[], Some((128, 256))).await;
+    let pid = server.child.id().unwrap();
+    assert_eq!(nofile_of(pid), (256, 256));
+
+    // One sftp session opens files until the process has no descriptor left (its own
+    // budget, 256 a session, is above what the process can hold).
+    let hoarder = server.client("hoarder").await;
+    let conn = server.ls().await[0].id.to_string();
+    let channel = hoarder.handle.channel_open_session().await.unwrap();
+    channel.request_subsystem(true, "sftp").await.unwrap();
+    let sftp = russh_sftp::client::RawSftpSession::new(channel.into_stream());
+    sftp.init().await.unwrap();
+    let file = server.cwd.path().join("hoard");
+    std::fs::write(&file, b"x").unwrap();
+    let file = common::path_str(&file);
+    let mut held = 0;
+    let refusal = loop {
+        match sftp
+            .open(&file, OpenFlags::READ, FileAttributes::default())
+            .await
+        {
+            Ok(_) => held += 1,
+            Err(russh_sftp::client::error::Error::Status(status)) => break status.error_message,
+            Err(e) => panic!("{e:?}"),
+        }
+        assert!(held < 256, "the process never ran out of descriptors");
+    };
+    assert!(refusal.contains("Too many open files"), "{refusal}");
+
+    // The operator still gets answers: stats first, then the kill of the hoarder.
+    let out = server.ctl(&["stats", "--json"]).await;
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        server.log()
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["tree"]["connections"], 1, "{stats}");
+    let fds = stats["process"]["open_fds"]
+        .as_u64()
+        .expect("open_fds read");
+    assert!(fds >= 250, "{stats}");
+    let out = server.ctl(&["kill", &conn, "--json"]).await;
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        server.log()
+    );
+    let report: KillReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report.sessions_closed, 1);
+
+    // Its descriptors came back: a new login runs a command.
+    let client = server.client("next").await;
+    let mut channel = client.handle.channel_open_session().await.unwrap();
+    channel.exec(true, "echo back").await.unwrap();
+    let result = common::drain(&mut channel).await;
+    assert_eq!(text(&result.stdout), "back\n");
     server.stop().await;
 }
 
