@@ -225,6 +225,8 @@ pub struct ExecEnv {
     pub accept_env: Vec<String>,
     /// What serves the `sftp` subsystem.
     pub sftp: SftpService,
+    /// The budgets of open in-process sftp handles (kept across reloads).
+    pub sftp_handles: Arc<sftp::HandleBudgets>,
     /// Commands served in-process instead of by a process.
     pub commands: InProcessCommands,
     /// How each session's processes are kept together (and so all ended with it).
@@ -277,6 +279,7 @@ impl Default for ExecEnv {
             path: default_path(nix::unistd::getuid().is_root()).into(),
             accept_env: Vec::new(),
             sftp: SftpService::InProcess(None),
+            sftp_handles: Arc::default(),
             commands: InProcessCommands::default(),
             containment: Containment::detect(None),
         }
@@ -383,6 +386,8 @@ pub struct ChannelSession {
     in_process: Option<InProcessRun>,
     activity: Arc<Activity>,
     after_goodbye: Arc<AfterGoodbye>,
+    /// The connection's share of the sftp handle budgets.
+    sftp_handles: sftp::ConnectionHandles,
 }
 
 /// An in-process session (sftp, or an in-process command): the task serving it.
@@ -409,6 +414,7 @@ impl ChannelSession {
         ends: Endpoints,
         activity: Arc<Activity>,
         after_goodbye: Arc<AfterGoodbye>,
+        sftp_handles: sftp::ConnectionHandles,
     ) -> (Self, StdinSender) {
         let (tx, rx) = stdin_queue();
         let channel = stream.id();
@@ -419,6 +425,7 @@ impl ChannelSession {
             in_process: None,
             activity,
             after_goodbye,
+            sftp_handles,
             env,
             ends,
             pty: None,
@@ -680,10 +687,11 @@ impl ChannelSession {
         events: SessionEvents,
     ) -> Result<(), String> {
         let fs = fs.unwrap_or_else(|| Arc::new(LocalFs::new(self.env.home.clone())));
+        let share = self.sftp_handles.clone();
         self.start_in_process(
             Box::new(move |io| {
                 Box::pin(async move {
-                    match sftp::serve(io, fs).await {
+                    match sftp::serve_within(io, fs, Some(share)).await {
                         Ok(()) => SessionExit::Status(0),
                         Err(e) => {
                             debug!(error = %e, "sftp session ended with an error");

@@ -114,12 +114,20 @@ pub struct Limits {
     pub max_unauthenticated: u32,
     /// Sessions on one connection.
     pub max_sessions_per_connection: u32,
+    /// Files and directories one in-process sftp session may hold open.
+    pub max_sftp_handles_per_session: u32,
+    /// Files and directories the sftp sessions of one connection may hold open.
+    pub max_sftp_handles_per_connection: u32,
+    /// Files and directories the sftp sessions of one login user may hold open, over all
+    /// their connections.
+    pub max_sftp_handles_per_user: u32,
 }
 
 impl Default for Limits {
     /// The actor tree's defaults (`sshvisor_actors::Limits::default`): one set of numbers.
     fn default() -> Self {
         let tree = sshvisor_actors::Limits::default();
+        let sftp = crate::sftp::HandleLimits::default();
         let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
         Self {
             max_connections: n(tree.max_connections),
@@ -130,6 +138,20 @@ impl Default for Limits {
             max_per_user: n(tree.max_per_user),
             max_unauthenticated: n(tree.max_unauthenticated),
             max_sessions_per_connection: n(tree.max_sessions_per_connection),
+            max_sftp_handles_per_session: n(sftp.per_session),
+            max_sftp_handles_per_connection: n(sftp.per_connection),
+            max_sftp_handles_per_user: n(sftp.per_user),
+        }
+    }
+}
+
+impl Limits {
+    /// The budgets of open sftp handles.
+    pub fn sftp_handles(&self) -> crate::sftp::HandleLimits {
+        crate::sftp::HandleLimits {
+            per_session: self.max_sftp_handles_per_session as usize,
+            per_connection: self.max_sftp_handles_per_connection as usize,
+            per_user: self.max_sftp_handles_per_user as usize,
         }
     }
 }
@@ -270,8 +292,16 @@ prefix_v6 = 64
 max_per_user = 50
 max_unauthenticated = 100
 max_sessions_per_connection = 10
+max_sftp_handles_per_session = 256
+max_sftp_handles_per_connection = 1024
+max_sftp_handles_per_user = 4096
 "#;
         let c = parse(text).unwrap();
+        assert_eq!(
+            c.limits,
+            Limits::default(),
+            "the example shows the defaults"
+        );
         assert_eq!(c.timeouts.max_lifetime, Some(Duration::from_secs(5400)));
         assert_eq!(c.timeouts.idle, None);
         assert_eq!(parse("").unwrap(), Config::default());

@@ -41,6 +41,8 @@ use tokio::task::JoinHandle;
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
+mod reserve;
+
 /// The longest request line accepted, in bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
@@ -96,15 +98,20 @@ pub enum Command {
         target: String,
     },
     /// Kill a connection or a session (full ID or unique prefix); answers once it is gone.
+    /// With `dry_run`, answers what it would kill and kills nothing: the connection, or for a
+    /// session its connection listing only that session.
     Kill {
         /// The ID or prefix.
         target: String,
         /// Shown to the client.
         #[serde(default)]
         reason: Option<String>,
-        /// Humantime duration (`5s`, `500ms`).
+        /// Humantime duration (`5s`, `500ms`); the server's kill grace when absent.
         #[serde(default)]
         grace: Option<String>,
+        /// Say what would be killed, kill nothing.
+        #[serde(default)]
+        dry_run: bool,
     },
     /// Kill every connection the filter selects (AND of its criteria); answers once all of
     /// them are gone, with one report per connection. With `dry_run`, only lists them.
@@ -258,6 +265,7 @@ impl ControlServer {
         }
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        reserve::open_proc_self();
         let owner = nix::unistd::geteuid().as_raw();
         let task = tokio::spawn(accept_loop(listener, supervisor, defaults, owner));
         info!(path = %path.display(), "control socket ready");
@@ -280,13 +288,22 @@ async fn accept_loop(
     defaults: ControlDefaults,
     owner: u32,
 ) {
+    // See `reserve`: the operator gets in when nothing else can.
+    let spare = Arc::new(reserve::Spare::new());
+    let mut released = false;
     loop {
+        // Taken back here too when no descriptor was free for it before; never right after
+        // it was given up, or the accept it was given up for would find none again.
+        if !std::mem::take(&mut released) {
+            spare.retake();
+        }
         match listener.accept().await {
             Ok((stream, _)) => {
                 let uid = stream.peer_cred().map(|c| c.uid()).ok();
                 let span = info_span!("ctl", uid = uid.map(i64::from).unwrap_or(-1));
                 let supervisor = supervisor.clone();
                 let defaults = defaults.clone();
+                let spare = spare.clone();
                 tokio::spawn(
                     async move {
                         match uid {
@@ -295,9 +312,16 @@ async fn accept_loop(
                             }
                             _ => refuse(stream, owner).await,
                         }
+                        // The client's descriptor is closed: take the spare back with it
+                        // if it was given up, before anything else can.
+                        spare.retake();
                     }
                     .instrument(span),
                 );
+            }
+            Err(e) if reserve::out_of_descriptors(&e) && spare.release() => {
+                released = true;
+                warn!(error = %e, "control accept: out of descriptors; the spare one is given up to let the operator in");
             }
             Err(e) => {
                 warn!(error = %e, "control accept failed");
@@ -626,6 +650,28 @@ fn explain(text: &str, found: PrefixMatch<Target>) -> Result<Target, String> {
     }
 }
 
+/// What a kill of `text` would end, killing nothing: the connection it names, or for a
+/// session its connection with only that session listed.
+async fn would_kill(
+    supervisor: &ActorRef<SupervisorMsg>,
+    text: &str,
+) -> Result<ConnectionInfo, String> {
+    let target = resolve_live(supervisor, text).await?;
+    let gone = || format!("{target} ended meanwhile");
+    let all = list(supervisor).await?;
+    match target {
+        Target::Connection(conn) => all.into_iter().find(|c| c.id == conn).ok_or_else(gone),
+        Target::Session(session) => {
+            let mut info = all
+                .into_iter()
+                .find(|c| c.sessions.iter().any(|s| s.id == session))
+                .ok_or_else(gone)?;
+            info.sessions.retain(|s| s.id == session);
+            Ok(info)
+        }
+    }
+}
+
 /// Kills the connection or session that `text` names (a full ID or a unique prefix) and waits
 /// for its report.
 async fn kill_text(
@@ -759,8 +805,14 @@ async fn run(
         }
         Command::Kill {
             target,
+            dry_run: true,
+            ..
+        } => raw(&would_kill(supervisor, target.trim()).await?),
+        Command::Kill {
+            target,
             reason,
             grace,
+            dry_run: false,
         } => {
             let grace = parse_grace(grace.as_deref(), defaults.kill_grace.get())?;
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
@@ -828,26 +880,11 @@ async fn run(
     }
 }
 
-/// This process's memory, descriptors and threads, read from /proc (`None` where unreadable).
+/// This process's memory, descriptors and threads, read from /proc (`None` where unreadable)
+/// through files kept open since start: it needs no descriptor, so it answers when the process
+/// has none left.
 pub fn process_stats() -> Value {
-    fn field(text: &str, name: &str) -> Option<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-    }
-    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).ok();
-    let containment = crate::containment::in_use();
-    json!({
-        "containment": containment.as_ref().map(|c| c.name()),
-        "containment_location": containment.as_ref().and_then(|c| c.location()).map(|p| p.display().to_string()),
-        "pss_kib": field(&rollup, "Pss:"),
-        "rss_kib": field(&status, "VmRSS:"),
-        "open_fds": fds,
-        "threads": field(&status, "Threads:"),
-    })
+    reserve::process_stats()
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use crate::containment::Containment;
 use crate::control::{ControlDefaults, ControlServer, KillGrace, ListenerSlot, ReloadHook};
 use crate::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
 use crate::server::{SshListener, SshOptions};
+use crate::sftp::HandleBudgets;
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2222";
@@ -84,11 +85,14 @@ impl DaemonOptions {
         self.timeouts.policy(&self.limits, self.kill_grace)
     }
 
-    fn exec_env(&self, containment: &Containment) -> ExecEnv {
+    /// What sessions run with: `containment` is chosen at start and `sftp_handles` is the
+    /// server's, both kept across reloads (the budgets' counts are of what is open now).
+    fn exec_env(&self, containment: &Containment, sftp_handles: &Arc<HandleBudgets>) -> ExecEnv {
         let defaults = ExecEnv::default();
         ExecEnv {
             containment: containment.clone(),
             path: self.session_path.clone().unwrap_or(defaults.path.clone()),
+            sftp_handles: sftp_handles.clone(),
             accept_env: self.accept_env.clone(),
             sftp: match &self.sftp_server {
                 Some(path) => SftpService::External(path.clone()),
@@ -243,7 +247,9 @@ impl Daemon {
         let ctl_path = dir.join(CTL_SOCKET);
         let slot: ListenerSlot = Arc::new(tokio::sync::Mutex::new(None));
         let kill_grace = KillGrace::new(options.kill_grace);
+        let sftp_handles = Arc::new(HandleBudgets::new(options.limits.sftp_handles()));
         let reloader = Arc::new(Reloader {
+            sftp_handles: sftp_handles.clone(),
             generated,
             applied: tokio::sync::Mutex::new(options.clone()),
             supervisor: supervisor.clone(),
@@ -285,7 +291,7 @@ impl Daemon {
                 host_key: host_key.clone(),
                 authorized,
                 keepalive: options.keepalive(),
-                env: options.exec_env(&containment),
+                env: options.exec_env(&containment, &sftp_handles),
             },
             supervisor.clone(),
         )
@@ -385,6 +391,7 @@ pub struct Reloader {
     kill_grace: KillGrace,
     /// Chosen at start; a reload keeps it (live sessions are contained by it).
     containment: Containment,
+    sftp_handles: Arc<HandleBudgets>,
 }
 
 impl Reloader {
@@ -436,9 +443,14 @@ impl Reloader {
             _ => return Err("the supervisor did not take the new policy".into()),
         }
         if let Some(listener) = self.listener.lock().await.as_ref() {
-            listener.update(authorized, new.exec_env(&self.containment), new.keepalive());
+            listener.update(
+                authorized,
+                new.exec_env(&self.containment, &self.sftp_handles),
+                new.keepalive(),
+            );
         }
         self.kill_grace.set(new.kill_grace);
+        self.sftp_handles.set_limits(new.limits.sftp_handles());
         *applied = DaemonOptions {
             listen: applied.listen,
             state_dir: applied.state_dir.clone(),
@@ -527,10 +539,38 @@ fn changes(old: &DaemonOptions, new: &DaemonOptions) -> Vec<String> {
             l0.max_sessions_per_connection,
             l1.max_sessions_per_connection,
         ),
+        (
+            "max_sftp_handles_per_session",
+            l0.max_sftp_handles_per_session,
+            l1.max_sftp_handles_per_session,
+        ),
+        (
+            "max_sftp_handles_per_connection",
+            l0.max_sftp_handles_per_connection,
+            l1.max_sftp_handles_per_connection,
+        ),
+        (
+            "max_sftp_handles_per_user",
+            l0.max_sftp_handles_per_user,
+            l1.max_sftp_handles_per_user,
+        ),
     ] {
         field(&format!("limits.{name}"), a.to_string(), b.to_string());
     }
     out
+}
+
+/// Raises this process's soft limit of open files (`RLIMIT_NOFILE`) to its hard limit, as
+/// `serve` does at start: every connection, session pipe and open sftp handle is a descriptor,
+/// and the usual soft limit (1,024) is far below what a server holds. Returns the soft limit
+/// before and after.
+pub fn raise_open_files_limit() -> Result<(u64, u64), nix::Error> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft, soft.max(hard)))
 }
 
 /// Reaps adopted orphans whenever a child exits.

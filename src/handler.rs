@@ -60,6 +60,8 @@ pub struct SshHandler {
     switch: Arc<CutSwitch>,
     user: Option<String>,
     sessions: HashMap<ChannelId, Channel>,
+    /// This connection's share of the sftp handle budgets, made at its first session.
+    sftp_handles: Option<crate::sftp::ConnectionHandles>,
 }
 
 /// What the handler keeps per session channel.
@@ -92,6 +94,7 @@ impl SshHandler {
             switch,
             user: None,
             sessions: HashMap::new(),
+            sftp_handles: None,
         }
     }
 
@@ -227,6 +230,9 @@ impl SshHandler {
         // The channel itself goes to the session: dropped at start unless an in-process
         // subsystem (sftp) reads it as a stream. Callbacks carry everything else.
         let activity = self.activity.child();
+        let sftp_handles = self.sftp_handles.get_or_insert_with(|| {
+            (self.env.sftp_handles).connection(self.user.as_deref().unwrap_or_default())
+        });
         let (link, stdin) = ChannelSession::new(
             session.handle(),
             channel,
@@ -234,6 +240,7 @@ impl SshHandler {
             self.ends,
             activity.clone(),
             self.after_goodbye.clone(),
+            sftp_handles.clone(),
         );
         let answer = self
             .reply_of(&self.conn, |reply| ConnectionMsg::OpenSession {

@@ -53,9 +53,10 @@ enum CtlCmd {
     },
     /// Stop accepting (the port is released), kill every connection, return once all are gone.
     Drain {
-        /// How long sessions get to end politely before they are forced (humantime).
-        #[arg(long, default_value = "5s", value_parser = sshvisor::control::grace_from_str)]
-        grace: Duration,
+        /// How long sessions get to end politely before they are forced (humantime)
+        /// [default: the server's kill grace, `--kill-grace` or `kill_grace` in its config].
+        #[arg(long, value_parser = sshvisor::control::grace_from_str)]
+        grace: Option<Duration>,
         /// Print the reports as JSON.
         #[arg(long)]
         json: bool,
@@ -86,8 +87,8 @@ enum CtlCmd {
         json: bool,
     },
     /// Kill connections or sessions (full IDs or unique prefixes), or every connection a filter
-    /// selects (--user, --peer, --older-than combine with AND; --all for every connection);
-    /// returns once they are gone.
+    /// selects (--user, --peer, --older-than, --idle-over combine with AND; --all for every
+    /// connection); returns once they are gone. IDs and filters do not mix.
     Kill {
         /// IDs or unique prefixes of connections or sessions.
         ids: Vec<String>,
@@ -96,15 +97,16 @@ enum CtlCmd {
         all: bool,
         #[command(flatten)]
         filter: FilterArgs,
-        /// With filters or --all: list what would be killed, kill nothing.
+        /// List what would be killed (with IDs, filters or --all), kill nothing.
         #[arg(long)]
         dry_run: bool,
         /// Shown to the client that is cut off.
         #[arg(long)]
         reason: Option<String>,
-        /// How long sessions get to end politely before they are forced (humantime).
-        #[arg(long, default_value = "5s", value_parser = sshvisor::control::grace_from_str)]
-        grace: Duration,
+        /// How long sessions get to end politely before they are forced (humantime)
+        /// [default: the server's kill grace, `--kill-grace` or `kill_grace` in its config].
+        #[arg(long, value_parser = sshvisor::control::grace_from_str)]
+        grace: Option<Duration>,
         /// Print each report as JSON.
         #[arg(long)]
         json: bool,
@@ -237,6 +239,14 @@ async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
+    match sshvisor::daemon::raise_open_files_limit() {
+        Ok((before, after)) => tracing::info!(
+            before,
+            limit = after,
+            "open files limit (RLIMIT_NOFILE): the soft limit is raised to the hard one"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit (RLIMIT_NOFILE)"),
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -285,6 +295,13 @@ async fn run_ctl(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<ExitCode
             nix::sys::signal::SigHandler::SigDfl,
         );
     }
+    // A mistake in the arguments is told before anything is asked of the server.
+    if let CtlCmd::Kill {
+        ids, all, filter, ..
+    } = &command
+    {
+        kill_by_filter(ids, *all, filter).map_err(anyhow::Error::msg)?;
+    }
     let mut client = CtlClient::connect(&state_dir).await?;
     match command {
         CtlCmd::Ls { filter, json } => {
@@ -297,7 +314,7 @@ async fn run_ctl(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<ExitCode
             Ok(ExitCode::SUCCESS)
         }
         CtlCmd::Drain { grace, json } => {
-            let grace = Some(humantime::format_duration(grace).to_string());
+            let grace = grace_text(grace);
             let value = client.request(CtlCommand::Drain { grace }).await?;
             let reports: Vec<KillReport> = serde_json::from_value(value)?;
             for report in &reports {
@@ -365,20 +382,12 @@ async fn run_ctl(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<ExitCode
             grace,
             json,
         } => {
+            let by_filter = kill_by_filter(&ids, all, &filter).map_err(anyhow::Error::msg)?;
             let filter = filter.filter();
-            let by_filter = all || !filter.is_empty();
-            if by_filter && !ids.is_empty() {
-                anyhow::bail!(
-                    "give IDs, or filters (--all, --user, --peer, --older-than), not both"
-                );
-            }
-            if !by_filter && ids.is_empty() {
-                anyhow::bail!(
-                    "nothing to kill: give IDs, or --all, --user, --peer, --older-than, --idle-over"
-                );
-            }
             if by_filter {
                 kill_where(&mut client, filter, dry_run, reason, grace, json).await
+            } else if dry_run {
+                kill_dry_run(&mut client, ids, json).await
             } else {
                 kill(&mut client, ids, reason, grace, json).await
             }
@@ -386,15 +395,38 @@ async fn run_ctl(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<ExitCode
     }
 }
 
+/// Whether `ctl kill` selects by filter (`true`) or by IDs (`false`), or why its arguments are
+/// wrong.
+fn kill_by_filter(ids: &[String], all: bool, filter: &FilterArgs) -> Result<bool, String> {
+    let by_filter = all || !filter.filter().is_empty();
+    if by_filter && !ids.is_empty() {
+        return Err(
+            "give IDs, or filters (--all, --user, --peer, --older-than, --idle-over), not both"
+                .into(),
+        );
+    }
+    if !by_filter && ids.is_empty() {
+        return Err(
+            "nothing to kill: give IDs, or --all, --user, --peer, --older-than, --idle-over".into(),
+        );
+    }
+    Ok(by_filter)
+}
+
+/// The grace as sent to the server: `None` leaves the server's own kill grace in force.
+fn grace_text(grace: Option<Duration>) -> Option<String> {
+    grace.map(|g| humantime::format_duration(g).to_string())
+}
+
 async fn kill_where(
     client: &mut CtlClient,
     filter: sshvisor_actors::Filter,
     dry_run: bool,
     reason: Option<String>,
-    grace: Duration,
+    grace: Option<Duration>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let grace = Some(humantime::format_duration(grace).to_string());
+    let grace = grace_text(grace);
     let value = client
         .request(CtlCommand::KillWhere {
             filter,
@@ -427,14 +459,64 @@ async fn kill_where(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `ctl kill ID… --dry-run`: what each ID would kill, in the shape of a filter's dry run (the
+/// connections, a session's connection listing only that session); nothing is killed.
+async fn kill_dry_run(
+    client: &mut CtlClient,
+    ids: Vec<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut matched: Vec<ConnectionInfo> = Vec::new();
+    let (mut connections, mut sessions) = (0, 0);
+    let mut failed = false;
+    for id in ids {
+        let request = CtlCommand::Kill {
+            target: id.clone(),
+            reason: None,
+            grace: None,
+            dry_run: true,
+        };
+        let info = match client.request(request).await {
+            Ok(value) => serde_json::from_value::<ConnectionInfo>(value)?,
+            Err(CtlError::Refused(error)) => {
+                eprintln!("sshvisor: cannot kill {id:?}: {error}");
+                failed = true;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // IDs resolve by unique prefix among connections and sessions alike: when the
+        // connection's ID starts with it, the ID named the connection.
+        if info.id.to_string().starts_with(id.trim()) {
+            connections += 1;
+        } else {
+            sessions += 1;
+        }
+        matched.push(info);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&matched)?);
+    } else {
+        print!("{}", ctl::format_table(&matched));
+        println!(
+            "{connections} connection(s) and {sessions} session(s) would be killed (dry run: nothing was)"
+        );
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 async fn kill(
     client: &mut CtlClient,
     ids: Vec<String>,
     reason: Option<String>,
-    grace: Duration,
+    grace: Option<Duration>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let grace = Some(humantime::format_duration(grace).to_string());
+    let grace = grace_text(grace);
     let print = |report: &KillReport| -> anyhow::Result<()> {
         if json {
             println!("{}", serde_json::to_string(report)?);
@@ -456,6 +538,7 @@ async fn kill(
                 target: id.clone(),
                 reason: reason.clone(),
                 grace: grace.clone(),
+                dry_run: false,
             };
             pending.insert(client.send(request).await?, id);
         }

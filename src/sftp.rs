@@ -33,6 +33,8 @@
 //! so nothing a session opened outlives it (a blocking filesystem call that is under way when
 //! the session ends finishes first, then drops its file).
 
+mod budget;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, FileTimes, Metadata, Permissions};
@@ -56,6 +58,7 @@ use russh_sftp::protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
+pub use budget::{ConnectionHandles, HandleBudgets, HandleLimits};
 pub use russh_sftp::extensions::Statvfs;
 pub use russh_sftp::protocol::File as DirEntry;
 pub use russh_sftp::protocol::{FileAttributes, OpenFlags};
@@ -67,8 +70,9 @@ pub const MAX_PACKET: u32 = 256 * 1024;
 /// The most data one read returns, so that its reply fits in a packet.
 pub const MAX_READ: u32 = MAX_PACKET - 1024;
 
-/// The most files and directories one session may hold open at once.
-pub const MAX_HANDLES: usize = 1024;
+/// The most files and directories one session may hold open at once by default
+/// (`max_sftp_handles_per_session`; see [`HandleLimits`]).
+pub const MAX_HANDLES: usize = 256;
 
 /// How many directory entries one `SSH_FXP_READDIR` reply carries at most.
 const READDIR_BATCH: usize = 100;
@@ -243,12 +247,27 @@ fn unsupported<'a, T: Send + 'a>(what: &str) -> BoxFuture<'a, io::Result<T>> {
 /// Returns `Ok` when the stream ends between two packets (the client closed the channel), an
 /// error when it broke. Either way the session is over and every file and directory it had
 /// open is closed. Dropping the future (killing the session) closes them too.
-pub async fn serve<S>(mut stream: S, fs: Arc<dyn SftpFs>) -> Result<(), SftpError>
+pub async fn serve<S>(stream: S, fs: Arc<dyn SftpFs>) -> Result<(), SftpError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    serve_within(stream, fs, None).await
+}
+
+/// [`serve`], with the session's open handles counted against its connection's and its user's
+/// budgets as well as its own (`share`'s limits; [`MAX_HANDLES`] a session without one). An
+/// open over a budget is refused with a status that names the limit; the session goes on.
+pub async fn serve_within<S>(
+    mut stream: S,
+    fs: Arc<dyn SftpFs>,
+    share: Option<ConnectionHandles>,
+) -> Result<(), SftpError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut session = Session {
         fs,
+        held: budget::Held::new(share),
         handles: HashMap::new(),
         next_handle: 0,
         requests: 0,
@@ -277,6 +296,9 @@ enum Node {
 /// `Session: Sync`, which an open file need not be.
 struct Session {
     fs: Arc<dyn SftpFs>,
+    /// What `handles` holds of the budgets: one per entry, given back as entries leave (and
+    /// all of it when the session is dropped).
+    held: budget::Held,
     handles: HashMap<String, Node>,
     /// Handles are never reused within a session, so a stale one cannot reach a newer file.
     next_handle: u64,
@@ -508,23 +530,37 @@ impl Session {
         reply.unwrap_or_else(|refusal| status(id, refusal.code, refusal.message))
     }
 
-    /// Stores `node` under a new handle.
-    fn insert(&mut self, node: Node) -> String {
+    /// Stores `node` under a new handle, counted against the budgets; the refusal names the
+    /// limit that is reached (and `node` is dropped, which closes it).
+    fn insert(&mut self, node: Node) -> Result<String, Refusal> {
+        self.held
+            .take()
+            .map_err(|text| Refusal::new(StatusCode::Failure, text))?;
         self.next_handle += 1;
         let handle = format!("h{}", self.next_handle);
         self.handles.insert(handle.clone(), node);
-        handle
+        Ok(handle)
     }
 
-    /// Refuses to open one more handle past [`MAX_HANDLES`].
+    /// Refuses early (before the filesystem is asked) when the session's own budget is spent.
     fn room(&self) -> Result<(), Refusal> {
-        if self.handles.len() >= MAX_HANDLES {
+        let limit = self.held.per_session();
+        if self.handles.len() >= limit {
             return Err(Refusal::new(
                 StatusCode::Failure,
-                format!("too many open handles (at most {MAX_HANDLES} a session): close some"),
+                format!(
+                    "too many open handles: max_sftp_handles_per_session ({limit}) reached; close some"
+                ),
             ));
         }
         Ok(())
+    }
+
+    /// Takes `handle` out of the table, giving its budget back.
+    fn remove(&mut self, handle: &str) -> Option<Node> {
+        let node = self.handles.remove(handle)?;
+        self.held.give_back_one();
+        Some(node)
     }
 
     fn file(&mut self, handle: &str) -> Result<&mut Box<dyn SftpFile>, Refusal> {
@@ -547,7 +583,7 @@ impl Session {
             .open(&path, flags, attrs)
             .await
             .map_err(|e| Refusal::io(&e, format_args!("open {path}")))?;
-        let handle = self.insert(Node::File(file));
+        let handle = self.insert(Node::File(file))?;
         Ok(Packet::Handle(Handle { id, handle }))
     }
 
@@ -558,12 +594,12 @@ impl Session {
             .open_dir(path)
             .await
             .map_err(|e| Refusal::io(&e, format_args!("opendir {path}")))?;
-        let handle = self.insert(Node::Dir(dir));
+        let handle = self.insert(Node::Dir(dir))?;
         Ok(Packet::Handle(Handle { id, handle }))
     }
 
     async fn close(&mut self, id: u32, handle: &str) -> Reply {
-        match self.handles.remove(handle) {
+        match self.remove(handle) {
             Some(Node::File(file)) => file
                 .close()
                 .await
@@ -680,7 +716,7 @@ impl Session {
                     max_packet_len: u64::from(MAX_PACKET),
                     max_read_len: u64::from(MAX_READ),
                     max_write_len: u64::from(MAX_READ),
-                    max_open_handles: MAX_HANDLES as u64,
+                    max_open_handles: self.held.per_session() as u64,
                 },
             ),
             // Same payload as hardlink: two paths.
@@ -742,6 +778,7 @@ impl Session {
     /// Closes what the session left open: files through [`SftpFile::close`], so a virtual
     /// filesystem can commit them; directories by dropping them.
     async fn close_all(&mut self) {
+        // Their budget goes back when the session is dropped, right after.
         for (_, node) in self.handles.drain() {
             if let Node::File(file) = node {
                 if let Err(e) = file.close().await {

@@ -290,3 +290,124 @@ async fn killing_a_connection_with_a_shell_an_exec_and_an_sftp_session_ends_them
         );
     }
 }
+
+/// An sftp session of `client`, spoken by russh-sftp's raw client.
+async fn raw_sftp(client: &Client) -> russh_sftp::client::RawSftpSession {
+    let channel = client.handle.channel_open_session().await.unwrap();
+    channel.request_subsystem(true, "sftp").await.unwrap();
+    let raw = russh_sftp::client::RawSftpSession::new(channel.into_stream());
+    raw.init().await.unwrap();
+    raw
+}
+
+/// Opens `path` for reading: the handle, or the refusal's text.
+async fn open(raw: &russh_sftp::client::RawSftpSession, path: &str) -> Result<String, String> {
+    use russh_sftp::protocol::{FileAttributes, OpenFlags};
+    match raw
+        .open(path, OpenFlags::READ, FileAttributes::default())
+        .await
+    {
+        Ok(handle) => Ok(handle.handle),
+        Err(russh_sftp::client::error::Error::Status(status)) => {
+            assert_eq!(
+                status.status_code,
+                russh_sftp::protocol::StatusCode::Failure
+            );
+            Err(status.error_message)
+        }
+        Err(e) => panic!("open {path}: {e:?}"),
+    }
+}
+
+/// Opens `path` until a refusal; returns the handles and the refusal's text.
+async fn open_until_refused(
+    raw: &russh_sftp::client::RawSftpSession,
+    path: &str,
+) -> (Vec<String>, String) {
+    let mut handles = Vec::new();
+    loop {
+        match open(raw, path).await {
+            Ok(handle) => handles.push(handle),
+            Err(text) => return (handles, text),
+        }
+        assert!(handles.len() <= 64, "no budget stopped the opens");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_handles_over_a_budget_are_refused_by_name_and_the_sessions_go_on() {
+    let server = TestServer::start_with(|o| {
+        o.limits.max_sftp_handles_per_session = 4;
+        o.limits.max_sftp_handles_per_connection = 6;
+        o.limits.max_sftp_handles_per_user = 8;
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("f");
+    std::fs::write(&file, b"hoard").unwrap();
+    let file = path_str(&file);
+    let dir = path_str(work.path());
+
+    // One session: its own budget, files and directories alike.
+    let a = server.russh_client("hoarder").await;
+    let a1 = raw_sftp(&a).await;
+    let (mut held, refusal) = open_until_refused(&a1, &file).await;
+    assert_eq!(held.len(), 4);
+    assert!(
+        refusal.contains("max_sftp_handles_per_session (4) reached"),
+        "{refusal}"
+    );
+    assert!(a1.opendir(&dir).await.is_err());
+    assert_eq!(a1.limits().await.unwrap().max_open_handles, 4);
+    // The session goes on: it reads what it holds, and a closed handle makes room.
+    let data = a1.read(&held[0], 0, 16).await.unwrap();
+    assert_eq!(data.data, b"hoard");
+    a1.close(held.pop().unwrap()).await.unwrap();
+    held.push(open(&a1, &file).await.unwrap());
+
+    // A second session of the connection: the connection's budget (6) is the limit.
+    let a2 = raw_sftp(&a).await;
+    let (held2, refusal) = open_until_refused(&a2, &file).await;
+    assert_eq!(held2.len(), 2);
+    assert!(
+        refusal.contains("max_sftp_handles_per_connection (6) reached"),
+        "{refusal}"
+    );
+
+    // Another connection of the same user: the user's budget (8).
+    let b = server.russh_client("hoarder").await;
+    let b1 = raw_sftp(&b).await;
+    let (held3, refusal) = open_until_refused(&b1, &file).await;
+    assert_eq!(held3.len(), 2);
+    assert!(
+        refusal.contains("max_sftp_handles_per_user (8) reached for hoarder"),
+        "{refusal}"
+    );
+
+    // Another user is not held back by the hoarder.
+    let c = server.russh_client("someone-else").await;
+    let c1 = raw_sftp(&c).await;
+    let (held4, _) = open_until_refused(&c1, &file).await;
+    assert_eq!(held4.len(), 4);
+
+    // The hoarder's first connection leaves: its budget comes back to the user.
+    a.handle
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut more = Vec::new();
+    while more.len() < 2 {
+        match open(&b1, &file).await {
+            Ok(handle) => more.push(handle),
+            Err(text) => {
+                assert!(tokio::time::Instant::now() < deadline, "{text}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+    assert_eq!(
+        open(&b1, &file).await.unwrap_err(),
+        "too many open handles: max_sftp_handles_per_session (4) reached; close some"
+    );
+}

@@ -417,7 +417,7 @@ async fn realpath_starts_at_home_and_extensions_answer() {
 
 #[tokio::test]
 async fn open_handles_are_bounded_per_session() {
-    // The virtual filesystem: 1024 handles without 1024 descriptors (ulimit -n may be 1024).
+    // The virtual filesystem: a session's worth of handles without as many descriptors.
     let (client, server) = tokio::io::duplex(1 << 16);
     let task = tokio::spawn(serve(server, Arc::new(OneFile)));
     let raw = RawSftpSession::new(client);
