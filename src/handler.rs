@@ -255,8 +255,13 @@ impl SshHandler {
             }
             Some(Err(text)) => {
                 debug!(reason = %text, "session refused");
+                // The refusal's text is what OpenSSH prints ("open failed: administratively
+                // prohibited: <text>"): it names the limit, so the user knows what to change.
                 reply
-                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .reject(ChannelOpenFailure::Other {
+                        code: ChannelOpenFailure::AdministrativelyProhibited.code(),
+                        reason: text,
+                    })
                     .await;
             }
             None => {
