@@ -1,0 +1,99 @@
+//! What a hostile or broken client does to the server: sockets that stall, floods of refused
+//! connections, and channels jammed with requests. The server must close what it drops, bound
+//! what it holds, and keep its listing true.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// A raw TCP client that sends its SSH banner and then nothing at all.
+async fn stalled_after_banner(port: u16) -> TcpStream {
+    let mut socket = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    socket
+        .write_all(b"SSH-2.0-Stalled_1.0\r\n")
+        .await
+        .expect("send the banner");
+    socket
+}
+
+/// Reads (and drops) whatever the server sends until it closes the socket.
+async fn until_closed(mut socket: TcpStream) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = socket.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_login_past_its_grace_is_closed_at_once_not_after_the_kill_grace() {
+    let kill_grace = Duration::from_secs(60);
+    let server = TestServer::start_with(|o| {
+        o.kill_grace = kill_grace;
+        o.timeouts.login_grace = Duration::from_secs(1);
+    })
+    .await;
+    let started = Instant::now();
+    let socket = stalled_after_banner(server.port()).await;
+    tokio::time::timeout(kill_grace / 2, until_closed(socket))
+        .await
+        .expect("closed soon after the login grace, not at the kill grace");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "closed before the login grace"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_clients_that_stall_are_closed_within_the_refusal_timeout() {
+    let server = TestServer::start_with(|o| o.limits.max_per_source = 1).await;
+    let _holder = server.russh_client("amy").await;
+    let started = Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..24 {
+        stalled.push(stalled_after_banner(server.port()).await);
+    }
+    // Before the fix these were held 25 s to over 100 s.
+    let all = futures::future::join_all(stalled.into_iter().map(until_closed));
+    tokio::time::timeout(sshvisor::server::REFUSAL_TIMEOUT + WAIT, all)
+        .await
+        .expect("every refused socket is closed by the refusal timeout");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_in_progress_are_bounded_and_the_rest_are_closed_at_once() {
+    let server = TestServer::start_with(|o| o.limits.max_per_source = 1).await;
+    let _holder = server.russh_client("amy").await;
+    let extra = 16;
+    let started = Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..sshvisor::server::MAX_REFUSING + extra {
+        stalled.push(stalled_after_banner(server.port()).await);
+    }
+    // Those over the bound close at once; the others only at the refusal timeout.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for socket in stalled {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            until_closed(socket).await;
+            let _ = tx.send(());
+        });
+    }
+    for i in 0..extra {
+        let early = sshvisor::server::REFUSAL_TIMEOUT - Duration::from_secs(1);
+        tokio::time::timeout_at(started + early, rx.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("only {i} of the {extra} refusals over the bound were closed at once")
+            });
+    }
+}
