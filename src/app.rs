@@ -46,6 +46,7 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
+use crate::held_channel::HeldChannel;
 use crate::link::{Activity, AfterGoodbye, CountedWrites};
 use crate::procs;
 use crate::pty;
@@ -410,7 +411,7 @@ pub struct ChannelSession {
     stdin_tx: Option<StdinSender>,
     stdin_rx: Option<StdinReceiver>,
     /// The channel's own stream, kept until we know whether a subsystem wants it.
-    stream: Option<russh::Channel<russh::server::Msg>>,
+    stream: HeldChannel,
     running: Option<Running>,
     in_process: Option<InProcessRun>,
     activity: Arc<Activity>,
@@ -436,7 +437,7 @@ impl ChannelSession {
     /// subsystem reads it as a stream; everything else drops it, so it never fills up).
     pub fn new(
         handle: Handle,
-        stream: russh::Channel<russh::server::Msg>,
+        stream: HeldChannel,
         env: Arc<ExecEnv>,
         ends: Endpoints,
         activity: Arc<Activity>,
@@ -447,7 +448,7 @@ impl ChannelSession {
         let session = Self {
             handle,
             channel,
-            stream: Some(stream),
+            stream,
             in_process: None,
             activity,
             after_goodbye,
@@ -909,7 +910,7 @@ impl SessionLink for ChannelSession {
             }
         }
         // Everything else talks through callbacks: the channel's own queue must not fill up.
-        self.stream = None;
+        self.stream.release();
         self.running = Some(self.spawn(request, events)?);
         Ok(())
     }

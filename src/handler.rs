@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 use crate::app::{
     sig_name, ChannelSession, Endpoints, ExecEnv, StdinError, StdinSender, STDIN_LIMIT,
 };
+use crate::held_channel::HeldChannel;
 use crate::keys::{fingerprint, AuthorizedKeys};
 use crate::link::{Activity, AfterGoodbye};
 use crate::stream::CutSwitch;
@@ -69,6 +70,8 @@ struct Channel {
     activity: Arc<Activity>,
     /// The command's stdin; dropped on the client's EOF.
     stdin: Option<StdinSender>,
+    /// The channel's own russh queue, drained until the session starts (see `held_channel`).
+    held: HeldChannel,
 }
 
 impl SshHandler {
@@ -143,6 +146,14 @@ impl SshHandler {
         Ok(())
     }
 
+    /// Empties `channel`'s russh queue: called on every callback that follows a message russh
+    /// queued there, so the queue never fills up before the session starts.
+    fn drain(&self, channel: ChannelId) {
+        if let Some(c) = self.sessions.get(&channel) {
+            c.held.drain();
+        }
+    }
+
     fn session(&self, channel: ChannelId) -> Option<&ActorRef<SessionMsg>> {
         self.sessions.get(&channel).map(|c| &c.actor)
     }
@@ -181,6 +192,7 @@ impl SshHandler {
         request: SessionRequest,
         session: &mut Session,
     ) -> Result<(), HandlerError> {
+        self.drain(channel);
         let Some(actor) = self.session(channel).cloned() else {
             session.channel_failure(channel)?;
             return Ok(());
@@ -227,9 +239,10 @@ impl SshHandler {
         // The channel itself goes to the session: dropped at start unless an in-process
         // subsystem (sftp) reads it as a stream. Callbacks carry everything else.
         let activity = self.activity.child();
+        let held = HeldChannel::new(channel);
         let (link, stdin) = ChannelSession::new(
             session.handle(),
-            channel,
+            held.clone(),
             self.env.clone(),
             self.ends,
             activity.clone(),
@@ -249,6 +262,7 @@ impl SshHandler {
                         actor,
                         activity,
                         stdin: Some(stdin),
+                        held,
                     },
                 );
                 reply.accept().await;
@@ -358,6 +372,7 @@ impl russh::server::Handler for SshHandler {
             pix_height,
             modes: modes.iter().map(|(op, v)| (*op as u8, *v)).collect(),
         };
+        self.drain(channel);
         let ok = Box::pin(self.ask(channel, |reply| SessionMsg::Pty { pty, reply })).await;
         self.answer(channel, ok, session)
     }
@@ -369,6 +384,7 @@ impl russh::server::Handler for SshHandler {
         value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.drain(channel);
         let (name, value) = (name.to_string(), value.to_string());
         let ok = Box::pin(self.ask(channel, |reply| SessionMsg::Env { name, value, reply })).await;
         self.answer(channel, ok, session)
@@ -383,6 +399,7 @@ impl russh::server::Handler for SshHandler {
         pix_height: u32,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.drain(channel);
         let Some(c) = self.sessions.get(&channel) else {
             return Ok(());
         };
@@ -409,6 +426,7 @@ impl russh::server::Handler for SshHandler {
         signal: russh::Sig,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.drain(channel);
         if let Some(actor) = self.session(channel) {
             let _ = actor.cast(SessionMsg::Signal {
                 name: sig_name(&signal),
@@ -430,6 +448,7 @@ impl russh::server::Handler for SshHandler {
             self.activity.received(data.len());
             return Ok(());
         };
+        c.held.drain();
         c.activity.received(data.len());
         let Some(stdin) = &c.stdin else {
             return Ok(());
@@ -458,10 +477,47 @@ impl russh::server::Handler for SshHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(c) = self.sessions.get_mut(&channel) {
+            c.held.drain();
             c.stdin = None;
             let _ = c.actor.cast(SessionMsg::ClientEof);
         }
         Ok(())
+    }
+
+    async fn extended_data(
+        &mut self,
+        channel: ChannelId,
+        _code: u32,
+        _data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // A client's stderr means nothing to a session; only its queued copy must go.
+        self.drain(channel);
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.drain(channel);
+        debug!("X11 forwarding is not served");
+        self.answer(channel, false, session)
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.drain(channel);
+        debug!("agent forwarding is not served");
+        Ok(false)
     }
 
     async fn channel_close(

@@ -97,3 +97,57 @@ async fn refusals_in_progress_are_bounded_and_the_rest_are_closed_at_once() {
             });
     }
 }
+
+/// Sends `count` env requests that want a reply on `channel`, waiting for each answer.
+async fn env_requests(channel: &mut russh::Channel<russh::client::Msg>, count: usize) {
+    for i in 0..count {
+        channel
+            .set_env(true, format!("LC_JAM{i}"), "x")
+            .await
+            .expect("the request is sent");
+        let answer = tokio::time::timeout(WAIT, channel.wait())
+            .await
+            .unwrap_or_else(|_| panic!("request {i} was never answered: the connection jammed"));
+        assert!(
+            matches!(
+                answer,
+                Some(russh::ChannelMsg::Success | russh::ChannelMsg::Failure)
+            ),
+            "request {i}: {answer:?}"
+        );
+    }
+}
+
+/// russh queues every request of a session channel for its `Channel`, 100 at most; a queue
+/// nobody drains stopped the whole connection at the 101st, and a client that left was never
+/// noticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_requests_before_exec_are_all_answered_and_a_client_that_leaves_is_gone() {
+    let server = TestServer::start().await;
+    let client = server.russh_client("jay").await;
+    let mut channel = client.handle.channel_open_session().await.unwrap();
+    env_requests(&mut channel, 300).await;
+    channel.exec(true, "echo ok").await.unwrap();
+    let result = drain(&mut channel).await;
+    assert_eq!(text(&result.stdout), "ok\n");
+    assert_eq!(result.status, Some(0));
+
+    let leaver = server.russh_client("kim").await;
+    let mut channel = leaver.handle.channel_open_session().await.unwrap();
+    env_requests(&mut channel, 300).await;
+    drop(channel);
+    drop(leaver);
+    let deadline = Instant::now() + WAIT;
+    while server
+        .list()
+        .await
+        .iter()
+        .any(|c| c.user.as_deref() == Some("kim"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the connection of a client that left is still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
