@@ -23,7 +23,8 @@ use sshvisor_actors::{ConnectionMsg, PtySpec, SessionMsg, SessionRequest, StartR
 use tracing::{debug, info, warn};
 
 use crate::app::{
-    sig_name, ChannelSession, Endpoints, ExecEnv, StdinError, StdinSender, STDIN_LIMIT,
+    is_env_name, sig_name, ChannelSession, Endpoints, ExecEnv, StdinError, StdinSender,
+    MAX_ENV_NAME, STDIN_LIMIT,
 };
 use crate::held_channel::HeldChannel;
 use crate::keys::{fingerprint, AuthorizedKeys};
@@ -385,6 +386,14 @@ impl russh::server::Handler for SshHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.drain(channel);
+        if !is_env_name(name) {
+            // Refused here: a name that long is neither copied to the session nor logged.
+            info!(
+                name_bytes = name.len(),
+                "environment variable refused: not a variable name ([A-Za-z_][A-Za-z0-9_]*, at most {MAX_ENV_NAME} bytes)"
+            );
+            return self.answer(channel, false, session);
+        }
         let (name, value) = (name.to_string(), value.to_string());
         let ok = Box::pin(self.ask(channel, |reply| SessionMsg::Env { name, value, reply })).await;
         self.answer(channel, ok, session)
@@ -439,7 +448,7 @@ impl russh::server::Handler for SshHandler {
         &mut self,
         channel: ChannelId,
         data: &[u8],
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         // Straight to the command's stdin, never waiting: russh's loop must keep running to
         // send the command's output, which the command may be blocked on. A command that
@@ -459,11 +468,19 @@ impl russh::server::Handler for SshHandler {
                 "the command leaves its input unread: ending the session"
             );
             c.stdin = None;
+            let reason = format!(
+                "the command left {} MiB of input unread",
+                STDIN_LIMIT / (1024 * 1024)
+            );
+            // The client is told why on stderr; the exit status (or signal) follows when the
+            // command has ended.
+            session.extended_data(
+                channel,
+                1,
+                format!("sshvisor: session ended: {reason}\r\n").into_bytes(),
+            )?;
             let _ = c.actor.cast(SessionMsg::Terminate {
-                reason: Some(format!(
-                    "the command left more than {} MiB of input unread",
-                    STDIN_LIMIT / (1024 * 1024)
-                )),
+                reason: Some(reason),
                 grace: STDIN_OVERFLOW_GRACE,
                 scope: sshvisor_actors::EndScope::Session,
             });

@@ -151,3 +151,59 @@ async fn hundreds_of_requests_before_exec_are_all_answered_and_a_client_that_lea
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A command that leaves 16 MiB of input unread ends its session: the client is told why on
+/// stderr and gets how the command ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ended_at_the_stdin_limit_tells_the_client_why_and_how_it_ended() {
+    let server = TestServer::start().await;
+    let client = server.russh_client("lee").await;
+    let mut channel = client.handle.channel_open_session().await.unwrap();
+    channel.exec(true, "sleep 987120").await.unwrap();
+    let writer = channel.make_writer();
+    let flood = tokio::spawn(async move {
+        let mut writer = writer;
+        let chunk = vec![b'x'; 64 * 1024];
+        // More than the limit: the writes stop mattering once the session is gone.
+        for _ in 0..(sshvisor::app::STDIN_LIMIT / chunk.len() + 64) {
+            if writer.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let result = drain(&mut channel).await;
+    flood.abort();
+    let stderr = text(&result.stderr);
+    assert!(
+        stderr.contains("sshvisor: session ended: the command left 16 MiB of input unread"),
+        "{stderr:?}"
+    );
+    assert!(
+        result.status.is_some() || result.signal.is_some(),
+        "neither an exit status nor a signal: {result:?}"
+    );
+    assert!(processes_with_argv(&["sleep", "987120"]).is_empty());
+}
+
+/// The same through OpenSSH, which prints the message and exits with the signal's code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_shows_the_stdin_limit_message_and_an_exit_code() {
+    let server = TestServer::start().await;
+    let zero = std::fs::File::open("/dev/zero").unwrap();
+    let out = server
+        .ssh("lee")
+        .arg("sleep 987121")
+        .stdin(std::process::Stdio::from(zero))
+        .output();
+    let out = tokio::time::timeout(WAIT, out)
+        .await
+        .expect("ssh ends")
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("sshvisor: session ended: the command left 16 MiB of input unread"),
+        "{stderr:?}"
+    );
+    // The command died of the SIGHUP: OpenSSH reports an exit signal as 255.
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+}
