@@ -48,6 +48,7 @@ use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
 use crate::containment::{Containment, SessionScope};
+use crate::held_channel::HeldChannel;
 use crate::link::{Activity, AfterGoodbye, CountedWrites};
 use crate::procs;
 use crate::pty;
@@ -153,6 +154,22 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 pub const MAX_ENV_VARS: usize = 64;
 /// The longest environment value accepted.
 pub const MAX_ENV_VALUE: usize = 4096;
+/// The longest environment variable name accepted.
+pub const MAX_ENV_NAME: usize = 256;
+/// The most bytes a session's variables may add to its environment (`NAME=value\0` each): the
+/// kernel refuses an exec whose environment is too big ("Argument list too long").
+pub const MAX_ENV_TOTAL: usize = 64 * 1024;
+
+/// Whether `name` is a variable name a shell would take: `[A-Za-z_][A-Za-z0-9_]*`, at most
+/// [`MAX_ENV_NAME`] bytes.
+pub fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() <= MAX_ENV_NAME
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
 
 /// The channel as an in-process command or subsystem sees it: reading gives what the client
 /// sends (end of stream at the client's EOF), writing goes to the client.
@@ -381,7 +398,7 @@ pub struct ChannelSession {
     stdin_tx: Option<StdinSender>,
     stdin_rx: Option<StdinReceiver>,
     /// The channel's own stream, kept until we know whether a subsystem wants it.
-    stream: Option<russh::Channel<russh::server::Msg>>,
+    stream: HeldChannel,
     running: Option<Running>,
     in_process: Option<InProcessRun>,
     activity: Arc<Activity>,
@@ -409,7 +426,7 @@ impl ChannelSession {
     /// subsystem reads it as a stream; everything else drops it, so it never fills up).
     pub fn new(
         handle: Handle,
-        stream: russh::Channel<russh::server::Msg>,
+        stream: HeldChannel,
         env: Arc<ExecEnv>,
         ends: Endpoints,
         activity: Arc<Activity>,
@@ -421,7 +438,7 @@ impl ChannelSession {
         let session = Self {
             handle,
             channel,
-            stream: Some(stream),
+            stream,
             in_process: None,
             activity,
             after_goodbye,
@@ -850,6 +867,11 @@ impl SessionLink for ChannelSession {
     }
 
     fn env(&mut self, name: &str, value: &str) -> Result<(), String> {
+        if !is_env_name(name) {
+            return Err(format!(
+                "not a variable name ([A-Za-z_][A-Za-z0-9_]*, at most {MAX_ENV_NAME} bytes)"
+            ));
+        }
         if !self.env.accepts(name) {
             return Err(format!("{name} is not among the accepted variables"));
         }
@@ -860,6 +882,16 @@ impl SessionLink for ChannelSession {
         }
         if self.vars.len() >= MAX_ENV_VARS {
             return Err(format!("at most {MAX_ENV_VARS} variables per session"));
+        }
+        let size = |n: &str, v: &str| n.len() + v.len() + 2;
+        let others: usize = (self.vars.iter())
+            .filter(|(n, _)| n != name)
+            .map(|(n, v)| size(n, v))
+            .sum();
+        if others + size(name, value) > MAX_ENV_TOTAL {
+            return Err(format!(
+                "the session's variables would exceed {MAX_ENV_TOTAL} bytes"
+            ));
         }
         self.vars.retain(|(n, _)| n != name);
         self.vars.push((name.to_string(), value.to_string()));
@@ -910,7 +942,7 @@ impl SessionLink for ChannelSession {
             }
         }
         // Everything else talks through callbacks: the channel's own queue must not fill up.
-        self.stream = None;
+        self.stream.release();
         self.running = Some(self.spawn(request, events)?);
         Ok(())
     }

@@ -23,8 +23,10 @@ use sshvisor_actors::{ConnectionMsg, PtySpec, SessionMsg, SessionRequest, StartR
 use tracing::{debug, info, warn};
 
 use crate::app::{
-    sig_name, ChannelSession, Endpoints, ExecEnv, StdinError, StdinSender, STDIN_LIMIT,
+    is_env_name, sig_name, ChannelSession, Endpoints, ExecEnv, StdinError, StdinSender,
+    MAX_ENV_NAME, STDIN_LIMIT,
 };
+use crate::held_channel::HeldChannel;
 use crate::keys::{fingerprint, AuthorizedKeys};
 use crate::link::{Activity, AfterGoodbye};
 use crate::stream::CutSwitch;
@@ -71,6 +73,8 @@ struct Channel {
     activity: Arc<Activity>,
     /// The command's stdin; dropped on the client's EOF.
     stdin: Option<StdinSender>,
+    /// The channel's own russh queue, drained until the session starts (see `held_channel`).
+    held: HeldChannel,
 }
 
 impl SshHandler {
@@ -146,6 +150,14 @@ impl SshHandler {
         Ok(())
     }
 
+    /// Empties `channel`'s russh queue: called on every callback that follows a message russh
+    /// queued there, so the queue never fills up before the session starts.
+    fn drain(&self, channel: ChannelId) {
+        if let Some(c) = self.sessions.get(&channel) {
+            c.held.drain();
+        }
+    }
+
     fn session(&self, channel: ChannelId) -> Option<&ActorRef<SessionMsg>> {
         self.sessions.get(&channel).map(|c| &c.actor)
     }
@@ -184,6 +196,7 @@ impl SshHandler {
         request: SessionRequest,
         session: &mut Session,
     ) -> Result<(), HandlerError> {
+        self.drain(channel);
         let Some(actor) = self.session(channel).cloned() else {
             session.channel_failure(channel)?;
             return Ok(());
@@ -233,9 +246,10 @@ impl SshHandler {
         let sftp_handles = self.sftp_handles.get_or_insert_with(|| {
             (self.env.sftp_handles).connection(self.user.as_deref().unwrap_or_default())
         });
+        let held = HeldChannel::new(channel);
         let (link, stdin) = ChannelSession::new(
             session.handle(),
-            channel,
+            held.clone(),
             self.env.clone(),
             self.ends,
             activity.clone(),
@@ -256,14 +270,20 @@ impl SshHandler {
                         actor,
                         activity,
                         stdin: Some(stdin),
+                        held,
                     },
                 );
                 reply.accept().await;
             }
             Some(Err(text)) => {
                 debug!(reason = %text, "session refused");
+                // The refusal's text is what OpenSSH prints ("open failed: administratively
+                // prohibited: <text>"): it names the limit, so the user knows what to change.
                 reply
-                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .reject(ChannelOpenFailure::Other {
+                        code: ChannelOpenFailure::AdministrativelyProhibited.code(),
+                        reason: text,
+                    })
                     .await;
             }
             None => {
@@ -360,6 +380,7 @@ impl russh::server::Handler for SshHandler {
             pix_height,
             modes: modes.iter().map(|(op, v)| (*op as u8, *v)).collect(),
         };
+        self.drain(channel);
         let ok = Box::pin(self.ask(channel, |reply| SessionMsg::Pty { pty, reply })).await;
         self.answer(channel, ok, session)
     }
@@ -371,6 +392,15 @@ impl russh::server::Handler for SshHandler {
         value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.drain(channel);
+        if !is_env_name(name) {
+            // Refused here: a name that long is neither copied to the session nor logged.
+            info!(
+                name_bytes = name.len(),
+                "environment variable refused: not a variable name ([A-Za-z_][A-Za-z0-9_]*, at most {MAX_ENV_NAME} bytes)"
+            );
+            return self.answer(channel, false, session);
+        }
         let (name, value) = (name.to_string(), value.to_string());
         let ok = Box::pin(self.ask(channel, |reply| SessionMsg::Env { name, value, reply })).await;
         self.answer(channel, ok, session)
@@ -385,6 +415,7 @@ impl russh::server::Handler for SshHandler {
         pix_height: u32,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.drain(channel);
         let Some(c) = self.sessions.get(&channel) else {
             return Ok(());
         };
@@ -411,6 +442,7 @@ impl russh::server::Handler for SshHandler {
         signal: russh::Sig,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.drain(channel);
         if let Some(actor) = self.session(channel) {
             let _ = actor.cast(SessionMsg::Signal {
                 name: sig_name(&signal),
@@ -423,7 +455,7 @@ impl russh::server::Handler for SshHandler {
         &mut self,
         channel: ChannelId,
         data: &[u8],
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         // Straight to the command's stdin, never waiting: russh's loop must keep running to
         // send the command's output, which the command may be blocked on. A command that
@@ -432,6 +464,7 @@ impl russh::server::Handler for SshHandler {
             self.activity.received(data.len());
             return Ok(());
         };
+        c.held.drain();
         c.activity.received(data.len());
         let Some(stdin) = &c.stdin else {
             return Ok(());
@@ -442,11 +475,19 @@ impl russh::server::Handler for SshHandler {
                 "the command leaves its input unread: ending the session"
             );
             c.stdin = None;
+            let reason = format!(
+                "the command left {} MiB of input unread",
+                STDIN_LIMIT / (1024 * 1024)
+            );
+            // The client is told why on stderr; the exit status (or signal) follows when the
+            // command has ended.
+            session.extended_data(
+                channel,
+                1,
+                format!("sshvisor: session ended: {reason}\r\n").into_bytes(),
+            )?;
             let _ = c.actor.cast(SessionMsg::Terminate {
-                reason: Some(format!(
-                    "the command left more than {} MiB of input unread",
-                    STDIN_LIMIT / (1024 * 1024)
-                )),
+                reason: Some(reason),
                 grace: STDIN_OVERFLOW_GRACE,
                 scope: sshvisor_actors::EndScope::Session,
             });
@@ -460,10 +501,47 @@ impl russh::server::Handler for SshHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(c) = self.sessions.get_mut(&channel) {
+            c.held.drain();
             c.stdin = None;
             let _ = c.actor.cast(SessionMsg::ClientEof);
         }
         Ok(())
+    }
+
+    async fn extended_data(
+        &mut self,
+        channel: ChannelId,
+        _code: u32,
+        _data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // A client's stderr means nothing to a session; only its queued copy must go.
+        self.drain(channel);
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.drain(channel);
+        debug!("X11 forwarding is not served");
+        self.answer(channel, false, session)
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.drain(channel);
+        debug!("agent forwarding is not served");
+        Ok(false)
     }
 
     async fn channel_close(

@@ -7,6 +7,7 @@
 //! - `server`: the accept loop; one task per connection driving `russh::server::run_stream`.
 //! - `stream`: the TCP stream wrapper the connection actor can cut (the forced path).
 //! - `handler`: the russh `Handler`, a thin adapter from callbacks to actor messages.
+//! - `held_channel`: a session channel's russh queue, kept empty until the session starts.
 //! - `link`: the russh implementation of the tree's `ConnectionLink`.
 //! - `app`: the default session application (exec, shells, terminals), the `SessionLink`.
 //! - `pty`: pseudo-terminals: open with size and modes, resize, async master.
@@ -29,6 +30,7 @@ pub mod control;
 pub mod ctl;
 pub mod daemon;
 pub mod handler;
+pub mod held_channel;
 pub mod keys;
 pub mod link;
 pub mod procs;

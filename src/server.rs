@@ -6,9 +6,13 @@
 //! `russh::server::run_stream` inside its own task, which also waits for the client's banner, so
 //! a client that never speaks holds nothing but its own task. When the russh session ends, for
 //! whatever reason, the task tells the connection actor (`TransportClosed`).
+//!
+//! A connection over a limit is refused over SSH (the client prints which limit), in a cuttable
+//! stream closed by [`REFUSAL_TIMEOUT`] at the latest, and at most [`MAX_REFUSING`] at once.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -89,6 +93,7 @@ impl SshListener {
             }),
             host_key: options.host_key,
             supervisor,
+            refusing: Arc::new(AtomicUsize::new(0)),
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
@@ -135,6 +140,8 @@ struct Shared {
     live: RwLock<Live>,
     host_key: PrivateKey,
     supervisor: ActorRef<SupervisorMsg>,
+    /// Refusals in progress (see [`MAX_REFUSING`]).
+    refusing: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
@@ -204,6 +211,12 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
         Ok(CallResult::Success(Ok(admitted))) => admitted,
         Ok(CallResult::Success(Err(refusal))) => {
             warn!(%peer, reason = %refusal, "connection refused");
+            let Some(_slot) = RefusalSlot::take(&shared.refusing) else {
+                // A flood of refused clients must not hold the server's descriptors: past the
+                // bound, the socket closes without a word.
+                debug!(%peer, "too many refusals in progress: closing at once");
+                return;
+            };
             // Said over SSH, so the client prints why instead of seeing a bare reset.
             Box::pin(refuse(live.config.clone(), socket, refusal.to_string())).await;
             return;
@@ -250,25 +263,67 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
     send_end(&conn, end);
 }
 
-/// How long a refused client gets to receive its disconnect message.
-const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refused client gets to receive its disconnect message; its socket is closed then
+/// at the latest.
+pub const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many refused clients may be told why at once. Refused connections are in no map and
+/// count against no limit: without a bound, a flood of clients that stall in the key exchange
+/// would hold a descriptor each for [`REFUSAL_TIMEOUT`] and starve the listener and the control
+/// socket. Past it, a refused socket is closed at once.
+pub const MAX_REFUSING: usize = 128;
+
+/// One of the [`MAX_REFUSING`] refusals in progress; given back when dropped.
+struct RefusalSlot(Arc<AtomicUsize>);
+
+impl RefusalSlot {
+    fn take(refusing: &Arc<AtomicUsize>) -> Option<Self> {
+        refusing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_REFUSING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(refusing.clone()))
+    }
+}
+
+impl Drop for RefusalSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Completes the key exchange only to send SSH_MSG_DISCONNECT (too many connections) with
-/// `reason`, then closes; bounded by [`REFUSAL_TIMEOUT`].
+/// `reason`, then closes; the socket is closed within [`REFUSAL_TIMEOUT`] whatever the client
+/// does.
+///
+/// `run_stream` runs the session in a task of its own once the client's banner is in: a timeout
+/// around it only stops waiting for that task, which would keep the socket until the client
+/// leaves (russh holds a DISCONNECT back while the key exchange is unfinished). The stream is
+/// cut instead, which ends the task and closes the socket.
 async fn refuse(config: Arc<Config>, socket: TcpStream, reason: String) {
     struct Refuser;
     impl russh::server::Handler for Refuser {
         type Error = russh::Error;
     }
+    let switch = CutSwitch::new();
+    let stream = CuttableStream::new(socket, switch.clone());
     let session = async {
-        let running = russh::server::run_stream(config, socket, Refuser).await?;
+        let running = russh::server::run_stream(config, stream, Refuser).await?;
         let _ = running
             .handle()
             .disconnect(russh::Disconnect::TooManyConnections, reason, "en".into())
             .await;
         running.await
     };
-    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, session).await;
+    let timed_out = tokio::time::timeout(REFUSAL_TIMEOUT, session)
+        .await
+        .is_err();
+    // Whatever ended the wait, russh's task (if it started) must not outlive it.
+    switch.cut();
+    if timed_out {
+        debug!("a refused client did not take its disconnect in time: closed");
+    }
 }
 
 fn classify(error: HandlerError, switch: &CutSwitch) -> TransportEnd {

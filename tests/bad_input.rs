@@ -383,3 +383,62 @@ async fn watch_streams_the_lifecycle_of_a_connection() {
     );
     let _ = watch.kill().await;
 }
+
+/// Sends one env request that wants a reply; whether it was accepted.
+async fn set_env(
+    channel: &mut russh::Channel<russh::client::Msg>,
+    name: &str,
+    value: &str,
+) -> bool {
+    channel.set_env(true, name, value).await.unwrap();
+    match tokio::time::timeout(WAIT, channel.wait())
+        .await
+        .expect("answered")
+    {
+        Some(russh::ChannelMsg::Success) => true,
+        Some(russh::ChannelMsg::Failure) => false,
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_or_malformed_variable_name_is_refused_and_the_command_still_runs() {
+    let server = TestServer::start().await;
+    let client = server.russh_client("ivy").await;
+    let mut channel = client.handle.channel_open_session().await.unwrap();
+    let huge = format!("LC_{}", "A".repeat(200_000));
+    assert!(
+        !set_env(&mut channel, &huge, "x").await,
+        "a 200 KB name is refused"
+    );
+    assert!(
+        !set_env(&mut channel, "LC_A=B", "x").await,
+        "a name with '=' is refused"
+    );
+    assert!(!set_env(&mut channel, "LC_A-B", "x").await);
+    assert!(set_env(&mut channel, "LC_FINE", "yes").await);
+    channel.exec(true, "echo $LC_FINE").await.unwrap();
+    let result = drain(&mut channel).await;
+    assert_eq!(text(&result.stdout), "yes\n", "{}", text(&result.stderr));
+    assert_eq!(result.status, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_s_variables_are_bounded_in_total_size() {
+    let server = TestServer::start().await;
+    let client = server.russh_client("ivy").await;
+    let mut channel = client.handle.channel_open_session().await.unwrap();
+    let value = "v".repeat(sshvisor::app::MAX_ENV_VALUE);
+    let mut accepted = 0;
+    for i in 0..sshvisor::app::MAX_ENV_VARS {
+        if set_env(&mut channel, &format!("LC_BIG{i}"), &value).await {
+            accepted += value.len();
+        }
+    }
+    assert!(
+        accepted <= sshvisor::app::MAX_ENV_TOTAL,
+        "{accepted} bytes of variables accepted"
+    );
+    channel.exec(true, "echo ran").await.unwrap();
+    assert_eq!(text(&drain(&mut channel).await.stdout), "ran\n");
+}

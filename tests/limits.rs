@@ -329,3 +329,19 @@ async fn a_peer_that_stops_answering_is_found_by_keepalives_and_its_work_ended()
     .await;
     drop(channel);
 }
+
+/// OpenSSH prints a channel-open failure's text: a session over the limit is told which one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_over_max_sessions_per_connection_tells_the_client_the_limit() {
+    let server = TestServer::start_with(|o| o.limits.max_sessions_per_connection = 0).await;
+    let out = finish(server.ssh("dee").arg("echo never").output()).await;
+    let err = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(
+            "open failed: administratively prohibited: max_sessions_per_connection (0) reached"
+        ),
+        "{err}"
+    );
+    assert!(text(&out.stdout).is_empty());
+}

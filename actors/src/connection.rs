@@ -5,7 +5,9 @@
 //! the transport ends, and only then does the actor stop. When the grace runs out, sessions force
 //! their own end, the disconnect gets one last chance to leave, and the transport is cut
 //! ([`CUT_DELAY`] later). If even that does not wind everything down within [`GIVE_UP_MARGIN`],
-//! the remaining children are killed outright and the actor stops.
+//! the remaining children are killed outright and the actor stops. A connection that has not
+//! logged in has nothing to wind down: its transport is cut [`CUT_DELAY`] after the disconnect
+//! (login grace, a pending login dropped, a kill), whatever the grace.
 //!
 //! ## Supervision
 //!
@@ -249,6 +251,12 @@ impl ConnectionState {
             deadline,
         });
         self.advance(myself);
+        if !self.authenticated && self.sessions.is_empty() {
+            // Before authentication there is no session to wind down, only a client, maybe one
+            // stalled in its key exchange (russh holds our DISCONNECT back until that ends):
+            // the goodbye gets CUT_DELAY to leave, then the socket closes, not at the grace.
+            self.after(myself, CUT_DELAY, || ConnectionMsg::Cut);
+        }
     }
 
     /// Marks the connection as closing, here and in the supervisor's listing.
@@ -581,6 +589,8 @@ impl Actor for ConnectionActor {
                 ConnectionMsg::Cut => {
                     if state.transport.is_none() {
                         debug!("cutting the transport");
+                        // The client did not take its goodbye: the end is forced.
+                        state.forced = true;
                         state.link.abort();
                     }
                 }

@@ -710,3 +710,53 @@ async fn limits_count_only_live_connections_across_churn_and_a_prefix_change() {
     h.connect_from("z", Client::Healthy, b).await.unwrap();
     h.connect_from("w", Client::Healthy, b).await.unwrap();
 }
+
+/// A pending login that is dropped has nothing to wind down: a stalled client (russh holds the
+/// DISCONNECT back while its key exchange is unfinished) loses its socket at once, not after
+/// the kill grace.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_login_past_its_grace_loses_its_socket_at_once_not_after_the_kill_grace() {
+    let policy = Policy {
+        login_grace: Some(Duration::from_secs(2)),
+        kill_grace: Duration::from_secs(60),
+        ..Policy::default()
+    };
+    let mut h = Harness::start_with(None, policy).await;
+    let start = Instant::now();
+    let stalled = h.connect("stalled", Client::Stalled).await;
+    disconnected_within_a_second_of(
+        &mut h,
+        "the stalled login is dropped",
+        stalled.id,
+        start + Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(
+        h.log.only(&LogEvent::Abort {
+            conn: "stalled".into()
+        }),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_pending_login_evicted_by_max_unauthenticated_loses_its_socket_at_once() {
+    let mut policy = unlimited();
+    policy.limits.max_unauthenticated = 1;
+    policy.kill_grace = Duration::from_secs(60);
+    let mut h = Harness::start_with(None, policy).await;
+    let stalled = h.connect("stalled", Client::Stalled).await;
+    tokio::time::sleep(sshvisor_actors::MIN_PENDING_AGE).await;
+    let at = Instant::now();
+    let peer: std::net::SocketAddr = "198.51.100.1:2".parse().unwrap();
+    h.connect_from("newcomer", Client::Healthy, peer)
+        .await
+        .expect("admitted at the expense of the pending login");
+    disconnected_within_a_second_of(&mut h, "the stalled login is dropped", stalled.id, at).await;
+    assert_eq!(
+        h.log.only(&LogEvent::Abort {
+            conn: "stalled".into()
+        }),
+        1
+    );
+}
