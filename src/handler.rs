@@ -520,6 +520,26 @@ impl russh::server::Handler for SshHandler {
         Ok(())
     }
 
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: russh::Channel<Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        debug!("TCP forwarding is not served");
+        reply
+            .reject(ChannelOpenFailure::Other {
+                code: ChannelOpenFailure::AdministrativelyProhibited.code(),
+                reason: "TCP forwarding is not served".into(),
+            })
+            .await;
+        Ok(())
+    }
+
     async fn x11_request(
         &mut self,
         channel: ChannelId,

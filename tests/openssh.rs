@@ -275,3 +275,38 @@ async fn cat_echoes_megabytes_to_a_client_that_reads_late() {
     .unwrap();
     assert_eq!(text(&out.stdout).trim(), "6000000", "{}", text(&out.stderr));
 }
+
+/// Forwarding sshvisor does not serve is refused once, with a reason, and the command still
+/// runs. (A `tun@openssh.com` channel, `ssh -w`, is still refused twice by russh 0.65 itself,
+/// before any callback of ours: OpenSSH then drops the connection. See docs/OPERATIONS.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarding_channel_we_do_not_serve_is_refused_and_the_command_still_runs() {
+    let server = TestServer::start().await;
+    let cases: &[&[&str]] = &[&["-o", "ForwardAgent=yes"]];
+    for args in cases {
+        let out = server.ssh("tia").args(*args).arg("echo ran").output();
+        let out = tokio::time::timeout(WAIT, out)
+            .await
+            .expect("ssh ends")
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(text(&out.stdout), "ran\n", "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("nonexistent channel"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A direct-tcpip channel (`-W` instead of a session) is refused once, with a reason.
+    let out = server.ssh("tia").args(["-W", "127.0.0.1:9"]).output();
+    let out = tokio::time::timeout(WAIT, out)
+        .await
+        .expect("ssh ends")
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("open failed: administratively prohibited: TCP forwarding is not served"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("nonexistent channel"), "{stderr}");
+}
