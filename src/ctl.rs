@@ -302,8 +302,15 @@ pub fn format_report(report: &KillReport) -> String {
         ),
         Target::Session(id) => format!("killed session {id}"),
     };
+    let left = match report.processes_left {
+        0 => String::new(),
+        n => format!(
+            "; {n} process{} still running",
+            if n == 1 { "" } else { "es" }
+        ),
+    };
     format!(
-        "{what} in {:.1} ms{}",
+        "{what} in {:.1} ms{}{left}",
         report.elapsed.as_secs_f64() * 1e3,
         if report.forced {
             " (forced: the grace ran out)"
@@ -371,7 +378,7 @@ pub fn format_stats(value: &serde_json::Value) -> String {
     let n = |v: &serde_json::Value| v.as_u64().map_or("?".to_string(), |n| n.to_string());
     let (tree, process) = (&value["tree"], &value["process"]);
     format!(
-        "connections {} (actors {})\nsessions    {} (actors {})\nwaiting kills {}\nmemory      PSS {} KiB, RSS {} KiB\nopen fds    {}\nthreads     {}\n",
+        "connections {} (actors {})\nsessions    {} (actors {})\nwaiting kills {}\nmemory      PSS {} KiB, RSS {} KiB\nopen fds    {}\nthreads     {}\nprocesses   contained by {}{}\n",
         n(&tree["connections"]),
         n(&tree["connection_actors"]),
         n(&tree["sessions"]),
@@ -381,5 +388,34 @@ pub fn format_stats(value: &serde_json::Value) -> String {
         n(&process["rss_kib"]),
         n(&process["open_fds"]),
         n(&process["threads"]),
+        process["containment"].as_str().unwrap_or("?"),
+        process["containment_location"]
+            .as_str()
+            .map(|at| format!(" ({at})"))
+            .unwrap_or_default(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_says_when_processes_were_left_and_is_quiet_otherwise() {
+        let mut report = KillReport {
+            target: Target::Connection(sshvisor_actors::ConnId::new_random()),
+            sessions_closed: 1,
+            elapsed: std::time::Duration::from_millis(3),
+            forced: true,
+            processes_left: 0,
+        };
+        let text = format_report(&report);
+        assert!(
+            text.contains("(1 session closed) in 3.0 ms (forced"),
+            "{text}"
+        );
+        assert!(!text.contains("still running"), "{text}");
+        report.processes_left = 2;
+        assert!(format_report(&report).ends_with("; 2 processes still running"));
+    }
 }

@@ -333,3 +333,25 @@ async fn a_terminal_session_is_contained_too_and_keeps_its_exit_status() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_stats_says_which_containment_holds_the_sessions() {
+    for containment in containments() {
+        let name = format!("{containment:?}").to_lowercase();
+        let cwd = tempfile::tempdir().unwrap();
+        let (_server, _) = common::serve_process(cwd.path(), &["--containment", &name]).await;
+        let ctl = |args: &[&str]| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_sshvisor"))
+                .arg("ctl")
+                .args(args)
+                .current_dir(cwd.path())
+                .output()
+                .unwrap()
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(&ctl(&["stats", "--json"]).stdout).unwrap();
+        assert_eq!(json["process"]["containment"], name.as_str(), "{json}");
+        let human = text(&ctl(&["stats"]).stdout);
+        assert!(human.contains(&format!("contained by {name}")), "{human}");
+    }
+}
