@@ -264,12 +264,19 @@ def killall(server, drain=False):
     """One kill-all (or drain) on a fresh control connection: its reply, the server's CPU time
     meanwhile, and the processes left just after the reply."""
     u0, s0 = cpu_secs(server.pid)
+    t0 = time.monotonic()
     out = server.bench("killall", "--json", *(["--drain"] if drain else []))
     u1, s1 = cpu_secs(server.pid)
     r = json.loads(out.strip().splitlines()[-1])
     left = len(descendants(server.pid))
+    # A reply that timed out leaves the kill going: the next step waits until it is done.
+    wait_for("the sessions' processes to go", lambda: not descendants(server.pid), 900)
+    gone = (time.monotonic() - t0) * 1000
+    if r.get("error"):
+        log(f"  {'drain' if drain else 'kill-all'} of {r['live']} answered {r['error']!r} "
+            f"after {r['ms']:.0f} ms; all processes gone after {gone:.0f} ms")
     return {"live": r["live"], "killed": r.get("killed"), "ms": r["ms"], "error": r.get("error"),
-            "cpu_user_s": u1 - u0, "cpu_sys_s": s1 - s0, "left": left}
+            "cpu_user_s": u1 - u0, "cpu_sys_s": s1 - s0, "left": left, "gone_ms": gone}
 
 
 def measure(build, n, args, repeat, profile=None):
@@ -384,8 +391,9 @@ def report(args, builds, sized, started, finished, probes, steal):
     L = []
     L.append(f"# Process sessions through `sshvisor serve`\n")
     L.append(f"`bench/procs.sh{' ' + ' '.join(args.argv) if args.argv else ''}` on {started:%Y-%m-%d} "
-             f"({started:%H:%M}–{finished:%H:%M} UTC), {machine()}. Medians over {args.repeats} "
-             f"runs (each a fresh server and fresh connections), the builds in turn run by run.")
+             f"({started:%H:%M}–{finished:%H:%M} UTC), {machine()}. Medians over the runs "
+             f"of each row (each run a fresh server and fresh connections; {args.repeats} per size "
+             f"unless the row says), the builds in turn run by run.")
     L.append(f"Builds: " + ", ".join(f"**{b.name}** `{b.path}`" for b in builds) + ".")
     L.append(f"Machine stillness: a thread sleeping 1 ms at a time was held up > 1 ms "
              f"{probes[0]['per_s']:.1f}/s before (worst {probes[0]['worst_ms']:.1f} ms) and "
@@ -395,9 +403,9 @@ def report(args, builds, sized, started, finished, probes, steal):
     L.append(f"Kill grace {args.grace:g} s; every kill-all and drain must reply within "
              f"{bound:g} s (grace + {args.margin:g} s: docs/ARCHITECTURE.md).\n")
     L.append("## Kills\n")
-    L.append("| build | live | single kills | rtt p50 | p99 | in-process p50 | p99 | kill-all of | ms | ms per conn | "
-             "server CPU ms per conn | left | drain of | ms | within bound |")
-    L.append("|" + "---|" * 15)
+    L.append("| build | live | runs | single kills | rtt p50 | p99 | in-process p50 | p99 | kill-all of | ms | ms per conn | "
+             "server CPU ms per conn | processes gone, ms | drain of | ms | within bound |")
+    L.append("|" + "---|" * 16)
     for (name, n), runs in sized.items():
         ka = [r["killall"] for r in runs]
         dr = [r["drain"] for r in runs if "drain" in r]
@@ -405,11 +413,11 @@ def report(args, builds, sized, started, finished, probes, steal):
         errors = sum(1 for x in ka + dr if x.get("error"))
         per = median([x["ms"] / max(x["killed"] or x["live"], 1) for x in ka])
         cpu = median([(x["cpu_user_s"] + x["cpu_sys_s"]) * 1000 / max(x["killed"] or x["live"], 1) for x in ka])
-        L.append(f"| {name} | {n:,} | {fmt(median([r['kills'] for r in runs]), 0)} | "
+        L.append(f"| {name} | {n:,} | {len(runs)} | {fmt(median([r['kills'] for r in runs]), 0)} | "
                  f"{fmt(median([r['rtt_p50'] for r in runs]), 3)} | {fmt(median([r['rtt_p99'] for r in runs]), 3)} | "
                  f"{fmt(median([r['inproc_p50'] for r in runs]), 3)} | {fmt(median([r['inproc_p99'] for r in runs]), 3)} | "
                  f"{fmt(median([x['killed'] or x['live'] for x in ka]), 0)} | {fmt(median([x['ms'] for x in ka]), 0)} | "
-                 f"{fmt(per, 3)} | {fmt(cpu, 3)} | {max(x['left'] for x in ka)} | "
+                 f"{fmt(per, 3)} | {fmt(cpu, 3)} | {fmt(median([x.get('gone_ms') for x in ka]), 0)} | "
                  f"{fmt(median([x['killed'] or x['live'] for x in dr]), 0)} | {fmt(median([x['ms'] for x in dr]), 0)} | "
                  f"{held}/{len(ka) + len(dr)}" + (f" ({errors} errors)" if errors else "") + " |")
     L.append("")
@@ -457,7 +465,12 @@ def main():
     ap.add_argument("--bench-bin", default=os.path.join(ROOT, "target", "release", "sshvisor-bench"))
     ap.add_argument("--sshvisor-bin", default=os.path.join(ROOT, "target", "release", "sshvisor"),
                     help="the build when SSHVISOR_BIN is not set")
-    ap.add_argument("--json", help="raw figures to this file")
+    ap.add_argument("--max-repeats", type=int,
+                    help="runs of the size `max` (default --repeats; the current code's kill-all "
+                         "there takes minutes)")
+    ap.add_argument("--json", help="raw figures to this file, rewritten after every run")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the runs already in --json (and report them with the new ones)")
     args = ap.parse_args()
     args.argv = sys.argv[1:]
     if args.smoke:
@@ -467,23 +480,35 @@ def main():
     probes = [hiccups(2 if args.smoke else 10)]
     steal0 = cpu_steal()
     sized = {}
+    if args.append and args.json and os.path.exists(args.json):
+        with open(args.json) as f:
+            for runs in json.load(f)["sized"].values():
+                for r in runs:
+                    sized.setdefault((r["build"], r["n"]), []).append(r)
+                    for b in builds:
+                        if b.name == r["build"]:
+                            b.base_fds = r["fds_before"]["total"]
+                            b.fds_per_session = r["fds_per_session"]["total"]
+    def save():
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"sized": {f"{k[0]}@{k[1]}": v for k, v in sized.items()}}, f, indent=1)
     for s in args.sizes:
         n = resolve_size(s, builds)
-        for i in range(1 if args.profile else args.repeats):
+        repeats = args.repeats if s != "max" or args.max_repeats is None else args.max_repeats
+        for i in range(1 if args.profile else repeats):
             for b in builds:
                 r = measure(b, n, args, i + 1, args.profile)
                 log(f"  {b.name} n={n} #{i + 1}: kill-all {r['killall']['ms']:.0f} ms, "
                     f"drain {r['drain']['ms'] if 'drain' in r else float('nan'):.0f} ms, "
                     f"kills p50 {r['rtt_p50']} p99 {r['rtt_p99']}, PSS {r['pss_per_conn_kib']:.1f} KiB/conn")
                 sized.setdefault((b.name, n), []).append(r)
+                save()
     steal1 = cpu_steal()
     probes.append(hiccups(2 if args.smoke else 10))
     steal = (steal1[0] - steal0[0]) / max(1, steal1[1] - steal0[1])
     finished = datetime.datetime.now(datetime.timezone.utc)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"sized": {f"{k[0]}@{k[1]}": v for k, v in sized.items()},
-                       "machine": {"hiccups": probes, "steal": steal}}, f, indent=1)
+    save()
     print(report(args, builds, sized, started, finished, probes, steal))
     if args.profile == "perf":
         for (name, n), runs in sized.items():
