@@ -205,6 +205,22 @@ impl Control {
         }
     }
 
+    /// Stops the server accepting and kills every connection (sshvisor's `drain`); answers once
+    /// all are gone.
+    pub async fn drain(&mut self) -> anyhow::Result<KilledAll> {
+        let Control::Sshvisor(lines, next) = self else {
+            bail!("only sshvisor drains");
+        };
+        let (result, _, rtt) = sshvisor_call(lines, next, json!({"cmd": "drain"})).await?;
+        let reports = result
+            .as_array()
+            .context("`drain` did not answer with a list of reports")?;
+        Ok(KilledAll {
+            count: reports.len(),
+            rtt,
+        })
+    }
+
     /// Kills every connection and waits until all are gone.
     pub async fn kill_all(&mut self) -> anyhow::Result<KilledAll> {
         match self {

@@ -31,6 +31,9 @@ pub struct KillArgs {
 pub struct KillallArgs {
     #[command(flatten)]
     target: Target,
+    /// Drain instead (sshvisor): stop accepting, then kill every connection.
+    #[arg(long)]
+    drain: bool,
     /// A JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -133,15 +136,34 @@ pub async fn kill(args: KillArgs) -> anyhow::Result<()> {
 pub async fn killall(args: KillallArgs) -> anyhow::Result<()> {
     let mut control = Control::connect(&args.target).await?;
     let live = control.list().await?.len();
-    let done = control.kill_all().await?;
+    let what = if args.drain { "drain" } else { "killall" };
+    let t0 = std::time::Instant::now();
+    let done = if args.drain {
+        control.drain().await
+    } else {
+        control.kill_all().await
+    };
+    let done = match done {
+        Ok(done) => done,
+        // A refusal or a timeout is a result too: when it came is part of it.
+        Err(e) if args.json => {
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            println!(
+                "{}",
+                json!({"summary": what, "live": live, "error": format!("{e:#}"), "ms": ms})
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let ms = done.rtt.as_secs_f64() * 1e3;
     if args.json {
         println!(
             "{}",
-            json!({"summary": "killall", "live": live, "killed": done.count, "ms": ms})
+            json!({"summary": what, "live": live, "killed": done.count, "ms": ms})
         );
     } else {
-        println!("killall: {} connections in {ms:.3} ms", done.count);
+        println!("{what}: {} connections in {ms:.3} ms", done.count);
         if done.count != live {
             eprintln!("killall: {live} were live just before");
         }
