@@ -7,9 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{drain, processes_with_argv, text, wait_started, TestServer, WAIT};
-use russh::client::Msg;
-use russh::ChannelMsg;
+use common::{drain, processes_with_argv, read_until, text, wait_started, TestServer, WAIT};
 use sshvisor::containment::{Containment, ContainmentChoice};
 use sshvisor_actors::{SupervisorMsg, Target};
 
@@ -59,21 +57,6 @@ fn running(tags: &[String]) -> Vec<&String> {
         .collect()
 }
 
-async fn read_until(channel: &mut russh::Channel<Msg>, pattern: &str) {
-    let mut seen = String::new();
-    tokio::time::timeout(WAIT, async {
-        while !seen.contains(pattern) {
-            match channel.wait().await {
-                Some(ChannelMsg::Data { data }) => seen.push_str(&String::from_utf8_lossy(&data)),
-                Some(_) => {}
-                None => panic!("the channel ended before {pattern:?}; saw {seen:?}"),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {pattern:?}; saw {seen:?}"));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_escaped_process_outlives_a_session_that_ends_by_itself() {
     for (round, containment) in containments().into_iter().enumerate() {
@@ -85,7 +68,7 @@ async fn no_escaped_process_outlives_a_session_that_ends_by_itself() {
         ch.exec(true, format!("{line}\necho started; read _; exit 0"))
             .await
             .unwrap();
-        read_until(&mut ch, "started").await;
+        read_until(&mut ch, &mut String::new(), "started").await;
         common::eventually("every escapee runs", || running(&tags).len() == tags.len()).await;
         // The shell and its seven escapees, however far they went.
         let mut listed = serde_json::Value::Null;
@@ -123,7 +106,7 @@ async fn no_escaped_process_outlives_a_kill_and_the_report_says_none_was_left() 
         let command = format!("trap '' HUP\n{line}\necho started; sleep {}9", tags[0]);
         ch.exec(true, command.as_str()).await.unwrap();
         wait_started(&mut events, &command).await;
-        read_until(&mut ch, "started").await;
+        read_until(&mut ch, &mut String::new(), "started").await;
         common::eventually("every escapee runs", || running(&tags).len() == tags.len()).await;
         let conn = server.list().await[0].id;
         let report = ractor::call_t!(

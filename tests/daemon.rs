@@ -10,36 +10,11 @@ use std::process::Stdio;
 use common::{text, WAIT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
+
 use tokio::process::{Child, Command};
 
-/// Starts `sshvisor serve --listen 127.0.0.1:0` in `cwd`; returns the child and the stdout lines
-/// up to the printed ssh command (or the listening line when keys are given).
 async fn serve(cwd: &Path, extra: &[&str]) -> (Child, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sshvisor"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let done = line.trim_start().starts_with("ssh ");
-            seen.push(line);
-            if done {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("serve prints its ssh line");
-    (child, seen)
+    common::serve_lines(cwd, extra).await
 }
 
 async fn terminate(child: &mut Child) -> std::process::ExitStatus {

@@ -10,20 +10,6 @@ use russh::client::Msg;
 use russh::ChannelMsg;
 
 /// Reads the channel until the accumulated output contains `pattern`.
-async fn read_until(channel: &mut russh::Channel<Msg>, seen: &mut String, pattern: &str) {
-    tokio::time::timeout(WAIT, async {
-        while !seen.contains(pattern) {
-            match channel.wait().await {
-                Some(ChannelMsg::Data { data }) => seen.push_str(&String::from_utf8_lossy(&data)),
-                Some(_) => {}
-                None => panic!("the channel ended before {pattern:?}; saw {seen:?}"),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {pattern:?}; saw {seen:?}"));
-}
-
 /// Waits for the reply to a request sent with want_reply.
 async fn replied(channel: &mut russh::Channel<Msg>) -> bool {
     tokio::time::timeout(WAIT, async {

@@ -416,9 +416,9 @@ pub fn tcp_tx_queue_to(remote: std::net::SocketAddr) -> Option<u64> {
 }
 
 /// `sshvisor serve --listen 127.0.0.1:0 EXTRA...` run as its own process in `cwd` (the daemon
-/// as an operator runs it: subreaper, orphan reaper, signals); with the printed `ssh` command
-/// line as words, the session's command left out.
-pub async fn serve_process(cwd: &Path, extra: &[&str]) -> (tokio::process::Child, Vec<String>) {
+/// as an operator runs it: subreaper, orphan reaper, signals); returns it and its stdout lines
+/// up to the printed ssh command (or the listening line when keys are given).
+pub async fn serve_lines(cwd: &Path, extra: &[&str]) -> (tokio::process::Child, Vec<String>) {
     use tokio::io::AsyncBufReadExt;
     let mut child = Command::new(env!("CARGO_BIN_EXE_sshvisor"))
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -431,22 +431,53 @@ pub async fn serve_process(cwd: &Path, extra: &[&str]) -> (tokio::process::Child
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let ssh_line = tokio::time::timeout(WAIT, async {
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            if line.trim_start().starts_with("ssh ") {
-                return line;
+            let done = line.trim_start().starts_with("ssh ");
+            seen.push(line);
+            if done {
+                break;
             }
         }
-        panic!("serve ended without printing its ssh line");
     })
     .await
     .expect("serve prints its ssh line");
+    (child, seen)
+}
+
+/// [`serve_lines`], with the printed `ssh` command line as words, the session's command left
+/// out.
+pub async fn serve_process(cwd: &Path, extra: &[&str]) -> (tokio::process::Child, Vec<String>) {
+    let (child, lines) = serve_lines(cwd, extra).await;
+    let ssh_line = lines.last().expect("serve prints its ssh line");
     let words = ssh_line
         .replace("'echo hello from sshvisor'", "")
         .split_whitespace()
         .map(str::to_string)
         .collect();
     (child, words)
+}
+
+/// Reads a channel's output into `seen` until it holds `pattern`.
+pub async fn read_until(
+    channel: &mut russh::Channel<client::Msg>,
+    seen: &mut String,
+    pattern: &str,
+) {
+    tokio::time::timeout(WAIT, async {
+        while !seen.contains(pattern) {
+            match channel.wait().await {
+                Some(russh::ChannelMsg::Data { data }) => {
+                    seen.push_str(&String::from_utf8_lossy(&data))
+                }
+                Some(_) => {}
+                None => panic!("the channel ended before {pattern:?}; saw {seen:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {pattern:?}; saw {seen:?}"));
 }
 
 /// Live zombies whose parent is `parent`.
