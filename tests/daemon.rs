@@ -10,7 +10,6 @@ use std::process::Stdio;
 use common::{text, WAIT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
 use tokio::process::{Child, Command};
 
 async fn serve(cwd: &Path, extra: &[&str]) -> (Child, Vec<String>) {
