@@ -460,8 +460,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--kills", type=int, default=300, help="single kills per run (at most N/2)")
     ap.add_argument("--grace", type=float, default=5.0, help="the server's kill grace, s")
-    ap.add_argument("--margin", type=float, default=1.1,
-                    help="the documented margin over the grace, s (100 ms DISCONNECT + 1 s)")
+    ap.add_argument("--margin", type=float, default=3.0,
+                    help="the documented margin over the grace, s (docs/ARCHITECTURE.md: "
+                         "GIVE_UP_MARGIN twice)")
     ap.add_argument("--profile", choices=["perf", "strace"],
                     help="one profiled run per size instead of the figures")
     ap.add_argument("--profile-dir", default=os.path.join(tempfile.gettempdir(), "sshvisor-procs-profile"))
@@ -472,6 +473,8 @@ def main():
                     help="runs of the size `max` (default --repeats; the current code's kill-all "
                          "there takes minutes)")
     ap.add_argument("--json", help="raw figures to this file, rewritten after every run")
+    ap.add_argument("--out", help="the report to this file too (bench/PROCS.md is what "
+                    "docs/BENCHMARKS.md includes)")
     ap.add_argument("--append", action="store_true",
                     help="keep the runs already in --json (and report them with the new ones)")
     args = ap.parse_args()
@@ -512,7 +515,11 @@ def main():
     steal = (steal1[0] - steal0[0]) / max(1, steal1[1] - steal0[1])
     finished = datetime.datetime.now(datetime.timezone.utc)
     save()
-    print(report(args, builds, sized, started, finished, probes, steal))
+    text = report(args, builds, sized, started, finished, probes, steal)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
     if args.profile == "perf":
         for (name, n), runs in sized.items():
             ours, kernel = perf_top(runs[0]["profile"])
