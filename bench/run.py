@@ -656,7 +656,8 @@ def write_report(args, run, servers, sizes, sized, churned, long, started, finis
         # Process sessions through `sshvisor serve` (bench/procs.sh writes it; a run of its own,
         # about 20 minutes): the path users run, beside the figures above.
         with open(procs) as f:
-            text += "\n" + f.read().replace("\n# ", "\n## ", 1).replace("# Process sessions", "## 6. Process sessions", 1)
+            body = f.read().replace("\n## ", "\n### ")
+            text += "\n" + body.replace("# Process sessions", "## 6. Process sessions", 1)
     notes = os.path.join(ROOT, "bench", "NOTES.md")
     if not args.smoke and os.path.exists(notes):
         # What the figures mean and where the costs are: written by hand after a run.
