@@ -344,6 +344,49 @@ fn populated(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Kills everything in the cgroup `dir` and waits until nothing runs there, at most `bound`;
+/// whether it emptied. Woken by the kernel's notice on `cgroup.events` (a change of
+/// `populated` raises EPOLLPRI on it), not by polling: a process takes well under a
+/// millisecond to die, less than one tick of a timer.
+async fn wait_emptied(dir: &Path, bound: Duration) -> bool {
+    use tokio::io::unix::AsyncFd;
+    use tokio::io::Interest;
+    // Registered before the first read, so no change after it can be missed.
+    let events = fs::File::open(dir.join("cgroup.events")).and_then(|file| {
+        // SAFETY: the AsyncFd owns the file, and nothing replaces or closes its descriptor
+        // while it is registered.
+        unsafe { AsyncFd::register_with_interest(file, Interest::PRIORITY) }.map_err(|e| e.into())
+    });
+    let deadline = tokio::time::Instant::now() + bound;
+    let mut killed = false;
+    loop {
+        if !populated(dir) {
+            return true;
+        }
+        // Once: the kernel kills what forks during a cgroup.kill too.
+        if !killed {
+            cgroup_kill(dir);
+            killed = true;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        match &events {
+            Ok(events) => {
+                // A notice, or a slow tick should one be missed: the state is read again.
+                let step = (deadline - now).min(Duration::from_millis(50));
+                if let Ok(Ok(mut ready)) =
+                    tokio::time::timeout(step, events.ready(Interest::PRIORITY)).await
+                {
+                    ready.clear_ready();
+                }
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
 fn wait_unpopulated_blocking(dir: &Path, bound: Duration) -> bool {
     let deadline = std::time::Instant::now() + bound;
     while populated(dir) {
@@ -549,22 +592,13 @@ impl SessionScope {
     pub(crate) async fn end_the_rest(&self, bound: Duration) -> usize {
         match &self.kind {
             ScopeKind::Cgroup(cg) => {
-                let deadline = tokio::time::Instant::now() + bound;
-                let mut pause = Duration::from_micros(200);
-                loop {
-                    if !populated(&cg.dir) {
-                        cg.emptied.store(true, std::sync::atomic::Ordering::SeqCst);
-                        return 0;
-                    }
-                    cgroup_kill(&cg.dir);
-                    if tokio::time::Instant::now() >= deadline {
-                        let left = cgroup_procs(&cg.dir).len();
-                        warn!(session = %self.session, left, "processes of the session survived SIGKILL");
-                        return left;
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(20));
+                if wait_emptied(&cg.dir, bound).await {
+                    cg.emptied.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return 0;
                 }
+                let left = cgroup_procs(&cg.dir).len();
+                warn!(session = %self.session, left, "processes of the session survived SIGKILL");
+                left
             }
             // The reaper exits only once every process under it is gone.
             ScopeKind::Reaper(_) => 0,
@@ -703,6 +737,53 @@ fn own_cgroup() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_session_cgroup_is_emptied_with_everything_in_it_and_reused() {
+        let Ok(Containment::Cgroup(root)) = Containment::cgroup() else {
+            eprintln!("no cgroup v2 subtree here: nothing to check");
+            return;
+        };
+        let cg = root.create().unwrap();
+        let procs = cg.procs.lock().unwrap().as_ref().map(|fd| {
+            use std::os::fd::AsRawFd;
+            fd.as_raw_fd()
+        });
+        let mut command = std::process::Command::new("sh");
+        // A process that ignores hangups, with a child of its own in a new session.
+        command.args(["-c", "trap '' HUP; setsid sleep 1000 & exec sleep 1001"]);
+        let fd = procs.unwrap();
+        // SAFETY: only write(2) between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(move || {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while cgroup_procs(&cg.dir).len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "the sleeps start");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(wait_emptied(&cg.dir, Duration::from_secs(10)).await);
+        assert!(cgroup_procs(&cg.dir).is_empty());
+        child.wait().unwrap();
+        let dir = cg.dir.clone();
+        cg.emptied.store(true, std::sync::atomic::Ordering::SeqCst);
+        let scope = SessionScope {
+            session: "test".into(),
+            kind: ScopeKind::Cgroup(cg),
+            leader: OnceLock::new(),
+        };
+        drop(scope);
+        // Kept for the next session rather than removed.
+        assert!(dir.is_dir());
+        assert_eq!(root.create().unwrap().dir, dir);
+    }
 
     #[test]
     fn mountinfo_escapes_are_undone() {
