@@ -30,7 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use ractor::rpc::CallResult;
 use sshvisor_actors::{
     ConnId, ConnState, Event, Filter, KillError, KillReport, Limits, PeerNet, Policy, SessionId,
     SupervisorMsg, Target,
@@ -135,6 +134,12 @@ impl MConn {
     fn forced_by(&self, grace: Duration) -> bool {
         self.client == Client::Stalled || self.sessions.iter().any(|s| s.forced_by(grace))
     }
+
+    /// Whether a kill of it needs time to pass (a timer) before it can end: while time stands
+    /// still, it stays in the map.
+    fn slow_to_end(&self) -> bool {
+        self.client != Client::Healthy || self.sessions.iter().any(|s| s.work != Work::Healthy)
+    }
 }
 
 impl MSess {
@@ -161,8 +166,8 @@ enum Expect {
 }
 
 enum Answer {
-    One(Result<CallResult<Result<KillReport, KillError>>, String>),
-    Set(Result<CallResult<Vec<KillReport>>, String>),
+    One(Result<Result<KillReport, KillError>, String>),
+    Set(Result<Vec<KillReport>, String>),
 }
 
 /// An event a step waits for besides the ends.
@@ -176,6 +181,9 @@ struct Model {
     conns: Vec<MConn>,
     /// IDs that were live once and are gone: a kill of one must answer `NotFound`.
     gone: Vec<Target>,
+    /// Connections being killed in this step (peer, user): they count against the limits until
+    /// they are gone (all are by the end of the step).
+    closing: Vec<(SocketAddr, Option<String>)>,
     /// Kills under way, each with what its answer must be.
     kills: Vec<(String, Expect, JoinHandle<Answer>)>,
     /// Connections and sessions the current step must end (their events are awaited).
@@ -194,11 +202,19 @@ fn net(peer: SocketAddr) -> String {
     match ip(peer) {
         IpAddr::V4(v4) => {
             let masked = u32::from(v4) & (u32::MAX << (32 - limits().prefix_v4));
-            format!("{}/{}", std::net::Ipv4Addr::from(masked), limits().prefix_v4)
+            format!(
+                "{}/{}",
+                std::net::Ipv4Addr::from(masked),
+                limits().prefix_v4
+            )
         }
         IpAddr::V6(v6) => {
             let masked = u128::from(v6) & (u128::MAX << (128 - limits().prefix_v6));
-            format!("{}/{}", std::net::Ipv6Addr::from(masked), limits().prefix_v6)
+            format!(
+                "{}/{}",
+                std::net::Ipv6Addr::from(masked),
+                limits().prefix_v6
+            )
         }
     }
 }
@@ -232,7 +248,6 @@ impl Model {
         s
     }
 
-
     /// Every (connection, session) index pair.
     fn sessions(&self) -> Vec<(usize, usize)> {
         self.conns
@@ -244,55 +259,59 @@ impl Model {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Sending kills (each in its own task, answered whenever the tree answers).
+// Sending kills: each is in the supervisor's queue when the function returns (so a step can
+// order what follows after it), and answered whenever the tree answers.
 // ---------------------------------------------------------------------------------------------
 
-fn spawn_kill(h: &Harness, target: Target, grace: Duration) -> JoinHandle<Answer> {
-    let sup = h.sup.clone();
+/// Awaits one reply: `Err` says why there was none (the port dropped, or nothing in time).
+fn await_reply<T: Send + 'static>(
+    rx: ractor::concurrency::OneshotReceiver<T>,
+    wrap: fn(Result<T, String>) -> Answer,
+) -> JoinHandle<Answer> {
     tokio::spawn(async move {
-        let answer = sup
-            .call(
-                |reply| SupervisorMsg::Kill {
-                    target,
-                    reason: "model".into(),
-                    grace,
-                    by: Some("model".into()),
-                    reply,
-                },
-                Some(WAIT),
-            )
-            .await
-            .map_err(|e| e.to_string());
-        Answer::One(answer)
+        let answer = match tokio::time::timeout(WAIT, rx).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) => Err("the reply port was dropped unanswered".to_string()),
+            Err(_) => Err(format!("no answer within {WAIT:?}")),
+        };
+        wrap(answer)
     })
 }
 
+fn spawn_kill(h: &Harness, target: Target, grace: Duration) -> JoinHandle<Answer> {
+    let (tx, rx) = ractor::concurrency::oneshot();
+    h.sup
+        .cast(SupervisorMsg::Kill {
+            target,
+            reason: "model".into(),
+            grace,
+            by: Some("model".into()),
+            reply: tx.into(),
+        })
+        .expect("the supervisor is alive");
+    await_reply(rx, Answer::One)
+}
+
 fn spawn_kill_where(h: &Harness, filter: Option<Filter>, grace: Duration) -> JoinHandle<Answer> {
-    let sup = h.sup.clone();
-    tokio::spawn(async move {
-        let answer = sup
-            .call(
-                |reply| match filter {
-                    Some(filter) => SupervisorMsg::KillWhere {
-                        filter,
-                        reason: "model".into(),
-                        grace,
-                        by: Some("model".into()),
-                        reply,
-                    },
-                    None => SupervisorMsg::KillAll {
-                        reason: "model".into(),
-                        grace,
-                        by: Some("model".into()),
-                        reply,
-                    },
-                },
-                Some(WAIT),
-            )
-            .await
-            .map_err(|e| e.to_string());
-        Answer::Set(answer)
-    })
+    let (tx, rx) = ractor::concurrency::oneshot();
+    let reply = tx.into();
+    let msg = match filter {
+        Some(filter) => SupervisorMsg::KillWhere {
+            filter,
+            reason: "model".into(),
+            grace,
+            by: Some("model".into()),
+            reply,
+        },
+        None => SupervisorMsg::KillAll {
+            reason: "model".into(),
+            grace,
+            by: Some("model".into()),
+            reply,
+        },
+    };
+    h.sup.cast(msg).expect("the supervisor is alive");
+    await_reply(rx, Answer::Set)
 }
 
 /// Checks one kill's answer against what the model expects of it.
@@ -304,7 +323,7 @@ fn check_answer(what: &str, expect: &Expect, answer: Answer) {
                 sessions,
                 forced,
             },
-            Answer::One(Ok(CallResult::Success(Ok(report)))),
+            Answer::One(Ok(Ok(report))),
         ) => {
             assert_eq!(report.target, *target, "{what}: report of the wrong target");
             assert_eq!(
@@ -315,10 +334,10 @@ fn check_answer(what: &str, expect: &Expect, answer: Answer) {
                 assert_eq!(report.forced, *forced, "{what}: forced in {report:?}");
             }
         }
-        (Expect::NotFound(target), Answer::One(Ok(CallResult::Success(Err(e))))) => {
+        (Expect::NotFound(target), Answer::One(Ok(Err(e)))) => {
             assert_eq!(e, KillError::NotFound(*target), "{what}");
         }
-        (Expect::Set(expected), Answer::Set(Ok(CallResult::Success(reports)))) => {
+        (Expect::Set(expected), Answer::Set(Ok(reports))) => {
             let mut got = BTreeMap::new();
             for r in &reports {
                 let Target::Connection(conn) = r.target else {
@@ -331,15 +350,9 @@ fn check_answer(what: &str, expect: &Expect, answer: Answer) {
             }
             assert_eq!(&got, expected, "{what}: (sessions, forced) per connection");
         }
-        (_, Answer::One(Ok(CallResult::Success(other)))) => {
-            panic!("{what}: unexpected answer {other:?}")
-        }
-        (_, Answer::One(Ok(other))) => panic!("{what}: answered {other:?}, not once"),
-        (_, Answer::Set(Ok(CallResult::Success(other)))) => {
-            panic!("{what}: unexpected answer {other:?}")
-        }
-        (_, Answer::Set(Ok(other))) => panic!("{what}: answered {other:?}, not once"),
-        (_, Answer::One(Err(e)) | Answer::Set(Err(e))) => panic!("{what}: not sent: {e}"),
+        (_, Answer::One(Ok(other))) => panic!("{what}: unexpected answer {other:?}"),
+        (_, Answer::Set(Ok(other))) => panic!("{what}: unexpected answer {other:?}"),
+        (_, Answer::One(Err(e)) | Answer::Set(Err(e))) => panic!("{what}: not answered: {e}"),
     }
 }
 
@@ -347,106 +360,155 @@ fn check_answer(what: &str, expect: &Expect, answer: Answer) {
 // One step.
 // ---------------------------------------------------------------------------------------------
 
+/// A new connection from a random peer: admitted or refused as the model's counts say.
+async fn connect(h: &Harness, m: &mut Model, rng: &mut Rng) -> String {
+    let peer: SocketAddr = rng.pick(&PEERS).parse().unwrap();
+    let client = match rng.below(10) {
+        0..=5 => Client::Healthy,
+        6..=7 => Client::HealthyAfter(LATE),
+        _ => Client::Stalled,
+    };
+    let l = limits();
+    // Connections being killed still count, by their peer.
+    let peers: Vec<SocketAddr> = m
+        .conns
+        .iter()
+        .map(|c| c.peer)
+        .chain(m.closing.iter().map(|(peer, _)| *peer))
+        .collect();
+    let per_source = peers.iter().filter(|p| ip(**p) == ip(peer)).count();
+    let per_net = peers.iter().filter(|p| net(**p) == net(peer)).count();
+    let now = Instant::now();
+    let oldest_pending = m
+        .conns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.pending())
+        .min_by_key(|(_, c)| (c.admitted, c.conn.id))
+        .map(|(i, c)| (i, c.admitted));
+    let (admit, evict, limit) = if peers.len() >= l.max_connections {
+        (false, None, "max_connections")
+    } else if per_source >= l.max_per_source {
+        (false, None, "max_per_source")
+    } else if per_net >= l.max_per_prefix {
+        (false, None, "max_per_prefix")
+    } else if m.pending_count() < l.max_unauthenticated {
+        (true, None, "")
+    } else {
+        match oldest_pending {
+            Some((i, admitted))
+                if now.duration_since(admitted) >= sshvisor_actors::MIN_PENDING_AGE =>
+            {
+                (true, Some(i), "")
+            }
+            _ => (false, None, "max_unauthenticated"),
+        }
+    };
+    let label = m.label("c");
+    let result = h.connect_from(&label, client, peer).await;
+    match (result, admit) {
+        (Ok(conn), true) => {
+            let what = format!("connect {label} from {peer} ({client:?}): admitted");
+            let what = match evict {
+                Some(i) => {
+                    let victim = m.end_conn(i);
+                    format!("{what}, evicting {}", victim.conn.label)
+                }
+                None => what,
+            };
+            m.conns.push(MConn {
+                conn,
+                peer,
+                client,
+                user: None,
+                admitted: now,
+                sessions: Vec::new(),
+            });
+            what
+        }
+        (Err(refusal), false) => {
+            let text = refusal.to_string();
+            assert!(
+                text.starts_with(limit),
+                "connect from {peer}: refused with {text:?}, expected {limit}"
+            );
+            format!("connect {label} from {peer}: refused ({text})")
+        }
+        (Ok(_), false) => panic!("connect from {peer}: admitted over {limit}"),
+        (Err(refusal), true) => panic!("connect from {peer}: refused ({refusal})"),
+    }
+}
+
+/// A pending login completes as a random user: over `max_per_user`, it is killed.
+fn authenticate(m: &mut Model, rng: &mut Rng) -> Option<String> {
+    let pending: Vec<usize> = (0..m.conns.len())
+        .filter(|&i| m.conns[i].pending())
+        .collect();
+    if pending.is_empty() {
+        return None;
+    }
+    let i = rng.pick(&pending);
+    let user = rng.pick(&USERS);
+    // Connections being killed still count, by their user.
+    let same = m
+        .conns
+        .iter()
+        .map(|c| &c.user)
+        .chain(m.closing.iter().map(|(_, user)| user))
+        .filter(|u| u.as_deref() == Some(user))
+        .count();
+    m.conns[i].conn.authenticate(user);
+    m.awaited
+        .push(Awaited::Authenticated(m.conns[i].conn.id, user.into()));
+    let label = m.conns[i].conn.label.clone();
+    if same >= limits().max_per_user {
+        m.end_conn(i);
+        Some(format!(
+            "authenticate {label} as {user}: over max_per_user, killed"
+        ))
+    } else {
+        m.conns[i].user = Some(user.into());
+        Some(format!("authenticate {label} as {user}"))
+    }
+}
+
 /// Draws a step, applies it to the tree and the model, and says what it was.
 async fn step(h: &Harness, m: &mut Model, rng: &mut Rng) -> Option<String> {
     let roll = rng.below(100);
     let what = match roll {
         // Connect.
-        0..=27 => {
-            let peer: SocketAddr = rng.pick(&PEERS).parse().unwrap();
-            let client = match rng.below(10) {
-                0..=5 => Client::Healthy,
-                6..=7 => Client::HealthyAfter(LATE),
-                _ => Client::Stalled,
-            };
-            let l = limits();
-            let per_source = m.conns.iter().filter(|c| ip(c.peer) == ip(peer)).count();
-            let per_net = m.conns.iter().filter(|c| net(c.peer) == net(peer)).count();
-            let now = Instant::now();
-            let oldest_pending = m
-                .conns
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.pending())
-                .min_by_key(|(_, c)| (c.admitted, c.conn.id))
-                .map(|(i, c)| (i, c.admitted));
-            let (admit, evict, limit) = if m.conns.len() >= l.max_connections {
-                (false, None, "max_connections")
-            } else if per_source >= l.max_per_source {
-                (false, None, "max_per_source")
-            } else if per_net >= l.max_per_prefix {
-                (false, None, "max_per_prefix")
-            } else if m.pending_count() < l.max_unauthenticated {
-                (true, None, "")
-            } else {
-                match oldest_pending {
-                    Some((i, admitted))
-                        if now.duration_since(admitted) >= sshvisor_actors::MIN_PENDING_AGE =>
-                    {
-                        (true, Some(i), "")
-                    }
-                    _ => (false, None, "max_unauthenticated"),
-                }
-            };
-            let label = m.label("c");
-            let result = h.connect_from(&label, client, peer).await;
-            match (result, admit) {
-                (Ok(conn), true) => {
-                    let what = format!("connect {label} from {peer} ({client:?}): admitted");
-                    let what = match evict {
-                        Some(i) => {
-                            let victim = m.end_conn(i);
-                            format!("{what}, evicting {}", victim.conn.label)
-                        }
-                        None => what,
-                    };
-                    m.conns.push(MConn {
-                        conn,
-                        peer,
-                        client,
-                        user: None,
-                        admitted: now,
-                        sessions: Vec::new(),
-                    });
-                    what
-                }
-                (Err(refusal), false) => {
-                    let text = refusal.to_string();
-                    assert!(
-                        text.starts_with(limit),
-                        "connect from {peer}: refused with {text:?}, expected {limit}"
-                    );
-                    format!("connect {label} from {peer}: refused ({text})")
-                }
-                (Ok(_), false) => panic!("connect from {peer}: admitted over {limit}"),
-                (Err(refusal), true) => panic!("connect from {peer}: refused ({refusal})"),
-            }
-        }
+        0..=25 => connect(h, m, rng).await,
         // Authenticate a pending login.
-        28..=42 => {
-            let pending: Vec<usize> = (0..m.conns.len())
-                .filter(|&i| m.conns[i].pending())
+        26..=38 => authenticate(m, rng)?,
+        // A kill under way while a new connection comes or a login completes: what is being
+        // killed still counts against the limits until it is gone, except as a pending login.
+        39..=42 => {
+            let connecting = rng.chance(50);
+            let victims: Vec<usize> = (0..m.conns.len())
+                .filter(|&i| connecting || m.conns[i].slow_to_end())
                 .collect();
-            if pending.is_empty() {
+            if victims.is_empty() {
                 return None;
             }
-            let i = rng.pick(&pending);
-            let user = rng.pick(&USERS);
-            let same = m
-                .conns
-                .iter()
-                .filter(|c| c.user.as_deref() == Some(user))
-                .count();
-            m.conns[i].conn.authenticate(user);
-            m.awaited.push(Awaited::Authenticated(m.conns[i].conn.id, user.into()));
-            let label = m.conns[i].conn.label.clone();
-            if same >= limits().max_per_user {
-                m.end_conn(i);
-                format!("authenticate {label} as {user}: over max_per_user, killed")
+            let i = rng.pick(&victims);
+            let grace = rng.pick(&GRACES);
+            let c = m.end_conn(i);
+            let target = Target::Connection(c.conn.id);
+            let expect = Expect::Report {
+                target,
+                sessions: c.sessions.len(),
+                forced: Some(c.forced_by(grace)),
+            };
+            let what = format!("kill {} (grace {grace:?})", c.conn.label);
+            m.kills
+                .push((what.clone(), expect, spawn_kill(h, target, grace)));
+            m.closing.push((c.peer, c.user.clone()));
+            let then = if connecting {
+                connect(h, m, rng).await
             } else {
-                m.conns[i].user = Some(user.into());
-                format!("authenticate {label} as {user}")
-            }
+                authenticate(m, rng).unwrap_or_else(|| "no login to complete".into())
+            };
+            format!("{what}, and while it is under way: {then}")
         }
         // Open (and start) a session.
         43..=59 => {
@@ -463,7 +525,10 @@ async fn step(h: &Harness, m: &mut Model, rng: &mut Rng) -> Option<String> {
             let full = m.conns[i].sessions.len() >= limits().max_sessions_per_connection;
             match h.try_open_remote(&m.conns[i].conn, &label, work).await {
                 Ok((sess, remote)) => {
-                    assert!(!full, "open {label}: admitted over max_sessions_per_connection");
+                    assert!(
+                        !full,
+                        "open {label}: admitted over max_sessions_per_connection"
+                    );
                     m.awaited.push(Awaited::Started(sess.id));
                     m.conns[i].sessions.push(MSess { sess, remote, work });
                     format!("open {label} ({work:?})")
@@ -513,7 +578,8 @@ async fn step(h: &Harness, m: &mut Model, rng: &mut Rng) -> Option<String> {
                 sessions: c.sessions.len(),
                 forced: Some(c.forced_by(grace)),
             };
-            m.kills.push((what.clone(), expect, spawn_kill(h, target, grace)));
+            m.kills
+                .push((what.clone(), expect, spawn_kill(h, target, grace)));
             what
         }
         // Kill a session.
@@ -532,7 +598,8 @@ async fn step(h: &Harness, m: &mut Model, rng: &mut Rng) -> Option<String> {
                 sessions: 1,
                 forced: Some(s.forced_by(grace)),
             };
-            m.kills.push((what.clone(), expect, spawn_kill(h, target, grace)));
+            m.kills
+                .push((what.clone(), expect, spawn_kill(h, target, grace)));
             what
         }
         // Kill an ID that names nothing live: never seen, or gone.
@@ -606,7 +673,11 @@ async fn step(h: &Harness, m: &mut Model, rng: &mut Rng) -> Option<String> {
             let what = format!(
                 "kill {} racing its client's exit ({})",
                 c.conn.label,
-                if kill_first { "kill first" } else { "exit first" }
+                if kill_first {
+                    "kill first"
+                } else {
+                    "exit first"
+                }
             );
             let expect = Expect::Report {
                 target,
@@ -724,11 +795,11 @@ async fn settle_and_check(h: &mut Harness, m: &mut Model, trace: &mut Vec<String
             break;
         }
         let event = h.probe.within(WAIT).await.unwrap_or_else(|| {
-                panic!(
-                    "still waiting for conns {:?}, sessions {:?}, events {:?}",
-                    m.ending_conns, m.ending_sessions, m.awaited
-                )
-            });
+            panic!(
+                "still waiting for conns {:?}, sessions {:?}, events {:?}",
+                m.ending_conns, m.ending_sessions, m.awaited
+            )
+        });
         match &event {
             Event::Disconnected { conn, .. } => {
                 if !m.ending_conns.remove(conn) {
@@ -759,6 +830,8 @@ async fn settle_and_check(h: &mut Harness, m: &mut Model, trace: &mut Vec<String
             _ => {}
         }
     }
+
+    m.closing.clear();
 
     // The map equals the model.
     let listed = h.list().await;
@@ -812,7 +885,10 @@ async fn settle_and_check(h: &mut Harness, m: &mut Model, trace: &mut Vec<String
             *recount.per_user.entry(user.clone()).or_insert(0) += 1;
         }
     }
-    assert_eq!(counts, recount, "the admission counts differ from a recount");
+    assert_eq!(
+        counts, recount,
+        "the admission counts differ from a recount"
+    );
 }
 
 /// What one sequence did, for the figures.
@@ -838,6 +914,7 @@ async fn sequence(seed: u64, steps: usize, trace: Arc<Mutex<Vec<String>>>) -> Ta
     let mut m = Model {
         conns: Vec::new(),
         gone: Vec::new(),
+        closing: Vec::new(),
         kills: Vec::new(),
         ending_conns: HashSet::new(),
         ending_sessions: HashSet::new(),
@@ -894,7 +971,9 @@ fn env(name: &str, default: u64) -> u64 {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(default),
-        Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")),
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v}: not a number")),
         Err(_) => default,
     }
 }

@@ -811,6 +811,9 @@ impl Harness {
 impl Probe {
     /// The next event, or `None` if none comes within `wait`.
     pub async fn within(&mut self, wait: Duration) -> Option<Event> {
-        tokio::time::timeout(wait, self.rx.recv()).await.ok().flatten()
+        tokio::time::timeout(wait, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
     }
 }
