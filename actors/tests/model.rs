@@ -821,24 +821,20 @@ async fn settle_and_check(h: &mut Harness, m: &mut Model, trace: &mut Vec<String
             )
         });
         match &event {
-            Event::Disconnected { conn, .. } => {
-                if !m.ending_conns.remove(conn) {
-                    // The login grace may have run out while the step's kills took their time.
-                    login_grace_kills(m, trace);
-                    assert!(
-                        m.ending_conns.remove(conn),
-                        "{conn} ended, which the model did not expect: {event:?}"
-                    );
-                }
+            Event::Disconnected { conn, .. } if !m.ending_conns.remove(conn) => {
+                // The login grace may have run out while the step's kills took their time.
+                login_grace_kills(m, trace);
+                assert!(
+                    m.ending_conns.remove(conn),
+                    "{conn} ended, which the model did not expect: {event:?}"
+                );
             }
-            Event::SessionClosed { session, .. } => {
-                if !m.ending_sessions.remove(session) {
-                    login_grace_kills(m, trace);
-                    assert!(
-                        m.ending_sessions.remove(session),
-                        "session {session} ended, which the model did not expect: {event:?}"
-                    );
-                }
+            Event::SessionClosed { session, .. } if !m.ending_sessions.remove(session) => {
+                login_grace_kills(m, trace);
+                assert!(
+                    m.ending_sessions.remove(session),
+                    "session {session} ended, which the model did not expect: {event:?}"
+                );
             }
             Event::Authenticated { conn, user, .. } => {
                 let seen = Awaited::Authenticated(*conn, user.clone());
