@@ -164,6 +164,12 @@ pub enum SupervisorMsg {
         /// The figures.
         reply: RpcReplyPort<TreeStats>,
     },
+    /// The running counts the limits are checked against (see [`AdmissionCounts`]), for
+    /// diagnostics and for tests that recount them from the outside.
+    Admission {
+        /// The counts.
+        reply: RpcReplyPort<AdmissionCounts>,
+    },
     /// Sent by the tree's own actors; not constructible outside this crate.
     Notice(Notice),
 }
@@ -830,6 +836,9 @@ impl Actor for SupervisorActor {
                 };
                 let _ = reply.send(stats);
             }
+            SupervisorMsg::Admission { reply } => {
+                let _ = reply.send(state.counts.snapshot(state.conns.len()));
+            }
             SupervisorMsg::Select { filter, reply } => {
                 let now = SystemTime::now();
                 let mut selected: Vec<ConnectionInfo> = state
@@ -1114,5 +1123,37 @@ impl Counts {
 fn forget_login(logins: &mut BTreeSet<(Instant, ConnId)>, entry: &mut ConnEntry, conn: ConnId) {
     if let Some(deadline) = entry.login_deadline.take() {
         logins.remove(&(deadline, conn));
+    }
+}
+
+/// The running counts admission is decided by, as the supervisor holds them: what a recount of
+/// the live connections must give.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdmissionCounts {
+    /// Connections in the map (`max_connections`).
+    pub connections: usize,
+    /// Live connections by source address (`max_per_source`).
+    pub per_source: std::collections::BTreeMap<IpAddr, usize>,
+    /// Live connections by network, `addr/bits` (`max_per_prefix`).
+    pub per_prefix: std::collections::BTreeMap<String, usize>,
+    /// Live connections by the user they authenticated as (`max_per_user`).
+    pub per_user: std::collections::BTreeMap<String, usize>,
+    /// Connections still logging in and not being killed (`max_unauthenticated`).
+    pub unauthenticated: usize,
+}
+
+impl Counts {
+    fn snapshot(&self, connections: usize) -> AdmissionCounts {
+        AdmissionCounts {
+            connections,
+            per_source: self.per_source.iter().map(|(k, v)| (*k, *v)).collect(),
+            per_prefix: self
+                .per_prefix
+                .iter()
+                .map(|((addr, bits), v)| (format!("{addr}/{bits}"), *v))
+                .collect(),
+            per_user: self.per_user.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            unauthenticated: self.pending.len(),
+        }
     }
 }

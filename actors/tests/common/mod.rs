@@ -685,3 +685,135 @@ impl Actor for Host {
         Ok(())
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sessions whose work the test ends at will, and the supervisor's own counts (model tests).
+// ---------------------------------------------------------------------------------------------
+
+/// The test's handle on a [`RemoteSessionLink`]'s work: it can end the work by itself (the
+/// command exits), as a real process would, at any moment the test chooses.
+#[derive(Clone, Default)]
+pub struct SessionRemote {
+    events: Arc<Mutex<Option<SessionEvents>>>,
+}
+
+impl SessionRemote {
+    /// The work exits with `status`: the session ends by itself. False if it never started.
+    pub fn finish(&self, status: u32) -> bool {
+        let events = self.events.lock().unwrap().clone();
+        match events {
+            Some(events) => {
+                events.finished(SessionExit::Status(status));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A [`FakeSessionLink`] (behaving as its [`Work`] on terminate and force) whose work the test
+/// can also end by itself through a [`SessionRemote`].
+pub struct RemoteSessionLink {
+    inner: FakeSessionLink,
+    remote: SessionRemote,
+}
+
+impl SessionLink for RemoteSessionLink {
+    fn start(&mut self, request: &SessionRequest, events: SessionEvents) -> Result<(), String> {
+        *self.remote.events.lock().unwrap() = Some(events.clone());
+        self.inner.start(request, events)
+    }
+
+    fn data(&mut self, data: Vec<u8>) {
+        self.inner.data(data)
+    }
+
+    fn eof(&mut self) {
+        self.inner.eof()
+    }
+
+    fn terminate(&mut self, scope: EndScope) -> Winding {
+        self.inner.terminate(scope)
+    }
+
+    fn force(&mut self) -> Winding {
+        self.inner.force()
+    }
+}
+
+impl Harness {
+    /// Opens a session on `conn` and starts it, its work behaving as `work` and endable by the
+    /// test; `Err` is the connection's refusal (a limit, or the connection is closing).
+    pub async fn try_open_remote(
+        &self,
+        conn: &Conn,
+        label: &str,
+        work: Work,
+    ) -> Result<(Sess, SessionRemote), String> {
+        let remote = SessionRemote::default();
+        let link = Box::new(RemoteSessionLink {
+            inner: FakeSessionLink {
+                label: label.to_string(),
+                work,
+                log: self.log.clone(),
+                events: None,
+            },
+            remote: remote.clone(),
+        });
+        let (id, actor) = replied(
+            conn.actor
+                .call(
+                    |reply| ConnectionMsg::OpenSession { link, reply },
+                    Some(WAIT),
+                )
+                .await,
+            "open session",
+        )?;
+        let request = SessionRequest::Exec {
+            command: format!("work {label}"),
+        };
+        replied(
+            actor
+                .call(|reply| SessionMsg::Start { request, reply }, Some(WAIT))
+                .await,
+            "start session",
+        )
+        .expect("the session starts");
+        let sess = Sess {
+            label: label.to_string(),
+            id,
+            actor,
+        };
+        Ok((sess, remote))
+    }
+
+    /// The map's and the actors' sizes.
+    pub async fn stats(&self) -> sshvisor_actors::TreeStats {
+        replied(
+            self.sup
+                .call(|reply| SupervisorMsg::Stats { reply }, Some(WAIT))
+                .await,
+            "stats",
+        )
+    }
+
+    /// The running counts the supervisor admits connections by.
+    pub async fn admission(&self) -> sshvisor_actors::supervisor::AdmissionCounts {
+        replied(
+            self.sup
+                .call(|reply| SupervisorMsg::Admission { reply }, Some(WAIT))
+                .await,
+            "admission counts",
+        )
+    }
+}
+
+impl Probe {
+    /// The next event, or `None` if none comes within `wait`.
+    pub async fn within(&mut self, wait: Duration) -> Option<Event> {
+        tokio::time::timeout(wait, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}
