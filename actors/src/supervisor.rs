@@ -250,6 +250,9 @@ struct ConnEntry {
     info: ConnectionInfo,
     sessions: Vec<SessionEntry>,
     waiters: Vec<Waiter>,
+    /// Sessions that ended while it was closing: its report's count should its actor crash
+    /// before it tells its own.
+    closed_while_closing: usize,
 }
 
 /// A message to the supervisor itself, sent later (`send_after`); aborted when not needed.
@@ -510,6 +513,9 @@ impl SupervisorState {
             return;
         };
         let removed = entry.sessions.remove(pos);
+        if matches!(entry.info.state, ConnState::Closing) {
+            entry.closed_while_closing += 1;
+        }
         for waiter in removed.waiters {
             let _ = waiter.reply.send(Ok(KillReport {
                 target: Target::Session(session),
@@ -547,7 +553,7 @@ impl SupervisorState {
                 DisconnectCause::Error {
                     message: message.unwrap_or_else(|| "the connection actor was killed".into()),
                 },
-                entry.sessions.len(),
+                entry.closed_while_closing + entry.sessions.len(),
                 true,
                 0,
             ),
@@ -710,6 +716,7 @@ impl Actor for SupervisorActor {
                                 },
                                 sessions: Vec::new(),
                                 waiters: Vec::new(),
+                                closed_while_closing: 0,
                             },
                         );
                         state.events.send(Event::Connected { conn: id, peer });

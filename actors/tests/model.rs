@@ -138,11 +138,10 @@ impl MConn {
             || self.sessions.iter().any(|s| s.forced_by(grace))
     }
 
-    /// The sessions its kill report must say were closed; `None` where the tree does not
-    /// know: a connection actor that crashed at the disconnect (after its sessions had closed)
-    /// leaves no count behind, and the supervisor reports the sessions still in its map (0).
+    /// The sessions its kill report must say were closed, also when its connection actor
+    /// crashed at the disconnect after they had closed (the supervisor counts them then).
     fn closes(&self) -> Option<usize> {
-        (self.client != Client::PanicsOnDisconnect).then_some(self.sessions.len())
+        Some(self.sessions.len())
     }
 
     /// Whether a kill of it needs time to pass (a timer) before it can end: while time stands
