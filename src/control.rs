@@ -905,6 +905,16 @@ mod tests {
         assert!(e.error.unwrap().contains("target"));
         let e = parse_request(r#"{"id":5}"#).unwrap_err();
         assert!(e.error.unwrap().contains("no \"cmd\""));
+        let ok = r#"{"id":6,"cmd":"kill_where","filter":{"peer":{"addr":"10.0.0.0","prefix":8}}}"#;
+        assert!(parse_request(ok).is_ok());
+        let e = parse_request(&ok.replace(":8}", ":200}")).unwrap_err();
+        assert!(
+            e.error
+                .as_deref()
+                .unwrap()
+                .contains("must be 0 to 32, not 200"),
+            "{e:?}"
+        );
     }
 
     #[test]

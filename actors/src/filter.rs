@@ -12,6 +12,7 @@ use crate::report::ConnectionInfo;
 
 /// An address or a network in CIDR notation (`10.1.2.3`, `10.1.0.0/16`, `2001:db8::/32`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "UncheckedPeerNet")]
 pub struct PeerNet {
     /// The network's address.
     pub addr: IpAddr,
@@ -33,6 +34,31 @@ impl PeerNet {
         }
         let shift = bits - prefix;
         (a >> shift) == (b >> shift)
+    }
+}
+
+/// A [`PeerNet`] as it comes over the wire, before its prefix length is checked.
+#[derive(Deserialize)]
+struct UncheckedPeerNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl TryFrom<UncheckedPeerNet> for PeerNet {
+    type Error = String;
+
+    fn try_from(net: UncheckedPeerNet) -> Result<Self, String> {
+        let max = if net.addr.is_ipv4() { 32 } else { 128 };
+        if net.prefix > max {
+            return Err(format!(
+                "the prefix length of {} must be 0 to {max}, not {}",
+                net.addr, net.prefix
+            ));
+        }
+        Ok(Self {
+            addr: net.addr,
+            prefix: net.prefix,
+        })
     }
 }
 
