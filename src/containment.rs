@@ -316,12 +316,18 @@ fn remove_stale(parent: &Path) {
 /// on an older kernel, SIGKILL to each process listed. Returns how many were listed.
 fn cgroup_kill(dir: &Path) -> usize {
     let listed = cgroup_procs(dir);
+    kill_all_in(dir);
+    listed.len()
+}
+
+/// SIGKILL to every process in the cgroup `dir`: `cgroup.kill`, or on an older kernel each
+/// process listed.
+fn kill_all_in(dir: &Path) {
     if fs::write(dir.join("cgroup.kill"), "1").is_err() {
-        for pid in &listed {
-            let _ = kill(*pid, Signal::SIGKILL);
+        for pid in cgroup_procs(dir) {
+            let _ = kill(pid, Signal::SIGKILL);
         }
     }
-    listed.len()
 }
 
 /// The processes in a cgroup (not its descendants').
@@ -349,42 +355,68 @@ fn populated(dir: &Path) -> bool {
 /// `populated` raises EPOLLPRI on it), not by polling: a process takes well under a
 /// millisecond to die, less than one tick of a timer.
 async fn wait_emptied(dir: &Path, bound: Duration) -> bool {
+    use std::os::unix::fs::FileExt;
     use tokio::io::unix::AsyncFd;
     use tokio::io::Interest;
-    // Registered before the first read, so no change after it can be missed.
-    let events = fs::File::open(dir.join("cgroup.events")).and_then(|file| {
-        // SAFETY: the AsyncFd owns the file, and nothing replaces or closes its descriptor
-        // while it is registered.
-        unsafe { AsyncFd::register_with_interest(file, Interest::PRIORITY) }.map_err(|e| e.into())
-    });
-    let deadline = tokio::time::Instant::now() + bound;
-    let mut killed = false;
-    loop {
-        if !populated(dir) {
-            return true;
+    // One descriptor for every look (read again from its start), and registered for the
+    // kernel's notice only when there is something to wait for: most sessions are empty by
+    // the time their leader's exit is seen.
+    let Ok(events) = fs::File::open(dir.join("cgroup.events")) else {
+        return wait_unpopulated_polling(dir, bound).await;
+    };
+    let is_populated = |file: &fs::File| {
+        let mut buf = [0u8; 128];
+        match file.read_at(&mut buf, 0) {
+            Ok(n) => buf[..n].split(|b| *b == b'\n').any(|l| l == b"populated 1"),
+            Err(_) => false,
         }
-        // Once: the kernel kills what forks during a cgroup.kill too.
-        if !killed {
-            cgroup_kill(dir);
-            killed = true;
+    };
+    if !is_populated(&events) {
+        return true;
+    }
+    // Registered before the kill, so no change after it can be missed.
+    // SAFETY: the AsyncFd owns the file, and nothing replaces or closes its descriptor while
+    // it is registered.
+    let events = match unsafe { AsyncFd::register_with_interest(events, Interest::PRIORITY) } {
+        Ok(events) => events,
+        Err(_) => {
+            kill_all_in(dir);
+            return wait_unpopulated_polling(dir, bound).await;
+        }
+    };
+    // Once: the kernel kills what forks during a cgroup.kill too.
+    kill_all_in(dir);
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        if !is_populated(events.get_ref()) {
+            return true;
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
             return false;
         }
-        match &events {
-            Ok(events) => {
-                // A notice, or a slow tick should one be missed: the state is read again.
-                let step = (deadline - now).min(Duration::from_millis(50));
-                if let Ok(Ok(mut ready)) =
-                    tokio::time::timeout(step, events.ready(Interest::PRIORITY)).await
-                {
-                    ready.clear_ready();
-                }
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        // A notice, or a slow tick should one be missed: the state is read again.
+        let step = (deadline - now).min(Duration::from_millis(50));
+        if let Ok(Ok(mut ready)) =
+            tokio::time::timeout(step, events.ready(Interest::PRIORITY)).await
+        {
+            ready.clear_ready();
         }
     }
+}
+
+/// [`wait_emptied`] where `cgroup.events` cannot be watched: killed, then looked at every
+/// millisecond.
+async fn wait_unpopulated_polling(dir: &Path, bound: Duration) -> bool {
+    kill_all_in(dir);
+    let deadline = tokio::time::Instant::now() + bound;
+    while populated(dir) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
 }
 
 fn wait_unpopulated_blocking(dir: &Path, bound: Duration) -> bool {
