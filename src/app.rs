@@ -380,11 +380,22 @@ impl Group {
 
 struct Running {
     group: Arc<Group>,
-    feed: AbortHandle,
     master: Option<pty::Master>,
-    forced: Arc<Notify>,
-    done: Arc<AtomicBool>,
-    leave_channel_open: Arc<AtomicBool>,
+    control: Arc<DriverControl>,
+}
+
+/// What the session's link tells its driver, and what the driver tells back: one allocation
+/// shared by both.
+#[derive(Default)]
+struct DriverControl {
+    /// End the session now (the kill's grace ran out, or the link went away).
+    forced: Notify,
+    /// Stop writing the client's data to the command (its stdin pipe closes).
+    stop_feed: Notify,
+    /// The driver has said its goodbye and reported the exit.
+    done: AtomicBool,
+    /// Ended with its connection: the channel is left for the DISCONNECT to close.
+    leave_channel_open: AtomicBool,
 }
 
 /// One session channel and the process it runs.
@@ -655,9 +666,9 @@ impl ChannelSession {
             }
         };
         let rx = self.stdin_rx.take().unwrap_or_else(|| stdin_queue().1);
-        let (feed, outputs, master) = match io {
+        let (stdin, outputs, master) = match io {
             Io::Pty(master) => (
-                tokio::spawn(feed_stdin(master.clone(), rx, Some(master.clone()))).abort_handle(),
+                Stdin::Pty(master.clone()),
                 Outputs::Pty(master.clone()),
                 Some(master),
             ),
@@ -665,34 +676,23 @@ impl ChannelSession {
                 stdin,
                 stdout,
                 stderr,
-            } => (
-                tokio::spawn(feed_stdin(stdin, rx, None)).abort_handle(),
-                Outputs::Pipes(stdout, stderr),
-                None,
-            ),
+            } => (Stdin::Pipe(stdin), Outputs::Pipes(stdout, stderr), None),
         };
-        let forced = Arc::new(Notify::new());
-        let done = Arc::new(AtomicBool::new(false));
-        let leave_channel_open = Arc::new(AtomicBool::new(false));
+        let control = Arc::new(DriverControl::default());
         let driver = Driver {
             handle: self.handle.clone(),
             channel: self.channel,
             group: group.clone(),
-            forced: forced.clone(),
-            done: done.clone(),
-            leave_channel_open: leave_channel_open.clone(),
-            feed: feed.clone(),
+            control: control.clone(),
             activity: self.activity.clone(),
             events,
         };
-        tokio::spawn(driver.run(pidfd, outputs));
+        // One task per session: the driver pumps the output and feeds stdin itself.
+        tokio::spawn(driver.run(pidfd, outputs, stdin, rx));
         Ok(Running {
             group,
-            feed,
             master,
-            forced,
-            done,
-            leave_channel_open,
+            control,
         })
     }
 }
@@ -809,9 +809,16 @@ enum Io {
     },
 }
 
+/// Where a session's output comes from: its terminal, or its stdout and stderr pipes.
 enum Outputs {
     Pty(pty::Master),
     Pipes(pipe::Receiver, pipe::Receiver),
+}
+
+/// Where the client's data goes: the terminal, or the stdin pipe.
+enum Stdin {
+    Pty(pty::Master),
+    Pipe(pipe::Sender),
 }
 
 /// The `argv[0]` a session's program gets when it is not the program's path: a login shell's
@@ -981,9 +988,10 @@ impl SessionLink for ChannelSession {
             }
             Some(running) => {
                 running
+                    .control
                     .leave_channel_open
                     .store(scope == EndScope::Connection, Ordering::SeqCst);
-                running.feed.abort();
+                running.control.stop_feed.notify_one();
                 running.group.hang_up();
                 Winding::Pending
             }
@@ -1001,7 +1009,7 @@ impl SessionLink for ChannelSession {
             None => Winding::Done,
             Some(running) => {
                 running.group.kill();
-                running.forced.notify_one();
+                running.control.forced.notify_one();
                 Winding::Pending
             }
         }
@@ -1019,23 +1027,30 @@ impl Drop for ChannelSession {
         let Some(running) = &self.running else {
             return;
         };
-        if !running.done.load(Ordering::SeqCst) {
+        if !running.control.done.load(Ordering::SeqCst) {
             // The session actor went away without a finished session (killed outright or
             // crashed): nothing of it may stay behind. The driver reaps the leader.
-            running.feed.abort();
+            running.control.stop_feed.notify_one();
             running.group.kill();
-            running.forced.notify_one();
+            running.control.forced.notify_one();
             self.close_channel_later();
         }
     }
 }
 
 /// Writes the client's data to the command's stdin and applies its window changes to the
-/// `terminal`, if the session has one, in the order the client sent them.
-async fn feed_stdin(
+/// terminal, if the session has one, in the order the client sent them.
+async fn feed_stdin(stdin: Stdin, rx: StdinReceiver) {
+    match stdin {
+        Stdin::Pty(master) => feed(master.clone(), rx, Some(&master)).await,
+        Stdin::Pipe(pipe) => feed(pipe, rx, None).await,
+    }
+}
+
+async fn feed(
     mut stdin: impl AsyncWrite + Unpin,
     mut rx: StdinReceiver,
-    terminal: Option<pty::Master>,
+    terminal: Option<&pty::Master>,
 ) {
     while let Some(input) = rx.rx.next().await {
         match input {
@@ -1052,7 +1067,7 @@ async fn feed_stdin(
                 pix_width,
                 pix_height,
             } => {
-                if let Some(terminal) = &terminal {
+                if let Some(terminal) = terminal {
                     terminal.resize(cols, rows, pix_width, pix_height);
                 }
             }
@@ -1062,100 +1077,141 @@ async fn feed_stdin(
     // ends a shell with Ctrl-D, which the terminal turns into EOF.)
 }
 
-/// Drives one process: pumps its output to the channel, then reports how it ended.
+/// Drives one process: pumps its output to the channel and its stdin from the client, then
+/// reports how it ended.
+///
+/// All in one task: the output pumps and the stdin feeder are futures polled by the driver,
+/// not tasks of their own (four tasks per session cost about 1.5 KiB more per connection:
+/// tokio's 128-byte-aligned task cells, a copy of the handles in each, and the channel
+/// that told a terminal's pump that the leader exited).
 struct Driver {
     handle: Handle,
     channel: ChannelId,
     group: Arc<Group>,
-    forced: Arc<Notify>,
-    done: Arc<AtomicBool>,
-    leave_channel_open: Arc<AtomicBool>,
-    feed: AbortHandle,
+    control: Arc<DriverControl>,
     activity: Arc<Activity>,
     events: SessionEvents,
 }
 
+/// Set once the session's leader has exited: from then on, a terminal that stays silent for
+/// PTY_DRAIN is done (background jobs may hold it open forever), however long the client takes
+/// to accept what was already read. The terminal's pump is polled by the same task as the
+/// driver, so a flag and a wake-up are enough.
+#[derive(Default)]
+struct LeaderExited {
+    exited: AtomicBool,
+    changed: Notify,
+}
+
+impl LeaderExited {
+    fn set(&self) {
+        self.exited.store(true, Ordering::SeqCst);
+        self.changed.notify_one();
+    }
+
+    fn get(&self) -> bool {
+        self.exited.load(Ordering::SeqCst)
+    }
+}
+
+/// The output pumps and the stdin feeder of a session, polled while the driver awaits
+/// something else.
+struct Background<'a, O, F> {
+    outputs: Pin<&'a mut futures::future::Fuse<O>>,
+    feed: Pin<&'a mut futures::future::Fuse<F>>,
+}
+
+impl<O, F> Background<'_, O, F>
+where
+    O: Future<Output = ()>,
+    F: Future<Output = ()>,
+{
+    /// Awaits `main`, keeping the output flowing and stdin fed meanwhile.
+    async fn alongside<T>(&mut self, main: impl Future<Output = T>) -> T {
+        use futures::future::FusedFuture;
+        let mut main = std::pin::pin!(main);
+        loop {
+            tokio::select! {
+                biased;
+                value = &mut main => return value,
+                () = &mut self.outputs, if !self.outputs.is_terminated() => {}
+                () = &mut self.feed, if !self.feed.is_terminated() => {}
+            }
+        }
+    }
+
+    /// Until every output has reached its end.
+    async fn drained(&mut self) {
+        use futures::future::FusedFuture;
+        while !self.outputs.is_terminated() {
+            tokio::select! {
+                () = &mut self.outputs => {}
+                () = &mut self.feed, if !self.feed.is_terminated() => {}
+            }
+        }
+    }
+}
+
 impl Driver {
-    async fn run(self, pidfd: AsyncFd<OwnedFd>, outputs: Outputs) {
-        // Tells a terminal's pump that the leader exited: from then on, a terminal that stays
-        // silent for PTY_DRAIN is done (background jobs may hold it open forever), however
-        // long the client takes to accept what was already read.
-        let (exited_tx, exited_rx) = tokio::sync::watch::channel(false);
-        let (pumps, _is_pty) = match outputs {
-            Outputs::Pty(master) => (
-                vec![tokio::spawn(pump(
-                    master,
-                    self.handle.clone(),
-                    self.channel,
-                    None,
-                    Some(exited_rx),
-                    self.activity.clone(),
-                ))],
-                true,
-            ),
-            Outputs::Pipes(stdout, stderr) => (
-                vec![
-                    tokio::spawn(pump(
-                        stdout,
-                        self.handle.clone(),
-                        self.channel,
-                        None,
-                        None,
-                        self.activity.clone(),
-                    )),
-                    tokio::spawn(pump(
-                        stderr,
-                        self.handle.clone(),
-                        self.channel,
-                        Some(1),
-                        None,
-                        self.activity.clone(),
-                    )),
-                ],
-                false,
-            ),
-        };
-        let aborts: Vec<AbortHandle> = pumps.iter().map(|p| p.abort_handle()).collect();
-        // The leader exits (it stays a zombie, pinning the group ID until `reap`).
-        tokio::select! {
-            _ = pidfd.readable() => {}
-            () = self.forced.notified() => {
+    async fn run(self, pidfd: AsyncFd<OwnedFd>, outputs: Outputs, stdin: Stdin, rx: StdinReceiver) {
+        let exited = LeaderExited::default();
+        let control = &self.control;
+        let (left, forced) = {
+            let outputs =
+                pump_outputs(outputs, &self.handle, self.channel, &exited, &self.activity);
+            // The feed stops when the link says so (its stdin pipe closes with it).
+            let feed = async {
+                tokio::select! {
+                    () = feed_stdin(stdin, rx) => {}
+                    () = control.stop_feed.notified() => {}
+                }
+            };
+            let mut background = Background {
+                outputs: std::pin::pin!(outputs.fuse()),
+                feed: std::pin::pin!(feed.fuse()),
+            };
+            // The leader exits (it stays a zombie, pinning the group ID until `reap`).
+            let forced_early = background
+                .alongside(Box::pin(async {
+                    tokio::select! {
+                        _ = pidfd.readable() => false,
+                        () = control.forced.notified() => true,
+                    }
+                }))
+                .await;
+            if forced_early {
                 self.group.kill();
-                self.forced.notify_one();
-                let _ = pidfd.readable().await;
+                control.forced.notify_one();
+                let _ = background.alongside(Box::pin(pidfd.readable())).await;
             }
-        }
-        let _ = exited_tx.send(true);
-        // No process outlives its session: what the leader left running (background jobs,
-        // escapees) is killed now. That also closes every copy of the output pipes, so the
-        // pumps below end even when an orphan held them open.
-        let left = self.group.scope.end_the_rest(VANISH_TIMEOUT).await;
-        // Output written before the end is still buffered: deliver it, unless the session is
-        // being forced (then nothing more is owed to the client). Bounded all the same.
-        let drained = async {
-            for pump in pumps {
-                let _ = pump.await;
-            }
+            exited.set();
+            // No process outlives its session: what the leader left running (background
+            // jobs, escapees) is killed now. That also closes every copy of the output
+            // pipes, so the pumps end even when an orphan held them open.
+            // Boxed, like the drain below: what only the end needs is not carried while idle.
+            let left = background
+                .alongside(Box::pin(self.group.scope.end_the_rest(VANISH_TIMEOUT)))
+                .await;
+            // Output written before the end is still buffered: deliver it, unless the
+            // session is being forced (then nothing more is owed to the client). Bounded all
+            // the same.
+            let forced = tokio::select! {
+                _ = Box::pin(tokio::time::timeout(OUTPUT_DRAIN, background.drained())) => false,
+                () = control.forced.notified() => true,
+            };
+            // Dropping the pumps and the feeder closes the pipes: stdin has no reader any more.
+            (left, forced)
         };
-        let forced = tokio::select! {
-            _ = tokio::time::timeout(OUTPUT_DRAIN, drained) => false,
-            () = self.forced.notified() => true,
-        };
-        for abort in &aborts {
-            abort.abort();
-        }
         let exit = self.group.reap();
         if left > 0 {
             warn!(left, "processes of the session outlived it");
         }
-        // Stdin has no reader any more.
-        self.feed.abort();
         // Boxed: inline, these request futures would sit in the driver's task, idle or not.
         let goodbye = {
             let handle = self.handle.clone();
             let channel = self.channel;
             let exit = exit.clone();
-            let leave_open = self.leave_channel_open.clone();
+            let control = self.control.clone();
             Box::pin(async move {
                 match &exit {
                     SessionExit::Status(code) => {
@@ -1175,7 +1231,7 @@ impl Driver {
                     _ => {}
                 }
                 let _ = handle.eof(channel).await;
-                if !leave_open.load(Ordering::SeqCst) {
+                if !control.leave_channel_open.load(Ordering::SeqCst) {
                     let _ = handle.close(channel).await;
                 }
             })
@@ -1185,10 +1241,30 @@ impl Driver {
                 let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
             });
         } else {
-            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
+            // Boxed with its timer: only the end needs them.
+            let _ = Box::pin(tokio::time::timeout(GOODBYE_TIMEOUT, goodbye)).await;
         }
-        self.done.store(true, Ordering::SeqCst);
+        self.control.done.store(true, Ordering::SeqCst);
         self.events.finished_leaving(exit, left);
+    }
+}
+
+/// Pumps a session's output to its channel: the terminal's, or stdout and stderr at once.
+async fn pump_outputs(
+    outputs: Outputs,
+    handle: &Handle,
+    channel: ChannelId,
+    exited: &LeaderExited,
+    activity: &Activity,
+) {
+    match outputs {
+        Outputs::Pty(master) => pump(master, handle, channel, None, Some(exited), activity).await,
+        Outputs::Pipes(stdout, stderr) => {
+            futures::join!(
+                pump(stdout, handle, channel, None, None, activity),
+                pump(stderr, handle, channel, Some(1), None, activity),
+            );
+        }
     }
 }
 
@@ -1214,28 +1290,43 @@ async fn read_chunk(from: &mut (impl AsyncRead + Unpin), size: usize) -> std::io
     Ok(Bytes::copy_from_slice(&buf[..1 + more]))
 }
 
+/// One read from a terminal: once the leader has exited, `None` when the terminal stays silent
+/// for PTY_DRAIN.
+async fn read_terminal(
+    from: &mut (impl AsyncRead + Unpin),
+    size: usize,
+    exited: &LeaderExited,
+) -> Option<std::io::Result<Bytes>> {
+    loop {
+        if exited.get() {
+            return tokio::time::timeout(PTY_DRAIN, read_chunk(from, size))
+                .await
+                .ok();
+        }
+        tokio::select! {
+            read = read_chunk(from, size) => return Some(read),
+            () = exited.changed.notified() => {}
+        }
+    }
+}
+
 async fn pump(
     mut from: impl AsyncRead + Unpin,
-    handle: Handle,
+    handle: &Handle,
     channel: ChannelId,
     ext: Option<u32>,
-    mut leader_exited: Option<tokio::sync::watch::Receiver<bool>>,
-    activity: Arc<Activity>,
+    leader_exited: Option<&LeaderExited>,
+    activity: &Activity,
 ) {
     // A pump that fills its buffer gets a bigger one next time.
     let mut size = PUMP_MIN;
     loop {
-        let read = match leader_exited.as_mut() {
+        let read = match leader_exited {
             None => read_chunk(&mut from, size).await,
-            Some(exited) if *exited.borrow() => {
-                match tokio::time::timeout(PTY_DRAIN, read_chunk(&mut from, size)).await {
-                    Ok(read) => read,
-                    Err(_) => return,
-                }
-            }
-            Some(exited) => tokio::select! {
-                read = read_chunk(&mut from, size) => read,
-                _ = exited.changed() => continue,
+            // Boxed: inline, a terminal's timer and wake-up would sit in every pipe's pump too.
+            Some(exited) => match Box::pin(read_terminal(&mut from, size, exited)).await {
+                Some(read) => read,
+                None => return,
             },
         };
         let data = match read {
@@ -1246,7 +1337,7 @@ async fn pump(
         if len == size && size < PUMP_MAX {
             size *= 4;
         }
-        // Boxed: the send's future would otherwise sit in every idle pump's task.
+        // Boxed: the send's future would otherwise sit in every idle pump's state.
         let sent = match ext {
             None => Box::pin(handle.data(channel, data)).await,
             Some(code) => Box::pin(handle.extended_data(channel, code, data)).await,
