@@ -1081,7 +1081,7 @@ async fn feed(
 /// reports how it ended.
 ///
 /// All in one task: the output pumps and the stdin feeder are futures polled by the driver,
-/// not tasks of their own (four tasks per session cost about 1.5 KiB more per connection:
+/// not tasks of their own (four tasks per session cost about 1.3 KB more per connection:
 /// tokio's 128-byte-aligned task cells, a copy of the handles in each, and the channel
 /// that told a terminal's pump that the leader exited).
 struct Driver {
