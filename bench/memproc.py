@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -168,6 +169,7 @@ class Server:
             except ProcessLookupError:
                 pass
         self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def measure(args, variant, run):
