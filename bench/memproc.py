@@ -30,14 +30,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from procs import descendants, fd_kinds, status_kib, wait_for  # noqa: E402
+from procs import answers_ssh, descendants, fd_kinds, status_kib, wait_for  # noqa: E402
 from run import comm, free_port, machine, median, pss_kib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,14 +106,7 @@ class Server:
         def up():
             if self.proc.poll() is not None:
                 raise SystemExit(f"the server exited at start: see {self.log.name}")
-            if not os.path.exists(self.key):
-                return False
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.settimeout(5)
-                    return s.recv(4).startswith(b"SSH-")
-            except OSError:
-                return False
+            return os.path.exists(self.key) and answers_ssh(self.port)
         wait_for("the server to listen", up, 120)
         # Under heaptrack the server is a child of heaptrack's script.
         self.pid = self.proc.pid

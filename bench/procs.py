@@ -130,6 +130,16 @@ def open_files_limit(pid):
     return 1024
 
 
+def answers_ssh(port):
+    """Whether an SSH server on 127.0.0.1:port sends its banner."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.settimeout(5)
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
 def wait_for(what, cond, secs):
     deadline = time.time() + secs
     while time.time() < deadline:
@@ -192,14 +202,7 @@ class Server:
         def up():
             if self.proc.poll() is not None:
                 raise SystemExit(f"{self.build.path} exited at start: see {self.err.name}")
-            if not os.path.exists(self.control):
-                return False
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.settimeout(5)
-                    return s.recv(4).startswith(b"SSH-")
-            except OSError:
-                return False
+            return os.path.exists(self.control) and answers_ssh(self.port)
         wait_for("the server to listen", up, 60)
         self.pid = self.proc.pid
 

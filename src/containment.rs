@@ -147,6 +147,9 @@ impl ContainmentChoice {
 /// Why a containment mechanism cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainmentError {
+    /// An earlier attempt in this process failed, for this reason.
+    #[error("{0}")]
+    Unavailable(String),
     /// No cgroup v2 hierarchy is mounted.
     #[error("no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo)")]
     NoCgroup2,
@@ -183,10 +186,10 @@ impl CgroupRoot {
     fn shared() -> Result<Arc<Self>, ContainmentError> {
         static ROOT: OnceLock<Result<Arc<CgroupRoot>, String>> = OnceLock::new();
         let made = ROOT.get_or_init(|| Self::make().map(Arc::new).map_err(|e| e.to_string()));
+        // Tried once per process: where it failed, it is not tried again at every session.
         match made {
             Ok(root) => Ok(root.clone()),
-            // Made again for its error: the first attempt's is only kept as text.
-            Err(_) => Self::make().map(Arc::new),
+            Err(reason) => Err(ContainmentError::Unavailable(reason.clone())),
         }
     }
 
@@ -345,9 +348,12 @@ fn cgroup_procs(dir: &Path) -> Vec<Pid> {
 /// Whether a live process is left in a cgroup (`populated` in `cgroup.events`; a zombie does
 /// not count). A cgroup that cannot be read is empty.
 fn populated(dir: &Path) -> bool {
-    fs::read_to_string(dir.join("cgroup.events"))
-        .map(|text| text.lines().any(|l| l == "populated 1"))
-        .unwrap_or(false)
+    fs::read(dir.join("cgroup.events")).is_ok_and(|text| says_populated(&text))
+}
+
+/// Whether the text of a `cgroup.events` says a live process is left.
+fn says_populated(events: &[u8]) -> bool {
+    events.split(|b| *b == b'\n').any(|l| l == b"populated 1")
 }
 
 /// Kills everything in the cgroup `dir` and waits until nothing runs there, at most `bound`;
@@ -366,10 +372,8 @@ async fn wait_emptied(dir: &Path, bound: Duration) -> bool {
     };
     let is_populated = |file: &fs::File| {
         let mut buf = [0u8; 128];
-        match file.read_at(&mut buf, 0) {
-            Ok(n) => buf[..n].split(|b| *b == b'\n').any(|l| l == b"populated 1"),
-            Err(_) => false,
-        }
+        file.read_at(&mut buf, 0)
+            .is_ok_and(|n| says_populated(&buf[..n]))
     };
     if !is_populated(&events) {
         return true;
