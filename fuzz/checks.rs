@@ -20,8 +20,8 @@ use std::path::Path;
 
 use serde_json::Value;
 use sshvisor::actors::{ConnectionInfo, Target};
-use sshvisor::config::Config;
-use sshvisor::control::{grace_from_str, parse_request, resolve, Command, MAX_GRACE};
+use sshvisor::daemon::config::Config;
+use sshvisor::daemon::control::{grace_from_str, parse_request, resolve, Command, MAX_GRACE};
 
 /// One control request line, as the server turns the socket's bytes into an action.
 pub fn control_line(bytes: &[u8]) {

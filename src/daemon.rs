@@ -4,6 +4,16 @@
 //! the control socket (`ctl.sock`) and, when no authorized keys file is given, a generated client
 //! key (`client_ed25519` + `.pub`) that is authorized, plus a `known_hosts` file so the printed
 //! `ssh` command line checks the host key strictly.
+//!
+//! - `config`: the configuration file and its defaults.
+//! - `keys`: host key, generated client key, authorized_keys.
+//! - `control`: the control socket (JSON lines) and its protocol.
+//! - `runtime`: the tokio runtime to run it on (multi-threaded, no LIFO slot).
+
+pub mod config;
+pub mod control;
+pub mod keys;
+pub mod runtime;
 
 use std::fs;
 use std::net::SocketAddr;
@@ -18,12 +28,12 @@ use russh::keys::PrivateKey;
 use sshvisor_actors::{spawn_supervisor, Event, KillReport, Policy, SupervisorArgs, SupervisorMsg};
 use tracing::info;
 
-use crate::app::{ExecEnv, InProcessCommands, SftpService};
-use crate::containment::Containment;
-use crate::control::{ControlDefaults, ControlServer, KillGrace, ListenerSlot, ReloadHook};
-use crate::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
-use crate::server::{SshListener, SshOptions};
-use crate::sftp::HandleBudgets;
+use crate::daemon::control::{ControlDefaults, ControlServer, KillGrace, ListenerSlot, ReloadHook};
+use crate::daemon::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
+use crate::session::app::{ExecEnv, InProcessCommands, SftpService};
+use crate::session::containment::Containment;
+use crate::session::sftp::HandleBudgets;
+use crate::ssh::server::{SshListener, SshOptions};
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2222";
@@ -49,22 +59,22 @@ pub struct DaemonOptions {
     /// in-process one.
     pub sftp_server: Option<PathBuf>,
     /// Timeouts (the kill grace above wins over `timeouts.kill_grace`).
-    pub timeouts: crate::config::Timeouts,
+    pub timeouts: crate::daemon::config::Timeouts,
     /// Limits on connections and sessions.
-    pub limits: crate::config::Limits,
+    pub limits: crate::daemon::config::Limits,
     /// Reap the orphans the server adopts as subreaper. Leave on unless the embedding program
     /// spawns children of its own (the reaper would take their exit status).
     pub reap_orphans: bool,
     /// How each session's processes are kept together; fixed at start (a reload keeps it).
-    pub containment: crate::containment::ContainmentChoice,
-    /// `PATH` for sessions; `None`: [`crate::app::default_path`].
+    pub containment: crate::session::containment::ContainmentChoice,
+    /// `PATH` for sessions; `None`: [`crate::session::app::default_path`].
     pub session_path: Option<String>,
     /// Where `reload` (`sshvisor ctl reload`, SIGHUP) reads new options from; `None`: the
     /// server cannot be reloaded.
     pub reload_from: Option<ConfigSource>,
     /// Commands an embedding program serves in-process (see [`InProcessCommand`]).
     ///
-    /// [`InProcessCommand`]: crate::app::InProcessCommand
+    /// [`InProcessCommand`]: crate::session::app::InProcessCommand
     pub commands: InProcessCommands,
 }
 
@@ -122,8 +132,8 @@ impl Default for DaemonOptions {
             kill_grace: sshvisor_actors::DEFAULT_KILL_GRACE,
             accept_env: Vec::new(),
             sftp_server: None,
-            timeouts: crate::config::Timeouts::default(),
-            limits: crate::config::Limits::default(),
+            timeouts: crate::daemon::config::Timeouts::default(),
+            limits: crate::daemon::config::Limits::default(),
             reap_orphans: true,
             containment: Default::default(),
             session_path: None,
@@ -218,7 +228,7 @@ impl Daemon {
         };
 
         // Session processes whose parent exits come to us, not to init: none escapes the tree.
-        if let Err(e) = crate::procs::become_subreaper() {
+        if let Err(e) = crate::session::procs::become_subreaper() {
             tracing::warn!(error = %e, "cannot become a child subreaper: escaped processes are found by their mark only while their parent lives");
         }
         let containment = options
@@ -229,7 +239,7 @@ impl Daemon {
             Containment::ProcessGroup => tracing::warn!("sessions are contained by their process group only: a process that leaves it (setsid, a double fork) can outlive its session; run as root or give the server a delegated cgroup (systemd Delegate=yes)"),
             other => info!(containment = other.name(), location = ?other.location(), "session processes are contained"),
         }
-        crate::containment::set_in_use(containment.clone());
+        crate::session::containment::set_in_use(containment.clone());
         if options.reap_orphans {
             spawn_orphan_reaper(matches!(containment, Containment::Reaper(_)));
         }
@@ -587,7 +597,7 @@ fn spawn_orphan_reaper(kill_live: bool) {
         Ok(mut children) => {
             tokio::spawn(async move {
                 while children.recv().await.is_some() {
-                    let reaped = crate::procs::reap_orphans(kill_live);
+                    let reaped = crate::session::procs::reap_orphans(kill_live);
                     if reaped > 0 {
                         tracing::debug!(reaped, "reaped adopted orphans");
                     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sshvisor::control::Command as CtlCommand;
-use sshvisor::ctl::{self, CtlClient, CtlError};
+use sshvisor::cli::ctl::{self, CtlClient, CtlError};
+use sshvisor::daemon::control::Command as CtlCommand;
 use sshvisor::daemon::{ConfigSource, Daemon, DaemonOptions, DEFAULT_STATE_DIR};
 use sshvisor_actors::{ConnectionInfo, KillReport};
 use tokio::signal::unix::{signal, SignalKind};
@@ -55,7 +55,7 @@ enum CtlCmd {
     Drain {
         /// How long sessions get to end politely before they are forced (humantime)
         /// [default: the server's kill grace, `--kill-grace` or `kill_grace` in its config].
-        #[arg(long, value_parser = sshvisor::control::grace_from_str)]
+        #[arg(long, value_parser = sshvisor::daemon::control::grace_from_str)]
         grace: Option<Duration>,
         /// Print the reports as JSON.
         #[arg(long)]
@@ -105,7 +105,7 @@ enum CtlCmd {
         reason: Option<String>,
         /// How long sessions get to end politely before they are forced (humantime)
         /// [default: the server's kill grace, `--kill-grace` or `kill_grace` in its config].
-        #[arg(long, value_parser = sshvisor::control::grace_from_str)]
+        #[arg(long, value_parser = sshvisor::daemon::control::grace_from_str)]
         grace: Option<Duration>,
         /// Print each report as JSON.
         #[arg(long)]
@@ -130,7 +130,7 @@ struct ServeArgs {
     #[arg(long)]
     authorized_keys: Option<PathBuf>,
     /// Grace of kills that name none, and of the shutdown (humantime: 5s, 500ms) [default: 5s].
-    #[arg(long, value_parser = sshvisor::control::grace_from_str)]
+    #[arg(long, value_parser = sshvisor::daemon::control::grace_from_str)]
     kill_grace: Option<Duration>,
     /// Also accept this client environment variable (besides LANG, LC_*, TERM); repeatable.
     #[arg(long = "accept-env", value_name = "NAME")]
@@ -140,8 +140,8 @@ struct ServeArgs {
     sftp_server: Option<PathBuf>,
     /// How each session's processes are kept together: auto, cgroup, reaper, process-group
     /// [default: auto: a cgroup per session where the server may make one, else a reaper].
-    #[arg(long, value_parser = clap::value_parser!(sshvisor::containment::ContainmentChoice))]
-    containment: Option<sshvisor::containment::ContainmentChoice>,
+    #[arg(long, value_parser = clap::value_parser!(sshvisor::session::containment::ContainmentChoice))]
+    containment: Option<sshvisor::session::containment::ContainmentChoice>,
     /// PATH for sessions [default: /usr/local/bin:/usr/bin:/bin, plus the sbin directories
     /// for root].
     #[arg(long, value_name = "PATH")]
@@ -152,8 +152,10 @@ impl ServeArgs {
     /// The configuration file (when given) read now, with the flags over it.
     fn options(&self) -> Result<DaemonOptions, String> {
         let file = match &self.config {
-            Some(path) => sshvisor::config::Config::load(path).map_err(|e| e.to_string())?,
-            None => sshvisor::config::Config::default(),
+            Some(path) => {
+                sshvisor::daemon::config::Config::load(path).map_err(|e| e.to_string())?
+            }
+            None => sshvisor::daemon::config::Config::default(),
         };
         let mut accept = file.accept_env.clone();
         accept.extend(self.accept_env.iter().cloned());
@@ -207,9 +209,9 @@ impl FilterArgs {
 fn main() -> ExitCode {
     // Run again as a session's reaper (where no cgroup contains sessions): that and nothing
     // else, before anything is set up.
-    sshvisor::reaper::run_if_asked();
+    sshvisor::session::reaper::run_if_asked();
     let cli = Cli::parse();
-    let runtime = match sshvisor::runtime::builder().build() {
+    let runtime = match sshvisor::daemon::runtime::builder().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sshvisor: cannot start the async runtime: {e}");

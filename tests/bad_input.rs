@@ -428,15 +428,15 @@ async fn a_session_s_variables_are_bounded_in_total_size() {
     let server = TestServer::start().await;
     let client = server.russh_client("ivy").await;
     let mut channel = client.handle.channel_open_session().await.unwrap();
-    let value = "v".repeat(sshvisor::app::MAX_ENV_VALUE);
+    let value = "v".repeat(sshvisor::session::app::MAX_ENV_VALUE);
     let mut accepted = 0;
-    for i in 0..sshvisor::app::MAX_ENV_VARS {
+    for i in 0..sshvisor::session::app::MAX_ENV_VARS {
         if set_env(&mut channel, &format!("LC_BIG{i}"), &value).await {
             accepted += value.len();
         }
     }
     assert!(
-        accepted <= sshvisor::app::MAX_ENV_TOTAL,
+        accepted <= sshvisor::session::app::MAX_ENV_TOTAL,
         "{accepted} bytes of variables accepted"
     );
     channel.exec(true, "echo ran").await.unwrap();

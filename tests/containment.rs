@@ -8,12 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::{drain, processes_with_argv, read_until, text, wait_started, TestServer, WAIT};
-use sshvisor::containment::{Containment, ContainmentChoice};
+use sshvisor::session::containment::{Containment, ContainmentChoice};
 use sshvisor_actors::{SupervisorMsg, Target};
 
 /// The containments to test here: the reaper always, a cgroup where this machine allows one.
 fn containments() -> Vec<ContainmentChoice> {
-    sshvisor::reaper::use_program(env!("CARGO_BIN_EXE_sshvisor").into());
+    sshvisor::session::reaper::use_program(env!("CARGO_BIN_EXE_sshvisor").into());
     let mut all = vec![ContainmentChoice::Reaper];
     match Containment::cgroup() {
         Ok(_) => all.push(ContainmentChoice::Cgroup),
@@ -164,7 +164,7 @@ async fn sessions_get_the_system_path_not_the_servers() {
     let end = drain(&mut ch).await;
     assert_eq!(
         text(&end.stdout).trim(),
-        sshvisor::app::default_path(nix::unistd::getuid().is_root())
+        sshvisor::session::app::default_path(nix::unistd::getuid().is_root())
     );
     drop(server);
     let server =

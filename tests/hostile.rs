@@ -63,7 +63,7 @@ async fn refused_clients_that_stall_are_closed_within_the_refusal_timeout() {
     }
     // Before the fix these were held 25 s to over 100 s.
     let all = futures::future::join_all(stalled.into_iter().map(until_closed));
-    tokio::time::timeout(sshvisor::server::REFUSAL_TIMEOUT + WAIT, all)
+    tokio::time::timeout(sshvisor::ssh::server::REFUSAL_TIMEOUT + WAIT, all)
         .await
         .expect("every refused socket is closed by the refusal timeout");
     assert!(started.elapsed() >= Duration::from_secs(1));
@@ -76,7 +76,7 @@ async fn refusals_in_progress_are_bounded_and_the_rest_are_closed_at_once() {
     let extra = 16;
     let started = Instant::now();
     let mut stalled = Vec::new();
-    for _ in 0..sshvisor::server::MAX_REFUSING + extra {
+    for _ in 0..sshvisor::ssh::server::MAX_REFUSING + extra {
         stalled.push(stalled_after_banner(server.port()).await);
     }
     // Those over the bound close at once; the others only at the refusal timeout.
@@ -89,7 +89,7 @@ async fn refusals_in_progress_are_bounded_and_the_rest_are_closed_at_once() {
         });
     }
     for i in 0..extra {
-        let early = sshvisor::server::REFUSAL_TIMEOUT - Duration::from_secs(1);
+        let early = sshvisor::ssh::server::REFUSAL_TIMEOUT - Duration::from_secs(1);
         tokio::time::timeout_at(started + early, rx.recv())
             .await
             .unwrap_or_else(|_| {
@@ -165,7 +165,7 @@ async fn a_session_ended_at_the_stdin_limit_tells_the_client_why_and_how_it_ende
         let mut writer = writer;
         let chunk = vec![b'x'; 64 * 1024];
         // More than the limit: the writes stop mattering once the session is gone.
-        for _ in 0..(sshvisor::app::STDIN_LIMIT / chunk.len() + 64) {
+        for _ in 0..(sshvisor::session::app::STDIN_LIMIT / chunk.len() + 64) {
             if writer.write_all(&chunk).await.is_err() {
                 break;
             }

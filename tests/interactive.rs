@@ -282,7 +282,11 @@ async fn configured_variables_are_accepted_and_an_external_sftp_server_can_serve
 }
 
 /// Reads the terminal until the accumulated output contains `pattern`.
-async fn read_tty_until(master: &mut sshvisor::pty::Master, seen: &mut String, pattern: &str) {
+async fn read_tty_until(
+    master: &mut sshvisor::session::pty::Master,
+    seen: &mut String,
+    pattern: &str,
+) {
     use tokio::io::AsyncReadExt;
     tokio::time::timeout(WAIT, async {
         let mut buf = [0u8; 4096];
@@ -306,7 +310,7 @@ async fn openssh_on_a_real_terminal_resizes_interrupts_and_exits_with_the_shell_
 
     let server = TestServer::start().await;
     // The test is the person's terminal: ssh runs on a pseudo-terminal we hold the master of.
-    let local = sshvisor::pty::open(&sshvisor::actors::PtySpec {
+    let local = sshvisor::session::pty::open(&sshvisor::actors::PtySpec {
         term: "xterm".into(),
         cols: 80,
         rows: 24,
@@ -333,7 +337,7 @@ async fn openssh_on_a_real_terminal_resizes_interrupts_and_exits_with_the_shell_
     drop(local.slave);
     let master_fd = local.master;
     let resize_fd = master_fd.try_clone().unwrap();
-    let mut master = sshvisor::pty::Master::new(master_fd).unwrap();
+    let mut master = sshvisor::session::pty::Master::new(master_fd).unwrap();
     let mut seen = String::new();
 
     master
@@ -343,7 +347,7 @@ async fn openssh_on_a_real_terminal_resizes_interrupts_and_exits_with_the_shell_
     read_tty_until(&mut master, &mut seen, "24 80").await;
 
     // The person resizes their window: ssh sends window-change, the remote terminal follows.
-    sshvisor::pty::resize(&resize_fd, 100, 30, 0, 0);
+    sshvisor::session::pty::resize(&resize_fd, 100, 30, 0, 0);
     let listed_pty = || async {
         server.list().await[0].sessions[0]
             .pty

@@ -10,7 +10,7 @@ mod checks;
 
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
-use sshvisor::control::{parse_request, COMMANDS};
+use sshvisor::daemon::control::{parse_request, COMMANDS};
 
 /// Cases per property: enough to cover every shape below, quick in a debug build.
 const CASES: u32 = 2000;
@@ -304,7 +304,7 @@ fn the_generators_make_valid_input_often_enough_to_exercise_its_properties() {
     });
     let configs = share(&mut runner, &|r| {
         let text = config_toml().new_tree(r).expect("a value").current();
-        sshvisor::config::Config::parse(&text, std::path::Path::new("x.toml")).is_ok()
+        sshvisor::daemon::config::Config::parse(&text, std::path::Path::new("x.toml")).is_ok()
     });
     println!("valid: {requests} of 1000 requests, {configs} of 1000 configurations");
     assert!(requests >= 100, "only {requests} of 1000 requests parse");

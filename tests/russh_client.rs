@@ -387,11 +387,11 @@ async fn ctl_kill_idle_over_kills_the_idle_connection_only() {
 /// the number of lines; `shout forever` never ends by itself.
 struct Shout;
 
-impl sshvisor::app::InProcessCommand for Shout {
+impl sshvisor::session::app::InProcessCommand for Shout {
     fn run<'a>(
         &'a self,
         command: &'a str,
-        io: &'a mut sshvisor::app::ChannelIo,
+        io: &'a mut sshvisor::session::app::ChannelIo,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u32> + Send + 'a>> {
         Box::pin(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -410,8 +410,8 @@ impl sshvisor::app::InProcessCommand for Shout {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_process_command_serves_the_channel_without_a_process_and_dies_with_its_kill() {
     let server = TestServer::start_with(|o| {
-        o.commands =
-            sshvisor::app::InProcessCommands::default().with("shout", std::sync::Arc::new(Shout));
+        o.commands = sshvisor::session::app::InProcessCommands::default()
+            .with("shout", std::sync::Arc::new(Shout));
     })
     .await;
     let mut events = server.events().await;

@@ -15,7 +15,9 @@ use russh_sftp::client::{RawSftpSession, SftpSession};
 use russh_sftp::protocol::{
     FileAttributes, Init, Open, OpenDir, OpenFlags, Packet, StatusCode, Write,
 };
-use sshvisor::sftp::{serve, DirEntry, LocalFs, SftpDir, SftpError, SftpFile, SftpFs, MAX_HANDLES};
+use sshvisor::session::sftp::{
+    serve, DirEntry, LocalFs, SftpDir, SftpError, SftpFile, SftpFs, MAX_HANDLES,
+};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;

@@ -11,9 +11,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sshvisor::app::{ChannelIo, InProcessCommand, InProcessCommands};
-use sshvisor::config::{Limits, Timeouts};
+use sshvisor::daemon::config::{Limits, Timeouts};
 use sshvisor::daemon::{Daemon, DaemonOptions};
+use sshvisor::session::app::{ChannelIo, InProcessCommand, InProcessCommands};
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 

@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
             one.enable_all();
             one
         }
-        _ => sshvisor::runtime::builder(),
+        _ => sshvisor::daemon::runtime::builder(),
     };
     runtime.build()?.block_on(async move {
         match command {

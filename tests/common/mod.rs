@@ -33,7 +33,7 @@ impl TestServer {
     pub async fn start_with(tweak: impl FnOnce(&mut DaemonOptions)) -> Self {
         // Where no cgroup can be made, sessions fall back on the reaper: this test binary's
         // main does not serve it, sshvisor's does.
-        sshvisor::reaper::use_program(env!("CARGO_BIN_EXE_sshvisor").into());
+        sshvisor::session::reaper::use_program(env!("CARGO_BIN_EXE_sshvisor").into());
         let dir = tempfile::tempdir().expect("tempdir");
         let mut options = DaemonOptions {
             listen: "127.0.0.1:0".parse().unwrap(),

@@ -27,7 +27,7 @@ pub struct Config {
     pub sftp_server: Option<PathBuf>,
     /// How each session's processes are kept together: `auto`, `cgroup`, `reaper` or
     /// `process-group` (see docs/OPERATIONS.md).
-    pub containment: crate::containment::ContainmentChoice,
+    pub containment: crate::session::containment::ContainmentChoice,
     /// `PATH` for sessions; none: the system's directories, as sshd gives them.
     pub session_path: Option<String>,
     /// Timeouts.
@@ -127,7 +127,7 @@ impl Default for Limits {
     /// The actor tree's defaults (`sshvisor_actors::Limits::default`): one set of numbers.
     fn default() -> Self {
         let tree = sshvisor_actors::Limits::default();
-        let sftp = crate::sftp::HandleLimits::default();
+        let sftp = crate::session::sftp::HandleLimits::default();
         let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
         Self {
             max_connections: n(tree.max_connections),
@@ -147,8 +147,8 @@ impl Default for Limits {
 
 impl Limits {
     /// The budgets of open sftp handles.
-    pub fn sftp_handles(&self) -> crate::sftp::HandleLimits {
-        crate::sftp::HandleLimits {
+    pub fn sftp_handles(&self) -> crate::session::sftp::HandleLimits {
+        crate::session::sftp::HandleLimits {
             per_session: self.max_sftp_handles_per_session as usize,
             per_connection: self.max_sftp_handles_per_connection as usize,
             per_user: self.max_sftp_handles_per_user as usize,

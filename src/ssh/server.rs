@@ -27,11 +27,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-use crate::app::{Endpoints, ExecEnv};
-use crate::handler::{HandlerError, SshHandler};
-use crate::keys::AuthorizedKeys;
-use crate::link::{Activity, AfterGoodbye, RusshConnectionLink};
-use crate::stream::{CutSwitch, CuttableStream};
+use crate::daemon::keys::AuthorizedKeys;
+use crate::session::app::{Endpoints, ExecEnv};
+use crate::ssh::handler::{HandlerError, SshHandler};
+use crate::ssh::link::{Activity, AfterGoodbye, RusshConnectionLink};
+use crate::ssh::stream::{CutSwitch, CuttableStream};
 
 /// What the SSH side of the server needs.
 pub struct SshOptions {

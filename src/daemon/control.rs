@@ -235,7 +235,7 @@ pub struct ControlDefaults {
 }
 
 /// The SSH listener, shared between the daemon and `drain`.
-pub type ListenerSlot = Arc<tokio::sync::Mutex<Option<crate::server::SshListener>>>;
+pub type ListenerSlot = Arc<tokio::sync::Mutex<Option<crate::ssh::server::SshListener>>>;
 
 /// A running control socket.
 pub struct ControlServer {
@@ -594,7 +594,7 @@ async fn kill_set(
 
 /// Fills in how many live processes each session has (one scan of /proc, off the runtime).
 async fn with_process_counts(mut all: Vec<ConnectionInfo>) -> Vec<ConnectionInfo> {
-    let counts = tokio::task::spawn_blocking(crate::containment::count_by_session)
+    let counts = tokio::task::spawn_blocking(crate::session::containment::count_by_session)
         .await
         .unwrap_or_default();
     for session in all.iter_mut().flat_map(|c| c.sessions.iter_mut()) {

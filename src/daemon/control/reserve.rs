@@ -128,7 +128,7 @@ pub(super) fn process_stats() -> Value {
     let proc_self = ProcSelf::get();
     let rollup = read_again(proc_self.smaps_rollup.as_ref());
     let status = read_again(proc_self.status.as_ref());
-    let containment = crate::containment::in_use();
+    let containment = crate::session::containment::in_use();
     json!({
         "containment": containment.as_ref().map(|c| c.name()),
         "containment_location": containment

@@ -18,7 +18,7 @@ use russh::{ChannelId, Disconnect};
 use sshvisor_actors::{ConnectionLink, Traffic};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::stream::CutSwitch;
+use crate::ssh::stream::CutSwitch;
 
 /// A connection's or a session's channel traffic: when data last moved either way (for the idle
 /// timeouts) and how many bytes (for listings). A session's activity counts for its connection

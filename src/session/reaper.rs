@@ -1,4 +1,4 @@
-//! The session reaper: the containment that needs no privilege (see [`crate::containment`]).
+//! The session reaper: the containment that needs no privilege (see [`crate::session::containment`]).
 //!
 //! Where the server may not create cgroups, each session's leader is this program run again as
 //! `sshvisor-session-reaper`: a child subreaper (`PR_SET_CHILD_SUBREAPER`) that starts the
@@ -17,7 +17,7 @@
 //!
 //! The `sshvisor` binary serves it: its `main` calls [`run_if_asked`] first. An embedding
 //! program that wants this fallback does the same in its own `main` and names its binary in
-//! [`crate::containment::Containment::Reaper`].
+//! [`crate::session::containment::Containment::Reaper`].
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -157,7 +157,7 @@ fn run(args: Vec<OsString>) -> i32 {
         match signal {
             libc::SIGCHLD => {}
             libc::SIGHUP => {
-                for pid in crate::containment::descendants(Pid::this()) {
+                for pid in crate::session::containment::descendants(Pid::this()) {
                     let _ = kill(pid, Signal::SIGHUP);
                     let _ = kill(pid, Signal::SIGCONT);
                 }
@@ -197,7 +197,7 @@ fn reap(command: Pid, status: &mut Option<WaitStatus>) {
 /// One round of the end: SIGKILL to every descendant, then reap (keeping the command's
 /// status). False once no child is left.
 fn end_everything(command: Pid, status: &mut Option<WaitStatus>) -> bool {
-    let all = crate::containment::descendants(Pid::this());
+    let all = crate::session::containment::descendants(Pid::this());
     for pid in &all {
         let _ = kill(*pid, Signal::SIGKILL);
     }

@@ -47,12 +47,12 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
-use crate::containment::{Containment, SessionScope};
-use crate::held_channel::HeldChannel;
-use crate::link::{Activity, AfterGoodbye, CountedWrites};
-use crate::procs;
-use crate::pty;
-use crate::sftp::{self, LocalFs, SftpFs};
+use crate::session::containment::{Containment, SessionScope};
+use crate::session::procs;
+use crate::session::pty;
+use crate::session::sftp::{self, LocalFs, SftpFs};
+use crate::ssh::held_channel::HeldChannel;
+use crate::ssh::link::{Activity, AfterGoodbye, CountedWrites};
 
 /// How long the last messages of a session (exit status, EOF, CLOSE) may wait for room in the
 /// connection's send queue before they are given up.

@@ -22,14 +22,14 @@ use russh::{ChannelId, ChannelOpenFailure, Disconnect};
 use sshvisor_actors::{ConnectionMsg, PtySpec, SessionMsg, SessionRequest, StartRefusal};
 use tracing::{debug, info, warn};
 
-use crate::app::{
+use crate::daemon::keys::{fingerprint, AuthorizedKeys};
+use crate::session::app::{
     is_env_name, sig_name, ChannelSession, Endpoints, ExecEnv, StdinError, StdinSender,
     MAX_ENV_NAME, STDIN_LIMIT,
 };
-use crate::held_channel::HeldChannel;
-use crate::keys::{fingerprint, AuthorizedKeys};
-use crate::link::{Activity, AfterGoodbye};
-use crate::stream::CutSwitch;
+use crate::ssh::held_channel::HeldChannel;
+use crate::ssh::link::{Activity, AfterGoodbye};
+use crate::ssh::stream::CutSwitch;
 
 /// How long a session whose command leaves too much input unread gets to end.
 pub const STDIN_OVERFLOW_GRACE: Duration = Duration::from_secs(5);
@@ -63,7 +63,7 @@ pub struct SshHandler {
     user: Option<String>,
     sessions: HashMap<ChannelId, Channel>,
     /// This connection's share of the sftp handle budgets, made at its first session.
-    sftp_handles: Option<crate::sftp::ConnectionHandles>,
+    sftp_handles: Option<crate::session::sftp::ConnectionHandles>,
 }
 
 /// What the handler keeps per session channel.
@@ -419,8 +419,8 @@ impl russh::server::Handler for SshHandler {
         let Some(c) = self.sessions.get(&channel) else {
             return Ok(());
         };
-        let cols = cols.clamp(1, crate::pty::MAX_DIMENSION);
-        let rows = rows.clamp(1, crate::pty::MAX_DIMENSION);
+        let cols = cols.clamp(1, crate::session::pty::MAX_DIMENSION);
+        let rows = rows.clamp(1, crate::session::pty::MAX_DIMENSION);
         // The terminal gets it through the stdin queue, in order with what the client types
         // (through the actor it could come after the next command read the size); the actor
         // only keeps the size for listings (and applies it once the client sent its EOF).

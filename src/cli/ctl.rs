@@ -12,7 +12,7 @@ use sshvisor_actors::{ConnectionInfo, Filter, KillReport, Target};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::control::{Command, Request, Response};
+use crate::daemon::control::{Command, Request, Response};
 use crate::daemon::CTL_SOCKET;
 
 /// Errors of the ctl client.

@@ -12,7 +12,7 @@
 //!   own: no scan of the server's children or of /proc. Needs a writable cgroup v2 subtree:
 //!   root, or a delegated subtree (systemd `Delegate=yes`).
 //! - **reaper**: the session's leader is a small reaper process of ours (`sshvisor`'s own
-//!   binary, see [`crate::reaper`]): a child subreaper that starts the command, adopts every
+//!   binary, see [`crate::session::reaper`]): a child subreaper that starts the command, adopts every
 //!   orphan of the session, mirrors the command's exit status, and before it exits kills every
 //!   descendant left. A process cannot leave its subreaper's tree. Needs no privilege.
 //! - **process group**: only the leader's process group and its descendants while they live:
@@ -48,7 +48,7 @@ pub enum Containment {
 impl Containment {
     /// The strongest mechanism this machine allows: a cgroup v2 subtree of the server's own
     /// if one can be made, else the reaper when `reaper` names a program that serves it (see
-    /// [`crate::reaper::run_if_asked`]), else the process group only.
+    /// [`crate::session::reaper::run_if_asked`]), else the process group only.
     pub fn detect(reaper: Option<PathBuf>) -> Self {
         match CgroupRoot::shared() {
             Ok(root) => return Containment::Cgroup(root),
@@ -107,7 +107,7 @@ pub enum ContainmentChoice {
     Auto,
     /// A cgroup per session, or the server does not start.
     Cgroup,
-    /// A reaper per session (needs a binary that serves it: [`crate::reaper::run_if_asked`]).
+    /// A reaper per session (needs a binary that serves it: [`crate::session::reaper::run_if_asked`]).
     Reaper,
     /// The process group only (escapes are possible).
     ProcessGroup,
@@ -132,12 +132,12 @@ impl std::str::FromStr for ContainmentChoice {
 impl ContainmentChoice {
     /// The mechanism this choice gives on this machine, or why it cannot be had.
     pub fn resolve(self) -> Result<Containment, String> {
-        let reaper = crate::reaper::program();
+        let reaper = crate::session::reaper::program();
         match self {
             Self::Auto => Ok(Containment::detect(reaper)),
             Self::Cgroup => Containment::cgroup().map_err(|e| e.to_string()),
             Self::Reaper => reaper.map(Containment::Reaper).ok_or_else(|| {
-                "the reaper needs a binary that serves it (sshvisor's own, or one whose main calls sshvisor::reaper::run_if_asked)".to_string()
+                "the reaper needs a binary that serves it (sshvisor's own, or one whose main calls sshvisor::session::reaper::run_if_asked)".to_string()
             }),
             Self::ProcessGroup => Ok(Containment::ProcessGroup),
         }
@@ -493,7 +493,7 @@ impl SessionScope {
                 all.extend(args.iter().map(|a| a.to_os_string()));
                 Launch {
                     program: reaper.clone(),
-                    arg0: crate::reaper::REAPER_ARG0.into(),
+                    arg0: crate::session::reaper::REAPER_ARG0.into(),
                     args: all,
                 }
             }
@@ -576,7 +576,7 @@ impl SessionScope {
                 if let Some(leader) = self.leader.get() {
                     // SAFETY: kill with a process ID and a signal number.
                     unsafe {
-                        libc::kill(leader.as_raw(), crate::reaper::force_signal());
+                        libc::kill(leader.as_raw(), crate::session::reaper::force_signal());
                     }
                 }
             }
@@ -615,8 +615,8 @@ impl SessionScope {
                 .get()
                 .map(|leader| {
                     let mut all = descendants(*leader);
-                    all.retain(|p| crate::procs::alive(p.as_raw()));
-                    all.len() + usize::from(crate::procs::alive(leader.as_raw()))
+                    all.retain(|p| crate::session::procs::alive(p.as_raw()));
+                    all.len() + usize::from(crate::session::procs::alive(leader.as_raw()))
                 })
                 .unwrap_or(0),
         }
@@ -714,7 +714,7 @@ pub(crate) fn descendants(pid: Pid) -> Vec<Pid> {
     let mut out = Vec::new();
     let mut queue = vec![pid.as_raw()];
     while let Some(p) = queue.pop() {
-        for child in crate::procs::children_of(p) {
+        for child in crate::session::procs::children_of(p) {
             if !out.contains(&Pid::from_raw(child)) {
                 out.push(Pid::from_raw(child));
                 queue.push(child);
