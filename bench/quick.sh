@@ -2,12 +2,18 @@
 # Quick figures for sshvisor alone (bench/run.sh compares it with its peers): resident memory per idle connection with one session, and
 # kill latency (supervisor Kill->reply, `ctl kill` round trip, ssh client exit).
 # Usage: bench/quick.sh [CONNECTIONS]   (default 500; loopback only)
+# BIN_DIR=DIR bench/quick.sh runs the sshvisor and sshvisor-bench binaries in DIR instead of
+# building them (to set a saved build beside today's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-500}
 PORT=${PORT:-2399}
-cargo build --release -q -p sshvisor -p sshvisor-bench
-BIN=$PWD/target/release
+if [ -n "${BIN_DIR:-}" ]; then
+  BIN=$(cd "$BIN_DIR" && pwd)
+else
+  cargo build --release -q -p sshvisor -p sshvisor-bench
+  BIN=$PWD/target/release
+fi
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 cd "$WORK"
