@@ -431,11 +431,7 @@ impl Running {
                 applied.state_dir.display()
             ));
         }
-        if let Err(e) = self
-            .tree
-            .set_policy(new.timeouts.policy(&new.limits))
-            .await
-        {
+        if let Err(e) = self.tree.set_policy(new.timeouts.policy(&new.limits)).await {
             return Err(format!("the supervisor did not take the new policy: {e}"));
         }
         if let Some(listener) = self.listener.lock().await.as_ref() {
@@ -463,7 +459,11 @@ impl Running {
 
     /// Stops accepting (the listener is taken, so only the first drain closes it), then
     /// empties the tree.
-    async fn drain(&self, grace: Duration, by: Option<String>) -> Result<Vec<KillReport>, HandleError> {
+    async fn drain(
+        &self,
+        grace: Duration,
+        by: Option<String>,
+    ) -> Result<Vec<KillReport>, HandleError> {
         if let Some(listener) = self.listener.lock().await.take() {
             listener.stop_accepting().await;
         }

@@ -60,4 +60,3 @@ fn forced_exit() -> anyhow::Result<ExitCode> {
     tracing::warn!("second signal: exiting at once");
     Ok(ExitCode::from(130))
 }
-

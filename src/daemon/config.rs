@@ -12,8 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 /// The default listen address (`listen`, `serve --listen`).
-pub const DEFAULT_LISTEN: SocketAddr =
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2222));
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2222));
 
 /// The default state directory (`state_dir`, `--state-dir`), relative to the working directory.
 pub const DEFAULT_STATE_DIR: &str = ".sshvisor";

@@ -411,19 +411,18 @@ async fn serve_client(stream: UnixStream, reach: Reach, uid: u32) {
                     async move {
                         let id = request.id;
                         // A bug in one request must still produce its answer.
-                        let response =
-                            AssertUnwindSafe(execute(request, &reach, uid))
-                                .catch_unwind()
-                                .await
-                                .unwrap_or_else(|panic| {
-                                    let what = panic
-                                        .downcast_ref::<&str>()
-                                        .map(|s| s.to_string())
-                                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                                        .unwrap_or_default();
-                                    warn!(panic = %what, "control request failed internally");
-                                    Response::err(id, "internal error: see the server log")
-                                });
+                        let response = AssertUnwindSafe(execute(request, &reach, uid))
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|panic| {
+                                let what = panic
+                                    .downcast_ref::<&str>()
+                                    .map(|s| s.to_string())
+                                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                                    .unwrap_or_default();
+                                warn!(panic = %what, "control request failed internally");
+                                Response::err(id, "internal error: see the server log")
+                            });
                         let _ = tx.send((response, Some(permit)));
                     }
                     .in_current_span(),
@@ -640,9 +639,7 @@ async fn run(command: Command, reach: &Reach, uid: u32) -> Result<Box<RawValue>,
     let kill_grace = reach.server.kill_grace();
     let select = |filter| async { tree.select(filter).await.map_err(|e| e.to_string()) };
     match command {
-        Command::Ls { filter } => {
-            raw(&with_process_counts(select(filter).await?).await)
-        }
+        Command::Ls { filter } => raw(&with_process_counts(select(filter).await?).await),
         Command::KillWhere {
             filter,
             reason,

@@ -197,10 +197,9 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
     // lives as long as the connection bigger. No timer on it (see `handler`'s docs for what one
     // costs): the supervisor answers every admission, at once, and if it is gone the reply port
     // is dropped with its mailbox, which ends the wait.
-    let admitted = Box::pin(
-        SupervisorHandle::attach(shared.supervisor.clone()).connect(peer, Box::new(link)),
-    )
-    .await;
+    let admitted =
+        Box::pin(SupervisorHandle::attach(shared.supervisor.clone()).connect(peer, Box::new(link)))
+            .await;
     let (conn_id, conn) = match admitted {
         Ok(admitted) => admitted,
         Err(HandleError::Refused(refusal)) => {
