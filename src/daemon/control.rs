@@ -6,6 +6,13 @@
 //! target is gone. A bad request (malformed, oversized, unknown command, unknown ID) gets an
 //! error response; the server serves on.
 //!
+//! Control reaches the tree through its [`SupervisorHandle`] and the daemon through the small
+//! [`Server`] trait (the kill grace in force, reload, drain); it holds none of the daemon's
+//! pieces.
+//!
+//! - `reserve`: what the socket keeps in reserve (a spare descriptor, /proc files opened at
+//!   start) so that it answers when the server has run out of descriptors.
+//!
 //! ```text
 //! > {"id":1,"cmd":"ls"}
 //! < {"id":1,"ok":true,"result":[{"id":"…","user":"alice",…}]}
