@@ -183,9 +183,7 @@ pub fn config_text(bytes: &[u8]) {
     let path = Path::new("fuzz.toml");
     match Config::parse(&text, path) {
         Ok(config) => {
-            let policy = config
-                .timeouts
-                .policy(&config.limits, config.timeouts.kill_grace);
+            let policy = config.timeouts.policy(&config.limits);
             let limits = &policy.limits;
             assert!(limits.prefix_v4 <= 32 && limits.prefix_v6 <= 128);
             assert_eq!(

@@ -7,8 +7,15 @@
 //!
 //! - `config`: the configuration file and its defaults.
 //! - `keys`: host key, generated client key, authorized_keys.
-//! - `control`: the control socket (JSON lines) and its protocol.
+//! - `control`: the control socket (JSON lines) and its protocol; it reaches the tree through
+//!   the [`SupervisorHandle`] and the daemon through [`control::Server`], which the daemon
+//!   implements (kill grace, reload, drain).
 //! - `runtime`: the tokio runtime to run it on (multi-threaded, no LIFO slot).
+//!
+//! The configuration has one owner per fact: [`config::Config`] holds the defaults (listen
+//! address, state directory, timeouts, limits), [`DaemonOptions`] is made from it (`serve`'s
+//! flags over the file), and [`config::Timeouts::policy`] turns it into the tree's `Policy`, at
+//! start and at every reload. The kill grace is `timeouts.kill_grace` of the options in force.
 
 pub mod config;
 pub mod control;
@@ -22,23 +29,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::rpc::CallResult;
+use futures::future::BoxFuture;
 use ractor::ActorRef;
 use russh::keys::PrivateKey;
-use sshvisor_actors::{spawn_supervisor, Event, KillReport, Policy, SupervisorArgs, SupervisorMsg};
+use sshvisor_actors::{
+    Event, HandleError, KillReport, SupervisorArgs, SupervisorHandle, SupervisorMsg,
+};
 use tracing::info;
 
-use crate::daemon::control::{ControlDefaults, ControlServer, KillGrace, ListenerSlot, ReloadHook};
+use crate::daemon::config::Config;
+use crate::daemon::control::{ControlServer, Server};
 use crate::daemon::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
 use crate::session::app::{ExecEnv, InProcessCommands, SftpService};
 use crate::session::containment::Containment;
 use crate::session::sftp::HandleBudgets;
 use crate::ssh::server::{SshListener, SshOptions};
 
-/// The default listen address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:2222";
-/// The default state directory, relative to the working directory.
-pub const DEFAULT_STATE_DIR: &str = ".sshvisor";
+pub use config::{DEFAULT_LISTEN, DEFAULT_STATE_DIR};
+
 /// The control socket's file name inside the state directory.
 pub const CTL_SOCKET: &str = "ctl.sock";
 
@@ -51,14 +59,13 @@ pub struct DaemonOptions {
     pub state_dir: PathBuf,
     /// An OpenSSH authorized_keys file; `None` generates and authorizes a client key.
     pub authorized_keys: Option<PathBuf>,
-    /// The grace of kills that name none, and of the shutdown.
-    pub kill_grace: Duration,
     /// Client environment variables accepted besides `LANG`, `LC_*` and `TERM`.
     pub accept_env: Vec<String>,
     /// An external `sftp-server` binary to run for the sftp subsystem instead of the
     /// in-process one.
     pub sftp_server: Option<PathBuf>,
-    /// Timeouts (the kill grace above wins over `timeouts.kill_grace`).
+    /// Timeouts, `kill_grace` among them: the grace of kills that name none, and of the
+    /// shutdown.
     pub timeouts: crate::daemon::config::Timeouts,
     /// Limits on connections and sessions.
     pub limits: crate::daemon::config::Limits,
@@ -90,11 +97,6 @@ impl std::fmt::Debug for ConfigSource {
 }
 
 impl DaemonOptions {
-    /// The actor tree's policy for these options.
-    pub fn policy(&self) -> Policy {
-        self.timeouts.policy(&self.limits, self.kill_grace)
-    }
-
     /// What sessions run with: `containment` is chosen at start and `sftp_handles` is the
     /// server's, both kept across reloads (the budgets' counts are of what is open now).
     fn exec_env(&self, containment: &Containment, sftp_handles: &Arc<HandleBudgets>) -> ExecEnv {
@@ -121,25 +123,31 @@ impl DaemonOptions {
     }
 }
 
-impl Default for DaemonOptions {
-    fn default() -> Self {
+impl From<Config> for DaemonOptions {
+    /// The file's settings; what no file says (the reaper, reloading, in-process commands) at
+    /// its default.
+    fn from(file: Config) -> Self {
         Self {
-            listen: DEFAULT_LISTEN
-                .parse()
-                .unwrap_or_else(|_| ([127, 0, 0, 1], 2222).into()),
-            state_dir: DEFAULT_STATE_DIR.into(),
-            authorized_keys: None,
-            kill_grace: sshvisor_actors::DEFAULT_KILL_GRACE,
-            accept_env: Vec::new(),
-            sftp_server: None,
-            timeouts: crate::daemon::config::Timeouts::default(),
-            limits: crate::daemon::config::Limits::default(),
+            listen: file.listen,
+            state_dir: file.state_dir,
+            authorized_keys: file.authorized_keys,
+            accept_env: file.accept_env,
+            sftp_server: file.sftp_server,
+            timeouts: file.timeouts,
+            limits: file.limits,
             reap_orphans: true,
-            containment: Default::default(),
-            session_path: None,
+            containment: file.containment,
+            session_path: file.session_path,
             reload_from: None,
             commands: InProcessCommands::default(),
         }
+    }
+}
+
+impl Default for DaemonOptions {
+    /// The defaults of an empty configuration file.
+    fn default() -> Self {
+        Config::default().into()
     }
 }
 
@@ -183,14 +191,13 @@ pub enum DaemonError {
 
 /// A running server: supervisor, SSH listener and control socket.
 pub struct Daemon {
-    supervisor: ActorRef<SupervisorMsg>,
+    /// What the control socket shares with the daemon: the tree, the listener, the options.
+    running: Arc<Running>,
+    /// The tree's event port (also in the handle), for [`Daemon::events`].
     events: Arc<ractor::OutputPort<Event>>,
-    listener: ListenerSlot,
     ssh_addr: SocketAddr,
     control: ControlServer,
     connect_hint: Option<String>,
-    kill_grace: KillGrace,
-    reloader: Arc<Reloader>,
 }
 
 impl Daemon {
@@ -244,48 +251,29 @@ impl Daemon {
             spawn_orphan_reaper(matches!(containment, Containment::Reaper(_)));
         }
         let events = Arc::new(ractor::OutputPort::default());
-        let supervisor = spawn_supervisor(
+        let tree = SupervisorHandle::spawn(
             None,
             SupervisorArgs {
                 events: events.clone(),
-                policy: options.policy(),
+                policy: options.timeouts.policy(&options.limits),
             },
         )
         .await
         .map_err(|e| DaemonError::Supervisor(e.to_string()))?;
+        let supervisor = tree.actor().clone();
 
         let ctl_path = dir.join(CTL_SOCKET);
-        let slot: ListenerSlot = Arc::new(tokio::sync::Mutex::new(None));
-        let kill_grace = KillGrace::new(options.kill_grace);
         let sftp_handles = Arc::new(HandleBudgets::new(options.limits.sftp_handles()));
-        let reloader = Arc::new(Reloader {
+        let running = Arc::new(Running {
+            tree: tree.clone(),
+            listener: tokio::sync::Mutex::new(None),
+            reloading: tokio::sync::Mutex::new(()),
+            applied: std::sync::Mutex::new(options.clone()),
             sftp_handles: sftp_handles.clone(),
             generated,
-            applied: tokio::sync::Mutex::new(options.clone()),
-            supervisor: supervisor.clone(),
-            listener: slot.clone(),
-            kill_grace: kill_grace.clone(),
             containment: containment.clone(),
         });
-        let hook: ReloadHook = {
-            let reloader = reloader.clone();
-            Arc::new(move || {
-                let reloader = reloader.clone();
-                Box::pin(async move { reloader.reload().await })
-            })
-        };
-        let control = match ControlServer::bind(
-            &ctl_path,
-            supervisor.clone(),
-            ControlDefaults {
-                kill_grace: kill_grace.clone(),
-                reload: Some(hook),
-                events: Some(events.clone()),
-                listener: Some(slot.clone()),
-            },
-        )
-        .await
-        {
+        let control = match ControlServer::bind(&ctl_path, tree, running.clone()).await {
             Ok(control) => control,
             Err(source) => {
                 supervisor.stop(None);
@@ -318,25 +306,23 @@ impl Daemon {
             }
         };
         let addr = listener.local_addr();
-        *slot.lock().await = Some(listener);
+        *running.listener.lock().await = Some(listener);
         let known_hosts = dir.join("known_hosts");
         write_known_hosts(&known_hosts, addr, &host_key).map_err(dir_err)?;
         let connect_hint = client_key.map(|key| connect_command(&key, &known_hosts, addr));
         Ok(Self {
-            supervisor,
+            running,
             events,
-            listener: slot,
             ssh_addr: addr,
             control,
             connect_hint,
-            kill_grace,
-            reloader,
         })
     }
 
-    /// Reads the options anew from their source and applies them; see [`Reloader::reload`].
+    /// Reads the options anew from their source and applies them; see [`Server::reload`] (the
+    /// same as `sshvisor ctl reload`).
     pub async fn reload(&self) -> Result<String, String> {
-        self.reloader.reload().await
+        self.running.reload().await
     }
 
     /// The SSH address actually bound.
@@ -344,9 +330,14 @@ impl Daemon {
         self.ssh_addr
     }
 
-    /// The supervisor, for messages.
+    /// The door into the tree: list, kill, drain, subscribe, ...
+    pub fn handle(&self) -> &SupervisorHandle {
+        &self.running.tree
+    }
+
+    /// The supervisor's actor (to link or monitor it; requests go through [`Daemon::handle`]).
     pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
-        &self.supervisor
+        self.running.tree.actor()
     }
 
     /// The lifecycle event port.
@@ -359,60 +350,62 @@ impl Daemon {
         self.connect_hint.as_deref()
     }
 
-    /// Stops accepting, kills every connection with `grace` (the default kill grace when
-    /// `None`), and stops everything once the tree is empty. Returns one report per connection.
+    /// Stops accepting, kills every connection with `grace` (the kill grace in force when
+    /// `None`), and stops everything once the tree is empty: the drain of `ctl drain`, then
+    /// the end. Returns one report per connection (none if the tree did not answer).
     pub async fn shutdown(self, grace: Option<Duration>) -> Vec<KillReport> {
-        let grace = grace.unwrap_or(self.kill_grace.get());
-        if let Some(listener) = self.listener.lock().await.take() {
-            listener.stop_accepting().await;
-        }
-        let reports = match self
-            .supervisor
-            .call(
-                |reply| SupervisorMsg::KillAll {
-                    reason: "the server is shutting down".into(),
-                    grace,
-                    by: Some("shutdown".into()),
-                    reply,
-                },
-                Some(grace.saturating_add(Duration::from_secs(10))),
-            )
-            .await
-        {
-            Ok(CallResult::Success(reports)) => reports,
-            _ => Vec::new(),
+        let grace = grace.unwrap_or_else(|| self.running.kill_grace());
+        let reports = match self.running.drain(grace, Some("shutdown".into())).await {
+            Ok(reports) => reports,
+            Err(e) => {
+                tracing::warn!(error = %e, "shutdown: the drain did not finish");
+                Vec::new()
+            }
         };
         self.control.close();
-        let _ = self
-            .supervisor
-            .stop_and_wait(None, Some(Duration::from_secs(5)))
-            .await;
+        self.running.tree.stop(Duration::from_secs(5)).await;
         reports
     }
 }
 
-/// Applies new options to a running daemon.
-pub struct Reloader {
+/// The running server as the control socket sees it (through [`Server`]) and as
+/// [`Daemon`] drives it.
+struct Running {
+    /// The tree.
+    tree: SupervisorHandle,
+    /// The SSH listener; taken (and closed) by the first drain.
+    listener: tokio::sync::Mutex<Option<SshListener>>,
+    /// Held for the whole of a reload: one at a time, so each compares against the last.
+    reloading: tokio::sync::Mutex<()>,
+    /// The options in force; replaced at the end of a successful reload. Locked only briefly,
+    /// never across an await (the kill grace is read from it for every kill).
+    applied: std::sync::Mutex<DaemonOptions>,
     /// The public half of the generated client key, when no authorized_keys file is used.
     generated: Option<russh::keys::PublicKey>,
-    applied: tokio::sync::Mutex<DaemonOptions>,
-    supervisor: ActorRef<SupervisorMsg>,
-    listener: ListenerSlot,
-    kill_grace: KillGrace,
     /// Chosen at start; a reload keeps it (live sessions are contained by it).
     containment: Containment,
+    /// The server's sftp handle budgets; a reload changes their limits, not their counts.
     sftp_handles: Arc<HandleBudgets>,
 }
 
-impl Reloader {
+impl Running {
+    /// The options in force (a copy).
+    fn applied(&self) -> DaemonOptions {
+        self.applied
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     /// Reads the options anew and applies them. Everything is read and checked before anything
     /// changes: on `Err` the old configuration stays in force, whole. New limits and timeouts
     /// apply to new connections at once, and to live ones where that makes sense (the kill
     /// grace, the idle timeouts counted from now, the session limit); limits govern admission
     /// only, so no live connection or session is dropped. The listen address and the state
     /// directory need a restart. `Ok` says what changed.
-    pub async fn reload(&self) -> Result<String, String> {
-        let mut applied = self.applied.lock().await;
+    async fn reload(&self) -> Result<String, String> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let applied = self.applied();
         let source = applied
             .reload_from
             .clone()
@@ -438,19 +431,8 @@ impl Reloader {
                 applied.state_dir.display()
             ));
         }
-        match self
-            .supervisor
-            .call(
-                |reply| SupervisorMsg::SetPolicy {
-                    policy: new.policy(),
-                    reply,
-                },
-                Some(Duration::from_secs(10)),
-            )
-            .await
-        {
-            Ok(CallResult::Success(())) => {}
-            _ => return Err("the supervisor did not take the new policy".into()),
+        if let Err(e) = self.tree.set_policy(new.timeouts.policy(&new.limits)).await {
+            return Err(format!("the supervisor did not take the new policy: {e}"));
         }
         if let Some(listener) = self.listener.lock().await.as_ref() {
             listener.update(
@@ -459,9 +441,11 @@ impl Reloader {
                 new.keepalive(),
             );
         }
-        self.kill_grace.set(new.kill_grace);
         self.sftp_handles.set_limits(new.limits.sftp_handles());
-        *applied = DaemonOptions {
+        *self
+            .applied
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = DaemonOptions {
             listen: applied.listen,
             state_dir: applied.state_dir.clone(),
             ..new
@@ -471,6 +455,41 @@ impl Reloader {
         }
         changes.extend(kept);
         Ok(changes.join("; "))
+    }
+
+    /// Stops accepting (the listener is taken, so only the first drain closes it), then
+    /// empties the tree.
+    async fn drain(
+        &self,
+        grace: Duration,
+        by: Option<String>,
+    ) -> Result<Vec<KillReport>, HandleError> {
+        if let Some(listener) = self.listener.lock().await.take() {
+            listener.stop_accepting().await;
+        }
+        self.tree.drain(grace, by).await
+    }
+}
+
+impl Server for Running {
+    fn kill_grace(&self) -> Duration {
+        self.applied
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .timeouts
+            .kill_grace
+    }
+
+    fn reload(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(Running::reload(self))
+    }
+
+    fn drain(
+        &self,
+        grace: Duration,
+        by: Option<String>,
+    ) -> BoxFuture<'_, Result<Vec<KillReport>, HandleError>> {
+        Box::pin(Running::drain(self, grace, by))
     }
 }
 
@@ -503,8 +522,8 @@ fn changes(old: &DaemonOptions, new: &DaemonOptions) -> Vec<String> {
     );
     field(
         "timeouts.kill_grace",
-        off(Some(old.kill_grace)),
-        off(Some(new.kill_grace)),
+        off(Some(t0.kill_grace)),
+        off(Some(t1.kill_grace)),
     );
     field(
         "timeouts.login_grace",

@@ -8,8 +8,12 @@
 //!   the tree can cut, the russh `ConnectionLink`.
 //! - `session`: what runs behind a session channel: processes (with terminals, stdin, their
 //!   containment and reaping), in-process commands, SFTP.
-//! - `daemon`: `sshvisor serve`: configuration, keys, the control socket, the runtime.
-//! - `cli`: the command line: `serve` and the operator's `ctl` client.
+//! - `daemon`: `sshvisor serve` as a library ([`daemon::Daemon`]): configuration, keys, the
+//!   control socket, the runtime.
+//! - `cli`: the command line (the binary's `main` is [`cli::main`]): clap definitions, `serve`'s
+//!   loop and signals, the operator's `ctl` client and what it prints.
+//! - `actors`: the `sshvisor-actors` crate re-exported: the tree, and its door
+//!   [`actors::SupervisorHandle`].
 
 #![warn(missing_docs, unreachable_pub)]
 

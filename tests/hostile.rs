@@ -37,7 +37,7 @@ async fn until_closed(mut socket: TcpStream) {
 async fn a_stalled_login_past_its_grace_is_closed_at_once_not_after_the_kill_grace() {
     let kill_grace = Duration::from_secs(60);
     let server = TestServer::start_with(|o| {
-        o.kill_grace = kill_grace;
+        o.timeouts.kill_grace = kill_grace;
         o.timeouts.login_grace = Duration::from_secs(1);
     })
     .await;

@@ -23,6 +23,7 @@
 pub mod connection;
 pub mod events;
 pub mod filter;
+pub mod handle;
 pub mod ids;
 pub mod link;
 pub mod report;
@@ -35,6 +36,7 @@ use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 
 pub use connection::{ConnectionActor, ConnectionMsg};
 pub use filter::{Filter, PeerNet};
+pub use handle::{Admitted, HandleError, SupervisorHandle};
 pub use ids::{resolve_prefix, ConnId, PrefixMatch, SessionId, Target};
 pub use link::{
     ConnectionLink, EndScope, PtySpec, SessionEvents, SessionLink, SessionRequest, Traffic,

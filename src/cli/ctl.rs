@@ -1,17 +1,22 @@
-//! `sshvisor ctl`: the operator's client of the control socket.
+//! `sshvisor ctl`: the operator's client of the control socket ([`CtlClient`]) and each `ctl`
+//! command run with it.
 //!
-//! Tables with humantime ages for people, `--json` for scripts. Every error says what failed and
-//! what to do; the exit status is non-zero when any request failed.
+//! Tables with humantime ages for people (see [`crate::cli::print`]), `--json` for scripts.
+//! Every error says what failed and what to do; the exit status is non-zero when any request
+//! failed.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use serde_json::Value;
-use sshvisor_actors::{ConnectionInfo, Filter, KillReport, Target};
+use sshvisor_actors::{ConnectionInfo, Filter, KillReport};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use crate::cli::args::{CtlCmd, FilterArgs};
+use crate::cli::print;
 use crate::daemon::control::{Command, Request, Response};
 use crate::daemon::CTL_SOCKET;
 
@@ -149,273 +154,263 @@ pub fn into_result(response: Response) -> Result<Value, CtlError> {
     }
 }
 
-fn age(since: SystemTime) -> String {
-    let secs = SystemTime::now()
-        .duration_since(since)
-        .unwrap_or_default()
-        .as_secs();
-    humantime::format_duration(Duration::from_secs(secs)).to_string()
-}
-
-/// A byte count for people: 512B, 3.2K, 14M, 2.1G.
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["K", "M", "G", "T"];
-    if n < 1024 {
-        return format!("{n}B");
+/// Runs one `ctl` command against the server whose state directory is `state_dir`.
+pub(crate) async fn run(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<ExitCode> {
+    // `sshvisor ctl ls | head` should end quietly, like any Unix tool, not panic on EPIPE.
+    // SAFETY: called before any other thread of ours writes to stdout; restoring the default
+    // disposition of SIGPIPE has no other effect on this short-lived client.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
     }
-    let mut value = n as f64;
-    for unit in UNITS {
-        value /= 1024.0;
-        if value < 1024.0 || unit == "T" {
-            return if value < 10.0 {
-                format!("{value:.1}{unit}")
+    // A mistake in the arguments is told before anything is asked of the server.
+    if let CtlCmd::Kill {
+        ids, all, filter, ..
+    } = &command
+    {
+        kill_by_filter(ids, *all, filter).map_err(anyhow::Error::msg)?;
+    }
+    let mut client = CtlClient::connect(&state_dir).await?;
+    match command {
+        CtlCmd::Ls { filter, json } => {
+            let all = client.list(filter.filter()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
-                format!("{value:.0}{unit}")
-            };
+                print!("{}", print::format_table(&all));
+            }
+            Ok(ExitCode::SUCCESS)
         }
-    }
-    format!("{n}B")
-}
-
-fn or_dash(text: Option<&str>) -> &str {
-    match text {
-        Some(t) if !t.is_empty() => t,
-        _ => "-",
-    }
-}
-
-/// The `ls` table: one row per connection, its sessions indented beneath it.
-pub fn format_table(all: &[ConnectionInfo]) -> String {
-    let mut rows: Vec<[String; 8]> = vec![[
-        "ID".into(),
-        "USER".into(),
-        "PEER".into(),
-        "AGE".into(),
-        "STATE".into(),
-        "IDLE".into(),
-        "IN/OUT".into(),
-        "SESSIONS".into(),
-    ]];
-    for c in all {
-        rows.push([
-            c.id.to_string(),
-            or_dash(c.user.as_deref()).to_string(),
-            c.peer.to_string(),
-            age(c.started),
-            format!("{:?}", c.state).to_lowercase(),
-            c.idle_ms
-                .map(|ms| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string())
-                .unwrap_or_else(|| "-".into()),
-            match (c.bytes_in, c.bytes_out) {
-                (Some(i), Some(o)) => format!("{}/{}", bytes(i), bytes(o)),
-                _ => "-".into(),
-            },
-            c.sessions.len().to_string(),
-        ]);
-    }
-    let mut widths = [0usize; 8];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row.iter()) {
-            *w = (*w).max(cell.chars().count());
+        CtlCmd::Drain { grace, json } => {
+            let grace = grace_text(grace);
+            let value = client.request(Command::Drain { grace }).await?;
+            let reports: Vec<KillReport> = serde_json::from_value(value)?;
+            print::reports(&reports, json)?;
+            if !json {
+                println!(
+                    "drained: no longer accepting; {} connection(s) closed",
+                    reports.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
-    }
-    let mut out = String::new();
-    for (i, row) in rows.iter().enumerate() {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths.iter())
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-        if i > 0 {
-            for s in &all[i - 1].sessions {
-                let kind = format!("{:?}", s.kind).to_lowercase();
-                let what = match &s.command {
-                    Some(cmd) => format!("{kind} {cmd}"),
-                    None => kind,
-                };
-                let pty = match &s.pty {
-                    Some(p) => format!("pty {}x{}", p.cols, p.rows),
-                    None => "no pty".into(),
-                };
-                let procs = s
-                    .processes
-                    .map(|n| format!("{n} proc{}", if n == 1 { "" } else { "s" }))
-                    .unwrap_or_default();
-                out.push_str(&format!(
-                    "  └ {}  {}  {}  {}  {}\n",
-                    s.id,
-                    age(s.started),
-                    what,
-                    pty,
-                    procs
-                ));
+        CtlCmd::Stats { json } => {
+            let value = client.request(Command::Stats).await?;
+            if json {
+                println!("{value}");
+            } else {
+                print!("{}", print::format_stats(&value));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCmd::Reload => {
+            let value = client.request(Command::Reload).await?;
+            let changes = value["changes"].as_str().unwrap_or_default();
+            println!("reloaded: {changes}");
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCmd::Watch { json } => {
+            let id = client.send(Command::Watch).await?;
+            loop {
+                let response = client.recv().await?;
+                if response.id != id {
+                    continue;
+                }
+                let value = into_result(response)?;
+                if json {
+                    println!("{value}");
+                } else {
+                    let event: crate::actors::Event = serde_json::from_value(value)?;
+                    println!("{}", print::format_event(&event));
+                }
+            }
+        }
+        CtlCmd::Show { id, json } => {
+            let value = client.request(Command::Show { target: id }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let info: ConnectionInfo = serde_json::from_value(value)?;
+                print!("{}", print::format_show(&info));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCmd::Kill {
+            ids,
+            all,
+            filter,
+            dry_run,
+            reason,
+            grace,
+            json,
+        } => {
+            let by_filter = kill_by_filter(&ids, all, &filter).map_err(anyhow::Error::msg)?;
+            let filter = filter.filter();
+            if by_filter {
+                kill_where(&mut client, filter, dry_run, reason, grace, json).await
+            } else if dry_run {
+                kill_dry_run(&mut client, ids, json).await
+            } else {
+                kill(&mut client, ids, reason, grace, json).await
             }
         }
     }
-    if all.is_empty() {
-        out.push_str("(no connections)\n");
-    }
-    out
 }
 
-/// One connection in detail.
-pub fn format_show(c: &ConnectionInfo) -> String {
-    let mut out = format!(
-        "connection {}\n  user:     {}\n  peer:     {}\n  client:   {}\n  auth:     {}\n  started:  {} ({} ago)\n  state:    {}\n  sessions: {}\n",
-        c.id,
-        or_dash(c.user.as_deref()),
-        c.peer,
-        or_dash(c.client_version.as_deref()),
-        or_dash(c.auth_method.as_deref()),
-        humantime::format_rfc3339_seconds(c.started),
-        age(c.started),
-        format!("{:?}", c.state).to_lowercase(),
-        c.sessions.len()
-    );
-    for s in &c.sessions {
-        let pty = match &s.pty {
-            Some(p) => format!("pty {} {}x{}", p.term, p.cols, p.rows),
-            None => "no pty".into(),
-        };
-        out.push_str(&format!(
-            "    {}  {:?}  {}  {}  {} processes  started {} ago\n",
-            s.id,
-            s.kind,
-            or_dash(s.command.as_deref()),
-            pty,
-            s.processes.unwrap_or(0),
-            age(s.started)
-        ));
-    }
-    out
-}
-
-/// One kill report as a sentence.
-pub fn format_report(report: &KillReport) -> String {
-    let what = match report.target {
-        Target::Connection(id) => format!(
-            "killed connection {id} ({} session{} closed)",
-            report.sessions_closed,
-            if report.sessions_closed == 1 { "" } else { "s" }
-        ),
-        Target::Session(id) => format!("killed session {id}"),
-    };
-    let left = match report.processes_left {
-        0 => String::new(),
-        n => format!(
-            "; {n} process{} still running",
-            if n == 1 { "" } else { "es" }
-        ),
-    };
-    format!(
-        "{what} in {:.1} ms{}{left}",
-        report.elapsed.as_secs_f64() * 1e3,
-        if report.forced {
-            " (forced: the grace ran out)"
-        } else {
-            ""
-        }
-    )
-}
-
-/// One lifecycle event as a line for people: time, what, which connection, details.
-pub fn format_event(event: &sshvisor_actors::Event) -> String {
-    use sshvisor_actors::{DisconnectCause, Event};
-    let now = humantime::format_rfc3339_millis(SystemTime::now());
-    let what = match event {
-        Event::Connected { conn, peer } => format!("connected      {conn}  from {peer}"),
-        Event::Authenticated { conn, user, method } => {
-            format!("authenticated  {conn}  user {user} ({method})")
-        }
-        Event::SessionOpened { conn, session } => format!("session opened {conn}  {session}"),
-        Event::SessionStarted {
-            conn,
-            session,
-            kind,
-            command,
-        } => format!(
-            "session start  {conn}  {session}  {}{}",
-            format!("{kind:?}").to_lowercase(),
-            command
-                .as_deref()
-                .map(|c| format!(" {c}"))
-                .unwrap_or_default()
-        ),
-        Event::SessionClosed {
-            conn,
-            session,
-            exit,
-            killed,
-        } => format!(
-            "session closed {conn}  {session}  {exit:?}{}",
-            killed
-                .as_deref()
-                .map(|r| format!(" (killed: {r})"))
-                .unwrap_or_default()
-        ),
-        Event::Refused { peer, reason } => format!("refused        {peer}  {reason}"),
-        Event::Disconnected { conn, cause } => {
-            let cause = match cause {
-                DisconnectCause::ByClient => "by the client".to_string(),
-                DisconnectCause::Killed { reason, by } => format!(
-                    "killed: {reason}{}",
-                    by.as_deref()
-                        .map(|b| format!(" (by {b})"))
-                        .unwrap_or_default()
-                ),
-                DisconnectCause::Error { message } => format!("error: {message}"),
-            };
-            format!("disconnected   {conn}  {cause}")
-        }
-    };
-    format!("{now}  {what}")
-}
-
-/// `ctl stats` as lines for a person.
-pub fn format_stats(value: &serde_json::Value) -> String {
-    let n = |v: &serde_json::Value| v.as_u64().map_or("?".to_string(), |n| n.to_string());
-    let (tree, process) = (&value["tree"], &value["process"]);
-    format!(
-        "connections {} (actors {})\nsessions    {} (actors {})\nwaiting kills {}\nmemory      PSS {} KiB, RSS {} KiB\nopen fds    {}\nthreads     {}\nprocesses   contained by {}{}\n",
-        n(&tree["connections"]),
-        n(&tree["connection_actors"]),
-        n(&tree["sessions"]),
-        n(&tree["session_actors"]),
-        n(&tree["waiting_kills"]),
-        n(&process["pss_kib"]),
-        n(&process["rss_kib"]),
-        n(&process["open_fds"]),
-        n(&process["threads"]),
-        process["containment"].as_str().unwrap_or("?"),
-        process["containment_location"]
-            .as_str()
-            .map(|at| format!(" ({at})"))
-            .unwrap_or_default(),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_report_says_when_processes_were_left_and_is_quiet_otherwise() {
-        let mut report = KillReport {
-            target: Target::Connection(sshvisor_actors::ConnId::new_random()),
-            sessions_closed: 1,
-            elapsed: std::time::Duration::from_millis(3),
-            forced: true,
-            processes_left: 0,
-        };
-        let text = format_report(&report);
-        assert!(
-            text.contains("(1 session closed) in 3.0 ms (forced"),
-            "{text}"
+/// Whether `ctl kill` selects by filter (`true`) or by IDs (`false`), or why its arguments are
+/// wrong.
+fn kill_by_filter(ids: &[String], all: bool, filter: &FilterArgs) -> Result<bool, String> {
+    let by_filter = all || !filter.filter().is_empty();
+    if by_filter && !ids.is_empty() {
+        return Err(
+            "give IDs, or filters (--all, --user, --peer, --older-than, --idle-over), not both"
+                .into(),
         );
-        assert!(!text.contains("still running"), "{text}");
-        report.processes_left = 2;
-        assert!(format_report(&report).ends_with("; 2 processes still running"));
     }
+    if !by_filter && ids.is_empty() {
+        return Err(
+            "nothing to kill: give IDs, or --all, --user, --peer, --older-than, --idle-over".into(),
+        );
+    }
+    Ok(by_filter)
+}
+
+/// The grace as sent to the server: `None` leaves the server's own kill grace in force.
+fn grace_text(grace: Option<Duration>) -> Option<String> {
+    grace.map(|g| humantime::format_duration(g).to_string())
+}
+
+async fn kill_where(
+    client: &mut CtlClient,
+    filter: crate::actors::Filter,
+    dry_run: bool,
+    reason: Option<String>,
+    grace: Option<Duration>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let grace = grace_text(grace);
+    let value = client
+        .request(Command::KillWhere {
+            filter,
+            reason,
+            grace,
+            dry_run,
+        })
+        .await?;
+    if dry_run {
+        let matched: Vec<ConnectionInfo> = serde_json::from_value(value)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&matched)?);
+        } else {
+            print!("{}", print::format_table(&matched));
+            println!("{} connection(s) would be killed", matched.len());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let reports: Vec<KillReport> = serde_json::from_value(value)?;
+    print::reports(&reports, json)?;
+    if !json {
+        println!("{} connection(s) killed", reports.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ctl kill ID… --dry-run`: what each ID would kill, in the shape of a filter's dry run (the
+/// connections, a session's connection listing only that session); nothing is killed.
+async fn kill_dry_run(
+    client: &mut CtlClient,
+    ids: Vec<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut matched: Vec<ConnectionInfo> = Vec::new();
+    let (mut connections, mut sessions) = (0, 0);
+    let mut failed = false;
+    for id in ids {
+        let request = Command::Kill {
+            target: id.clone(),
+            reason: None,
+            grace: None,
+            dry_run: true,
+        };
+        let info = match client.request(request).await {
+            Ok(value) => serde_json::from_value::<ConnectionInfo>(value)?,
+            Err(CtlError::Refused(error)) => {
+                eprintln!("sshvisor: cannot kill {id:?}: {error}");
+                failed = true;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // IDs resolve by unique prefix among connections and sessions alike: when the
+        // connection's ID starts with it, the ID named the connection.
+        if info.id.to_string().starts_with(id.trim()) {
+            connections += 1;
+        } else {
+            sessions += 1;
+        }
+        matched.push(info);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&matched)?);
+    } else {
+        print!("{}", print::format_table(&matched));
+        println!(
+            "{connections} connection(s) and {sessions} session(s) would be killed (dry run: nothing was)"
+        );
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn kill(
+    client: &mut CtlClient,
+    ids: Vec<String>,
+    reason: Option<String>,
+    grace: Option<Duration>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let grace = grace_text(grace);
+    // Kills go out together (a bounded window of them); each report is printed as soon as its
+    // target is gone.
+    const WINDOW: usize = 64;
+    let mut queue = ids.into_iter();
+    let mut pending = std::collections::HashMap::new();
+    let mut failed = false;
+    loop {
+        while pending.len() < WINDOW {
+            let Some(id) = queue.next() else { break };
+            let request = Command::Kill {
+                target: id.clone(),
+                reason: reason.clone(),
+                grace: grace.clone(),
+                dry_run: false,
+            };
+            pending.insert(client.send(request).await?, id);
+        }
+        if pending.is_empty() {
+            break;
+        }
+        let response = client.recv().await?;
+        let Some(id) = pending.remove(&response.id) else {
+            continue;
+        };
+        match into_result(response) {
+            Ok(value) => print::reports(&[serde_json::from_value(value)?], json)?,
+            Err(CtlError::Refused(error)) => {
+                eprintln!("sshvisor: cannot kill {id:?}: {error}");
+                failed = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

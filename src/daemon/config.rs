@@ -5,11 +5,17 @@
 //! unparsable duration, negative limit) is refused with the file, the line and what was
 //! expected. docs/OPERATIONS.md documents every field.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+
+/// The default listen address (`listen`, `serve --listen`).
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2222));
+
+/// The default state directory (`state_dir`, `--state-dir`), relative to the working directory.
+pub const DEFAULT_STATE_DIR: &str = ".sshvisor";
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -39,8 +45,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 2222)),
-            state_dir: ".sshvisor".into(),
+            listen: DEFAULT_LISTEN,
+            state_dir: DEFAULT_STATE_DIR.into(),
             authorized_keys: None,
             accept_env: Vec::new(),
             sftp_server: None,
@@ -81,18 +87,20 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
-            login_grace: Duration::from_secs(30),
+            login_grace: sshvisor_actors::DEFAULT_LOGIN_GRACE,
             idle: None,
             max_lifetime: None,
             session_idle: None,
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_count: 3,
-            kill_grace: Duration::from_secs(5),
+            kill_grace: sshvisor_actors::DEFAULT_KILL_GRACE,
         }
     }
 }
 
-/// `[limits]`
+/// `[limits]`: the file's face of the tree's [`sshvisor_actors::Limits`] (counts as `u32`, so a
+/// mistake reads "expected u32"), plus the sftp handle budgets the tree knows nothing of.
+/// [`Timeouts::policy`] is the one conversion into the tree's type.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -141,6 +149,21 @@ impl Default for Limits {
             max_sftp_handles_per_session: n(sftp.per_session),
             max_sftp_handles_per_connection: n(sftp.per_connection),
             max_sftp_handles_per_user: n(sftp.per_user),
+        }
+    }
+}
+
+impl From<&Limits> for sshvisor_actors::Limits {
+    fn from(limits: &Limits) -> Self {
+        Self {
+            max_connections: limits.max_connections as usize,
+            max_per_source: limits.max_per_source as usize,
+            max_per_prefix: limits.max_per_prefix as usize,
+            prefix_v4: limits.prefix_v4,
+            prefix_v6: limits.prefix_v6,
+            max_per_user: limits.max_per_user as usize,
+            max_unauthenticated: limits.max_unauthenticated as usize,
+            max_sessions_per_connection: limits.max_sessions_per_connection as usize,
         }
     }
 }
@@ -219,25 +242,16 @@ pub enum ConfigError {
 }
 
 impl Timeouts {
-    /// The actor tree's policy for these timeouts and `limits`, with `kill_grace` (which a
-    /// command-line flag may override) as the grace of kills.
-    pub fn policy(&self, limits: &Limits, kill_grace: Duration) -> sshvisor_actors::Policy {
+    /// The actor tree's policy for these timeouts and `limits`: the one conversion of the
+    /// configuration into the tree's terms, at start and at every reload.
+    pub fn policy(&self, limits: &Limits) -> sshvisor_actors::Policy {
         sshvisor_actors::Policy {
-            kill_grace,
+            kill_grace: self.kill_grace,
             login_grace: Some(self.login_grace),
             max_lifetime: self.max_lifetime,
             idle: self.idle,
             session_idle: self.session_idle,
-            limits: sshvisor_actors::Limits {
-                max_connections: limits.max_connections as usize,
-                max_per_source: limits.max_per_source as usize,
-                max_per_prefix: limits.max_per_prefix as usize,
-                prefix_v4: limits.prefix_v4,
-                prefix_v6: limits.prefix_v6,
-                max_per_user: limits.max_per_user as usize,
-                max_unauthenticated: limits.max_unauthenticated as usize,
-                max_sessions_per_connection: limits.max_sessions_per_connection as usize,
-            },
+            limits: limits.into(),
         }
     }
 }

@@ -6,6 +6,13 @@
 //! target is gone. A bad request (malformed, oversized, unknown command, unknown ID) gets an
 //! error response; the server serves on.
 //!
+//! Control reaches the tree through its [`SupervisorHandle`] and the daemon through the small
+//! [`Server`] trait (the kill grace in force, reload, drain); it holds none of the daemon's
+//! pieces.
+//!
+//! - `reserve`: what the socket keeps in reserve (a spare descriptor, /proc files opened at
+//!   start) so that it answers when the server has run out of descriptors.
+//!
 //! ```text
 //! > {"id":1,"cmd":"ls"}
 //! < {"id":1,"ok":true,"result":[{"id":"…","user":"alice",…}]}
@@ -13,26 +20,21 @@
 //! < {"id":2,"ok":true,"result":{"target":{"kind":"connection","id":"3f2a…"},"sessions_closed":1,…}}
 //! ```
 
-use std::future::Future;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::FutureExt;
-use ractor::rpc::CallResult;
-use ractor::ActorRef;
-use ractor::OutputPort;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sshvisor_actors::{
-    resolve_prefix, ConnId, ConnectionInfo, Event, Filter, KillError, KillReport, PrefixMatch,
-    SupervisorMsg, Target,
+    resolve_prefix, ConnId, ConnectionInfo, Filter, HandleError, KillReport, PrefixMatch,
+    SupervisorHandle, Target,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -45,9 +47,6 @@ mod reserve;
 
 /// The longest request line accepted, in bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
-
-/// How long a request may wait on the supervisor beyond a kill's grace.
-const CALL_MARGIN: Duration = Duration::from_secs(10);
 
 /// Requests of one control connection that may be under way (or answered but unread) at once.
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -192,50 +191,34 @@ impl Response {
     }
 }
 
-/// The grace of kills that name none; shared, so that a reload changes it.
-#[derive(Debug, Clone)]
-pub struct KillGrace(Arc<AtomicU64>);
+/// What the control socket asks of the server it runs in, besides the tree (which it reaches
+/// through its [`SupervisorHandle`]). The daemon implements it; control holds none of the
+/// daemon's pieces.
+pub trait Server: Send + Sync + 'static {
+    /// The grace of kills that name none (the configuration's `kill_grace`, as last reloaded).
+    fn kill_grace(&self) -> Duration;
 
-impl KillGrace {
-    /// Starts at `grace`.
-    pub fn new(grace: Duration) -> Self {
-        Self(Arc::new(AtomicU64::new(nanos(grace))))
-    }
+    /// Re-reads the configuration and applies it: `Ok` says what changed, `Err` why nothing
+    /// did (the old configuration stays in force).
+    fn reload(&self) -> BoxFuture<'_, Result<String, String>>;
 
-    /// The grace now.
-    pub fn get(&self) -> Duration {
-        Duration::from_nanos(self.0.load(Ordering::Relaxed))
-    }
-
-    /// Changes it for every holder.
-    pub fn set(&self, grace: Duration) {
-        self.0.store(nanos(grace), Ordering::Relaxed);
-    }
+    /// Stops accepting (the port is released), kills every connection with `grace`, and
+    /// answers once the tree is empty, with one report per connection.
+    fn drain(
+        &self,
+        grace: Duration,
+        by: Option<String>,
+    ) -> BoxFuture<'_, Result<Vec<KillReport>, HandleError>>;
 }
 
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Re-reads the configuration and applies it: `Ok` says what changed, `Err` why nothing did.
-pub type ReloadHook =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
-
-/// What control requests can reach besides the supervisor.
+/// What every control request can reach: the tree and the server around it.
 #[derive(Clone)]
-pub struct ControlDefaults {
-    /// The grace of a kill that names none.
-    pub kill_grace: KillGrace,
-    /// What `reload` runs; `None` when there is nothing to reload from.
-    pub reload: Option<ReloadHook>,
-    /// Lifecycle events, for `watch`.
-    pub events: Option<Arc<OutputPort<Event>>>,
-    /// The SSH listener, for `drain` (taken and closed by it).
-    pub listener: Option<ListenerSlot>,
+struct Reach {
+    /// The tree's door.
+    tree: SupervisorHandle,
+    /// The daemon.
+    server: Arc<dyn Server>,
 }
-
-/// The SSH listener, shared between the daemon and `drain`.
-pub type ListenerSlot = Arc<tokio::sync::Mutex<Option<crate::ssh::server::SshListener>>>;
 
 /// A running control socket.
 pub struct ControlServer {
@@ -248,8 +231,8 @@ impl ControlServer {
     /// it) with mode 0600 and starts serving.
     pub async fn bind(
         path: &Path,
-        supervisor: ActorRef<SupervisorMsg>,
-        defaults: ControlDefaults,
+        tree: SupervisorHandle,
+        server: Arc<dyn Server>,
     ) -> io::Result<Self> {
         if path.exists() {
             if UnixStream::connect(path).await.is_ok() {
@@ -267,7 +250,7 @@ impl ControlServer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         reserve::open_proc_self();
         let owner = nix::unistd::geteuid().as_raw();
-        let task = tokio::spawn(accept_loop(listener, supervisor, defaults, owner));
+        let task = tokio::spawn(accept_loop(listener, Reach { tree, server }, owner));
         info!(path = %path.display(), "control socket ready");
         Ok(Self {
             path: path.to_path_buf(),
@@ -282,12 +265,7 @@ impl ControlServer {
     }
 }
 
-async fn accept_loop(
-    listener: UnixListener,
-    supervisor: ActorRef<SupervisorMsg>,
-    defaults: ControlDefaults,
-    owner: u32,
-) {
+async fn accept_loop(listener: UnixListener, reach: Reach, owner: u32) {
     // See `reserve`: the operator gets in when nothing else can.
     let spare = Arc::new(reserve::Spare::new());
     let mut released = false;
@@ -301,14 +279,13 @@ async fn accept_loop(
             Ok((stream, _)) => {
                 let uid = stream.peer_cred().map(|c| c.uid()).ok();
                 let span = info_span!("ctl", uid = uid.map(i64::from).unwrap_or(-1));
-                let supervisor = supervisor.clone();
-                let defaults = defaults.clone();
+                let reach = reach.clone();
                 let spare = spare.clone();
                 tokio::spawn(
                     async move {
                         match uid {
                             Some(uid) if uid == owner || uid == 0 => {
-                                serve_client(stream, supervisor, defaults, uid).await
+                                serve_client(stream, reach, uid).await
                             }
                             _ => refuse(stream, owner).await,
                         }
@@ -341,12 +318,7 @@ async fn refuse(mut stream: UnixStream, owner: u32) {
     let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
 }
 
-async fn serve_client(
-    stream: UnixStream,
-    supervisor: ActorRef<SupervisorMsg>,
-    defaults: ControlDefaults,
-    uid: u32,
-) {
+async fn serve_client(stream: UnixStream, reach: Reach, uid: u32) {
     let (read, mut write) = stream.into_split();
     // Each queued response holds its request's permit until it is written, so a client that
     // sends without reading is held back once MAX_IN_FLIGHT answers wait for it.
@@ -411,19 +383,13 @@ async fn serve_client(
                 id,
                 command: Command::Watch,
             }) => {
-                let Some(events) = defaults.events.clone() else {
-                    let _ = tx.send((
-                        Response::err(id, "watch is not available here"),
-                        Some(permit),
-                    ));
-                    continue;
-                };
+                let tree = reach.tree.clone();
                 let tx = tx.clone();
                 watches.spawn(
                     async move {
                         // The permit is held for as long as the watch lasts.
                         let permit = permit;
-                        let mut events = match sshvisor_actors::events::subscribe(&events).await {
+                        let mut events = match tree.subscribe().await {
                             Ok(events) => events,
                             Err(e) => {
                                 let _ = tx.send((
@@ -447,25 +413,23 @@ async fn serve_client(
             }
             Ok(request) => {
                 let tx = tx.clone();
-                let supervisor = supervisor.clone();
-                let defaults = defaults.clone();
+                let reach = reach.clone();
                 requests.spawn(
                     async move {
                         let id = request.id;
                         // A bug in one request must still produce its answer.
-                        let response =
-                            AssertUnwindSafe(execute(request, &supervisor, &defaults, uid))
-                                .catch_unwind()
-                                .await
-                                .unwrap_or_else(|panic| {
-                                    let what = panic
-                                        .downcast_ref::<&str>()
-                                        .map(|s| s.to_string())
-                                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                                        .unwrap_or_default();
-                                    warn!(panic = %what, "control request failed internally");
-                                    Response::err(id, "internal error: see the server log")
-                                });
+                        let response = AssertUnwindSafe(execute(request, &reach, uid))
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|panic| {
+                                let what = panic
+                                    .downcast_ref::<&str>()
+                                    .map(|s| s.to_string())
+                                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                                    .unwrap_or_default();
+                                warn!(panic = %what, "control request failed internally");
+                                Response::err(id, "internal error: see the server log")
+                            });
                         let _ = tx.send((response, Some(permit)));
                     }
                     .in_current_span(),
@@ -551,45 +515,9 @@ pub fn grace_from_str(text: &str) -> Result<Duration, String> {
     Ok(grace)
 }
 
-async fn select(
-    supervisor: &ActorRef<SupervisorMsg>,
-    filter: Filter,
-) -> Result<Vec<ConnectionInfo>, String> {
-    match supervisor
-        .call(
-            |reply| SupervisorMsg::Select { filter, reply },
-            Some(CALL_MARGIN),
-        )
-        .await
-    {
-        Ok(CallResult::Success(all)) => Ok(all),
-        _ => Err("the supervisor did not answer".into()),
-    }
-}
-
-async fn list(supervisor: &ActorRef<SupervisorMsg>) -> Result<Vec<ConnectionInfo>, String> {
-    match supervisor
-        .call(|reply| SupervisorMsg::List { reply }, Some(CALL_MARGIN))
-        .await
-    {
-        Ok(CallResult::Success(all)) => Ok(all),
-        _ => Err("the supervisor did not answer".into()),
-    }
-}
-
-/// Sends a kill of a set of connections and waits for its reports (bounded by the grace).
-async fn kill_set(
-    supervisor: &ActorRef<SupervisorMsg>,
-    grace: Duration,
-    msg: impl FnOnce(ractor::RpcReplyPort<Vec<sshvisor_actors::KillReport>>) -> SupervisorMsg,
-) -> Result<Box<RawValue>, String> {
-    match supervisor
-        .call(msg, Some(grace.saturating_add(CALL_MARGIN * 3)))
-        .await
-    {
-        Ok(CallResult::Success(reports)) => raw(&reports),
-        _ => Err("the supervisor did not answer the kill in time".into()),
-    }
+/// A kill's reports as a response's result.
+fn reports(answer: Result<Vec<KillReport>, HandleError>) -> Result<Box<RawValue>, String> {
+    raw(&answer.map_err(|e| e.to_string())?)
 }
 
 /// Fills in how many live processes each session has (one scan of /proc, off the runtime).
@@ -617,21 +545,9 @@ pub fn resolve(text: &str, all: &[ConnectionInfo]) -> Result<Target, String> {
 
 /// The live connection or session `text` names, asked of the supervisor (a full ID costs a
 /// map lookup, not a listing).
-async fn resolve_live(supervisor: &ActorRef<SupervisorMsg>, text: &str) -> Result<Target, String> {
-    let text = text.to_string();
-    match supervisor
-        .call(
-            |reply| SupervisorMsg::Resolve {
-                text: text.clone(),
-                reply,
-            },
-            Some(CALL_MARGIN),
-        )
-        .await
-    {
-        Ok(CallResult::Success(found)) => explain(&text, found),
-        _ => Err("the supervisor did not answer in time".into()),
-    }
+async fn resolve_live(tree: &SupervisorHandle, text: &str) -> Result<Target, String> {
+    let found = tree.resolve(text).await.map_err(|e| e.to_string())?;
+    explain(text, found)
 }
 
 fn explain(text: &str, found: PrefixMatch<Target>) -> Result<Target, String> {
@@ -652,13 +568,10 @@ fn explain(text: &str, found: PrefixMatch<Target>) -> Result<Target, String> {
 
 /// What a kill of `text` would end, killing nothing: the connection it names, or for a
 /// session its connection with only that session listed.
-async fn would_kill(
-    supervisor: &ActorRef<SupervisorMsg>,
-    text: &str,
-) -> Result<ConnectionInfo, String> {
-    let target = resolve_live(supervisor, text).await?;
+async fn would_kill(tree: &SupervisorHandle, text: &str) -> Result<ConnectionInfo, String> {
+    let target = resolve_live(tree, text).await?;
     let gone = || format!("{target} ended meanwhile");
-    let all = list(supervisor).await?;
+    let all = tree.list().await.map_err(|e| e.to_string())?;
     match target {
         Target::Connection(conn) => all.into_iter().find(|c| c.id == conn).ok_or_else(gone),
         Target::Session(session) => {
@@ -675,7 +588,7 @@ async fn would_kill(
 /// Kills the connection or session that `text` names (a full ID or a unique prefix) and waits
 /// for its report.
 async fn kill_text(
-    supervisor: &ActorRef<SupervisorMsg>,
+    tree: &SupervisorHandle,
     text: &str,
     reason: &str,
     grace: Duration,
@@ -684,20 +597,20 @@ async fn kill_text(
     // A full ID is most often a connection's: it is tried as one straight away, which saves a
     // round trip to the supervisor; a session's ID and anything else are resolved first.
     let tried = match text.parse::<ConnId>() {
-        Ok(conn) => match kill_one(supervisor, Target::Connection(conn), reason, grace, by).await {
-            Err(Some(KillError::NotFound(_))) => None,
-            answer => Some((Target::Connection(conn), answer)),
-        },
+        Ok(conn) => {
+            let target = Target::Connection(conn);
+            match tree.kill(target, reason, grace, by.clone()).await {
+                Err(HandleError::NotFound(_)) => None,
+                answer => Some((target, answer)),
+            }
+        }
         Err(_) => None,
     };
     let (target, answer) = match tried {
         Some(tried) => tried,
         None => {
-            let target = resolve_live(supervisor, text).await?;
-            (
-                target,
-                kill_one(supervisor, target, reason, grace, by).await,
-            )
+            let target = resolve_live(tree, text).await?;
+            (target, tree.kill(target, reason, grace, by.clone()).await)
         }
     };
     match answer {
@@ -705,36 +618,10 @@ async fn kill_text(
             info!(%target, forced = report.forced, elapsed_ms = report.elapsed.as_secs_f64() * 1e3, "audit: kill done");
             raw(&report)
         }
-        Err(Some(KillError::NotFound(target))) => {
+        Err(HandleError::NotFound(target)) => {
             Err(format!("{target} ended before the kill reached it"))
         }
-        Err(None) => Err("the supervisor did not answer the kill in time".into()),
-    }
-}
-
-/// Kills `target` and waits for its report; `None` when the supervisor did not answer in time.
-async fn kill_one(
-    supervisor: &ActorRef<SupervisorMsg>,
-    target: Target,
-    reason: &str,
-    grace: Duration,
-    by: &Option<String>,
-) -> Result<KillReport, Option<KillError>> {
-    let answer = supervisor
-        .call(
-            |reply| SupervisorMsg::Kill {
-                target,
-                reason: reason.to_string(),
-                grace,
-                by: by.clone(),
-                reply,
-            },
-            Some(grace.saturating_add(CALL_MARGIN)),
-        )
-        .await;
-    match answer {
-        Ok(CallResult::Success(answer)) => answer.map_err(Some),
-        _ => Err(None),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -744,54 +631,38 @@ fn raw(result: &impl Serialize) -> Result<Box<RawValue>, String> {
         .map_err(|e| format!("internal error: cannot encode the result: {e}"))
 }
 
-async fn execute(
-    request: Request,
-    supervisor: &ActorRef<SupervisorMsg>,
-    defaults: &ControlDefaults,
-    uid: u32,
-) -> Response {
+async fn execute(request: Request, reach: &Reach, uid: u32) -> Response {
     let id = request.id;
-    let result = run(request.command, supervisor, defaults, uid).await;
+    let result = run(request.command, reach, uid).await;
     match result {
         Ok(value) => Response::ok(id, value),
         Err(error) => Response::err(id, error),
     }
 }
 
-async fn run(
-    command: Command,
-    supervisor: &ActorRef<SupervisorMsg>,
-    defaults: &ControlDefaults,
-    uid: u32,
-) -> Result<Box<RawValue>, String> {
+async fn run(command: Command, reach: &Reach, uid: u32) -> Result<Box<RawValue>, String> {
     let by = Some(format!("uid {uid} via ctl"));
+    let tree = &reach.tree;
+    let kill_grace = reach.server.kill_grace();
+    let select = |filter| async { tree.select(filter).await.map_err(|e| e.to_string()) };
     match command {
-        Command::Ls { filter } => {
-            raw(&with_process_counts(select(supervisor, filter).await?).await)
-        }
+        Command::Ls { filter } => raw(&with_process_counts(select(filter).await?).await),
         Command::KillWhere {
             filter,
             reason,
             grace,
             dry_run,
         } => {
-            let grace = parse_grace(grace.as_deref(), defaults.kill_grace.get())?;
+            let grace = parse_grace(grace.as_deref(), kill_grace)?;
             if dry_run {
-                return raw(&select(supervisor, filter).await?);
+                return raw(&select(filter).await?);
             }
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
             info!(?filter, reason = %reason, by = by.as_deref(), "audit: kill by filter requested");
-            kill_set(supervisor, grace, |reply| SupervisorMsg::KillWhere {
-                filter,
-                reason,
-                grace,
-                by,
-                reply,
-            })
-            .await
+            reports(tree.kill_where(filter, reason, grace, by).await)
         }
         Command::Show { target } => {
-            let all = list(supervisor).await?;
+            let all = tree.list().await.map_err(|e| e.to_string())?;
             let conn = match resolve(&target, &all)? {
                 Target::Connection(conn) => conn,
                 Target::Session(session) => all
@@ -807,17 +678,17 @@ async fn run(
             target,
             dry_run: true,
             ..
-        } => raw(&would_kill(supervisor, target.trim()).await?),
+        } => raw(&would_kill(tree, target.trim()).await?),
         Command::Kill {
             target,
             reason,
             grace,
             dry_run: false,
         } => {
-            let grace = parse_grace(grace.as_deref(), defaults.kill_grace.get())?;
+            let grace = parse_grace(grace.as_deref(), kill_grace)?;
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
             info!(target = ?target.trim(), reason = ?reason, by = by.as_deref(), "audit: kill requested");
-            let result = kill_text(supervisor, target.trim(), &reason, grace, &by).await;
+            let result = kill_text(tree, target.trim(), &reason, grace, &by).await;
             if let Err(e) = &result {
                 info!(target = ?target.trim(), error = %e, "audit: kill not done");
             }
@@ -825,20 +696,12 @@ async fn run(
         }
         Command::Watch => Err("watch streams on its own connection".into()),
         Command::Stats => {
-            let tree = supervisor
-                .call(|reply| SupervisorMsg::Stats { reply }, Some(CALL_MARGIN))
-                .await;
-            let Ok(CallResult::Success(tree)) = tree else {
-                return Err("the supervisor did not answer in time".into());
-            };
+            let tree = tree.stats().await.map_err(|e| e.to_string())?;
             raw(&json!({ "tree": tree, "process": process_stats() }))
         }
         Command::Reload => {
             info!(by = by.as_deref(), "audit: reload requested");
-            let Some(reload) = &defaults.reload else {
-                return Err("this server has no configuration to reload".into());
-            };
-            match reload().await {
+            match reach.server.reload().await {
                 Ok(changes) => {
                     info!(by = by.as_deref(), changes = %changes, "audit: reload done");
                     raw(&json!({ "changes": changes }))
@@ -850,32 +713,15 @@ async fn run(
             }
         }
         Command::Drain { grace } => {
-            let grace = parse_grace(grace.as_deref(), defaults.kill_grace.get())?;
+            let grace = parse_grace(grace.as_deref(), kill_grace)?;
             info!(by = by.as_deref(), "audit: drain requested");
-            if let Some(slot) = &defaults.listener {
-                if let Some(listener) = slot.lock().await.take() {
-                    listener.stop_accepting().await;
-                }
-            }
-            kill_set(supervisor, grace, |reply| SupervisorMsg::KillAll {
-                reason: "the server is shutting down".into(),
-                grace,
-                by,
-                reply,
-            })
-            .await
+            reports(reach.server.drain(grace, by).await)
         }
         Command::KillAll { reason, grace } => {
-            let grace = parse_grace(grace.as_deref(), defaults.kill_grace.get())?;
+            let grace = parse_grace(grace.as_deref(), kill_grace)?;
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
             info!(reason = %reason, by = by.as_deref(), "audit: kill all requested");
-            kill_set(supervisor, grace, |reply| SupervisorMsg::KillAll {
-                reason,
-                grace,
-                by,
-                reply,
-            })
-            .await
+            reports(tree.kill_all(reason, grace, by).await)
         }
     }
 }

@@ -16,12 +16,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use ractor::rpc::CallResult;
 use ractor::ActorRef;
 use russh::keys::PrivateKey;
 use russh::server::Config;
 use russh::MethodKind;
-use sshvisor_actors::{ConnectionMsg, SupervisorMsg, TransportEnd};
+use sshvisor_actors::{ConnectionMsg, HandleError, SupervisorHandle, SupervisorMsg, TransportEnd};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -198,18 +197,12 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
     // lives as long as the connection bigger. No timer on it (see `handler`'s docs for what one
     // costs): the supervisor answers every admission, at once, and if it is gone the reply port
     // is dropped with its mailbox, which ends the wait.
-    let admitted = Box::pin(shared.supervisor.call(
-        |reply| SupervisorMsg::Connect {
-            peer,
-            link: Box::new(link),
-            reply,
-        },
-        None,
-    ))
-    .await;
+    let admitted =
+        Box::pin(SupervisorHandle::attach(shared.supervisor.clone()).connect(peer, Box::new(link)))
+            .await;
     let (conn_id, conn) = match admitted {
-        Ok(CallResult::Success(Ok(admitted))) => admitted,
-        Ok(CallResult::Success(Err(refusal))) => {
+        Ok(admitted) => admitted,
+        Err(HandleError::Refused(refusal)) => {
             warn!(%peer, reason = %refusal, "connection refused");
             let Some(_slot) = RefusalSlot::take(&shared.refusing) else {
                 // A flood of refused clients must not hold the server's descriptors: past the
@@ -221,7 +214,7 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
             Box::pin(refuse(live.config.clone(), socket, refusal.to_string())).await;
             return;
         }
-        Ok(_) | Err(_) => {
+        Err(_) => {
             warn!(%peer, "connection dropped: the supervisor is gone");
             return;
         }

@@ -39,7 +39,6 @@ impl TestServer {
             listen: "127.0.0.1:0".parse().unwrap(),
             state_dir: dir.path().join("state"),
             authorized_keys: None,
-            kill_grace: Duration::from_secs(5),
             // The test process spawns ssh and ctl itself: their exit status is not ours to take.
             reap_orphans: false,
             ..DaemonOptions::default()

@@ -1,0 +1,204 @@
+//! The command line's definitions (clap): `serve` and its flags, `ctl` and its subcommands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::daemon::config::{Config, DEFAULT_STATE_DIR};
+use crate::daemon::{ConfigSource, DaemonOptions};
+
+/// An SSH server in which every connection and session is a supervised actor.
+#[derive(Parser)]
+#[command(version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Cmd,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    /// Run the server (127.0.0.1:2222, state in ./.sshvisor by default).
+    Serve(ServeArgs),
+    /// Inspect and control a running server through its control socket.
+    Ctl {
+        /// The state directory of the server to talk to.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[command(subcommand)]
+        command: CtlCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CtlCmd {
+    /// List live connections and their sessions.
+    Ls {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop accepting (the port is released), kill every connection, return once all are gone.
+    Drain {
+        /// How long sessions get to end politely before they are forced (humantime)
+        /// [default: the server's kill grace, `--kill-grace` or `kill_grace` in its config].
+        #[arg(long, value_parser = crate::daemon::control::grace_from_str)]
+        grace: Option<Duration>,
+        /// Print the reports as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the server's configuration file (as SIGHUP does): new limits and timeouts apply
+    /// to new connections at once and to live ones where that makes sense; nothing live is
+    /// dropped. A bad file changes nothing and the error says why.
+    Reload,
+    /// How big the server is: connections and sessions in the map, live actors, waiting
+    /// kills, and the process's memory (PSS), open descriptors and threads.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream lifecycle events as they happen (Ctrl-C to stop).
+    Watch {
+        /// One JSON object per event.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one connection (by its ID, a session's ID, or a unique prefix).
+    Show {
+        /// The ID or a unique prefix.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kill connections or sessions (full IDs or unique prefixes), or every connection a filter
+    /// selects (--user, --peer, --older-than, --idle-over combine with AND; --all for every
+    /// connection); returns once they are gone. IDs and filters do not mix.
+    Kill {
+        /// IDs or unique prefixes of connections or sessions.
+        ids: Vec<String>,
+        /// Kill every connection (with filters: every connection they select).
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// List what would be killed (with IDs, filters or --all), kill nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Shown to the client that is cut off.
+        #[arg(long)]
+        reason: Option<String>,
+        /// How long sessions get to end politely before they are forced (humantime)
+        /// [default: the server's kill grace, `--kill-grace` or `kill_grace` in its config].
+        #[arg(long, value_parser = crate::daemon::control::grace_from_str)]
+        grace: Option<Duration>,
+        /// Print each report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `serve`'s flags: they override the configuration file, also on reload.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct ServeArgs {
+    /// Configuration file (TOML; see docs/OPERATIONS.md). Flags override it. Re-read on
+    /// SIGHUP and `sshvisor ctl reload`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on for SSH [default: 127.0.0.1:2222].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory for the host key, the control socket and generated keys [default: .sshvisor].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// OpenSSH authorized_keys file; without it a client key is generated and authorized.
+    #[arg(long)]
+    authorized_keys: Option<PathBuf>,
+    /// Grace of kills that name none, and of the shutdown (humantime: 5s, 500ms) [default: 5s].
+    #[arg(long, value_parser = crate::daemon::control::grace_from_str)]
+    kill_grace: Option<Duration>,
+    /// Also accept this client environment variable (besides LANG, LC_*, TERM); repeatable.
+    #[arg(long = "accept-env", value_name = "NAME")]
+    accept_env: Vec<String>,
+    /// Run this sftp-server binary for the sftp subsystem instead of the in-process one.
+    #[arg(long, value_name = "PATH")]
+    sftp_server: Option<PathBuf>,
+    /// How each session's processes are kept together: auto, cgroup, reaper, process-group
+    /// [default: auto: a cgroup per session where the server may make one, else a reaper].
+    #[arg(long, value_parser = clap::value_parser!(crate::session::containment::ContainmentChoice))]
+    containment: Option<crate::session::containment::ContainmentChoice>,
+    /// PATH for sessions [default: /usr/local/bin:/usr/bin:/bin, plus the sbin directories
+    /// for root].
+    #[arg(long, value_name = "PATH")]
+    session_path: Option<String>,
+}
+
+impl ServeArgs {
+    /// The configuration file (when given) read now, with the flags over it.
+    pub(crate) fn options(&self) -> Result<DaemonOptions, String> {
+        let file = match &self.config {
+            Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+            None => Config::default(),
+        };
+        let flags = self.clone();
+        let mut options = DaemonOptions::from(file);
+        if let Some(listen) = self.listen {
+            options.listen = listen;
+        }
+        if let Some(dir) = &self.state_dir {
+            options.state_dir = dir.clone();
+        }
+        if let Some(path) = &self.authorized_keys {
+            options.authorized_keys = Some(path.clone());
+        }
+        if let Some(grace) = self.kill_grace {
+            options.timeouts.kill_grace = grace;
+        }
+        options.accept_env.extend(self.accept_env.iter().cloned());
+        if let Some(path) = &self.sftp_server {
+            options.sftp_server = Some(path.clone());
+        }
+        if let Some(containment) = self.containment {
+            options.containment = containment;
+        }
+        if let Some(path) = &self.session_path {
+            options.session_path = Some(path.clone());
+        }
+        options.reload_from = Some(ConfigSource(Arc::new(move || flags.options())));
+        Ok(options)
+    }
+}
+
+/// Selecting connections by user, peer and age.
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct FilterArgs {
+    /// Connections of this user.
+    #[arg(long)]
+    user: Option<String>,
+    /// Connections from this address or network (CIDR: 10.0.0.0/8).
+    #[arg(long, value_parser = |s: &str| s.parse::<crate::actors::PeerNet>())]
+    peer: Option<crate::actors::PeerNet>,
+    /// Connections older than this (humantime: 10m, 1h 30m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    older_than: Option<Duration>,
+    /// Connections with no channel data either way for longer than this (humantime).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    idle_over: Option<Duration>,
+}
+
+impl FilterArgs {
+    pub(crate) fn filter(&self) -> crate::actors::Filter {
+        crate::actors::Filter {
+            user: self.user.clone(),
+            peer: self.peer,
+            older_than: self.older_than,
+            idle_over: self.idle_over,
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! What `sshvisor ctl` prints for people: the `ls` table, one connection in detail, kill
+//! reports, events and stats; and the one way every command prints its kill reports (a line
+//! each, or JSON lines with `--json`).
+
+use std::time::{Duration, SystemTime};
+
+use sshvisor_actors::{ConnectionInfo, KillReport, Target};
+
+/// Prints kill reports as they are printed everywhere in `ctl`: one line each for people, one
+/// JSON object per line with `json`.
+pub fn reports(reports: &[KillReport], json: bool) -> serde_json::Result<()> {
+    for report in reports {
+        if json {
+            println!("{}", serde_json::to_string(report)?);
+        } else {
+            println!("{}", format_report(report));
+        }
+    }
+    Ok(())
+}
+
+fn age(since: SystemTime) -> String {
+    let secs = SystemTime::now()
+        .duration_since(since)
+        .unwrap_or_default()
+        .as_secs();
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// A byte count for people: 512B, 3.2K, 14M, 2.1G.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["K", "M", "G", "T"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let mut value = n as f64;
+    for unit in UNITS {
+        value /= 1024.0;
+        if value < 1024.0 || unit == "T" {
+            return if value < 10.0 {
+                format!("{value:.1}{unit}")
+            } else {
+                format!("{value:.0}{unit}")
+            };
+        }
+    }
+    format!("{n}B")
+}
+
+fn or_dash(text: Option<&str>) -> &str {
+    match text {
+        Some(t) if !t.is_empty() => t,
+        _ => "-",
+    }
+}
+
+/// The `ls` table: one row per connection, its sessions indented beneath it.
+pub fn format_table(all: &[ConnectionInfo]) -> String {
+    let mut rows: Vec<[String; 8]> = vec![[
+        "ID".into(),
+        "USER".into(),
+        "PEER".into(),
+        "AGE".into(),
+        "STATE".into(),
+        "IDLE".into(),
+        "IN/OUT".into(),
+        "SESSIONS".into(),
+    ]];
+    for c in all {
+        rows.push([
+            c.id.to_string(),
+            or_dash(c.user.as_deref()).to_string(),
+            c.peer.to_string(),
+            age(c.started),
+            format!("{:?}", c.state).to_lowercase(),
+            c.idle_ms
+                .map(|ms| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string())
+                .unwrap_or_else(|| "-".into()),
+            match (c.bytes_in, c.bytes_out) {
+                (Some(i), Some(o)) => format!("{}/{}", bytes(i), bytes(o)),
+                _ => "-".into(),
+            },
+            c.sessions.len().to_string(),
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths.iter())
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+        if i > 0 {
+            for s in &all[i - 1].sessions {
+                let kind = format!("{:?}", s.kind).to_lowercase();
+                let what = match &s.command {
+                    Some(cmd) => format!("{kind} {cmd}"),
+                    None => kind,
+                };
+                let pty = match &s.pty {
+                    Some(p) => format!("pty {}x{}", p.cols, p.rows),
+                    None => "no pty".into(),
+                };
+                let procs = s
+                    .processes
+                    .map(|n| format!("{n} proc{}", if n == 1 { "" } else { "s" }))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "  └ {}  {}  {}  {}  {}\n",
+                    s.id,
+                    age(s.started),
+                    what,
+                    pty,
+                    procs
+                ));
+            }
+        }
+    }
+    if all.is_empty() {
+        out.push_str("(no connections)\n");
+    }
+    out
+}
+
+/// One connection in detail.
+pub fn format_show(c: &ConnectionInfo) -> String {
+    let mut out = format!(
+        "connection {}\n  user:     {}\n  peer:     {}\n  client:   {}\n  auth:     {}\n  started:  {} ({} ago)\n  state:    {}\n  sessions: {}\n",
+        c.id,
+        or_dash(c.user.as_deref()),
+        c.peer,
+        or_dash(c.client_version.as_deref()),
+        or_dash(c.auth_method.as_deref()),
+        humantime::format_rfc3339_seconds(c.started),
+        age(c.started),
+        format!("{:?}", c.state).to_lowercase(),
+        c.sessions.len()
+    );
+    for s in &c.sessions {
+        let pty = match &s.pty {
+            Some(p) => format!("pty {} {}x{}", p.term, p.cols, p.rows),
+            None => "no pty".into(),
+        };
+        out.push_str(&format!(
+            "    {}  {:?}  {}  {}  {} processes  started {} ago\n",
+            s.id,
+            s.kind,
+            or_dash(s.command.as_deref()),
+            pty,
+            s.processes.unwrap_or(0),
+            age(s.started)
+        ));
+    }
+    out
+}
+
+/// One kill report as a sentence.
+pub fn format_report(report: &KillReport) -> String {
+    let what = match report.target {
+        Target::Connection(id) => format!(
+            "killed connection {id} ({} session{} closed)",
+            report.sessions_closed,
+            if report.sessions_closed == 1 { "" } else { "s" }
+        ),
+        Target::Session(id) => format!("killed session {id}"),
+    };
+    let left = match report.processes_left {
+        0 => String::new(),
+        n => format!(
+            "; {n} process{} still running",
+            if n == 1 { "" } else { "es" }
+        ),
+    };
+    format!(
+        "{what} in {:.1} ms{}{left}",
+        report.elapsed.as_secs_f64() * 1e3,
+        if report.forced {
+            " (forced: the grace ran out)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// One lifecycle event as a line for people: time, what, which connection, details.
+pub fn format_event(event: &sshvisor_actors::Event) -> String {
+    use sshvisor_actors::{DisconnectCause, Event};
+    let now = humantime::format_rfc3339_millis(SystemTime::now());
+    let what = match event {
+        Event::Connected { conn, peer } => format!("connected      {conn}  from {peer}"),
+        Event::Authenticated { conn, user, method } => {
+            format!("authenticated  {conn}  user {user} ({method})")
+        }
+        Event::SessionOpened { conn, session } => format!("session opened {conn}  {session}"),
+        Event::SessionStarted {
+            conn,
+            session,
+            kind,
+            command,
+        } => format!(
+            "session start  {conn}  {session}  {}{}",
+            format!("{kind:?}").to_lowercase(),
+            command
+                .as_deref()
+                .map(|c| format!(" {c}"))
+                .unwrap_or_default()
+        ),
+        Event::SessionClosed {
+            conn,
+            session,
+            exit,
+            killed,
+        } => format!(
+            "session closed {conn}  {session}  {exit:?}{}",
+            killed
+                .as_deref()
+                .map(|r| format!(" (killed: {r})"))
+                .unwrap_or_default()
+        ),
+        Event::Refused { peer, reason } => format!("refused        {peer}  {reason}"),
+        Event::Disconnected { conn, cause } => {
+            let cause = match cause {
+                DisconnectCause::ByClient => "by the client".to_string(),
+                DisconnectCause::Killed { reason, by } => format!(
+                    "killed: {reason}{}",
+                    by.as_deref()
+                        .map(|b| format!(" (by {b})"))
+                        .unwrap_or_default()
+                ),
+                DisconnectCause::Error { message } => format!("error: {message}"),
+            };
+            format!("disconnected   {conn}  {cause}")
+        }
+    };
+    format!("{now}  {what}")
+}
+
+/// `ctl stats` as lines for a person.
+pub fn format_stats(value: &serde_json::Value) -> String {
+    let n = |v: &serde_json::Value| v.as_u64().map_or("?".to_string(), |n| n.to_string());
+    let (tree, process) = (&value["tree"], &value["process"]);
+    format!(
+        "connections {} (actors {})\nsessions    {} (actors {})\nwaiting kills {}\nmemory      PSS {} KiB, RSS {} KiB\nopen fds    {}\nthreads     {}\nprocesses   contained by {}{}\n",
+        n(&tree["connections"]),
+        n(&tree["connection_actors"]),
+        n(&tree["sessions"]),
+        n(&tree["session_actors"]),
+        n(&tree["waiting_kills"]),
+        n(&process["pss_kib"]),
+        n(&process["rss_kib"]),
+        n(&process["open_fds"]),
+        n(&process["threads"]),
+        process["containment"].as_str().unwrap_or("?"),
+        process["containment_location"]
+            .as_str()
+            .map(|at| format!(" ({at})"))
+            .unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_says_when_processes_were_left_and_is_quiet_otherwise() {
+        let mut report = KillReport {
+            target: Target::Connection(sshvisor_actors::ConnId::new_random()),
+            sessions_closed: 1,
+            elapsed: std::time::Duration::from_millis(3),
+            forced: true,
+            processes_left: 0,
+        };
+        let text = format_report(&report);
+        assert!(
+            text.contains("(1 session closed) in 3.0 ms (forced"),
+            "{text}"
+        );
+        assert!(!text.contains("still running"), "{text}");
+        report.processes_left = 2;
+        assert!(format_report(&report).ends_with("; 2 processes still running"));
+    }
+}

@@ -1,0 +1,62 @@
+//! `sshvisor serve`: logging, the open files limit, the daemon, and its signals (SIGHUP
+//! reloads; SIGINT or SIGTERM drains and exits; a second one exits at once).
+
+use std::process::ExitCode;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::daemon::{Daemon, DaemonOptions};
+
+pub(crate) async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,russh=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match crate::daemon::raise_open_files_limit() {
+        Ok((before, after)) => tracing::info!(
+            before,
+            limit = after,
+            "open files limit (RLIMIT_NOFILE): the soft limit is raised to the hard one"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit (RLIMIT_NOFILE)"),
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let daemon = Daemon::start(options).await?;
+    println!("sshvisor listening on {}", daemon.ssh_addr());
+    if let Some(hint) = daemon.connect_hint() {
+        println!(
+            "No --authorized-keys given: a client key was generated and authorized. Connect with:"
+        );
+        println!("  {hint}");
+    }
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match daemon.reload().await {
+                Ok(changes) => tracing::info!(changes = %changes, "SIGHUP: configuration reloaded"),
+                Err(why) => tracing::warn!(error = %why, "SIGHUP: reload refused; the old configuration stays in force"),
+            },
+        }
+    }
+    tracing::info!("signal received: shutting down (a second signal forces)");
+    let shutdown = daemon.shutdown(None);
+    tokio::select! {
+        reports = shutdown => {
+            tracing::info!(connections = reports.len(), "all connections closed; bye");
+            Ok(ExitCode::SUCCESS)
+        }
+        _ = term.recv() => forced_exit(),
+        _ = int.recv() => forced_exit(),
+    }
+}
+
+fn forced_exit() -> anyhow::Result<ExitCode> {
+    tracing::warn!("second signal: exiting at once");
+    Ok(ExitCode::from(130))
+}
