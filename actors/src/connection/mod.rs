@@ -20,25 +20,23 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument, Span};
 
+use crate::idle::IdleClock;
 use crate::ids::{ConnId, SessionId};
 use crate::link::{ConnectionLink, EndScope, SessionLink, TransportEnd};
-use crate::report::{DisconnectCause, SessionExit};
-use crate::session::{SessionActor, SessionArgs, SessionMsg, SessionState};
-use crate::supervisor::{Notice, SupervisorMsg};
-use crate::{IdleClock, Policy};
+use crate::notice::{ConnOutcome, NoticeKind, Parent};
+use crate::report::SessionExit;
+use crate::session::{SessionActor, SessionArgs, SessionMsg, SessionOutcome, SessionState};
+use crate::timers::Timers;
+use crate::Policy;
 
-/// After the grace runs out, how long the disconnect message gets to leave before the transport
-/// is cut.
-pub const CUT_DELAY: Duration = Duration::from_millis(100);
+mod phase;
 
-/// After the grace runs out, how long the subtree may take to wind down before the remaining
-/// children are killed outright and the connection actor stops anyway.
-pub const GIVE_UP_MARGIN: Duration = Duration::from_millis(1500);
+use phase::{Action, Input, Phase, Timed};
+pub use phase::{CUT_DELAY, GIVE_UP_MARGIN};
 
 /// The connection actor. Spawned by `SupervisorActor` only.
 pub struct ConnectionActor;
@@ -52,14 +50,19 @@ pub struct ConnectionArgs {
     /// The transport.
     pub link: Box<dyn ConnectionLink>,
     /// Its supervisor, for notices.
-    pub supervisor: ActorRef<SupervisorMsg>,
+    pub(crate) supervisor: Parent,
     /// The policy in force when it was admitted.
     pub policy: Policy,
 }
 
 /// Messages a connection actor handles.
+///
+/// Who sends what: `Authenticated`, `OpenSession` and `TransportClosed` come from the binding
+/// (the code that runs the transport); `Kill`, `KillSession` and `SetPolicy` from the
+/// supervisor (an embedding program asks the supervisor, which keeps the map right);
+/// `Internal` only from the tree itself.
 pub enum ConnectionMsg {
-    /// (from the binding) The client authenticated.
+    /// Sent by the binding: the client authenticated.
     Authenticated {
         /// The user name it authenticated as.
         user: String,
@@ -72,19 +75,19 @@ pub enum ConnectionMsg {
         /// killed with that reason either way.
         verdict: Option<RpcReplyPort<Result<(), String>>>,
     },
-    /// (from the binding) The client opened a session channel: spawn its session actor.
+    /// Sent by the binding: the client opened a session channel; spawn its session actor.
     OpenSession {
         /// The channel and the work behind it.
         link: Box<dyn SessionLink>,
         /// The new session's ID and actor, or a refusal text fit for the client.
         reply: RpcReplyPort<Result<(SessionId, ActorRef<SessionMsg>), String>>,
     },
-    /// (from the binding) The transport has ended.
+    /// Sent by the binding: the transport has ended.
     TransportClosed {
         /// How it ended.
         end: TransportEnd,
     },
-    /// (from the supervisor) End this connection and everything under it.
+    /// Sent by the supervisor: end this connection and everything under it.
     Kill {
         /// Shown to the client in the disconnect message.
         reason: String,
@@ -92,12 +95,11 @@ pub enum ConnectionMsg {
         grace: Duration,
         /// Who asked, when known.
         by: Option<String>,
-        /// The sender sends [`GraceElapsed`](Self::GraceElapsed) when the grace runs out (a
-        /// kill of many connections arms one timer, not one per connection); otherwise the
-        /// actor arms its own.
+        /// The sender tells the connection when the grace runs out (a kill of many connections
+        /// arms one timer, not one per connection); otherwise the actor arms its own.
         timed_by_sender: bool,
     },
-    /// (from the supervisor) End one session of this connection.
+    /// Sent by the supervisor: end one session of this connection.
     KillSession {
         /// The session.
         session: SessionId,
@@ -106,110 +108,154 @@ pub enum ConnectionMsg {
         /// How long the polite end may take before it is forced.
         grace: Duration,
     },
-    /// (from the supervisor, which times every login with one timer) The login grace ran out.
-    LoginGraceElapsed,
-    /// The connection's maximum lifetime ran out.
-    LifetimeElapsed,
-    /// Time to check whether the connection has been idle too long (`generation` tells a check
-    /// armed under an older idle limit, which is ignored).
-    IdleCheck {
-        /// The idle limit's generation the check was armed under.
-        generation: u64,
-    },
-    /// A new policy (a configuration reload). What makes sense for a live connection applies
-    /// from now on: the kill grace, the session limit, and the idle timeouts (idle time counted
+    /// Sent by the supervisor: a new policy (a configuration reload). What makes sense for a
+    /// live connection applies from now on: the kill grace, the session limit, and the idle timeouts (idle time counted
     /// from now at the earliest, so a reload never ends a connection at once). The login grace
     /// and the lifetime stay as they were when the connection was admitted.
     SetPolicy(Policy),
-    /// The kill's grace ran out (passed on to every session: a connection's end is timed
-    /// here, not by each session).
+    /// Sent by the tree itself only (the supervisor's login and kill timers, this actor's own
+    /// timers): an [`Internal`] cannot be built outside this crate.
+    Internal(Internal),
+}
+
+/// A message the tree sends a connection actor itself. Opaque: only this crate builds one.
+pub struct Internal(pub(crate) Tick);
+
+/// What an [`Internal`] says.
+pub(crate) enum Tick {
+    /// (supervisor, which times every login with one timer) The login grace ran out.
+    LoginGraceElapsed,
+    /// (own timer) The connection's maximum lifetime ran out.
+    LifetimeElapsed,
+    /// (own timer) Time to check whether the connection has been idle too long; a check armed
+    /// under an older idle limit (an older `generation`) is ignored.
+    IdleCheck { generation: u64 },
+    /// (supervisor for a kill group, or own timer) The kill's grace ran out; passed on to every
+    /// session: a connection's end is timed here, not by each session.
     GraceElapsed,
-    /// Cut the transport if it is still up.
+    /// (own timer) Cut the transport if it is still up.
     Cut,
-    /// The subtree did not wind down after the force: kill what is left and stop.
+    /// (own timer) The subtree did not wind down after the force: kill what is left and stop.
     GiveUp,
 }
 
-/// How a connection ended, read by the supervisor from the final state.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnOutcome {
-    pub(crate) cause: DisconnectCause,
-    pub(crate) sessions_closed: usize,
-    pub(crate) forced: bool,
-    pub(crate) processes_left: usize,
+impl ConnectionMsg {
+    /// The internal message `tick`.
+    pub(crate) fn tick(tick: Tick) -> Self {
+        ConnectionMsg::Internal(Internal(tick))
+    }
 }
 
-struct Killing {
-    reason: String,
-    by: Option<String>,
-    disconnect_sent: bool,
-    /// The client had already left when the kill came: it is the cause, not the kill.
-    client_left_first: bool,
-    /// When the grace of the most pressing kill runs out.
-    deadline: Instant,
-}
-
-/// The actor's private state; the supervisor reads `outcome` from it once the actor has stopped.
+/// The actor's private state; the supervisor reads its outcome once the actor has stopped.
 pub struct ConnectionState {
     id: ConnId,
+    /// The transport.
     link: Box<dyn ConnectionLink>,
-    supervisor: ActorRef<SupervisorMsg>,
+    /// Where notices go.
+    supervisor: Parent,
+    /// The policy in force; a reload changes what makes sense for a live connection.
     policy: Policy,
     span: Span,
+    /// Its live sessions, by actor.
     sessions: HashMap<ActorId, (SessionId, ActorRef<SessionMsg>)>,
-    transport: Option<TransportEnd>,
-    killing: Option<Killing>,
-    closing: bool,
-    grace_ran_out: bool,
-    giving_up: bool,
-    authenticated: bool,
-    sessions_closed: usize,
+    /// Where it is in its life; changed only by [`Phase::step`].
+    phase: Phase,
     /// Processes its sessions reported left running at their end (summed).
     processes_left: usize,
-    forced: bool,
-    timers: Vec<JoinHandle<()>>,
+    timers: Timers,
     idle_clock: IdleClock,
-    pub(crate) outcome: Option<ConnOutcome>,
 }
 
 impl ConnectionState {
-    fn after(
-        &mut self,
-        myself: &ActorRef<ConnectionMsg>,
-        delay: Duration,
-        msg: impl FnOnce() -> ConnectionMsg + Send + 'static,
-    ) {
-        let target = myself.clone();
-        self.timers.retain(|t| !t.is_finished());
-        self.timers.push(ractor::concurrency::spawn(async move {
-            ractor::concurrency::sleep(delay).await;
-            let _ = target.cast(msg());
-        }));
+    /// How the connection ended, once it has.
+    pub(crate) fn outcome(&self) -> Option<ConnOutcome> {
+        self.phase.ended().map(|ended| ConnOutcome {
+            cause: ended.cause.clone(),
+            sessions_closed: ended.sessions_closed,
+            forced: ended.forced,
+            processes_left: self.processes_left,
+        })
     }
 
-    /// Arms the idle check for `delay` from now under the current limit.
-    fn arm_idle_check(&mut self, myself: &ActorRef<ConnectionMsg>, delay: Duration) {
-        let generation = self.idle_clock.generation();
-        self.after(myself, delay, move || ConnectionMsg::IdleCheck {
-            generation,
-        });
-    }
-
-    /// Asks every session to end within `grace`.
-    fn end_sessions(&self, reason: Option<&str>, grace: Duration) {
-        for (_, session) in self.sessions.values() {
-            let _ = session.cast(SessionMsg::Terminate {
-                reason: reason.map(str::to_string),
-                grace,
-                scope: EndScope::Connection,
-            });
+    /// Moves the phase on by `input` and does what the transition says.
+    fn step(&mut self, myself: &ActorRef<ConnectionMsg>, input: Input) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Handshaking);
+        let (phase, actions) = phase.step(input, self.sessions.len());
+        self.phase = phase;
+        for action in actions {
+            self.act(myself, action);
         }
     }
 
-    /// Starts the kill sequence (see the module docs). A later kill whose grace ends sooner
-    /// brings the force closer; any other later kill changes nothing.
-    /// `timed_by_sender`: the kill's sender sends `GraceElapsed` itself (see
-    /// [`ConnectionMsg::Kill`]).
+    fn act(&mut self, myself: &ActorRef<ConnectionMsg>, action: Action) {
+        match action {
+            Action::NoticeClosing => self.supervisor.tell(NoticeKind::Closing { conn: self.id }),
+            Action::EndSessions { reason, grace } => self.tell_sessions(|| SessionMsg::Terminate {
+                reason: reason.clone(),
+                grace,
+                scope: EndScope::Connection,
+            }),
+            Action::SessionsClientClosed => self.tell_sessions(|| SessionMsg::ClientClosed),
+            Action::ForceSessions => {
+                let sessions = self.sessions.len();
+                warn!(sessions, "grace ran out: forcing the connection's end");
+                self.tell_sessions(SessionMsg::grace_elapsed);
+            }
+            Action::KillSessions => {
+                let sessions = self.sessions.len();
+                warn!(
+                    sessions,
+                    "the connection did not wind down: killing what is left"
+                );
+                for (_, session) in self.sessions.values() {
+                    session.kill();
+                }
+            }
+            Action::Disconnect(reason) => {
+                debug!("sending the disconnect");
+                self.link.disconnect(&reason);
+            }
+            Action::Abort => {
+                debug!("cutting the transport");
+                self.link.abort();
+            }
+            Action::After(delay, timed) => {
+                let tick = match timed {
+                    Timed::GraceElapsed => Tick::GraceElapsed,
+                    Timed::Cut => Tick::Cut,
+                    Timed::GiveUp => Tick::GiveUp,
+                };
+                self.after(myself, delay, tick);
+            }
+            Action::Stop => myself.stop(None),
+        }
+    }
+
+    fn tell_sessions(&self, msg: impl Fn() -> SessionMsg) {
+        for (_, session) in self.sessions.values() {
+            let _ = session.cast(msg());
+        }
+    }
+
+    fn after(&mut self, myself: &ActorRef<ConnectionMsg>, delay: Duration, tick: Tick) {
+        self.timers
+            .after(myself, delay, move || ConnectionMsg::tick(tick));
+    }
+
+    fn arm_idle_check(&mut self, myself: &ActorRef<ConnectionMsg>, delay: Duration) {
+        self.idle_clock
+            .arm(&mut self.timers, myself, delay, |generation| {
+                ConnectionMsg::tick(Tick::IdleCheck { generation })
+            });
+    }
+
+    /// A kill from the connection's own timeouts (`by` names which).
+    fn kill_self(&mut self, myself: &ActorRef<ConnectionMsg>, reason: String, by: &str) {
+        let grace = self.policy.kill_grace;
+        self.begin_kill(myself, reason, grace, Some(by.into()), false, false);
+    }
+
+    /// Starts the kill sequence (see the module docs), or brings the force closer.
     fn begin_kill(
         &mut self,
         myself: &ActorRef<ConnectionMsg>,
@@ -217,97 +263,223 @@ impl ConnectionState {
         grace: Duration,
         by: Option<String>,
         timed_by_sender: bool,
+        listed: bool,
     ) {
+        if self.phase.is_killing() {
+            debug!(grace = %humantime::format_duration(grace), "another kill");
+        } else {
+            info!(reason = %reason, by = by.as_deref(), grace = %humantime::format_duration(grace), "killing connection");
+        }
         let deadline = Instant::now().checked_add(grace).unwrap_or_else(far_future);
-        if let Some(kill) = self.killing.as_mut() {
-            // Until the connection's own grace has run out (a session forced on its own makes
-            // the end forced, not over).
-            if deadline < kill.deadline && !self.grace_ran_out {
-                debug!(grace = %humantime::format_duration(grace), "a later kill shortens the grace");
-                kill.deadline = deadline;
-                let reason = kill.reason.clone();
-                self.end_sessions(Some(&reason), grace);
-                if !timed_by_sender {
-                    self.after(myself, grace, || ConnectionMsg::GraceElapsed);
-                }
-            }
-            return;
-        }
-        info!(reason = %reason, by = by.as_deref(), grace = %humantime::format_duration(grace), "killing connection");
-        let client_left_first = self.transport.is_some();
-        // The order matters for speed, not for correctness: what is woken last runs next on
-        // this thread, and that should be the sessions, which the kill waits for.
-        if !timed_by_sender {
-            self.after(myself, grace, || ConnectionMsg::GraceElapsed);
-        }
-        self.enter_closing();
-        // Sessions already ending (the client left) keep the shorter of the graces.
-        self.end_sessions(Some(&reason), grace);
-        self.killing = Some(Killing {
+        let input = Input::Kill {
             reason,
             by,
-            disconnect_sent: client_left_first,
-            client_left_first,
+            grace,
             deadline,
+            timed_by_sender,
+            listed,
+        };
+        self.step(myself, input);
+    }
+
+    fn on_authenticated(
+        &mut self,
+        myself: &ActorRef<ConnectionMsg>,
+        user: String,
+        method: String,
+        client_version: Option<String>,
+        verdict: Option<RpcReplyPort<Result<(), String>>>,
+    ) {
+        info!(user = %user, method = %method, "authenticated");
+        self.step(myself, Input::Authenticated);
+        self.supervisor.tell(NoticeKind::Authenticated {
+            conn: self.id,
+            user,
+            method,
+            client_version,
+            verdict,
         });
-        self.advance(myself);
-        if !self.authenticated && self.sessions.is_empty() {
-            // Before authentication there is no session to wind down, only a client, maybe one
-            // stalled in its key exchange (russh holds our DISCONNECT back until that ends):
-            // the goodbye gets CUT_DELAY to leave, then the socket closes, not at the grace.
-            self.after(myself, CUT_DELAY, || ConnectionMsg::Cut);
-        }
     }
 
-    /// Marks the connection as closing, here and in the supervisor's listing.
-    fn enter_closing(&mut self) {
-        if !self.closing {
-            self.closing = true;
-            let _ = self
-                .supervisor
-                .cast(SupervisorMsg::Notice(Notice::Closing { conn: self.id }));
-        }
-    }
-
-    /// Moves the closing sequence on as far as it can go now.
-    fn advance(&mut self, myself: &ActorRef<ConnectionMsg>) {
-        if !self.closing || !self.sessions.is_empty() {
+    async fn on_open_session(
+        &mut self,
+        myself: &ActorRef<ConnectionMsg>,
+        link: Box<dyn SessionLink>,
+        reply: RpcReplyPort<Result<(SessionId, ActorRef<SessionMsg>), String>>,
+    ) {
+        if self.phase.is_closing() {
+            let _ = reply.send(Err("the connection is closing".to_string()));
             return;
         }
-        if self.transport.is_none() {
-            if let Some(kill) = self.killing.as_mut() {
-                if !kill.disconnect_sent {
-                    kill.disconnect_sent = true;
-                    debug!("sessions closed: sending the disconnect");
-                    self.link.disconnect(&kill.reason);
+        let max = self.policy.limits.max_sessions_per_connection;
+        if self.sessions.len() >= max {
+            let reason = format!("max_sessions_per_connection ({max}) reached");
+            info!(reason = %reason, "audit: session refused");
+            let _ = reply.send(Err(reason));
+            return;
+        }
+        let session = SessionId::new_random();
+        // Registered before it exists, so the map never lacks a live session.
+        self.supervisor.tell(NoticeKind::SessionOpened {
+            conn: self.id,
+            session,
+        });
+        let args = SessionArgs {
+            id: session,
+            conn: self.id,
+            link,
+            supervisor: self.supervisor.clone(),
+            close_grace: self.policy.kill_grace,
+            idle: self.policy.session_idle,
+            parent_span: self.span.clone(),
+        };
+        // Boxed: the spawn (which runs the session's `pre_start`) is the only wait here, and
+        // inline it would make every idle connection actor's task that much bigger.
+        let spawned = Box::pin(Actor::spawn_linked(
+            None,
+            SessionActor,
+            args,
+            myself.get_cell(),
+        ));
+        match spawned.await {
+            Ok((actor, _)) => {
+                self.sessions
+                    .insert(actor.get_id(), (session, actor.clone()));
+                let _ = reply.send(Ok((session, actor)));
+            }
+            Err(e) => {
+                warn!(error = %e, "could not start a session actor");
+                self.supervisor.tell(NoticeKind::SessionEnded {
+                    conn: self.id,
+                    session,
+                    exit: SessionExit::Failed(e.to_string()),
+                    killed: None,
+                    forced: false,
+                    processes_left: 0,
+                });
+                let _ = reply.send(Err("the server could not start the session".to_string()));
+            }
+        }
+    }
+
+    fn on_transport_closed(&mut self, myself: &ActorRef<ConnectionMsg>, end: TransportEnd) {
+        debug!(?end, "transport ended");
+        let grace = self.policy.kill_grace;
+        self.step(myself, Input::TransportClosed { end, grace });
+    }
+
+    fn on_set_policy(&mut self, myself: &ActorRef<ConnectionMsg>, policy: Policy) {
+        let live = &mut self.policy;
+        live.kill_grace = policy.kill_grace;
+        live.limits.max_sessions_per_connection = policy.limits.max_sessions_per_connection;
+        if live.session_idle != policy.session_idle {
+            live.session_idle = policy.session_idle;
+            self.tell_sessions(|| SessionMsg::set_idle(policy.session_idle));
+        }
+        if self.policy.idle != policy.idle {
+            self.policy.idle = policy.idle;
+            self.idle_clock.restart();
+            if let (Some(limit), false) = (policy.idle, self.phase.is_closing()) {
+                self.arm_idle_check(myself, limit);
+            }
+        }
+    }
+
+    fn on_kill_session(&self, session: SessionId, reason: String, grace: Duration) {
+        if let Some((_, actor)) = self.sessions.values().find(|(id, _)| *id == session) {
+            let _ = actor.cast(SessionMsg::Terminate {
+                reason: Some(reason),
+                grace,
+                scope: EndScope::Session,
+            });
+        }
+    }
+
+    fn on_tick(&mut self, myself: &ActorRef<ConnectionMsg>, tick: Tick) {
+        match tick {
+            Tick::IdleCheck { generation } => self.on_idle_check(myself, generation),
+            Tick::LifetimeElapsed => {
+                if !self.phase.is_closing() {
+                    let limit = self.policy.max_lifetime.unwrap_or_default();
+                    let limit = humantime::format_duration(limit);
+                    self.kill_self(
+                        myself,
+                        format!("max_lifetime ({limit}) reached"),
+                        "max_lifetime",
+                    );
                 }
             }
-            return;
+            Tick::LoginGraceElapsed => {
+                if self.phase == Phase::Handshaking {
+                    let limit = self.policy.login_grace.unwrap_or_default();
+                    let limit = humantime::format_duration(limit);
+                    let reason = format!("login grace time ({limit}) exceeded");
+                    self.kill_self(myself, reason, "login_grace");
+                }
+            }
+            Tick::GraceElapsed => self.step(myself, Input::GraceElapsed),
+            Tick::Cut => self.step(myself, Input::Cut),
+            Tick::GiveUp => {
+                if self.phase.is_giving_up() {
+                    warn!("sessions did not stop even when killed: stopping anyway");
+                }
+                self.step(myself, Input::GiveUp);
+            }
         }
-        self.stop(myself);
     }
 
-    fn stop(&mut self, myself: &ActorRef<ConnectionMsg>) {
-        if self.outcome.is_some() {
+    fn on_idle_check(&mut self, myself: &ActorRef<ConnectionMsg>, generation: u64) {
+        let (Some(limit), true, false) = (
+            self.policy.idle,
+            generation == self.idle_clock.generation(),
+            self.phase.is_closing(),
+        ) else {
             return;
-        }
-        let cause = match (&self.killing, &self.transport) {
-            (Some(kill), _) if !kill.client_left_first => DisconnectCause::Killed {
-                reason: kill.reason.clone(),
-                by: kill.by.clone(),
-            },
-            (_, Some(TransportEnd::Error(message))) => DisconnectCause::Error {
-                message: message.clone(),
-            },
-            _ => DisconnectCause::ByClient,
         };
-        self.outcome = Some(ConnOutcome {
-            cause,
-            sessions_closed: self.sessions_closed,
-            forced: self.forced,
-            processes_left: self.processes_left,
+        match self.idle_clock.check(limit, self.link.idle_for()) {
+            None => {
+                let reason = format!(
+                    "idle timeout ({}) reached",
+                    humantime::format_duration(limit)
+                );
+                self.kill_self(myself, reason, "idle");
+            }
+            // Check again exactly when the connection would have been idle long enough.
+            Some(left) => self.arm_idle_check(myself, left),
+        }
+    }
+
+    /// A session's actor stopped (or failed): the supervisor is told, and the end moves on.
+    fn on_session_gone(
+        &mut self,
+        myself: &ActorRef<ConnectionMsg>,
+        actor: ActorId,
+        outcome: Option<SessionOutcome>,
+    ) {
+        let Some((session, _)) = self.sessions.remove(&actor) else {
+            return;
+        };
+        let SessionOutcome {
+            exit,
+            killed,
+            forced,
+            processes_left,
+        } = outcome.unwrap_or_else(|| SessionOutcome {
+            exit: SessionExit::Failed("the session crashed".into()),
+            killed: None,
+            forced: false,
+            processes_left: 0,
         });
-        myself.stop(None);
+        self.processes_left += processes_left;
+        self.supervisor.tell(NoticeKind::SessionEnded {
+            conn: self.id,
+            session,
+            exit,
+            killed,
+            forced,
+            processes_left,
+        });
+        self.step(myself, Input::SessionEnded { forced });
     }
 }
 
@@ -329,18 +501,10 @@ impl Actor for ConnectionActor {
             policy: args.policy,
             span,
             sessions: HashMap::new(),
-            transport: None,
-            killing: None,
-            closing: false,
-            grace_ran_out: false,
-            giving_up: false,
-            authenticated: false,
-            sessions_closed: 0,
+            phase: Phase::Handshaking,
             processes_left: 0,
-            forced: false,
-            timers: Vec::new(),
+            timers: Timers::default(),
             idle_clock: IdleClock::new(),
-            outcome: None,
         })
     }
 
@@ -350,7 +514,7 @@ impl Actor for ConnectionActor {
         state: &mut ConnectionState,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(limit) = state.policy.max_lifetime {
-            state.after(&myself, limit, || ConnectionMsg::LifetimeElapsed);
+            state.after(&myself, limit, Tick::LifetimeElapsed);
         }
         if let Some(limit) = state.policy.idle {
             state.arm_idle_check(&myself, limit);
@@ -372,256 +536,25 @@ impl Actor for ConnectionActor {
                     method,
                     client_version,
                     verdict,
-                } => {
-                    info!(user = %user, method = %method, "authenticated");
-                    state.authenticated = true;
-                    let _ = state
-                        .supervisor
-                        .cast(SupervisorMsg::Notice(Notice::Authenticated {
-                            conn: state.id,
-                            user,
-                            method,
-                            client_version,
-                            verdict,
-                        }));
-                }
+                } => state.on_authenticated(&myself, user, method, client_version, verdict),
                 ConnectionMsg::OpenSession { link, reply } => {
-                    if state.closing {
-                        let _ = reply.send(Err("the connection is closing".to_string()));
-                        return;
-                    }
-                    let max = state.policy.limits.max_sessions_per_connection;
-                    if state.sessions.len() >= max {
-                        let reason = format!("max_sessions_per_connection ({max}) reached");
-                        info!(reason = %reason, "audit: session refused");
-                        let _ = reply.send(Err(reason));
-                        return;
-                    }
-                    let session = SessionId::new_random();
-                    // Registered before it exists, so the map never lacks a live session.
-                    let _ = state
-                        .supervisor
-                        .cast(SupervisorMsg::Notice(Notice::SessionOpened {
-                            conn: state.id,
-                            session,
-                        }));
-                    let args = SessionArgs {
-                        id: session,
-                        conn: state.id,
-                        link,
-                        supervisor: state.supervisor.clone(),
-                        close_grace: state.policy.kill_grace,
-                        idle: state.policy.session_idle,
-                        parent_span: state.span.clone(),
-                    };
-                    // Boxed: the spawn (which runs the session's `pre_start`) is the only
-                    // wait here, and inline it would make every idle connection actor's task
-                    // that much bigger.
-                    let spawned = Box::pin(Actor::spawn_linked(
-                        None,
-                        SessionActor,
-                        args,
-                        myself.get_cell(),
-                    ));
-                    match spawned.await {
-                        Ok((actor, _)) => {
-                            state
-                                .sessions
-                                .insert(actor.get_id(), (session, actor.clone()));
-                            let _ = reply.send(Ok((session, actor)));
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "could not start a session actor");
-                            let _ = state.supervisor.cast(SupervisorMsg::Notice(
-                                Notice::SessionEnded {
-                                    conn: state.id,
-                                    session,
-                                    exit: SessionExit::Failed(e.to_string()),
-                                    killed: None,
-                                    forced: false,
-                                    processes_left: 0,
-                                },
-                            ));
-                            let _ = reply
-                                .send(Err("the server could not start the session".to_string()));
-                        }
-                    }
+                    state.on_open_session(&myself, link, reply).await
                 }
-                ConnectionMsg::TransportClosed { end } => {
-                    debug!(?end, "transport ended");
-                    state.transport = Some(end);
-                    if !state.closing {
-                        state.enter_closing();
-                        let grace = state.policy.kill_grace;
-                        state.end_sessions(None, grace);
-                        // Forces the sessions when the grace runs out, then gives up after
-                        // GIVE_UP_MARGIN; nothing to time if none is left.
-                        if !state.sessions.is_empty() {
-                            state.after(&myself, grace, || ConnectionMsg::GraceElapsed);
-                        }
-                    } else {
-                        for (_, session) in state.sessions.values() {
-                            let _ = session.cast(SessionMsg::ClientClosed);
-                        }
-                    }
-                    state.advance(&myself);
-                }
+                ConnectionMsg::TransportClosed { end } => state.on_transport_closed(&myself, end),
+                // Only the supervisor sends it, and it lists the connection as closing already.
                 ConnectionMsg::Kill {
                     reason,
                     grace,
                     by,
                     timed_by_sender,
-                } => {
-                    // Only the supervisor sends it, and it has marked the connection closing
-                    // already: no notice back.
-                    state.closing = true;
-                    state.begin_kill(&myself, reason, grace, by, timed_by_sender);
-                }
-                ConnectionMsg::SetPolicy(policy) => {
-                    let live = &mut state.policy;
-                    live.kill_grace = policy.kill_grace;
-                    live.limits.max_sessions_per_connection =
-                        policy.limits.max_sessions_per_connection;
-                    if live.session_idle != policy.session_idle {
-                        live.session_idle = policy.session_idle;
-                        for (_, session) in state.sessions.values() {
-                            let _ = session.cast(SessionMsg::SetIdle {
-                                idle: policy.session_idle,
-                            });
-                        }
-                    }
-                    if live.idle != policy.idle {
-                        live.idle = policy.idle;
-                        state.idle_clock.restart();
-                        if let (Some(limit), false) = (policy.idle, state.closing) {
-                            state.arm_idle_check(&myself, limit);
-                        }
-                    }
-                }
-                ConnectionMsg::IdleCheck { generation } => {
-                    let (Some(limit), true, false) = (
-                        state.policy.idle,
-                        generation == state.idle_clock.generation(),
-                        state.closing,
-                    ) else {
-                        return;
-                    };
-                    let idle_for = state.idle_clock.idle_for(state.link.idle_for());
-                    if idle_for >= limit {
-                        let reason = format!(
-                            "idle timeout ({}) reached",
-                            humantime::format_duration(limit)
-                        );
-                        let grace = state.policy.kill_grace;
-                        state.begin_kill(&myself, reason, grace, Some("idle".into()), false);
-                    } else {
-                        // Check again exactly when the connection would have been idle long enough.
-                        state.arm_idle_check(&myself, limit - idle_for);
-                    }
-                }
-                ConnectionMsg::LifetimeElapsed => {
-                    if !state.closing {
-                        let limit = state.policy.max_lifetime.unwrap_or_default();
-                        let reason = format!(
-                            "max_lifetime ({}) reached",
-                            humantime::format_duration(limit)
-                        );
-                        let grace = state.policy.kill_grace;
-                        state.begin_kill(
-                            &myself,
-                            reason,
-                            grace,
-                            Some("max_lifetime".into()),
-                            false,
-                        );
-                    }
-                }
-                ConnectionMsg::LoginGraceElapsed => {
-                    if !state.authenticated && !state.closing {
-                        let limit = state.policy.login_grace.unwrap_or_default();
-                        let reason = format!(
-                            "login grace time ({}) exceeded",
-                            humantime::format_duration(limit)
-                        );
-                        let grace = state.policy.kill_grace;
-                        state.begin_kill(&myself, reason, grace, Some("login_grace".into()), false);
-                    }
-                }
+                } => state.begin_kill(&myself, reason, grace, by, timed_by_sender, true),
                 ConnectionMsg::KillSession {
                     session,
                     reason,
                     grace,
-                } => {
-                    if let Some((_, actor)) = state.sessions.values().find(|(id, _)| *id == session)
-                    {
-                        let _ = actor.cast(SessionMsg::Terminate {
-                            reason: Some(reason),
-                            grace,
-                            scope: EndScope::Session,
-                        });
-                    }
-                }
-                ConnectionMsg::GraceElapsed => {
-                    // Only the first grace to run out acts (a shorter later kill arms its own).
-                    if state.outcome.is_some() || state.grace_ran_out {
-                        return;
-                    }
-                    state.grace_ran_out = true;
-                    warn!(
-                        sessions = state.sessions.len(),
-                        "grace ran out: forcing the connection's end"
-                    );
-                    state.forced = true;
-                    for (_, session) in state.sessions.values() {
-                        let _ = session.cast(SessionMsg::GraceElapsed);
-                    }
-                    if state.transport.is_none() {
-                        if let Some(kill) = state.killing.as_mut() {
-                            if !kill.disconnect_sent {
-                                kill.disconnect_sent = true;
-                                state.link.disconnect(&kill.reason);
-                            }
-                        }
-                    }
-                    state.after(&myself, CUT_DELAY, || ConnectionMsg::Cut);
-                    state.after(&myself, GIVE_UP_MARGIN, || ConnectionMsg::GiveUp);
-                }
-                ConnectionMsg::Cut => {
-                    if state.transport.is_none() {
-                        debug!("cutting the transport");
-                        // The client did not take its goodbye: the end is forced.
-                        state.forced = true;
-                        state.link.abort();
-                    }
-                }
-                ConnectionMsg::GiveUp => {
-                    if state.outcome.is_some() {
-                        return;
-                    }
-                    if state.giving_up {
-                        warn!("sessions did not stop even when killed: stopping anyway");
-                        state.stop(&myself);
-                        return;
-                    }
-                    warn!(
-                        sessions = state.sessions.len(),
-                        "the connection did not wind down: killing what is left"
-                    );
-                    state.giving_up = true;
-                    state.forced = true;
-                    state.enter_closing();
-                    for (_, session) in state.sessions.values() {
-                        session.kill();
-                    }
-                    if state.transport.is_none() {
-                        state.link.abort();
-                        state.transport = Some(TransportEnd::Aborted);
-                    }
-                    // The killed sessions' ends come as supervision events; then `advance` stops
-                    // this actor. Should even that not happen, the next give-up stops it.
-                    state.after(&myself, GIVE_UP_MARGIN, || ConnectionMsg::GiveUp);
-                    state.advance(&myself);
-                }
+                } => state.on_kill_session(session, reason, grace),
+                ConnectionMsg::SetPolicy(policy) => state.on_set_policy(&myself, policy),
+                ConnectionMsg::Internal(Internal(tick)) => state.on_tick(&myself, tick),
             }
         }
         .instrument(span)
@@ -649,38 +582,7 @@ impl Actor for ConnectionActor {
             }
             _ => return Ok(()),
         };
-        let Some((session, _)) = state.sessions.remove(&cell.get_id()) else {
-            return Ok(());
-        };
-        let (exit, killed, forced, processes_left) = match outcome {
-            Some(o) => (o.exit, o.killed, o.forced, o.processes_left),
-            None => (
-                SessionExit::Failed("the session crashed".into()),
-                None,
-                false,
-                0,
-            ),
-        };
-        state.processes_left += processes_left;
-        // A session that had to be forced while the connection closes makes its end forced too
-        // (the connection's own grace may never run out: the client can leave first).
-        if state.closing {
-            state.sessions_closed += 1;
-            if forced {
-                state.forced = true;
-            }
-        }
-        let _ = state
-            .supervisor
-            .cast(SupervisorMsg::Notice(Notice::SessionEnded {
-                conn: state.id,
-                session,
-                exit,
-                killed,
-                forced,
-                processes_left,
-            }));
-        state.advance(&myself);
+        state.on_session_gone(&myself, cell.get_id(), outcome);
         Ok(())
     }
 
@@ -689,9 +591,7 @@ impl Actor for ConnectionActor {
         _myself: ActorRef<ConnectionMsg>,
         state: &mut ConnectionState,
     ) -> Result<(), ActorProcessingErr> {
-        for timer in state.timers.drain(..) {
-            timer.abort();
-        }
+        state.timers.abort_all();
         Ok(())
     }
 }

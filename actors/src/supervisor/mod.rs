@@ -18,12 +18,10 @@
 //! Architecture Invariant: only this actor writes the map, and it removes an entry only when the
 //! entry's actor has terminated (or, for a session that could not be spawned, never existed).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ractor::concurrency::JoinHandle;
 use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, MessagingErr, OutputPort, RpcReplyPort,
     SupervisionEvent,
@@ -31,15 +29,28 @@ use ractor::{
 use tokio::time::Instant;
 use tracing::{info, warn, Span};
 
-use crate::connection::{ConnectionActor, ConnectionArgs, ConnectionMsg, ConnectionState};
+use crate::connection::{ConnectionActor, ConnectionArgs, ConnectionMsg, ConnectionState, Tick};
+use crate::events::Event;
 use crate::filter::Filter;
-use crate::ids::{resolve_prefix, ConnId, PrefixMatch, SessionId, Target};
-use crate::link::{ConnectionLink, Traffic};
+use crate::ids::{ConnId, PrefixMatch, SessionId, Target};
+use crate::link::ConnectionLink;
+use crate::notice::{ConnOutcome, ConnectionEnd, Notice, NoticeKind, Parent};
 use crate::report::{
-    ConnState, ConnectionInfo, DisconnectCause, Event, KillError, KillReport, PtyInfo, Refusal,
+    ConnState, ConnectionInfo, DisconnectCause, KillError, KillReport, PtyInfo, Refusal,
     SessionExit, SessionInfo, SessionKind, TreeStats,
 };
 use crate::Policy;
+
+mod admission;
+mod kill_groups;
+mod login_timer;
+mod registry;
+
+pub use admission::AdmissionCounts;
+use admission::{Admission, Counts};
+use kill_groups::{Ending, KillGroups, Waiter};
+use login_timer::Logins;
+use registry::{ConnEntry, Registry, SessionEntry};
 
 /// The supervisor actor.
 pub struct SupervisorActor;
@@ -69,8 +80,12 @@ impl Default for SupervisorArgs {
 }
 
 /// Messages the supervisor handles.
+///
+/// Who sends what: `Connect` comes from the binding (the code that accepts transports);
+/// the requests (`List` to `Admission`) from an operator's tool or the embedding program;
+/// `Notice` only from the tree itself, and it cannot be built outside this crate.
 pub enum SupervisorMsg {
-    /// (from the binding) Admit a new transport: spawns its `ConnectionActor`.
+    /// Sent by the binding: admit a new transport: spawns its `ConnectionActor`.
     Connect {
         /// The client's address.
         peer: SocketAddr,
@@ -79,19 +94,19 @@ pub enum SupervisorMsg {
         /// The new connection's ID and actor (the binding sends it the transport's events).
         reply: RpcReplyPort<Result<(ConnId, ActorRef<ConnectionMsg>), Refusal>>,
     },
-    /// A snapshot of every live connection with its sessions, oldest first.
+    /// Sent by an operator or the embedding program: a snapshot of every live connection with its sessions, oldest first.
     List {
         /// The snapshot.
         reply: RpcReplyPort<Vec<ConnectionInfo>>,
     },
-    /// A snapshot of one connection.
+    /// Sent by an operator or the embedding program: a snapshot of one connection.
     Get {
         /// The connection.
         conn: ConnId,
         /// `None` when no such connection is live.
         reply: RpcReplyPort<Option<ConnectionInfo>>,
     },
-    /// End a connection (its sessions first, then a disconnect with `reason`, then the
+    /// Sent by an operator or the embedding program: end a connection (its sessions first, then a disconnect with `reason`, then the
     /// transport) or a single session. The reply comes once everything under the target has
     /// stopped, within `grace` plus a bounded margin, exactly once; `NotFound` at once for an
     /// unknown ID.
@@ -107,7 +122,7 @@ pub enum SupervisorMsg {
         /// The report, once the target is gone.
         reply: RpcReplyPort<Result<KillReport, KillError>>,
     },
-    /// `Kill` every connection live now; one reply, with one report per connection, once all of
+    /// Sent by an operator or the embedding program (a drain): `Kill` every connection live now; one reply, with one report per connection, once all of
     /// them are gone. Connections admitted afterwards are not part of it: stop admitting first
     /// (the daemon stops its listener) for the tree to be empty at the reply.
     KillAll {
@@ -120,7 +135,7 @@ pub enum SupervisorMsg {
         /// One report per connection.
         reply: RpcReplyPort<Vec<KillReport>>,
     },
-    /// `Kill` every live connection that `filter` selects (all of them for an empty filter);
+    /// Sent by an operator or the embedding program: `Kill` every live connection that `filter` selects (all of them for an empty filter);
     /// one reply, with one report per connection, once all of them are gone.
     KillWhere {
         /// Which connections.
@@ -134,14 +149,14 @@ pub enum SupervisorMsg {
         /// One report per connection.
         reply: RpcReplyPort<Vec<KillReport>>,
     },
-    /// A snapshot of the live connections that `filter` selects (what `KillWhere` would kill).
+    /// Sent by an operator or the embedding program: a snapshot of the live connections that `filter` selects (what `KillWhere` would kill).
     Select {
         /// Which connections.
         filter: Filter,
         /// The snapshot, oldest first.
         reply: RpcReplyPort<Vec<ConnectionInfo>>,
     },
-    /// Replaces the policy (a configuration reload). New connections get it at once; live ones
+    /// Sent by the embedding program (a configuration reload): replaces the policy. New connections get it at once; live ones
     /// get what makes sense for them (see [`ConnectionMsg::SetPolicy`]). Limits govern
     /// admission only: lowering one never ends a live connection or session. Replies once
     /// every live connection has been told.
@@ -151,7 +166,7 @@ pub enum SupervisorMsg {
         /// Sent once applied.
         reply: RpcReplyPort<()>,
     },
-    /// The live connection or session whose ID is `text` or starts with it (case-insensitive;
+    /// Sent by an operator or the embedding program: the live connection or session whose ID is `text` or starts with it (case-insensitive;
     /// a full ID is found without a scan).
     Resolve {
         /// A full ID or a prefix.
@@ -159,155 +174,65 @@ pub enum SupervisorMsg {
         /// What it names.
         reply: RpcReplyPort<PrefixMatch<Target>>,
     },
-    /// How big the tree is: map sizes and live actors (see [`TreeStats`]).
+    /// Sent by an operator or the embedding program: how big the tree is: map sizes and live actors (see [`TreeStats`]).
     Stats {
         /// The figures.
         reply: RpcReplyPort<TreeStats>,
     },
-    /// The running counts the limits are checked against (see [`AdmissionCounts`]), for
+    /// Sent by the embedding program or a test: the running counts the limits are checked against (see [`AdmissionCounts`]), for
     /// diagnostics and for tests that recount them from the outside.
     Admission {
         /// The counts.
         reply: RpcReplyPort<AdmissionCounts>,
     },
-    /// Sent by the tree's own actors; not constructible outside this crate.
+    /// Sent by the tree itself only (its actors' notices, its own timers): a [`Notice`] cannot
+    /// be built outside this crate.
     Notice(Notice),
 }
 
-/// Notices from connection and session actors to the supervisor.
-#[doc(hidden)]
-pub enum Notice {
-    Closing {
-        conn: ConnId,
-    },
-    SessionPty {
-        conn: ConnId,
-        session: SessionId,
-        pty: Option<PtyInfo>,
-    },
-    Authenticated {
-        conn: ConnId,
-        user: String,
-        method: String,
-        client_version: Option<String>,
-        verdict: Option<RpcReplyPort<Result<(), String>>>,
-    },
-    SessionOpened {
-        conn: ConnId,
-        session: SessionId,
-    },
-    SessionStarted {
-        conn: ConnId,
-        session: SessionId,
-        kind: SessionKind,
-        command: Option<String>,
-    },
-    SessionEnded {
-        conn: ConnId,
-        session: SessionId,
-        exit: SessionExit,
-        killed: Option<String>,
-        forced: bool,
-        processes_left: usize,
-    },
-    /// Sent by the supervisor to itself when the earliest login grace runs out.
-    LoginTimer,
-    /// Sent by the supervisor to itself when a kill group's grace ran out.
-    GroupGraceElapsed {
-        group: u64,
-    },
-    /// Sent by the supervisor to itself when a connection actor has terminated, so that it is
-    /// handled after every notice the connection cast before it stopped.
-    ConnectionEnded {
-        actor: ActorId,
-        end: ConnectionEnd,
-    },
-}
-
-/// How a connection actor ended, as read from its supervision event.
-#[doc(hidden)]
-pub struct ConnectionEnd {
-    outcome: Option<crate::connection::ConnOutcome>,
-    failure: Option<String>,
-}
-
-struct Waiter {
-    reply: RpcReplyPort<Result<KillReport, KillError>>,
-    since: Instant,
-}
-
-struct SessionEntry {
-    info: SessionInfo,
-    waiters: Vec<Waiter>,
-}
-
-struct ConnEntry {
-    actor: ActorRef<ConnectionMsg>,
-    admitted: Instant,
-    /// When its login grace runs out, while it is logging in (its key in `logins`).
-    login_deadline: Option<Instant>,
-    traffic: Option<Arc<dyn Traffic>>,
-    info: ConnectionInfo,
-    sessions: Vec<SessionEntry>,
-    waiters: Vec<Waiter>,
-    /// Sessions that ended while it was closing: its report's count should its actor crash
-    /// before it tells its own.
-    closed_while_closing: usize,
-}
-
-/// A message to the supervisor itself, sent later (`send_after`); aborted when not needed.
-type Timer = JoinHandle<Result<(), MessagingErr<SupervisorMsg>>>;
-
-struct Group {
-    id: u64,
-    pending: HashSet<ConnId>,
-    reports: Vec<KillReport>,
-    since: Instant,
-    reply: RpcReplyPort<Vec<KillReport>>,
-    /// The one timer of the kill's grace, for all its connections; stopped once all are gone.
-    grace_timer: Timer,
+impl From<Notice> for SupervisorMsg {
+    fn from(notice: Notice) -> Self {
+        SupervisorMsg::Notice(notice)
+    }
 }
 
 /// The supervisor's state: the ID map and everyone waiting on it.
 pub struct SupervisorState {
+    /// Where lifecycle events go.
     events: Arc<OutputPort<Event>>,
+    /// Applied to connections admitted from now on; replaced by `SetPolicy`.
     policy: Policy,
-    conns: HashMap<ConnId, ConnEntry>,
+    /// The ID map.
+    registry: Registry,
     /// Running counts for the limits, so that admission costs the same at any size.
     counts: Counts,
-    by_actor: HashMap<ActorId, ConnId>,
-    sessions: HashMap<SessionId, ConnId>,
-    groups: Vec<Group>,
-    /// The last kill group's ID.
-    next_group: u64,
-    /// Connections logging in, by when their login grace runs out: one timer for all of them
-    /// (`login_timer`, armed for the earliest), not a timer task per connection.
-    logins: BTreeSet<(Instant, ConnId)>,
-    login_timer: Option<(Instant, Timer)>,
+    /// Connections logging in, timed by one timer.
+    logins: Logins,
+    /// Kills of many connections under way.
+    groups: KillGroups,
+    /// How connection actors (and their sessions) reach this actor.
+    parent: Parent,
     span: Span,
 }
 
 impl SupervisorState {
-    /// Whether `filter` selects `entry`, without a full snapshot unless idle time matters.
-    fn selects(filter: &Filter, entry: &ConnEntry, now: SystemTime) -> bool {
-        if filter.is_empty() {
-            true
-        } else if filter.idle_over.is_none() {
-            filter.matches(&entry.info, now)
-        } else {
-            filter.matches(&SupervisorState::snapshot(entry), now)
+    /// Takes a connection out of the logins, if it is logging in: it is no longer pending for
+    /// `max_unauthenticated` nor timed by the login grace. Returns whether it was logging in.
+    fn end_login(counts: &mut Counts, logins: &mut Logins, entry: &mut ConnEntry) -> bool {
+        if entry.info.state != ConnState::Handshaking {
+            return false;
         }
+        counts.login_over(entry.admitted, entry.info.id);
+        logins.forget(&mut entry.login_deadline, entry.info.id);
+        true
     }
 
-    fn snapshot(entry: &ConnEntry) -> ConnectionInfo {
-        let mut info = entry.info.clone();
-        if let Some(t) = &entry.traffic {
-            info.idle_ms = Some(t.idle_for().as_millis() as u64);
-            info.bytes_in = Some(t.bytes_in());
-            info.bytes_out = Some(t.bytes_out());
-        }
-        info.sessions = entry.sessions.iter().map(|s| s.info.clone()).collect();
-        info
+    /// Lists a connection as closing (it is no longer logging in); its actor, when it is live.
+    fn mark_closing(&mut self, conn: ConnId) -> Option<&ActorRef<ConnectionMsg>> {
+        let entry = self.registry.conns.get_mut(&conn)?;
+        Self::end_login(&mut self.counts, &mut self.logins, entry);
+        entry.info.state = ConnState::Closing;
+        Some(&entry.actor)
     }
 
     /// `timed_here`: the caller sends the connection `GraceElapsed` when the grace runs out
@@ -320,15 +245,10 @@ impl SupervisorState {
         by: &Option<String>,
         timed_here: bool,
     ) {
-        if let Some(entry) = self.conns.get_mut(&conn) {
-            if entry.info.state == ConnState::Handshaking {
-                self.counts.pending.remove(&(entry.admitted, conn));
-                forget_login(&mut self.logins, entry, conn);
-            }
-            entry.info.state = ConnState::Closing;
+        if let Some(actor) = self.mark_closing(conn) {
             // Every kill goes on: a later one with a shorter grace brings the end closer. If the
             // actor is already gone its termination is queued and answers.
-            let _ = entry.actor.cast(ConnectionMsg::Kill {
+            let _ = actor.cast(ConnectionMsg::Kill {
                 reason: reason.to_string(),
                 grace,
                 by: by.clone(),
@@ -337,79 +257,153 @@ impl SupervisorState {
         }
     }
 
-    fn resolve(&self, text: &str) -> PrefixMatch<Target> {
-        if let Ok(conn) = text.trim().parse::<ConnId>() {
-            if self.conns.contains_key(&conn) {
-                return PrefixMatch::One(Target::Connection(conn));
+    /// Admits (or refuses) a new transport from `peer`: spawns its connection actor.
+    async fn on_connect(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        peer: SocketAddr,
+        link: Box<dyn ConnectionLink>,
+        reply: RpcReplyPort<Result<(ConnId, ActorRef<ConnectionMsg>), Refusal>>,
+    ) {
+        match self
+            .counts
+            .admission(peer, self.registry.conns.len(), &self.policy.limits)
+        {
+            Admission::Admit => {}
+            Admission::AdmitDropping(victim, reason) => {
+                info!(parent: &self.span, %peer, dropped = %victim, reason = %reason, "audit: pending login dropped to admit a new connection");
+                let grace = self.policy.kill_grace;
+                let by = Some("max_unauthenticated".into());
+                self.kill_connection(victim, &reason, grace, &by, false);
             }
-            let session = SessionId(conn.0);
-            if self.sessions.contains_key(&session) {
-                return PrefixMatch::One(Target::Session(session));
+            Admission::Refuse(refusal) => {
+                info!(parent: &self.span, %peer, reason = %refusal, "audit: connection refused");
+                self.events.send(Event::Refused {
+                    peer,
+                    reason: refusal.to_string(),
+                });
+                let _ = reply.send(Err(refusal));
+                return;
             }
         }
-        let candidates = self.conns.values().flat_map(|e| {
-            std::iter::once((e.info.id.to_string(), Target::Connection(e.info.id))).chain(
-                e.sessions
-                    .iter()
-                    .map(|s| (s.info.id.to_string(), Target::Session(s.info.id))),
-            )
+        let id = ConnId::new_random();
+        let traffic = link.traffic();
+        let args = ConnectionArgs {
+            id,
+            peer,
+            link,
+            supervisor: self.parent.clone(),
+            policy: self.policy.clone(),
+        };
+        let actor = match Actor::spawn_linked(None, ConnectionActor, args, myself.get_cell()).await
+        {
+            Ok((actor, _)) => actor,
+            Err(e) => {
+                warn!(parent: &self.span, error = %e, %peer, "could not start a connection actor");
+                let _ = reply.send(Err(Refusal::SpawnFailed(e.to_string())));
+                return;
+            }
+        };
+        let admitted = Instant::now();
+        self.counts.admit(peer, id, admitted, &self.policy.limits);
+        let login_deadline = self
+            .policy
+            .login_grace
+            .and_then(|grace| admitted.checked_add(grace));
+        if let Some(deadline) = login_deadline {
+            self.logins.insert(deadline, id);
+            self.arm_login_timer(myself);
+        }
+        self.registry.insert(ConnEntry {
+            actor: actor.clone(),
+            admitted,
+            login_deadline,
+            traffic,
+            info: ConnectionInfo {
+                id,
+                user: None,
+                peer,
+                client_version: None,
+                auth_method: None,
+                started: SystemTime::now(),
+                state: ConnState::Handshaking,
+                idle_ms: None,
+                bytes_in: None,
+                bytes_out: None,
+                sessions: Vec::new(),
+            },
+            sessions: Vec::new(),
+            waiters: Vec::new(),
+            closed_while_closing: 0,
         });
-        resolve_prefix(text, candidates)
+        self.events.send(Event::Connected { conn: id, peer });
+        let _ = reply.send(Ok((id, actor)));
     }
 
-    /// Whether a new connection from `peer` may come in, and at whose expense.
-    fn admission(&self, peer: SocketAddr) -> Admission {
-        if let Some(refusal) = self.over_hard_limit(peer) {
-            return Admission::Refuse(refusal);
+    /// Replaces the policy; every live connection is told.
+    fn on_set_policy(&mut self, policy: Policy) {
+        info!(parent: &self.span, ?policy, "policy replaced");
+        for entry in self.registry.conns.values() {
+            let _ = entry.actor.cast(ConnectionMsg::SetPolicy(policy.clone()));
         }
-        let max = self.policy.limits.max_unauthenticated;
-        if self.counts.pending.len() < max {
-            return Admission::Admit;
-        }
-        let text = format!("max_unauthenticated ({max}) reached");
-        match self.counts.pending.first() {
-            Some((admitted, id)) if admitted.elapsed() >= crate::MIN_PENDING_AGE => {
-                Admission::AdmitDropping(
-                    *id,
-                    format!("{text}: the oldest pending login was dropped"),
-                )
+        self.policy = policy;
+        let peers = self.registry.conns.values().map(|e| &e.info.peer);
+        self.counts.recount_prefixes(peers, &self.policy.limits);
+    }
+
+    /// A kill of one connection or session; answered once it is gone.
+    fn on_kill(
+        &mut self,
+        target: Target,
+        reason: String,
+        grace: Duration,
+        by: Option<String>,
+        reply: RpcReplyPort<Result<KillReport, KillError>>,
+    ) {
+        let waiter = Waiter::new(reply);
+        // Logged once found: a kill of an ID that names nothing is no kill.
+        let span = self.span.clone();
+        let requested = || info!(parent: &span, %target, reason = %reason, by = by.as_deref(), "kill requested");
+        match target {
+            Target::Connection(conn) => match self.registry.conns.get_mut(&conn) {
+                Some(entry) => {
+                    requested();
+                    entry.waiters.push(waiter);
+                    self.kill_connection(conn, &reason, grace, &by, false);
+                }
+                None => {
+                    let _ = waiter.reply.send(Err(KillError::NotFound(target)));
+                }
+            },
+            Target::Session(session) => {
+                let conn = self.registry.sessions.get(&session).copied();
+                let found = conn
+                    .and_then(|conn| self.registry.conns.get_mut(&conn))
+                    .and_then(|entry| {
+                        let actor = entry.actor.clone();
+                        entry.session_mut(session).map(|s| (actor, s))
+                    });
+                match found {
+                    Some((actor, s)) => {
+                        requested();
+                        s.waiters.push(waiter);
+                        let _ = actor.cast(ConnectionMsg::KillSession {
+                            session,
+                            reason,
+                            grace,
+                        });
+                    }
+                    None => {
+                        let _ = waiter.reply.send(Err(KillError::NotFound(target)));
+                    }
+                }
             }
-            _ => Admission::Refuse(Refusal::Limit(text)),
         }
-    }
-
-    /// The limit a new connection from `peer` would break, if any, other than
-    /// `max_unauthenticated`.
-    fn over_hard_limit(&self, peer: SocketAddr) -> Option<Refusal> {
-        let limits = &self.policy.limits;
-        if self.conns.len() >= limits.max_connections {
-            return Some(Refusal::Limit(format!(
-                "max_connections ({}) reached",
-                limits.max_connections
-            )));
-        }
-        let ip = peer.ip().to_canonical();
-        let from_peer = self.counts.per_source.get(&ip).copied().unwrap_or(0);
-        if from_peer >= limits.max_per_source {
-            return Some(Refusal::Limit(format!(
-                "max_per_source ({}) reached for {ip}",
-                limits.max_per_source
-            )));
-        }
-        let net = network_of(ip, limits.prefix_v4, limits.prefix_v6);
-        let from_net = self.counts.per_prefix.get(&net).copied().unwrap_or(0);
-        if from_net >= limits.max_per_prefix {
-            return Some(Refusal::Limit(format!(
-                "max_per_prefix ({}) reached for {}/{}",
-                limits.max_per_prefix, net.0, net.1
-            )));
-        }
-        None
     }
 
     /// Kills every connection `filter` selects; `reply` gets one report per connection once
     /// all of them are gone.
-    fn kill_group(
+    fn on_kill_where(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
         filter: &Filter,
@@ -418,13 +412,7 @@ impl SupervisorState {
         by: &Option<String>,
         reply: RpcReplyPort<Vec<KillReport>>,
     ) {
-        let now = SystemTime::now();
-        let pending: HashSet<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, e)| SupervisorState::selects(filter, e, now))
-            .map(|(id, _)| *id)
-            .collect();
+        let pending = self.registry.selected_ids(filter);
         info!(parent: &self.span, connections = pending.len(), ?filter, reason = %reason, by = by.as_deref(), "kill of a set requested");
         if pending.is_empty() {
             let _ = reply.send(Vec::new());
@@ -433,70 +421,192 @@ impl SupervisorState {
         for conn in &pending {
             self.kill_connection(*conn, reason, grace, by, true);
         }
-        self.next_group += 1;
-        let id = self.next_group;
+        let group = self.groups.next_id();
         let grace_timer = myself.send_after(grace, move || {
-            SupervisorMsg::Notice(Notice::GroupGraceElapsed { group: id })
+            SupervisorMsg::Notice(Notice(NoticeKind::GroupGraceElapsed { group }))
         });
-        self.groups.push(Group {
-            id,
-            reports: Vec::with_capacity(pending.len()),
-            pending,
-            since: Instant::now(),
-            reply,
-            grace_timer,
+        self.groups.add(pending, reply, grace_timer.abort_handle());
+    }
+
+    /// How big the tree is.
+    fn stats(&self, myself: &ActorRef<SupervisorMsg>) -> TreeStats {
+        let children = myself.get_children();
+        TreeStats {
+            connections: self.registry.conns.len(),
+            sessions: self.registry.sessions.len(),
+            connection_actors: children.len(),
+            session_actors: children.iter().map(|c| c.get_children().len()).sum(),
+            waiting_kills: self.registry.waiting_kills() + self.groups.len(),
+        }
+    }
+
+    /// What the tree tells itself.
+    fn on_notice(&mut self, myself: &ActorRef<SupervisorMsg>, notice: NoticeKind) {
+        match notice {
+            NoticeKind::SessionPty { conn, session, pty } => {
+                self.on_session_pty(conn, session, pty)
+            }
+            NoticeKind::Closing { conn } => {
+                self.mark_closing(conn);
+            }
+            NoticeKind::Authenticated {
+                conn,
+                user,
+                method,
+                client_version,
+                verdict,
+            } => self.on_authenticated(conn, user, method, client_version, verdict),
+            NoticeKind::SessionOpened { conn, session } => self.on_session_opened(conn, session),
+            NoticeKind::SessionStarted {
+                conn,
+                session,
+                kind,
+                command,
+            } => self.on_session_started(conn, session, kind, command),
+            NoticeKind::SessionEnded {
+                conn,
+                session,
+                exit,
+                killed,
+                forced,
+                processes_left,
+            } => self.on_session_ended(conn, session, exit, killed, forced, processes_left),
+            NoticeKind::GroupGraceElapsed { group } => self.on_group_grace_elapsed(group),
+            NoticeKind::LoginTimer => self.on_login_timer(myself),
+            NoticeKind::ConnectionEnded { actor, end } => {
+                self.on_connection_ended(actor, end.outcome, end.failure)
+            }
+        }
+    }
+
+    fn on_session_pty(&mut self, conn: ConnId, session: SessionId, pty: Option<PtyInfo>) {
+        if let Some(s) = self.registry.session_mut(conn, session) {
+            s.info.pty = pty;
+        }
+    }
+
+    /// A client authenticated: counted by user, and refused when its user is over the limit.
+    fn on_authenticated(
+        &mut self,
+        conn: ConnId,
+        user: String,
+        method: String,
+        client_version: Option<String>,
+        verdict: Option<RpcReplyPort<Result<(), String>>>,
+    ) {
+        let max = self.policy.limits.max_per_user;
+        let Some(entry) = self.registry.conns.get_mut(&conn) else {
+            // Already gone: no limit to tell the client about, it ends anyway.
+            if let Some(verdict) = verdict {
+                let _ = verdict.send(Ok(()));
+            }
+            return;
+        };
+        if Self::end_login(&mut self.counts, &mut self.logins, entry) {
+            entry.info.state = ConnState::Authenticated;
+        }
+        let before = entry.info.user.take();
+        let same_user = self.counts.authenticated(before.as_deref(), &user);
+        entry.info.user = Some(user.clone());
+        entry.info.auth_method = Some(method.clone());
+        entry.info.client_version = client_version;
+        let peer = entry.info.peer;
+        self.events.send(Event::Authenticated {
+            conn,
+            user: user.clone(),
+            method,
         });
+        if same_user >= max {
+            let reason = format!("max_per_user ({max}) reached for {user}");
+            info!(parent: &self.span, conn_id = %conn, reason = %reason, "audit: connection refused");
+            self.events.send(Event::Refused {
+                peer,
+                reason: reason.clone(),
+            });
+            if let Some(verdict) = verdict {
+                let _ = verdict.send(Err(reason.clone()));
+            }
+            let grace = self.policy.kill_grace;
+            self.kill_connection(conn, &reason, grace, &Some("max_per_user".into()), false);
+        } else if let Some(verdict) = verdict {
+            let _ = verdict.send(Ok(()));
+        }
+    }
+
+    fn on_session_opened(&mut self, conn: ConnId, session: SessionId) {
+        if let Some(entry) = self.registry.conns.get_mut(&conn) {
+            entry.sessions.push(SessionEntry {
+                info: SessionInfo {
+                    id: session,
+                    kind: SessionKind::Pending,
+                    command: None,
+                    started: SystemTime::now(),
+                    pty: None,
+                    processes: None,
+                },
+                waiters: Vec::new(),
+            });
+            self.registry.sessions.insert(session, conn);
+            self.events.send(Event::SessionOpened { conn, session });
+        }
+    }
+
+    fn on_session_started(
+        &mut self,
+        conn: ConnId,
+        session: SessionId,
+        kind: SessionKind,
+        command: Option<String>,
+    ) {
+        if let Some(s) = self.registry.session_mut(conn, session) {
+            s.info.kind = kind;
+            s.info.command = command.clone();
+            self.events.send(Event::SessionStarted {
+                conn,
+                session,
+                kind,
+                command,
+            });
+        }
     }
 
     /// Arms the login timer for the earliest login deadline, unless it is armed for that or
-    /// earlier already (a timer that finds nothing due re-arms for what is left).
+    /// earlier already.
     fn arm_login_timer(&mut self, myself: &ActorRef<SupervisorMsg>) {
-        let Some(&(first, _)) = self.logins.first() else {
+        let Some(at) = self.logins.needs_arming() else {
             return;
         };
-        if let Some((at, _)) = &self.login_timer {
-            if *at <= first {
-                return;
-            }
-        }
-        let delay = first.saturating_duration_since(Instant::now());
-        let timer = myself.send_after(delay, || SupervisorMsg::Notice(Notice::LoginTimer));
-        if let Some((_, earlier)) = self.login_timer.replace((first, timer)) {
-            earlier.abort();
-        }
+        let delay = at.saturating_duration_since(Instant::now());
+        let timer = myself.send_after(delay, || {
+            SupervisorMsg::Notice(Notice(NoticeKind::LoginTimer))
+        });
+        self.logins.armed(at, timer.abort_handle());
     }
 
     /// The login timer went off: every login past its grace is told so; the timer is armed
     /// again for the next one.
-    fn login_timer(&mut self, myself: &ActorRef<SupervisorMsg>) {
-        self.login_timer = None;
-        let now = Instant::now();
-        while let Some(&(deadline, conn)) = self.logins.first() {
-            if deadline > now {
-                break;
-            }
-            self.logins.pop_first();
-            if let Some(entry) = self.conns.get_mut(&conn) {
+    fn on_login_timer(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        for conn in self.logins.fired(Instant::now()) {
+            if let Some(entry) = self.registry.conns.get_mut(&conn) {
                 entry.login_deadline = None;
-                let _ = entry.actor.cast(ConnectionMsg::LoginGraceElapsed);
+                let _ = entry
+                    .actor
+                    .cast(ConnectionMsg::tick(Tick::LoginGraceElapsed));
             }
         }
         self.arm_login_timer(myself);
     }
 
     /// A kill group's grace ran out: its connections still alive are told so.
-    fn group_grace_elapsed(&self, group: u64) {
-        let Some(group) = self.groups.iter().find(|g| g.id == group) else {
-            return;
-        };
-        for conn in &group.pending {
-            if let Some(entry) = self.conns.get(conn) {
-                let _ = entry.actor.cast(ConnectionMsg::GraceElapsed);
+    fn on_group_grace_elapsed(&self, group: u64) {
+        for conn in self.groups.pending(group) {
+            if let Some(entry) = self.registry.conns.get(conn) {
+                let _ = entry.actor.cast(ConnectionMsg::tick(Tick::GraceElapsed));
             }
         }
     }
 
-    fn session_ended(
+    fn on_session_ended(
         &mut self,
         conn: ConnId,
         session: SessionId,
@@ -505,8 +615,8 @@ impl SupervisorState {
         forced: bool,
         processes_left: usize,
     ) {
-        self.sessions.remove(&session);
-        let Some(entry) = self.conns.get_mut(&conn) else {
+        self.registry.sessions.remove(&session);
+        let Some(entry) = self.registry.conns.get_mut(&conn) else {
             return;
         };
         let Some(pos) = entry.sessions.iter().position(|s| s.info.id == session) else {
@@ -516,15 +626,13 @@ impl SupervisorState {
         if matches!(entry.info.state, ConnState::Closing) {
             entry.closed_while_closing += 1;
         }
-        for waiter in removed.waiters {
-            let _ = waiter.reply.send(Ok(KillReport {
-                target: Target::Session(session),
-                sessions_closed: 1,
-                elapsed: waiter.since.elapsed(),
-                forced,
-                processes_left,
-            }));
-        }
+        let ending = Ending {
+            target: Target::Session(session),
+            sessions_closed: 1,
+            forced,
+            processes_left,
+        };
+        Waiter::answer_all(removed.waiters, ending);
         self.events.send(Event::SessionClosed {
             conn,
             session,
@@ -533,20 +641,27 @@ impl SupervisorState {
         });
     }
 
-    fn connection_ended(
+    /// A connection actor has terminated: out of the map, and everyone waiting on it answered.
+    fn on_connection_ended(
         &mut self,
         actor: ActorId,
-        outcome: Option<crate::connection::ConnOutcome>,
+        outcome: Option<ConnOutcome>,
         failure: Option<String>,
     ) {
-        let Some(conn) = self.by_actor.remove(&actor) else {
+        let Some(conn) = self.registry.by_actor.remove(&actor) else {
             return;
         };
-        let Some(mut entry) = self.conns.remove(&conn) else {
+        let Some(mut entry) = self.registry.conns.remove(&conn) else {
             return;
         };
-        forget_login(&mut self.logins, &mut entry, conn);
-        self.counts.release(&entry, &self.policy.limits);
+        self.logins.forget(&mut entry.login_deadline, conn);
+        self.counts.release(
+            entry.info.peer,
+            entry.info.user.as_deref(),
+            conn,
+            entry.admitted,
+            &self.policy.limits,
+        );
         let (cause, sessions_closed, forced, processes_left) = match (outcome, failure) {
             (Some(o), _) => (o.cause, o.sessions_closed, o.forced, o.processes_left),
             (None, message) => (
@@ -560,16 +675,14 @@ impl SupervisorState {
         };
         // Sessions still listed here died with their connection (it crashed or was killed).
         for session in entry.sessions {
-            self.sessions.remove(&session.info.id);
-            for waiter in session.waiters {
-                let _ = waiter.reply.send(Ok(KillReport {
-                    target: Target::Session(session.info.id),
-                    sessions_closed: 1,
-                    elapsed: waiter.since.elapsed(),
-                    forced: true,
-                    processes_left: 0,
-                }));
-            }
+            self.registry.sessions.remove(&session.info.id);
+            let died = Ending {
+                target: Target::Session(session.info.id),
+                sessions_closed: 1,
+                forced: true,
+                processes_left: 0,
+            };
+            Waiter::answer_all(session.waiters, died);
             self.events.send(Event::SessionClosed {
                 conn,
                 session: session.info.id,
@@ -578,36 +691,14 @@ impl SupervisorState {
             });
         }
         info!(parent: &self.span, conn_id = %conn, ?cause, sessions_closed, forced, "connection gone");
-        for waiter in entry.waiters {
-            let _ = waiter.reply.send(Ok(KillReport {
-                target: Target::Connection(conn),
-                sessions_closed,
-                elapsed: waiter.since.elapsed(),
-                forced,
-                processes_left,
-            }));
-        }
-        let report = |since: Instant| KillReport {
+        let ending = Ending {
             target: Target::Connection(conn),
             sessions_closed,
-            elapsed: since.elapsed(),
             forced,
             processes_left,
         };
-        let mut i = 0;
-        while i < self.groups.len() {
-            if self.groups[i].pending.remove(&conn) {
-                let since = self.groups[i].since;
-                self.groups[i].reports.push(report(since));
-                if self.groups[i].pending.is_empty() {
-                    let group = self.groups.swap_remove(i);
-                    group.grace_timer.abort();
-                    let _ = group.reply.send(group.reports);
-                    continue;
-                }
-            }
-            i += 1;
-        }
+        Waiter::answer_all(entry.waiters, ending);
+        self.groups.connection_gone(conn, ending);
         self.events.send(Event::Disconnected { conn, cause });
     }
 }
@@ -619,24 +710,25 @@ impl Actor for SupervisorActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<SupervisorMsg>,
+        myself: ActorRef<SupervisorMsg>,
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
         // ractor builds its process-group registry at the first actor stop (and dashmap reads
         // the cgroup CPU quota from files to size it): done here, so that the first kill does
         // not pay for it (about a millisecond).
         let _ = ractor::pg::which_groups();
+        let to_me = myself.clone();
         Ok(SupervisorState {
             events: args.events,
             policy: args.policy,
-            conns: HashMap::new(),
+            registry: Registry::default(),
             counts: Counts::default(),
-            by_actor: HashMap::new(),
-            sessions: HashMap::new(),
-            groups: Vec::new(),
-            next_group: 0,
-            logins: BTreeSet::new(),
-            login_timer: None,
+            logins: Logins::default(),
+            groups: KillGroups::default(),
+            // A supervisor already gone has nobody left to tell.
+            parent: Parent::new(move |notice| {
+                let _ = to_me.cast(SupervisorMsg::Notice(notice));
+            }),
             span: tracing::info_span!(parent: None, "supervisor"),
         })
     }
@@ -649,109 +741,17 @@ impl Actor for SupervisorActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Connect { peer, link, reply } => {
-                match state.admission(peer) {
-                    Admission::Admit => {}
-                    Admission::AdmitDropping(victim, reason) => {
-                        info!(parent: &state.span, %peer, dropped = %victim, reason = %reason, "audit: pending login dropped to admit a new connection");
-                        let grace = state.policy.kill_grace;
-                        state.kill_connection(
-                            victim,
-                            &reason,
-                            grace,
-                            &Some("max_unauthenticated".into()),
-                            false,
-                        );
-                    }
-                    Admission::Refuse(refusal) => {
-                        info!(parent: &state.span, %peer, reason = %refusal, "audit: connection refused");
-                        state.events.send(Event::Refused {
-                            peer,
-                            reason: refusal.to_string(),
-                        });
-                        let _ = reply.send(Err(refusal));
-                        return Ok(());
-                    }
-                }
-                let id = ConnId::new_random();
-                let traffic = link.traffic();
-                let args = ConnectionArgs {
-                    id,
-                    peer,
-                    link,
-                    supervisor: myself.clone(),
-                    policy: state.policy.clone(),
-                };
-                match Actor::spawn_linked(None, ConnectionActor, args, myself.get_cell()).await {
-                    Ok((actor, _)) => {
-                        state.by_actor.insert(actor.get_id(), id);
-                        let admitted = Instant::now();
-                        state.counts.admit(peer, id, admitted, &state.policy.limits);
-                        let login_deadline = state
-                            .policy
-                            .login_grace
-                            .and_then(|grace| admitted.checked_add(grace));
-                        if let Some(deadline) = login_deadline {
-                            state.logins.insert((deadline, id));
-                            state.arm_login_timer(&myself);
-                        }
-                        state.conns.insert(
-                            id,
-                            ConnEntry {
-                                actor: actor.clone(),
-                                admitted,
-                                login_deadline,
-                                traffic,
-                                info: ConnectionInfo {
-                                    id,
-                                    user: None,
-                                    peer,
-                                    client_version: None,
-                                    auth_method: None,
-                                    started: SystemTime::now(),
-                                    state: ConnState::Handshaking,
-                                    idle_ms: None,
-                                    bytes_in: None,
-                                    bytes_out: None,
-                                    sessions: Vec::new(),
-                                },
-                                sessions: Vec::new(),
-                                waiters: Vec::new(),
-                                closed_while_closing: 0,
-                            },
-                        );
-                        state.events.send(Event::Connected { conn: id, peer });
-                        let _ = reply.send(Ok((id, actor)));
-                    }
-                    Err(e) => {
-                        warn!(parent: &state.span, error = %e, %peer, "could not start a connection actor");
-                        let _ = reply.send(Err(Refusal::SpawnFailed(e.to_string())));
-                    }
-                }
+                state.on_connect(&myself, peer, link, reply).await
             }
             SupervisorMsg::SetPolicy { policy, reply } => {
-                info!(parent: &state.span, ?policy, "policy replaced");
-                for entry in state.conns.values() {
-                    let _ = entry.actor.cast(ConnectionMsg::SetPolicy(policy.clone()));
-                }
-                state.policy = policy;
-                state.counts.per_prefix = state.conns.values().fold(HashMap::new(), |mut m, e| {
-                    *m.entry(Counts::net(e.info.peer, &state.policy.limits))
-                        .or_insert(0) += 1;
-                    m
-                });
+                state.on_set_policy(policy);
                 let _ = reply.send(());
             }
             SupervisorMsg::List { reply } => {
-                let mut all: Vec<ConnectionInfo> = state
-                    .conns
-                    .values()
-                    .map(SupervisorState::snapshot)
-                    .collect();
-                all.sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(&b.id)));
-                let _ = reply.send(all);
+                let _ = reply.send(state.registry.select(&Filter::default()));
             }
             SupervisorMsg::Get { conn, reply } => {
-                let _ = reply.send(state.conns.get(&conn).map(SupervisorState::snapshot));
+                let _ = reply.send(state.registry.conns.get(&conn).map(ConnEntry::snapshot));
             }
             SupervisorMsg::Kill {
                 target,
@@ -759,231 +759,33 @@ impl Actor for SupervisorActor {
                 grace,
                 by,
                 reply,
-            } => {
-                let waiter = Waiter {
-                    reply,
-                    since: Instant::now(),
-                };
-                // Logged once found: a kill of an ID that names nothing is no kill.
-                let span = state.span.clone();
-                let requested = || info!(parent: &span, %target, reason = %reason, by = by.as_deref(), "kill requested");
-                match target {
-                    Target::Connection(conn) => match state.conns.get_mut(&conn) {
-                        Some(entry) => {
-                            requested();
-                            entry.waiters.push(waiter);
-                            state.kill_connection(conn, &reason, grace, &by, false);
-                        }
-                        None => {
-                            let _ = waiter.reply.send(Err(KillError::NotFound(target)));
-                        }
-                    },
-                    Target::Session(session) => {
-                        let entry = state
-                            .sessions
-                            .get(&session)
-                            .and_then(|conn| state.conns.get_mut(conn));
-                        let found = entry.and_then(|entry| {
-                            let actor = entry.actor.clone();
-                            entry
-                                .sessions
-                                .iter_mut()
-                                .find(|s| s.info.id == session)
-                                .map(|s| (actor, s))
-                        });
-                        match found {
-                            Some((actor, s)) => {
-                                requested();
-                                s.waiters.push(waiter);
-                                let _ = actor.cast(ConnectionMsg::KillSession {
-                                    session,
-                                    reason,
-                                    grace,
-                                });
-                            }
-                            None => {
-                                let _ = waiter.reply.send(Err(KillError::NotFound(target)));
-                            }
-                        }
-                    }
-                }
-            }
+            } => state.on_kill(target, reason, grace, by, reply),
             SupervisorMsg::KillAll {
                 reason,
                 grace,
                 by,
                 reply,
-            } => state.kill_group(&myself, &Filter::default(), &reason, grace, &by, reply),
+            } => state.on_kill_where(&myself, &Filter::default(), &reason, grace, &by, reply),
             SupervisorMsg::KillWhere {
                 filter,
                 reason,
                 grace,
                 by,
                 reply,
-            } => state.kill_group(&myself, &filter, &reason, grace, &by, reply),
+            } => state.on_kill_where(&myself, &filter, &reason, grace, &by, reply),
             SupervisorMsg::Resolve { text, reply } => {
-                let _ = reply.send(state.resolve(&text));
+                let _ = reply.send(state.registry.resolve(&text));
             }
             SupervisorMsg::Stats { reply } => {
-                let children = myself.get_children();
-                let stats = TreeStats {
-                    connections: state.conns.len(),
-                    sessions: state.sessions.len(),
-                    connection_actors: children.len(),
-                    session_actors: children.iter().map(|c| c.get_children().len()).sum(),
-                    waiting_kills: state
-                        .conns
-                        .values()
-                        .map(|e| {
-                            e.waiters.len()
-                                + e.sessions.iter().map(|s| s.waiters.len()).sum::<usize>()
-                        })
-                        .sum::<usize>()
-                        + state.groups.len(),
-                };
-                let _ = reply.send(stats);
+                let _ = reply.send(state.stats(&myself));
             }
             SupervisorMsg::Admission { reply } => {
-                let _ = reply.send(state.counts.snapshot(state.conns.len()));
+                let _ = reply.send(state.counts.snapshot(state.registry.conns.len()));
             }
             SupervisorMsg::Select { filter, reply } => {
-                let now = SystemTime::now();
-                let mut selected: Vec<ConnectionInfo> = state
-                    .conns
-                    .values()
-                    .filter(|e| SupervisorState::selects(&filter, e, now))
-                    .map(SupervisorState::snapshot)
-                    .collect();
-                selected.sort_by(|a, b| a.started.cmp(&b.started).then_with(|| a.id.cmp(&b.id)));
-                let _ = reply.send(selected);
+                let _ = reply.send(state.registry.select(&filter));
             }
-            SupervisorMsg::Notice(notice) => match notice {
-                Notice::SessionPty { conn, session, pty } => {
-                    if let Some(s) = state
-                        .conns
-                        .get_mut(&conn)
-                        .and_then(|e| e.sessions.iter_mut().find(|s| s.info.id == session))
-                    {
-                        s.info.pty = pty;
-                    }
-                }
-                Notice::Closing { conn } => {
-                    if let Some(entry) = state.conns.get_mut(&conn) {
-                        if entry.info.state == ConnState::Handshaking {
-                            state.counts.pending.remove(&(entry.admitted, conn));
-                            forget_login(&mut state.logins, entry, conn);
-                        }
-                        entry.info.state = ConnState::Closing;
-                    }
-                }
-                Notice::Authenticated {
-                    conn,
-                    user,
-                    method,
-                    client_version,
-                    verdict,
-                } => {
-                    let max = state.policy.limits.max_per_user;
-                    let Some(entry) = state.conns.get_mut(&conn) else {
-                        // Already gone: no limit to tell the client about, it ends anyway.
-                        if let Some(verdict) = verdict {
-                            let _ = verdict.send(Ok(()));
-                        }
-                        return Ok(());
-                    };
-                    if entry.info.state == ConnState::Handshaking {
-                        state.counts.pending.remove(&(entry.admitted, conn));
-                        forget_login(&mut state.logins, entry, conn);
-                        entry.info.state = ConnState::Authenticated;
-                    }
-                    if let Some(before) = entry.info.user.take() {
-                        Counts::less(&mut state.counts.per_user, &before);
-                    }
-                    let same_user = state.counts.per_user.get(&user).copied().unwrap_or(0);
-                    *state.counts.per_user.entry(user.clone()).or_insert(0) += 1;
-                    entry.info.user = Some(user.clone());
-                    entry.info.auth_method = Some(method.clone());
-                    entry.info.client_version = client_version;
-                    let peer = entry.info.peer;
-                    state.events.send(Event::Authenticated {
-                        conn,
-                        user: user.clone(),
-                        method,
-                    });
-                    if same_user >= max {
-                        let reason = format!("max_per_user ({max}) reached for {user}");
-                        info!(parent: &state.span, conn_id = %conn, reason = %reason, "audit: connection refused");
-                        state.events.send(Event::Refused {
-                            peer,
-                            reason: reason.clone(),
-                        });
-                        if let Some(verdict) = verdict {
-                            let _ = verdict.send(Err(reason.clone()));
-                        }
-                        let grace = state.policy.kill_grace;
-                        state.kill_connection(
-                            conn,
-                            &reason,
-                            grace,
-                            &Some("max_per_user".into()),
-                            false,
-                        );
-                    } else if let Some(verdict) = verdict {
-                        let _ = verdict.send(Ok(()));
-                    }
-                }
-                Notice::SessionOpened { conn, session } => {
-                    if let Some(entry) = state.conns.get_mut(&conn) {
-                        entry.sessions.push(SessionEntry {
-                            info: SessionInfo {
-                                id: session,
-                                kind: SessionKind::Pending,
-                                command: None,
-                                started: SystemTime::now(),
-                                pty: None,
-                                processes: None,
-                            },
-                            waiters: Vec::new(),
-                        });
-                        state.sessions.insert(session, conn);
-                        state.events.send(Event::SessionOpened { conn, session });
-                    }
-                }
-                Notice::SessionStarted {
-                    conn,
-                    session,
-                    kind,
-                    command,
-                } => {
-                    if let Some(s) = state
-                        .conns
-                        .get_mut(&conn)
-                        .and_then(|e| e.sessions.iter_mut().find(|s| s.info.id == session))
-                    {
-                        s.info.kind = kind;
-                        s.info.command = command.clone();
-                        state.events.send(Event::SessionStarted {
-                            conn,
-                            session,
-                            kind,
-                            command,
-                        });
-                    }
-                }
-                Notice::SessionEnded {
-                    conn,
-                    session,
-                    exit,
-                    killed,
-                    forced,
-                    processes_left,
-                } => state.session_ended(conn, session, exit, killed, forced, processes_left),
-                Notice::GroupGraceElapsed { group } => state.group_grace_elapsed(group),
-                Notice::LoginTimer => state.login_timer(&myself),
-                Notice::ConnectionEnded { actor, end } => {
-                    state.connection_ended(actor, end.outcome, end.failure)
-                }
-            },
+            SupervisorMsg::Notice(Notice(notice)) => state.on_notice(&myself, notice),
         }
         Ok(())
     }
@@ -998,7 +800,7 @@ impl Actor for SupervisorActor {
             SupervisionEvent::ActorTerminated(cell, final_state, _) => {
                 let outcome = final_state
                     .and_then(|mut s| s.take::<ConnectionState>().ok())
-                    .and_then(|s| s.outcome.clone());
+                    .and_then(|s| s.outcome());
                 let end = ConnectionEnd {
                     outcome,
                     failure: None,
@@ -1017,150 +819,13 @@ impl Actor for SupervisorActor {
         };
         // This event may have overtaken the connection's last notices (its sessions' ends) in
         // our queue: handle the end behind them.
-        let deferred = SupervisorMsg::Notice(Notice::ConnectionEnded { actor, end });
-        if let Err(MessagingErr::SendErr(SupervisorMsg::Notice(Notice::ConnectionEnded {
-            actor,
-            end,
-        }))) = myself.cast(deferred)
+        let deferred = SupervisorMsg::Notice(Notice(NoticeKind::ConnectionEnded { actor, end }));
+        if let Err(MessagingErr::SendErr(SupervisorMsg::Notice(Notice(
+            NoticeKind::ConnectionEnded { actor, end },
+        )))) = myself.cast(deferred)
         {
-            state.connection_ended(actor, end.outcome, end.failure);
+            state.on_connection_ended(actor, end.outcome, end.failure);
         }
         Ok(())
-    }
-}
-
-/// What `SupervisorState::admission` decided.
-enum Admission {
-    Admit,
-    /// Admit, and end this pending login (with this reason) to make room.
-    AdmitDropping(ConnId, String),
-    Refuse(Refusal),
-}
-
-/// The network `ip` belongs to for `max_per_prefix`: its address masked to the prefix length,
-/// and that length.
-fn network_of(ip: IpAddr, v4_bits: u8, v6_bits: u8) -> (IpAddr, u8) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let bits = v4_bits.min(32);
-            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-            (IpAddr::V4((u32::from(v4) & mask).into()), bits)
-        }
-        IpAddr::V6(v6) => {
-            let bits = v6_bits.min(128);
-            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-            (IpAddr::V6((u128::from(v6) & mask).into()), bits)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::network_of;
-    use std::net::IpAddr;
-
-    fn net(ip: &str, v4: u8, v6: u8) -> String {
-        let (addr, bits) = network_of(ip.parse::<IpAddr>().unwrap(), v4, v6);
-        format!("{addr}/{bits}")
-    }
-
-    #[test]
-    fn prefixes_mask_the_host_bits() {
-        assert_eq!(net("10.1.2.3", 24, 64), "10.1.2.0/24");
-        assert_eq!(net("10.1.2.3", 16, 64), "10.1.0.0/16");
-        assert_eq!(net("10.1.2.3", 32, 64), "10.1.2.3/32");
-        assert_eq!(net("10.1.2.3", 0, 64), "0.0.0.0/0");
-        assert_eq!(net("10.1.2.3", 40, 64), "10.1.2.3/32");
-        assert_eq!(net("2001:db8:1:2:3:4:5:6", 24, 64), "2001:db8:1:2::/64");
-        assert_eq!(net("2001:db8:1:2:3:4:5:6", 24, 48), "2001:db8:1::/48");
-        assert_eq!(net("::1", 24, 128), "::1/128");
-        assert_eq!(net("::1", 24, 0), "::/0");
-    }
-}
-
-/// Running counts of live connections by what the limits count.
-#[derive(Default)]
-struct Counts {
-    per_source: HashMap<IpAddr, usize>,
-    per_prefix: HashMap<(IpAddr, u8), usize>,
-    per_user: HashMap<String, usize>,
-    /// Connections still in the handshake, oldest first.
-    pending: std::collections::BTreeSet<(Instant, ConnId)>,
-}
-
-impl Counts {
-    fn net(peer: SocketAddr, limits: &crate::Limits) -> (IpAddr, u8) {
-        network_of(peer.ip().to_canonical(), limits.prefix_v4, limits.prefix_v6)
-    }
-
-    fn admit(&mut self, peer: SocketAddr, id: ConnId, admitted: Instant, limits: &crate::Limits) {
-        *self.per_source.entry(peer.ip().to_canonical()).or_insert(0) += 1;
-        *self
-            .per_prefix
-            .entry(Counts::net(peer, limits))
-            .or_insert(0) += 1;
-        self.pending.insert((admitted, id));
-    }
-
-    fn release(&mut self, entry: &ConnEntry, limits: &crate::Limits) {
-        let peer = entry.info.peer;
-        Counts::less(&mut self.per_source, &peer.ip().to_canonical());
-        Counts::less(&mut self.per_prefix, &Counts::net(peer, limits));
-        if let Some(user) = &entry.info.user {
-            Counts::less(&mut self.per_user, user);
-        }
-        self.pending.remove(&(entry.admitted, entry.info.id));
-    }
-
-    fn less<K, Q>(map: &mut HashMap<K, usize>, key: &Q)
-    where
-        K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ?Sized,
-    {
-        if let Some(n) = map.get_mut(key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(key);
-            }
-        }
-    }
-}
-
-/// A connection leaves the logins (authenticated, closing or gone): its login grace is over.
-fn forget_login(logins: &mut BTreeSet<(Instant, ConnId)>, entry: &mut ConnEntry, conn: ConnId) {
-    if let Some(deadline) = entry.login_deadline.take() {
-        logins.remove(&(deadline, conn));
-    }
-}
-
-/// The running counts admission is decided by, as the supervisor holds them: what a recount of
-/// the live connections must give.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AdmissionCounts {
-    /// Connections in the map (`max_connections`).
-    pub connections: usize,
-    /// Live connections by source address (`max_per_source`).
-    pub per_source: std::collections::BTreeMap<IpAddr, usize>,
-    /// Live connections by network, `addr/bits` (`max_per_prefix`).
-    pub per_prefix: std::collections::BTreeMap<String, usize>,
-    /// Live connections by the user they authenticated as (`max_per_user`).
-    pub per_user: std::collections::BTreeMap<String, usize>,
-    /// Connections still logging in and not being killed (`max_unauthenticated`).
-    pub unauthenticated: usize,
-}
-
-impl Counts {
-    fn snapshot(&self, connections: usize) -> AdmissionCounts {
-        AdmissionCounts {
-            connections,
-            per_source: self.per_source.iter().map(|(k, v)| (*k, *v)).collect(),
-            per_prefix: self
-                .per_prefix
-                .iter()
-                .map(|((addr, bits), v)| (format!("{addr}/{bits}"), *v))
-                .collect(),
-            per_user: self.per_user.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            unauthenticated: self.pending.len(),
-        }
     }
 }

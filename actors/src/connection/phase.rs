@@ -1,0 +1,410 @@
+//! A connection's phase and its transitions: a pure function from the phase and what happened
+//! to the next phase and what the actor must do, with no actor, no link and no clock in it.
+//!
+//! ```text
+//! Handshaking --Authenticated--> Open
+//!      |                          |
+//!      +--- Kill / TransportClosed / GiveUp ---> Closing(Polite) --GraceElapsed--> Closing(Forced)
+//!                                                   |                                  |
+//!                                                   |                          GiveUp: Closing(GivingUp)
+//!                                                   +--- no sessions, transport gone ---> Done
+//! ```
+//!
+//! Closing ends once no session is left and the transport has ended: first the sessions, then
+//! the disconnect (sent when the last session is gone, or when the grace runs out), then the
+//! transport (cut [`CUT_DELAY`] after the grace, or right after the disconnect for a connection
+//! that never logged in).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::link::TransportEnd;
+use crate::report::DisconnectCause;
+
+/// After the grace runs out, how long the disconnect message gets to leave before the transport
+/// is cut.
+pub const CUT_DELAY: Duration = Duration::from_millis(100);
+
+/// After the grace runs out, how long the subtree may take to wind down before the remaining
+/// children are killed outright and the connection actor stops anyway.
+pub const GIVE_UP_MARGIN: Duration = Duration::from_millis(1500);
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Key exchange and authentication.
+    Handshaking,
+    /// Logged in: sessions come and go.
+    Open,
+    /// Ending: sessions first, then the disconnect, then the transport.
+    Closing(Closing),
+    /// Over; the actor stops with this end.
+    Done(Ended),
+}
+
+/// A connection on its way out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Closing {
+    /// Whether the client had logged in (before that there is no session to wind down).
+    authenticated: bool,
+    /// The kill under way, when a kill (not only the client leaving) ends it.
+    kill: Option<Kill>,
+    /// How the transport ended, once it has.
+    transport: Option<TransportEnd>,
+    /// How hard the end is being pushed.
+    stage: Stage,
+    /// Something had to be forced (a session, the transport): the end is forced.
+    forced: bool,
+    /// Sessions that ended since it began closing.
+    sessions_closed: usize,
+}
+
+/// How hard the end of a connection is being pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Sessions are asked to end; nothing has run out yet.
+    Polite,
+    /// The grace ran out: sessions are forced, the transport is cut soon.
+    Forced,
+    /// Even that did not wind down within [`GIVE_UP_MARGIN`]: what is left is killed.
+    GivingUp,
+}
+
+/// The kill that ends a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Kill {
+    reason: String,
+    by: Option<String>,
+    disconnect_sent: bool,
+    /// The client had already left when the kill came: it is the cause, not the kill.
+    client_left_first: bool,
+    /// When the grace of the most pressing kill runs out.
+    deadline: Instant,
+}
+
+/// How a connection ended (the actor adds what its sessions left running).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ended {
+    pub(crate) cause: DisconnectCause,
+    pub(crate) sessions_closed: usize,
+    pub(crate) forced: bool,
+}
+
+/// What happened to a connection, as far as its phase is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Input {
+    /// The client authenticated.
+    Authenticated,
+    /// The transport ended; `grace` is how long sessions get if this begins the end.
+    TransportClosed { end: TransportEnd, grace: Duration },
+    /// A kill: from the supervisor (`listed`: it already lists the connection as closing) or
+    /// from the connection's own timeouts.
+    Kill {
+        reason: String,
+        by: Option<String>,
+        grace: Duration,
+        /// When `grace` runs out (now + grace).
+        deadline: Instant,
+        /// The sender times the grace (see `ConnectionMsg::Kill`).
+        timed_by_sender: bool,
+        listed: bool,
+    },
+    /// The kill's grace ran out.
+    GraceElapsed,
+    /// Time to cut the transport if it is still up.
+    Cut,
+    /// The subtree did not wind down after the force.
+    GiveUp,
+    /// A session's actor stopped (`forced`: it had to be forced).
+    SessionEnded { forced: bool },
+}
+
+/// What the actor must do, in this order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Tell the supervisor the connection is closing.
+    NoticeClosing,
+    /// Ask every session to end within `grace` (`reason`: the kill's, `None` when the client
+    /// left).
+    EndSessions {
+        reason: Option<String>,
+        grace: Duration,
+    },
+    /// Tell every session the client is gone.
+    SessionsClientClosed,
+    /// Pass the grace's end on to every session.
+    ForceSessions,
+    /// Kill every session actor outright.
+    KillSessions,
+    /// Send the disconnect with this reason.
+    Disconnect(String),
+    /// Cut the transport.
+    Abort,
+    /// Send the actor this later.
+    After(Duration, Timed),
+    /// Stop the actor.
+    Stop,
+}
+
+/// What the phase asks to be told later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Timed {
+    GraceElapsed,
+    Cut,
+    GiveUp,
+}
+
+impl Phase {
+    /// Whether the connection is ending (or over): no new session, no new timeout.
+    pub(crate) fn is_closing(&self) -> bool {
+        matches!(self, Phase::Closing(_) | Phase::Done(_))
+    }
+
+    /// Whether a kill is already under way (a later one may only shorten its grace).
+    pub(crate) fn is_killing(&self) -> bool {
+        match self {
+            Phase::Closing(c) => c.kill.is_some(),
+            Phase::Done(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether what was left has been killed already (the next give-up stops the actor).
+    pub(crate) fn is_giving_up(&self) -> bool {
+        matches!(self, Phase::Closing(c) if c.stage == Stage::GivingUp)
+    }
+
+    /// How it ended, once it has.
+    pub(crate) fn ended(&self) -> Option<&Ended> {
+        match self {
+            Phase::Done(ended) => Some(ended),
+            _ => None,
+        }
+    }
+
+    /// The next phase after `input`, with `sessions` live sessions (after any that just
+    /// ended), and what the actor must do, in order.
+    pub(crate) fn step(self, input: Input, sessions: usize) -> (Phase, Vec<Action>) {
+        let mut out = Vec::new();
+        let next = self.apply(input, sessions, &mut out);
+        (next, out)
+    }
+
+    fn apply(self, input: Input, sessions: usize, out: &mut Vec<Action>) -> Phase {
+        match (self, input) {
+            (done @ Phase::Done(_), _) => done,
+            (Phase::Handshaking, Input::Authenticated) => Phase::Open,
+            (Phase::Closing(mut c), Input::Authenticated) => {
+                c.authenticated = true;
+                Phase::Closing(c)
+            }
+            (open, Input::Authenticated) => open,
+            (Phase::Closing(mut c), Input::TransportClosed { end, .. }) => {
+                c.transport = Some(end);
+                out.push(Action::SessionsClientClosed);
+                c.advance(sessions, out)
+            }
+            (live, Input::TransportClosed { end, grace }) => {
+                let mut c = Closing::from(live);
+                c.transport = Some(end);
+                out.push(Action::NoticeClosing);
+                out.push(Action::EndSessions {
+                    reason: None,
+                    grace,
+                });
+                // Forces the sessions when the grace runs out, then gives up after
+                // GIVE_UP_MARGIN; nothing to time if none is left.
+                if sessions > 0 {
+                    out.push(Action::After(grace, Timed::GraceElapsed));
+                }
+                c.advance(sessions, out)
+            }
+            (
+                phase,
+                Input::Kill {
+                    reason,
+                    by,
+                    grace,
+                    deadline,
+                    timed_by_sender,
+                    listed,
+                },
+            ) => phase.kill(
+                Kill {
+                    reason,
+                    by,
+                    disconnect_sent: false,
+                    client_left_first: false,
+                    deadline,
+                },
+                grace,
+                timed_by_sender,
+                listed,
+                sessions,
+                out,
+            ),
+            (Phase::Closing(mut c), Input::GraceElapsed) if c.stage == Stage::Polite => {
+                c.stage = Stage::Forced;
+                c.forced = true;
+                out.push(Action::ForceSessions);
+                if c.transport.is_none() {
+                    c.send_disconnect(out);
+                }
+                out.push(Action::After(CUT_DELAY, Timed::Cut));
+                out.push(Action::After(GIVE_UP_MARGIN, Timed::GiveUp));
+                Phase::Closing(c)
+            }
+            (Phase::Closing(mut c), Input::Cut) if c.transport.is_none() => {
+                // The client did not take its goodbye: the end is forced.
+                c.forced = true;
+                out.push(Action::Abort);
+                Phase::Closing(c)
+            }
+            (Phase::Closing(c), Input::GiveUp) if c.stage == Stage::GivingUp => {
+                // Sessions did not stop even when killed: stop anyway.
+                out.push(Action::Stop);
+                Phase::Done(c.ended())
+            }
+            (phase, Input::GiveUp) => {
+                if !phase.is_closing() {
+                    out.push(Action::NoticeClosing);
+                }
+                let mut c = Closing::from(phase);
+                c.stage = Stage::GivingUp;
+                c.forced = true;
+                out.push(Action::KillSessions);
+                if c.transport.is_none() {
+                    out.push(Action::Abort);
+                    c.transport = Some(TransportEnd::Aborted);
+                }
+                // The killed sessions' ends come as supervision events, then `advance` stops
+                // the actor. Should even that not happen, the next give-up stops it.
+                out.push(Action::After(GIVE_UP_MARGIN, Timed::GiveUp));
+                c.advance(sessions, out)
+            }
+            (Phase::Closing(mut c), Input::SessionEnded { forced }) => {
+                // A session that had to be forced makes the end forced too (the connection's
+                // own grace may never run out: the client can leave first).
+                c.sessions_closed += 1;
+                c.forced |= forced;
+                c.advance(sessions, out)
+            }
+            (phase, _) => phase,
+        }
+    }
+
+    /// Starts the kill sequence, or lets a later kill whose grace ends sooner bring the force
+    /// closer (any other later kill changes nothing).
+    fn kill(
+        self,
+        mut kill: Kill,
+        grace: Duration,
+        timed_by_sender: bool,
+        listed: bool,
+        sessions: usize,
+        out: &mut Vec<Action>,
+    ) -> Phase {
+        let was_closing = self.is_closing();
+        let mut c = Closing::from(self);
+        if let Some(current) = c.kill.as_mut() {
+            // Until the connection's own grace has run out (a session forced on its own makes
+            // the end forced, not over).
+            if kill.deadline < current.deadline && c.stage == Stage::Polite {
+                current.deadline = kill.deadline;
+                out.push(Action::EndSessions {
+                    reason: Some(current.reason.clone()),
+                    grace,
+                });
+                if !timed_by_sender {
+                    out.push(Action::After(grace, Timed::GraceElapsed));
+                }
+            }
+            return Phase::Closing(c);
+        }
+        kill.client_left_first = c.transport.is_some();
+        kill.disconnect_sent = kill.client_left_first;
+        // The order matters for speed, not for correctness: what is woken last runs next on
+        // the actor's thread, and that should be the sessions, which the kill waits for.
+        if !timed_by_sender {
+            out.push(Action::After(grace, Timed::GraceElapsed));
+        }
+        if !was_closing && !listed {
+            out.push(Action::NoticeClosing);
+        }
+        // Sessions already ending (the client left) keep the shorter of the graces.
+        out.push(Action::EndSessions {
+            reason: Some(kill.reason.clone()),
+            grace,
+        });
+        c.kill = Some(kill);
+        let authenticated = c.authenticated;
+        let next = c.advance(sessions, out);
+        if !authenticated && sessions == 0 {
+            // Before authentication there is no session to wind down, only a client, maybe one
+            // stalled in its key exchange (russh holds our DISCONNECT back until that ends):
+            // the goodbye gets CUT_DELAY to leave, then the socket closes, not at the grace.
+            out.push(Action::After(CUT_DELAY, Timed::Cut));
+        }
+        next
+    }
+}
+
+impl From<Phase> for Closing {
+    /// The closing state a phase enters (or is in).
+    fn from(phase: Phase) -> Self {
+        match phase {
+            Phase::Closing(c) => c,
+            other => Closing {
+                authenticated: matches!(other, Phase::Open),
+                kill: None,
+                transport: None,
+                stage: Stage::Polite,
+                forced: false,
+                sessions_closed: 0,
+            },
+        }
+    }
+}
+
+impl Closing {
+    /// Sends the disconnect, once, if a kill is under way.
+    fn send_disconnect(&mut self, out: &mut Vec<Action>) {
+        if let Some(kill) = self.kill.as_mut() {
+            if !kill.disconnect_sent {
+                kill.disconnect_sent = true;
+                out.push(Action::Disconnect(kill.reason.clone()));
+            }
+        }
+    }
+
+    /// Moves the end on as far as it can go now: with no session left the disconnect goes out,
+    /// and once the transport has ended too the actor stops.
+    fn advance(mut self, sessions: usize, out: &mut Vec<Action>) -> Phase {
+        if sessions > 0 {
+            return Phase::Closing(self);
+        }
+        if self.transport.is_none() {
+            self.send_disconnect(out);
+            return Phase::Closing(self);
+        }
+        out.push(Action::Stop);
+        Phase::Done(self.ended())
+    }
+
+    fn ended(self) -> Ended {
+        let cause = match (self.kill, self.transport) {
+            (Some(kill), _) if !kill.client_left_first => DisconnectCause::Killed {
+                reason: kill.reason,
+                by: kill.by,
+            },
+            (_, Some(TransportEnd::Error(message))) => DisconnectCause::Error { message },
+            _ => DisconnectCause::ByClient,
+        };
+        Ended {
+            cause,
+            sessions_closed: self.sessions_closed,
+            forced: self.forced,
+        }
+    }
+}
