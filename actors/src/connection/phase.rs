@@ -408,3 +408,251 @@ impl Closing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(5);
+
+    fn kill(reason: &str, grace: Duration, listed: bool) -> Input {
+        Input::Kill {
+            reason: reason.into(),
+            by: Some("test".into()),
+            grace,
+            // Only the order of deadlines matters to the phase; no clock is read.
+            deadline: base() + grace,
+            timed_by_sender: false,
+            listed,
+        }
+    }
+
+    fn base() -> Instant {
+        use std::sync::OnceLock;
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        *BASE.get_or_init(Instant::now)
+    }
+
+    /// Runs `inputs` in order, each with the session count given beside it.
+    fn run(mut phase: Phase, inputs: Vec<(Input, usize)>) -> (Phase, Vec<Action>) {
+        let mut all = Vec::new();
+        for (input, sessions) in inputs {
+            let (next, actions) = phase.step(input, sessions);
+            phase = next;
+            all.extend(actions);
+        }
+        (phase, all)
+    }
+
+    fn end_sessions(reason: Option<&str>) -> Action {
+        Action::EndSessions {
+            reason: reason.map(str::to_string),
+            grace: GRACE,
+        }
+    }
+
+    #[test]
+    fn a_kill_before_login_sends_the_goodbye_and_cuts_soon_after() {
+        let (phase, actions) = Phase::Handshaking.step(kill("bye", GRACE, false), 0);
+        assert_eq!(
+            actions,
+            vec![
+                Action::After(GRACE, Timed::GraceElapsed),
+                Action::NoticeClosing,
+                end_sessions(Some("bye")),
+                Action::Disconnect("bye".into()),
+                Action::After(CUT_DELAY, Timed::Cut),
+            ]
+        );
+        assert!(phase.is_closing() && phase.is_killing());
+        let (phase, actions) = phase.step(Input::Cut, 0);
+        assert_eq!(actions, vec![Action::Abort]);
+        let (phase, actions) = phase.step(
+            Input::TransportClosed {
+                end: TransportEnd::Aborted,
+                grace: GRACE,
+            },
+            0,
+        );
+        assert_eq!(actions, vec![Action::SessionsClientClosed, Action::Stop]);
+        let ended = phase.ended().expect("over once the transport is gone");
+        assert!(ended.forced, "a cut transport makes the end forced");
+        assert!(matches!(&ended.cause, DisconnectCause::Killed { reason, .. } if reason == "bye"));
+    }
+
+    #[test]
+    fn a_kill_closes_sessions_first_then_disconnects_then_waits_for_the_transport() {
+        let (phase, actions) = run(
+            Phase::Handshaking,
+            vec![
+                (Input::Authenticated, 0),
+                (kill("maintenance", GRACE, true), 2),
+            ],
+        );
+        // Listed by the supervisor already: no notice back; sessions live: no disconnect yet.
+        assert_eq!(
+            actions,
+            vec![
+                Action::After(GRACE, Timed::GraceElapsed),
+                end_sessions(Some("maintenance")),
+            ]
+        );
+        let (phase, actions) = phase.step(Input::SessionEnded { forced: false }, 1);
+        assert_eq!(actions, vec![]);
+        let (phase, actions) = phase.step(Input::SessionEnded { forced: false }, 0);
+        assert_eq!(actions, vec![Action::Disconnect("maintenance".into())]);
+        let (phase, actions) = phase.step(
+            Input::TransportClosed {
+                end: TransportEnd::Closed,
+                grace: GRACE,
+            },
+            0,
+        );
+        assert_eq!(actions, vec![Action::SessionsClientClosed, Action::Stop]);
+        let ended = phase.ended().expect("over");
+        assert_eq!(ended.sessions_closed, 2);
+        assert!(!ended.forced);
+    }
+
+    #[test]
+    fn a_client_that_leaves_first_is_the_cause_even_if_a_kill_follows() {
+        let transport_closed = Input::TransportClosed {
+            end: TransportEnd::Closed,
+            grace: GRACE,
+        };
+        let (phase, actions) = run(
+            Phase::Open,
+            vec![(transport_closed, 1), (kill("too late", GRACE, true), 1)],
+        );
+        assert_eq!(
+            actions,
+            vec![
+                Action::NoticeClosing,
+                end_sessions(None),
+                Action::After(GRACE, Timed::GraceElapsed),
+                Action::After(GRACE, Timed::GraceElapsed),
+                end_sessions(Some("too late")),
+            ],
+            "no disconnect to a client that is gone"
+        );
+        let (phase, actions) = phase.step(Input::SessionEnded { forced: true }, 0);
+        assert_eq!(actions, vec![Action::Stop]);
+        let ended = phase.ended().expect("over");
+        assert_eq!(ended.cause, DisconnectCause::ByClient);
+        assert!(ended.forced, "a forced session makes the end forced");
+    }
+
+    #[test]
+    fn a_later_kill_only_ever_brings_the_force_closer() {
+        let short = Duration::from_secs(1);
+        let (phase, _) = Phase::Open.step(kill("first", GRACE, true), 1);
+        let (phase, longer) = phase.step(kill("longer", GRACE * 2, true), 1);
+        assert_eq!(
+            longer,
+            vec![],
+            "a later kill with a longer grace changes nothing"
+        );
+        let (phase, shorter) = phase.step(kill("shorter", short, true), 1);
+        assert_eq!(
+            shorter,
+            vec![
+                Action::EndSessions {
+                    reason: Some("first".into()),
+                    grace: short,
+                },
+                Action::After(short, Timed::GraceElapsed),
+            ],
+            "the first kill's reason stays; its grace shortens"
+        );
+        let (phase, _) = phase.step(Input::GraceElapsed, 1);
+        let (_, after_force) = phase.step(kill("shortest", Duration::ZERO, true), 1);
+        assert_eq!(
+            after_force,
+            vec![],
+            "nothing is closer than a force under way"
+        );
+    }
+
+    #[test]
+    fn the_grace_running_out_forces_once_then_gives_up_twice_to_stop() {
+        let (phase, _) = Phase::Open.step(kill("bye", GRACE, true), 1);
+        let (phase, forced) = phase.step(Input::GraceElapsed, 1);
+        assert_eq!(
+            forced,
+            vec![
+                Action::ForceSessions,
+                Action::Disconnect("bye".into()),
+                Action::After(CUT_DELAY, Timed::Cut),
+                Action::After(GIVE_UP_MARGIN, Timed::GiveUp),
+            ]
+        );
+        let (phase, again) = phase.step(Input::GraceElapsed, 1);
+        assert_eq!(again, vec![], "only the first grace to run out acts");
+        let (phase, give_up) = phase.step(Input::GiveUp, 1);
+        assert_eq!(
+            give_up,
+            vec![
+                Action::KillSessions,
+                Action::Abort,
+                Action::After(GIVE_UP_MARGIN, Timed::GiveUp),
+            ]
+        );
+        assert!(phase.is_giving_up());
+        let (phase, stop) = phase.step(Input::GiveUp, 1);
+        assert_eq!(
+            stop,
+            vec![Action::Stop],
+            "a session that never stops does not hold it"
+        );
+        let ended = phase.ended().expect("over");
+        assert!(ended.forced);
+        let (phase, nothing) = phase.step(Input::GiveUp, 0);
+        assert_eq!(nothing, vec![], "over is over");
+        assert!(phase.ended().is_some());
+    }
+
+    #[test]
+    fn a_transport_error_is_the_cause_when_nothing_killed_it() {
+        let (phase, actions) = Phase::Open.step(
+            Input::TransportClosed {
+                end: TransportEnd::Error("reset".into()),
+                grace: GRACE,
+            },
+            0,
+        );
+        assert_eq!(
+            actions,
+            vec![Action::NoticeClosing, end_sessions(None), Action::Stop]
+        );
+        assert_eq!(
+            phase.ended().map(|e| e.cause.clone()),
+            Some(DisconnectCause::Error {
+                message: "reset".into()
+            })
+        );
+    }
+
+    #[test]
+    fn only_a_connection_logging_in_takes_its_login() {
+        assert_eq!(
+            Phase::Handshaking.step(Input::Authenticated, 0).0,
+            Phase::Open
+        );
+        let (closing, _) = Phase::Handshaking.step(kill("bye", GRACE, true), 1);
+        let (closing, _) = closing.step(Input::Authenticated, 1);
+        assert!(
+            closing.is_closing(),
+            "a login does not reopen a closing connection"
+        );
+        // Logged in while closing: a later kill does not cut at once, sessions wind down.
+        let (phase, _) = Phase::Open.step(
+            Input::TransportClosed {
+                end: TransportEnd::Closed,
+                grace: GRACE,
+            },
+            1,
+        );
+        let (_, actions) = phase.step(kill("bye", GRACE, true), 0);
+        assert!(!actions.contains(&Action::After(CUT_DELAY, Timed::Cut)));
+    }
+}
