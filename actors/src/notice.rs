@@ -48,14 +48,7 @@ pub(crate) enum NoticeKind {
         command: Option<String>,
     },
     /// (connection) A session's actor has stopped (or could not be spawned).
-    SessionEnded {
-        conn: ConnId,
-        session: SessionId,
-        exit: SessionExit,
-        killed: Option<String>,
-        forced: bool,
-        processes_left: usize,
-    },
+    SessionEnded(SessionEnd),
     /// (supervisor, to itself) The earliest login grace ran out.
     LoginTimer,
     /// (supervisor, to itself) A kill group's grace ran out.
@@ -63,6 +56,19 @@ pub(crate) enum NoticeKind {
     /// (supervisor, to itself) A connection actor has terminated: queued so that it is handled
     /// after every notice the connection cast before it stopped.
     ConnectionEnded { actor: ActorId, end: ConnectionEnd },
+}
+
+/// How a session ended, as its connection tells the supervisor.
+pub(crate) struct SessionEnd {
+    pub(crate) conn: ConnId,
+    pub(crate) session: SessionId,
+    pub(crate) exit: SessionExit,
+    /// The kill reason, when it was killed.
+    pub(crate) killed: Option<String>,
+    /// Its end had to be forced.
+    pub(crate) forced: bool,
+    /// Its processes still running after the last SIGKILL.
+    pub(crate) processes_left: usize,
 }
 
 /// How a connection actor ended, as read from its supervision event.

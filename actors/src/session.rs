@@ -21,7 +21,7 @@ use tracing::{debug, info, warn, Span};
 use crate::idle::IdleClock;
 use crate::ids::{ConnId, SessionId};
 use crate::link::{EndScope, PtySpec, SessionEvents, SessionLink, SessionRequest, Winding};
-use crate::notice::{NoticeKind, Parent};
+use crate::notice::{NoticeKind, Parent, SessionEnd};
 use crate::report::{PtyInfo, SessionExit};
 use crate::timers::Timers;
 
@@ -182,6 +182,20 @@ pub(crate) struct SessionOutcome {
     pub(crate) killed: Option<String>,
     pub(crate) forced: bool,
     pub(crate) processes_left: usize,
+}
+
+impl SessionOutcome {
+    /// What the connection tells the supervisor of this end.
+    pub(crate) fn into_end(self, conn: ConnId, session: SessionId) -> SessionEnd {
+        SessionEnd {
+            conn,
+            session,
+            exit: self.exit,
+            killed: self.killed,
+            forced: self.forced,
+            processes_left: self.processes_left,
+        }
+    }
 }
 
 /// Where a session is in its life.

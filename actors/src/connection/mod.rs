@@ -27,7 +27,7 @@ use tracing::{debug, info, warn, Instrument, Span};
 use crate::idle::IdleClock;
 use crate::ids::{ConnId, SessionId};
 use crate::link::{ConnectionLink, EndScope, SessionLink, TransportEnd};
-use crate::notice::{ConnOutcome, NoticeKind, Parent};
+use crate::notice::{ConnOutcome, NoticeKind, Parent, SessionEnd};
 use crate::report::SessionExit;
 use crate::session::{SessionActor, SessionArgs, SessionMsg, SessionOutcome, SessionState};
 use crate::timers::Timers;
@@ -35,7 +35,7 @@ use crate::Policy;
 
 mod phase;
 
-use phase::{Action, Input, Phase, Timed};
+use phase::{Action, Input, KillOrder, Phase, Timed};
 pub use phase::{CUT_DELAY, GIVE_UP_MARGIN};
 
 /// The connection actor. Spawned by `SupervisorActor` only.
@@ -270,15 +270,15 @@ impl ConnectionState {
         } else {
             info!(reason = %reason, by = by.as_deref(), grace = %humantime::format_duration(grace), "killing connection");
         }
-        let deadline = Instant::now().checked_add(grace).unwrap_or_else(far_future);
-        let input = Input::Kill {
+        let order = KillOrder {
             reason,
             by,
             grace,
-            deadline,
+            deadline: Instant::now().checked_add(grace).unwrap_or_else(far_future),
             timed_by_sender,
             listed,
         };
+        let input = Input::Kill(order);
         self.step(myself, input);
     }
 
@@ -349,14 +349,14 @@ impl ConnectionState {
             }
             Err(e) => {
                 warn!(error = %e, "could not start a session actor");
-                self.supervisor.tell(NoticeKind::SessionEnded {
+                self.supervisor.tell(NoticeKind::SessionEnded(SessionEnd {
                     conn: self.id,
                     session,
                     exit: SessionExit::Failed(e.to_string()),
                     killed: None,
                     forced: false,
                     processes_left: 0,
-                });
+                }));
                 let _ = reply.send(Err("the server could not start the session".to_string()));
             }
         }
@@ -459,26 +459,16 @@ impl ConnectionState {
         let Some((session, _)) = self.sessions.remove(&actor) else {
             return;
         };
-        let SessionOutcome {
-            exit,
-            killed,
-            forced,
-            processes_left,
-        } = outcome.unwrap_or_else(|| SessionOutcome {
+        let outcome = outcome.unwrap_or_else(|| SessionOutcome {
             exit: SessionExit::Failed("the session crashed".into()),
             killed: None,
             forced: false,
             processes_left: 0,
         });
-        self.processes_left += processes_left;
-        self.supervisor.tell(NoticeKind::SessionEnded {
-            conn: self.id,
-            session,
-            exit,
-            killed,
-            forced,
-            processes_left,
-        });
+        let forced = outcome.forced;
+        self.processes_left += outcome.processes_left;
+        self.supervisor
+            .tell(NoticeKind::SessionEnded(outcome.into_end(self.id, session)));
         self.step(myself, Input::SessionEnded { forced });
     }
 }

@@ -98,18 +98,8 @@ pub(crate) enum Input {
     Authenticated,
     /// The transport ended; `grace` is how long sessions get if this begins the end.
     TransportClosed { end: TransportEnd, grace: Duration },
-    /// A kill: from the supervisor (`listed`: it already lists the connection as closing) or
-    /// from the connection's own timeouts.
-    Kill {
-        reason: String,
-        by: Option<String>,
-        grace: Duration,
-        /// When `grace` runs out (now + grace).
-        deadline: Instant,
-        /// The sender times the grace (see `ConnectionMsg::Kill`).
-        timed_by_sender: bool,
-        listed: bool,
-    },
+    /// A kill, from the supervisor or from the connection's own timeouts.
+    Kill(KillOrder),
     /// The kill's grace ran out.
     GraceElapsed,
     /// Time to cut the transport if it is still up.
@@ -118,6 +108,20 @@ pub(crate) enum Input {
     GiveUp,
     /// A session's actor stopped (`forced`: it had to be forced).
     SessionEnded { forced: bool },
+}
+
+/// A kill as ordered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KillOrder {
+    pub(crate) reason: String,
+    pub(crate) by: Option<String>,
+    pub(crate) grace: Duration,
+    /// When `grace` runs out (now + grace).
+    pub(crate) deadline: Instant,
+    /// The sender times the grace (see `ConnectionMsg::Kill`).
+    pub(crate) timed_by_sender: bool,
+    /// The supervisor lists the connection as closing already (it sent the kill).
+    pub(crate) listed: bool,
 }
 
 /// What the actor must do, in this order.
@@ -220,30 +224,7 @@ impl Phase {
                 }
                 c.advance(sessions, out)
             }
-            (
-                phase,
-                Input::Kill {
-                    reason,
-                    by,
-                    grace,
-                    deadline,
-                    timed_by_sender,
-                    listed,
-                },
-            ) => phase.kill(
-                Kill {
-                    reason,
-                    by,
-                    disconnect_sent: false,
-                    client_left_first: false,
-                    deadline,
-                },
-                grace,
-                timed_by_sender,
-                listed,
-                sessions,
-                out,
-            ),
+            (phase, Input::Kill(order)) => phase.kill(order, sessions, out),
             (Phase::Closing(mut c), Input::GraceElapsed) if c.stage == Stage::Polite => {
                 c.stage = Stage::Forced;
                 c.forced = true;
@@ -296,15 +277,22 @@ impl Phase {
 
     /// Starts the kill sequence, or lets a later kill whose grace ends sooner bring the force
     /// closer (any other later kill changes nothing).
-    fn kill(
-        self,
-        mut kill: Kill,
-        grace: Duration,
-        timed_by_sender: bool,
-        listed: bool,
-        sessions: usize,
-        out: &mut Vec<Action>,
-    ) -> Phase {
+    fn kill(self, order: KillOrder, sessions: usize, out: &mut Vec<Action>) -> Phase {
+        let KillOrder {
+            reason,
+            by,
+            grace,
+            deadline,
+            timed_by_sender,
+            listed,
+        } = order;
+        let mut kill = Kill {
+            reason,
+            by,
+            disconnect_sent: false,
+            client_left_first: false,
+            deadline,
+        };
         let was_closing = self.is_closing();
         let mut c = Closing::from(self);
         if let Some(current) = c.kill.as_mut() {
@@ -416,7 +404,7 @@ mod tests {
     const GRACE: Duration = Duration::from_secs(5);
 
     fn kill(reason: &str, grace: Duration, listed: bool) -> Input {
-        Input::Kill {
+        Input::Kill(KillOrder {
             reason: reason.into(),
             by: Some("test".into()),
             grace,
@@ -424,7 +412,7 @@ mod tests {
             deadline: base() + grace,
             timed_by_sender: false,
             listed,
-        }
+        })
     }
 
     fn base() -> Instant {

@@ -34,7 +34,7 @@ use crate::events::Event;
 use crate::filter::Filter;
 use crate::ids::{ConnId, PrefixMatch, SessionId, Target};
 use crate::link::ConnectionLink;
-use crate::notice::{ConnOutcome, ConnectionEnd, Notice, NoticeKind, Parent};
+use crate::notice::{ConnOutcome, ConnectionEnd, Notice, NoticeKind, Parent, SessionEnd};
 use crate::report::{
     ConnState, ConnectionInfo, DisconnectCause, KillError, KillReport, PtyInfo, Refusal,
     SessionExit, SessionInfo, SessionKind, TreeStats,
@@ -463,14 +463,7 @@ impl SupervisorState {
                 kind,
                 command,
             } => self.on_session_started(conn, session, kind, command),
-            NoticeKind::SessionEnded {
-                conn,
-                session,
-                exit,
-                killed,
-                forced,
-                processes_left,
-            } => self.on_session_ended(conn, session, exit, killed, forced, processes_left),
+            NoticeKind::SessionEnded(end) => self.on_session_ended(end),
             NoticeKind::GroupGraceElapsed { group } => self.on_group_grace_elapsed(group),
             NoticeKind::LoginTimer => self.on_login_timer(myself),
             NoticeKind::ConnectionEnded { actor, end } => {
@@ -606,15 +599,15 @@ impl SupervisorState {
         }
     }
 
-    fn on_session_ended(
-        &mut self,
-        conn: ConnId,
-        session: SessionId,
-        exit: SessionExit,
-        killed: Option<String>,
-        forced: bool,
-        processes_left: usize,
-    ) {
+    fn on_session_ended(&mut self, end: SessionEnd) {
+        let SessionEnd {
+            conn,
+            session,
+            exit,
+            killed,
+            forced,
+            processes_left,
+        } = end;
         self.registry.sessions.remove(&session);
         let Some(entry) = self.registry.conns.get_mut(&conn) else {
             return;
