@@ -9,6 +9,10 @@
 //! logged in has nothing to wind down: its transport is cut [`CUT_DELAY`] after the disconnect
 //! (login grace, a pending login dropped, a kill), whatever the grace.
 //!
+//! Where a connection is in that sequence is one `Phase` value, moved on only by a pure
+//! transition function (`connection::phase`, unit-tested without actors or time); this file
+//! carries out what each transition asks.
+//!
 //! ## Supervision
 //!
 //! Sessions are spawned linked and unnamed. `handle_supervisor_evt` is overridden: a session that
@@ -108,10 +112,10 @@ pub enum ConnectionMsg {
         /// How long the polite end may take before it is forced.
         grace: Duration,
     },
-    /// Sent by the supervisor: a new policy (a configuration reload). What makes sense for a
-    /// live connection applies from now on: the kill grace, the session limit, and the idle timeouts (idle time counted
-    /// from now at the earliest, so a reload never ends a connection at once). The login grace
-    /// and the lifetime stay as they were when the connection was admitted.
+    /// Sent by the supervisor: a new policy (a configuration reload). What makes sense for a live
+    /// connection applies from now on: the kill grace, the session limit, and the idle timeouts
+    /// (idle time counted from now at the earliest, so a reload never ends a connection at once).
+    /// The login grace and the lifetime stay as they were when the connection was admitted.
     SetPolicy(Policy),
     /// Sent by the tree itself only (the supervisor's login and kill timers, this actor's own
     /// timers): an [`Internal`] cannot be built outside this crate.

@@ -3,17 +3,15 @@
 //!
 //! ```text
 //! Handshaking --Authenticated--> Open
-//!      |                          |
-//!      +--- Kill / TransportClosed / GiveUp ---> Closing(Polite) --GraceElapsed--> Closing(Forced)
-//!                                                   |                                  |
-//!                                                   |                          GiveUp: Closing(GivingUp)
-//!                                                   +--- no sessions, transport gone ---> Done
+//!   Handshaking | Open --Kill, TransportClosed, GiveUp--> Closing(Polite)
+//!   Closing(Polite) --GraceElapsed--> Closing(Forced) --GiveUp--> Closing(GivingUp)
+//!   Closing(any) --no session left, transport ended (or a second GiveUp)--> Done
 //! ```
 //!
 //! Closing ends once no session is left and the transport has ended: first the sessions, then
 //! the disconnect (sent when the last session is gone, or when the grace runs out), then the
-//! transport (cut [`CUT_DELAY`] after the grace, or right after the disconnect for a connection
-//! that never logged in).
+//! transport (cut [`CUT_DELAY`] after the grace runs out, or [`CUT_DELAY`] after the kill for a
+//! connection that never logged in).
 
 use std::time::Duration;
 

@@ -94,7 +94,8 @@ pub enum SupervisorMsg {
         /// The new connection's ID and actor (the binding sends it the transport's events).
         reply: RpcReplyPort<Result<(ConnId, ActorRef<ConnectionMsg>), Refusal>>,
     },
-    /// Sent by an operator or the embedding program: a snapshot of every live connection with its sessions, oldest first.
+    /// Sent by an operator or the embedding program: a snapshot of every live connection with its
+    /// sessions, oldest first.
     List {
         /// The snapshot.
         reply: RpcReplyPort<Vec<ConnectionInfo>>,
@@ -106,10 +107,10 @@ pub enum SupervisorMsg {
         /// `None` when no such connection is live.
         reply: RpcReplyPort<Option<ConnectionInfo>>,
     },
-    /// Sent by an operator or the embedding program: end a connection (its sessions first, then a disconnect with `reason`, then the
-    /// transport) or a single session. The reply comes once everything under the target has
-    /// stopped, within `grace` plus a bounded margin, exactly once; `NotFound` at once for an
-    /// unknown ID.
+    /// Sent by an operator or the embedding program: end a connection (its sessions first, then a
+    /// disconnect with `reason`, then the transport) or a single session. The reply comes once
+    /// everything under the target has stopped, within `grace` plus a bounded margin, exactly once;
+    /// `NotFound` at once for an unknown ID.
     Kill {
         /// What to end.
         target: Target,
@@ -122,9 +123,10 @@ pub enum SupervisorMsg {
         /// The report, once the target is gone.
         reply: RpcReplyPort<Result<KillReport, KillError>>,
     },
-    /// Sent by an operator or the embedding program (a drain): `Kill` every connection live now; one reply, with one report per connection, once all of
-    /// them are gone. Connections admitted afterwards are not part of it: stop admitting first
-    /// (the daemon stops its listener) for the tree to be empty at the reply.
+    /// Sent by an operator or the embedding program (a drain): `Kill` every connection live now;
+    /// one reply, with one report per connection, once all of them are gone. Connections admitted
+    /// afterwards are not part of it: stop admitting first (the daemon stops its listener) for the
+    /// tree to be empty at the reply.
     KillAll {
         /// Shown to every client.
         reason: String,
@@ -135,8 +137,9 @@ pub enum SupervisorMsg {
         /// One report per connection.
         reply: RpcReplyPort<Vec<KillReport>>,
     },
-    /// Sent by an operator or the embedding program: `Kill` every live connection that `filter` selects (all of them for an empty filter);
-    /// one reply, with one report per connection, once all of them are gone.
+    /// Sent by an operator or the embedding program: `Kill` every live connection that `filter`
+    /// selects (all of them for an empty filter); one reply, with one report per connection, once
+    /// all of them are gone.
     KillWhere {
         /// Which connections.
         filter: Filter,
@@ -149,38 +152,40 @@ pub enum SupervisorMsg {
         /// One report per connection.
         reply: RpcReplyPort<Vec<KillReport>>,
     },
-    /// Sent by an operator or the embedding program: a snapshot of the live connections that `filter` selects (what `KillWhere` would kill).
+    /// Sent by an operator or the embedding program: a snapshot of the live connections that
+    /// `filter` selects (what `KillWhere` would kill).
     Select {
         /// Which connections.
         filter: Filter,
         /// The snapshot, oldest first.
         reply: RpcReplyPort<Vec<ConnectionInfo>>,
     },
-    /// Sent by the embedding program (a configuration reload): replaces the policy. New connections get it at once; live ones
-    /// get what makes sense for them (see [`ConnectionMsg::SetPolicy`]). Limits govern
-    /// admission only: lowering one never ends a live connection or session. Replies once
-    /// every live connection has been told.
+    /// Sent by the embedding program (a configuration reload): replaces the policy. New connections
+    /// get it at once; live ones get what makes sense for them (see [`ConnectionMsg::SetPolicy`]).
+    /// Limits govern admission only: lowering one never ends a live connection or session. Replies
+    /// once every live connection has been told.
     SetPolicy {
         /// The new policy.
         policy: Policy,
         /// Sent once applied.
         reply: RpcReplyPort<()>,
     },
-    /// Sent by an operator or the embedding program: the live connection or session whose ID is `text` or starts with it (case-insensitive;
-    /// a full ID is found without a scan).
+    /// Sent by an operator or the embedding program: the live connection or session whose ID is
+    /// `text` or starts with it (case-insensitive; a full ID is found without a scan).
     Resolve {
         /// A full ID or a prefix.
         text: String,
         /// What it names.
         reply: RpcReplyPort<PrefixMatch<Target>>,
     },
-    /// Sent by an operator or the embedding program: how big the tree is: map sizes and live actors (see [`TreeStats`]).
+    /// Sent by an operator or the embedding program: how big the tree is: map sizes and live actors
+    /// (see [`TreeStats`]).
     Stats {
         /// The figures.
         reply: RpcReplyPort<TreeStats>,
     },
-    /// Sent by the embedding program or a test: the running counts the limits are checked against (see [`AdmissionCounts`]), for
-    /// diagnostics and for tests that recount them from the outside.
+    /// Sent by the embedding program or a test: the running counts the limits are checked against
+    /// (see [`AdmissionCounts`]), for diagnostics and for tests that recount them from the outside.
     Admission {
         /// The counts.
         reply: RpcReplyPort<AdmissionCounts>,
