@@ -3,7 +3,7 @@
 //! Connection and session actors tell the supervisor what changed (a session opened, a login,
 //! an end) so that it alone writes the ID map; the supervisor also sends itself its own timers
 //! and the ends of its connection actors this way. Children reach the supervisor through a
-//! [`Parent`], which is all they know of it: this module imports no actor, so no child imports
+//! `Parent`, which is all they know of it: this module imports no actor, so no child imports
 //! its parent.
 //!
 //! Architecture Invariant: a [`Notice`] cannot be built or read outside this crate (its field is
