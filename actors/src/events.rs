@@ -1,13 +1,18 @@
-//! Lifecycle events as a plain channel, for code that is not an actor.
+//! Lifecycle events: what they are ([`Event`]) and how code that is not an actor hears them.
 //!
-//! ractor's `OutputPort` delivers to actors. [`subscribe`] spawns a tiny forwarding actor so a
+//! The supervisor publishes every [`Event`] on the output port given at spawn. ractor's
+//! `OutputPort` delivers to actors. [`subscribe`] spawns a tiny forwarding actor so a
 //! task (a test, the control socket's `watch`, a host's logger) can simply `recv().await` events.
 //! The forwarder stops by itself once the receiver is dropped.
 
+use std::net::SocketAddr;
+
 use ractor::{Actor, ActorProcessingErr, ActorRef, OutputPort, SpawnErr};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::report::Event;
+use crate::ids::{ConnId, SessionId};
+use crate::report::{DisconnectCause, SessionExit, SessionKind};
 
 struct Forwarder;
 
@@ -45,4 +50,70 @@ pub async fn subscribe(
     let (actor, _) = Actor::spawn(None, Forwarder, tx).await?;
     port.subscribe(actor, Some);
     Ok(rx)
+}
+
+/// A lifecycle event, published on the supervisor's output port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A TCP connection was admitted.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+        /// The client's address.
+        peer: SocketAddr,
+    },
+    /// A client authenticated.
+    Authenticated {
+        /// The connection.
+        conn: ConnId,
+        /// The user name.
+        user: String,
+        /// The method (`publickey`, ...).
+        method: String,
+    },
+    /// A session channel was opened.
+    SessionOpened {
+        /// The connection.
+        conn: ConnId,
+        /// The new session.
+        session: SessionId,
+    },
+    /// A session started its work (exec, shell, subsystem).
+    SessionStarted {
+        /// The connection.
+        conn: ConnId,
+        /// The session.
+        session: SessionId,
+        /// What it runs.
+        kind: SessionKind,
+        /// The command or subsystem name.
+        command: Option<String>,
+    },
+    /// A session ended and its actor stopped.
+    SessionClosed {
+        /// The connection.
+        conn: ConnId,
+        /// The session.
+        session: SessionId,
+        /// How its work ended.
+        exit: SessionExit,
+        /// The kill reason, when it was killed.
+        killed: Option<String>,
+    },
+    /// A connection was refused because of a limit.
+    Refused {
+        /// The client's address.
+        peer: SocketAddr,
+        /// The limit, by its configuration key.
+        reason: String,
+    },
+    /// A connection ended and every actor under it stopped.
+    Disconnected {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        #[serde(flatten)]
+        cause: DisconnectCause,
+    },
 }

@@ -25,10 +25,11 @@ use ractor::{ActorCell, ActorRef, OutputPort, RpcReplyPort};
 use tokio::sync::mpsc;
 
 use crate::connection::ConnectionMsg;
+use crate::events::Event;
 use crate::filter::Filter;
 use crate::ids::{ConnId, PrefixMatch, Target};
 use crate::link::ConnectionLink;
-use crate::report::{ConnectionInfo, Event, KillError, KillReport, Refusal, TreeStats};
+use crate::report::{ConnectionInfo, KillError, KillReport, Refusal, TreeStats};
 use crate::supervisor::{AdmissionCounts, SupervisorArgs, SupervisorMsg};
 use crate::Policy;
 

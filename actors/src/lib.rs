@@ -7,16 +7,27 @@
 //!
 //! # Layout
 //!
+//! - `handle`: [`SupervisorHandle`], the typed door into the tree: every request an embedding
+//!   program or the daemon makes, with one error type and one timeout story.
 //! - `ids`: [`ConnId`], [`SessionId`], [`Target`] and prefix resolution for operators.
-//! - `link`: the link traits, the only way out of the tree.
-//! - `report`: plain data handed out: snapshots, kill reports, events.
-//! - `supervisor`, `connection`, `session`: one actor each.
-//! - `events`: lifecycle events as a channel, for code that is not an actor.
+//! - `link`: the link traits, the only way out of the tree, and [`SessionEvents`].
+//! - `policy`: [`Policy`] and [`Limits`], what the tree applies and admits by.
+//! - `filter`: [`Filter`], which connections a `KillWhere` or `Select` means.
+//! - `report`: plain data handed out: snapshots, kill reports, refusals.
+//! - `events`: lifecycle [`Event`]s, and [`events::subscribe`] to hear them as a channel.
+//! - `supervisor`: the root actor; its pieces (the ID map, admission counts, the login timer,
+//!   kill groups) in files of their own below it.
+//! - `connection`: one actor per transport; its phase and transitions in `connection::phase`.
+//! - `session`: one actor per session channel.
+//! - `notice`: what children tell the supervisor (sealed: built only inside this crate).
+//! - `idle`, `timers`: the idle clock, and the messages an actor sends itself later.
 //!
 //! # Embedding
 //!
-//! Spawn the supervisor linked under your own actor with [`spawn_supervisor`], subscribe to its
-//! events, and talk to it with [`SupervisorMsg`]. See the README for a complete example.
+//! Spawn the tree linked under your own actor with [`SupervisorHandle::spawn`] and talk to it
+//! through the handle's methods (list, kill, kill where, drain, subscribe, ...); the request
+//! variants of [`SupervisorMsg`] stay public for programs that send messages themselves.
+//! `examples/embed.rs` is a complete program.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -24,17 +35,20 @@ pub mod connection;
 pub mod events;
 pub mod filter;
 pub mod handle;
+mod idle;
 pub mod ids;
 pub mod link;
+pub mod notice;
+pub mod policy;
 pub mod report;
 pub mod session;
 pub mod supervisor;
-
-use std::time::Duration;
+mod timers;
 
 use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 
 pub use connection::{ConnectionActor, ConnectionMsg};
+pub use events::Event;
 pub use filter::{Filter, PeerNet};
 pub use handle::{Admitted, HandleError, SupervisorHandle};
 pub use ids::{resolve_prefix, ConnId, PrefixMatch, SessionId, Target};
@@ -42,149 +56,13 @@ pub use link::{
     ConnectionLink, EndScope, PtySpec, SessionEvents, SessionLink, SessionRequest, Traffic,
     TransportEnd, Winding,
 };
+pub use policy::{Limits, Policy, DEFAULT_KILL_GRACE, DEFAULT_LOGIN_GRACE, MIN_PENDING_AGE};
 pub use report::{
-    ConnState, ConnectionInfo, DisconnectCause, Event, KillError, KillReport, PtyInfo, Refusal,
+    ConnState, ConnectionInfo, DisconnectCause, KillError, KillReport, PtyInfo, Refusal,
     SessionExit, SessionInfo, SessionKind, TreeStats,
 };
 pub use session::{SessionActor, SessionMsg, StartRefusal};
 pub use supervisor::{SupervisorActor, SupervisorArgs, SupervisorMsg};
-
-/// The default grace of a kill: how long sessions get to end politely before they are forced.
-pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
-
-/// Timeouts and graces the tree applies to the connections it admits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    /// How long a session's work may take to end when its connection goes away by itself (the
-    /// client left): after it, the work is killed.
-    pub kill_grace: Duration,
-    /// A connection not authenticated within this time is disconnected (like OpenSSH's
-    /// LoginGraceTime); `None` waits forever.
-    pub login_grace: Option<Duration>,
-    /// The longest a connection may live; `None` for no limit.
-    pub max_lifetime: Option<Duration>,
-    /// No channel data either way for this long ends a connection; `None` for no limit.
-    pub idle: Option<Duration>,
-    /// No data on a session's channel either way for this long ends that session (the
-    /// connection stays); `None` for no limit.
-    pub session_idle: Option<Duration>,
-    /// How many connections and sessions are admitted.
-    pub limits: Limits,
-}
-
-/// How many connections and sessions the tree admits. A connection over a limit is refused
-/// with a text that names the limit by its configuration key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Connections in all.
-    pub max_connections: usize,
-    /// Connections from one address.
-    pub max_per_source: usize,
-    /// Connections from one network prefix ([`prefix_v4`](Self::prefix_v4) bits of an IPv4
-    /// address, [`prefix_v6`](Self::prefix_v6) bits of an IPv6 one).
-    pub max_per_prefix: usize,
-    /// The IPv4 prefix length `max_per_prefix` counts by (24: a /24).
-    pub prefix_v4: u8,
-    /// The IPv6 prefix length `max_per_prefix` counts by (64: a /64).
-    pub prefix_v6: u8,
-    /// Connections of one user (checked at authentication).
-    pub max_per_user: usize,
-    /// Connections not yet authenticated, at once. When a new connection finds them all taken,
-    /// the oldest pending login (if it has been pending for [`MIN_PENDING_AGE`] at least) is
-    /// dropped to make room, so a flood of handshakes that never finish cannot keep real users
-    /// out; otherwise the new connection is refused.
-    pub max_unauthenticated: usize,
-    /// Sessions on one connection.
-    pub max_sessions_per_connection: usize,
-}
-
-impl Limits {
-    /// No limit at all (for tests and benchmarks; a server facing a network wants the
-    /// defaults).
-    pub fn unlimited() -> Self {
-        Self {
-            max_connections: usize::MAX,
-            max_per_source: usize::MAX,
-            max_per_prefix: usize::MAX,
-            prefix_v4: 24,
-            prefix_v6: 64,
-            max_per_user: usize::MAX,
-            max_unauthenticated: usize::MAX,
-            max_sessions_per_connection: usize::MAX,
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_connections: 10_000,
-            max_per_source: 100,
-            max_per_prefix: 1_000,
-            prefix_v4: 24,
-            prefix_v6: 64,
-            max_per_user: 50,
-            max_unauthenticated: 100,
-            max_sessions_per_connection: 10,
-        }
-    }
-}
-
-/// When idle time is counted from, for a connection's or a session's idle timeout: the later
-/// of the last traffic the link saw and the clock's floor (the start, or the last change of
-/// the limit, so that a lowered limit never ends anything at the moment it changes). Checks
-/// armed under an older limit carry an older generation and are ignored.
-#[derive(Debug)]
-pub(crate) struct IdleClock {
-    floor: tokio::time::Instant,
-    generation: u64,
-}
-
-impl IdleClock {
-    pub(crate) fn new() -> Self {
-        Self {
-            floor: tokio::time::Instant::now(),
-            generation: 0,
-        }
-    }
-
-    /// Counts from now; checks armed before are void.
-    pub(crate) fn restart(&mut self) {
-        self.floor = tokio::time::Instant::now();
-        self.generation += 1;
-    }
-
-    /// The generation a check armed now carries.
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// How long it has been idle, given what the link says (`None`: it does not know).
-    pub(crate) fn idle_for(&self, link_idle: Option<Duration>) -> Duration {
-        let since_floor = self.floor.elapsed();
-        link_idle.map_or(since_floor, |idle| idle.min(since_floor))
-    }
-}
-
-/// A pending login younger than this is never dropped to make room for a new connection under
-/// `max_unauthenticated`: the new connection is refused instead.
-pub const MIN_PENDING_AGE: Duration = Duration::from_millis(500);
-
-/// The default login grace.
-pub const DEFAULT_LOGIN_GRACE: Duration = Duration::from_secs(30);
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            kill_grace: DEFAULT_KILL_GRACE,
-            login_grace: Some(DEFAULT_LOGIN_GRACE),
-            max_lifetime: None,
-            idle: None,
-            session_idle: None,
-            limits: Limits::default(),
-        }
-    }
-}
 
 /// Spawns the supervisor, unnamed, linked under `parent` when given (the embedding program's own
 /// supervisor) or standalone otherwise.

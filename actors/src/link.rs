@@ -9,9 +9,10 @@
 //! send queue, a client that stopped reading) happens in the link's own tasks, never inside an
 //! actor's handler.
 
+use std::sync::Arc;
+
+use crate::ids::SessionId;
 use crate::report::{SessionExit, SessionKind};
-use crate::session::SessionMsg;
-use ractor::ActorRef;
 
 /// What a `ConnectionActor` may do to its transport.
 pub trait ConnectionLink: Send + Sync + 'static {
@@ -197,13 +198,25 @@ pub trait SessionLink: Send + 'static {
 /// Given to a [`SessionLink`] when its work starts, so it can say when the work has ended.
 #[derive(Clone)]
 pub struct SessionEvents {
-    pub(crate) actor: ActorRef<SessionMsg>,
-    pub(crate) session: crate::ids::SessionId,
+    session: SessionId,
+    /// Tells the session actor (it may already be gone: killed outright, nothing waits then).
+    finished: Arc<dyn Fn(SessionExit, usize) + Send + Sync>,
 }
 
 impl SessionEvents {
+    /// Events of `session`, told through `finished(exit, processes_left)`.
+    pub(crate) fn new(
+        session: SessionId,
+        finished: impl Fn(SessionExit, usize) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            session,
+            finished: Arc::new(finished),
+        }
+    }
+
     /// The session this link serves (e.g. to mark its processes).
-    pub fn session(&self) -> crate::ids::SessionId {
+    pub fn session(&self) -> SessionId {
         self.session
     }
 
@@ -215,10 +228,6 @@ impl SessionEvents {
     /// The work has ended, but `processes_left` of its processes still ran after the last
     /// SIGKILL (reported in the kill's [`KillReport`](crate::KillReport)).
     pub fn finished_leaving(&self, exit: SessionExit, processes_left: usize) {
-        // The session may already be gone (killed outright); nothing is waiting then.
-        let _ = self.actor.cast(SessionMsg::Finished {
-            exit,
-            processes_left,
-        });
+        (self.finished)(exit, processes_left);
     }
 }

@@ -14,17 +14,16 @@
 
 use std::time::Duration;
 
-use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use tracing::{debug, info, warn, Instrument, Span};
+use tracing::{debug, info, warn, Span};
 
+use crate::idle::IdleClock;
 use crate::ids::{ConnId, SessionId};
 use crate::link::{EndScope, PtySpec, SessionEvents, SessionLink, SessionRequest, Winding};
-use crate::report::PtyInfo;
-use crate::report::SessionExit;
-use crate::supervisor::{Notice, SupervisorMsg};
-use crate::IdleClock;
+use crate::notice::{NoticeKind, Parent, SessionEnd};
+use crate::report::{PtyInfo, SessionExit};
+use crate::timers::Timers;
 
 /// How long a forced session may take to report that its work is gone before the actor stops
 /// anyway (dropping its link, which kills whatever is left).
@@ -42,7 +41,7 @@ pub struct SessionArgs {
     /// The channel and the work behind it.
     pub link: Box<dyn SessionLink>,
     /// Where to report what it starts.
-    pub supervisor: ActorRef<SupervisorMsg>,
+    pub(crate) supervisor: Parent,
     /// How long the work may take to end after the client closed the channel.
     pub close_grace: Duration,
     /// No data on the channel either way for this long ends the session; `None` for no limit.
@@ -52,23 +51,28 @@ pub struct SessionArgs {
 }
 
 /// Messages a session actor handles.
+///
+/// Who sends what: the client's requests (`Start` to `ClientClosed`) come from the binding
+/// (the code that runs the channel); `Terminate` from its connection actor, or from the binding
+/// for a session that must end on its own; `Internal` only from the tree itself.
 pub enum SessionMsg {
-    /// Start what the client asked for (exec, shell, subsystem). A session runs one thing.
-    /// When the work cannot be started the session ends itself (its channel is closed).
+    /// Sent by the binding: start what the client asked for (exec, shell, subsystem). A session
+    /// runs one thing. When the work cannot be started the session ends itself (its channel is
+    /// closed).
     Start {
         /// What to run.
         request: SessionRequest,
         /// Why it was not started, when it was not.
         reply: RpcReplyPort<Result<(), StartRefusal>>,
     },
-    /// The client asks for a terminal (before starting).
+    /// Sent by the binding: the client asks for a terminal (before starting).
     Pty {
         /// What it asked for.
         pty: PtySpec,
         /// `Err` says why not.
         reply: RpcReplyPort<Result<(), String>>,
     },
-    /// The client asks for an environment variable (before starting).
+    /// Sent by the binding: the client asks for an environment variable (before starting).
     Env {
         /// The variable's name.
         name: String,
@@ -77,7 +81,7 @@ pub enum SessionMsg {
         /// `Err` says why not.
         reply: RpcReplyPort<Result<(), String>>,
     },
-    /// The client's terminal changed size.
+    /// Sent by the binding: the client's terminal changed size.
     Resize {
         /// Width in characters.
         cols: u32,
@@ -88,21 +92,23 @@ pub enum SessionMsg {
         /// Height in pixels.
         pix_height: u32,
     },
-    /// The client sends a signal to the running work (name without `SIG`).
+    /// Sent by the binding: the client sends a signal to the running work (name without `SIG`).
     Signal {
         /// The signal's name.
         name: String,
     },
-    /// The client sent bytes on the channel.
+    /// Sent by the binding: the client sent bytes on the channel.
     Data {
         /// The bytes.
         data: Vec<u8>,
     },
-    /// The client sent EOF on the channel.
+    /// Sent by the binding: the client sent EOF on the channel.
     ClientEof,
-    /// The client closed the channel, or the connection under it is gone.
+    /// Sent by the binding (or by its connection, once the transport is gone): the client
+    /// closed the channel, or the connection under it is gone.
     ClientClosed,
-    /// End this session: politely now, forced once `grace` runs out.
+    /// Sent by its connection (or the binding): end this session, politely now, forced once
+    /// `grace` runs out.
     Terminate {
         /// The kill reason; `None` when the connection is going away by itself.
         reason: Option<String>,
@@ -111,29 +117,48 @@ pub enum SessionMsg {
         /// Whether only this session ends, or its whole connection.
         scope: EndScope,
     },
-    /// The link reports that the work has ended and the channel is closed on our side.
+    /// Sent by the tree itself only (the link's [`SessionEvents`], this actor's timers, its
+    /// connection): an [`Internal`] cannot be built outside this crate.
+    Internal(Internal),
+}
+/// A message the tree sends a session actor itself. Opaque: only this crate builds one.
+pub struct Internal(Tick);
+
+/// What an [`Internal`] says.
+enum Tick {
+    /// (the link, through [`SessionEvents`]) The work has ended and the channel is closed on
+    /// our side; `processes_left` of its processes still ran after the last SIGKILL.
     Finished {
-        /// How it ended.
         exit: SessionExit,
-        /// How many of its processes were still running after the last SIGKILL.
         processes_left: usize,
     },
-    /// The grace of a terminate ran out.
+    /// (own timer, or the connection for a connection's end) The grace of a terminate ran out.
     GraceElapsed,
-    /// A forced end did not report back within [`FORCE_MARGIN`].
+    /// (own timer) A forced end did not report back within [`FORCE_MARGIN`].
     GiveUp,
-    /// Time to check whether the session has been idle too long (`generation` tells a check
-    /// armed under an older idle limit, which is ignored).
-    IdleCheck {
-        /// The idle limit's generation the check was armed under.
-        generation: u64,
-    },
-    /// The session idle limit changed (a configuration reload): from now on it applies, idle
-    /// time counted from now at the earliest, so a reload never ends a session at once.
-    SetIdle {
-        /// The new limit; `None` for no limit.
-        idle: Option<Duration>,
-    },
+    /// (own timer) Time to check whether the session has been idle too long; a check armed
+    /// under an older idle limit (an older `generation`) is ignored.
+    IdleCheck { generation: u64 },
+    /// (connection, on a configuration reload) The session idle limit changed: from now on it
+    /// applies, idle time counted from now at the earliest, so a reload never ends a session at
+    /// once.
+    SetIdle { idle: Option<Duration> },
+}
+
+impl SessionMsg {
+    fn tick(tick: Tick) -> Self {
+        SessionMsg::Internal(Internal(tick))
+    }
+
+    /// The connection's grace ran out (passed on by the connection).
+    pub(crate) fn grace_elapsed() -> Self {
+        Self::tick(Tick::GraceElapsed)
+    }
+
+    /// The session idle limit changed (passed on by the connection).
+    pub(crate) fn set_idle(idle: Option<Duration>) -> Self {
+        Self::tick(Tick::SetIdle { idle })
+    }
 }
 
 /// Why a session did not start what the client asked for.
@@ -159,21 +184,62 @@ pub(crate) struct SessionOutcome {
     pub(crate) processes_left: usize,
 }
 
+impl SessionOutcome {
+    /// What the connection tells the supervisor of this end.
+    pub(crate) fn into_end(self, conn: ConnId, session: SessionId) -> SessionEnd {
+        SessionEnd {
+            conn,
+            session,
+            exit: self.exit,
+            killed: self.killed,
+            forced: self.forced,
+            processes_left: self.processes_left,
+        }
+    }
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Open, nothing started yet: a terminal and environment may still be asked for.
+    Fresh,
+    /// Its work runs.
+    Running,
+    /// Ending politely: the link was told to terminate.
+    Ending,
+    /// The grace ran out: the link was told to force the end.
+    Forced,
+    /// Over: the outcome is recorded and the actor stops.
+    Done,
+}
+
+impl Phase {
+    /// Whether the client's requests still reach the work.
+    fn is_live(self) -> bool {
+        matches!(self, Phase::Fresh | Phase::Running)
+    }
+}
+
 /// The actor's state; its parent reads `outcome` from it once the actor has stopped.
 pub struct SessionState {
     id: SessionId,
     conn: ConnId,
+    /// The channel and the work behind it.
     link: Box<dyn SessionLink>,
-    supervisor: ActorRef<SupervisorMsg>,
+    /// Where notices go.
+    supervisor: Parent,
+    /// How long the work may take to end after the client closed the channel.
     close_grace: Duration,
+    /// The session idle limit; changed by a reload.
     idle: Option<Duration>,
     idle_clock: IdleClock,
     span: Span,
-    started: bool,
-    ending: bool,
+    /// Where it is in its life.
+    phase: Phase,
+    /// The kill reason, when it was killed (the first one counts).
     killed: Option<String>,
-    forced: bool,
-    timers: Vec<JoinHandle<()>>,
+    timers: Timers,
+    /// The terminal, once allocated, for listings.
     pty: Option<PtyInfo>,
     pub(crate) outcome: Option<SessionOutcome>,
     /// What the link reported left running at its end.
@@ -182,13 +248,11 @@ pub struct SessionState {
 
 impl SessionState {
     fn report_pty(&self) {
-        let _ = self
-            .supervisor
-            .cast(SupervisorMsg::Notice(Notice::SessionPty {
-                conn: self.conn,
-                session: self.id,
-                pty: self.pty.clone(),
-            }));
+        self.supervisor.tell(NoticeKind::SessionPty {
+            conn: self.conn,
+            session: self.id,
+            pty: self.pty.clone(),
+        });
     }
 
     fn finish(&mut self, myself: &ActorRef<SessionMsg>, exit: SessionExit) {
@@ -196,31 +260,24 @@ impl SessionState {
             self.outcome = Some(SessionOutcome {
                 exit,
                 killed: self.killed.clone(),
-                forced: self.forced,
+                forced: self.phase == Phase::Forced,
                 processes_left: self.processes_left,
             });
         }
+        self.phase = Phase::Done;
         myself.stop(None);
     }
 
-    fn after(
-        &mut self,
-        myself: &ActorRef<SessionMsg>,
-        delay: Duration,
-        msg: impl FnOnce() -> SessionMsg + Send + 'static,
-    ) {
-        let target = myself.clone();
-        self.timers.retain(|t| !t.is_finished());
-        self.timers.push(ractor::concurrency::spawn(async move {
-            ractor::concurrency::sleep(delay).await;
-            let _ = target.cast(msg());
-        }));
+    fn after(&mut self, myself: &ActorRef<SessionMsg>, delay: Duration, tick: fn() -> Tick) {
+        self.timers
+            .after(myself, delay, move || SessionMsg::tick(tick()));
     }
 
-    /// Arms the idle check for `delay` from now under the current limit.
     fn arm_idle_check(&mut self, myself: &ActorRef<SessionMsg>, delay: Duration) {
-        let generation = self.idle_clock.generation();
-        self.after(myself, delay, move || SessionMsg::IdleCheck { generation });
+        self.idle_clock
+            .arm(&mut self.timers, myself, delay, |generation| {
+                SessionMsg::tick(Tick::IdleCheck { generation })
+            });
     }
 
     /// Starts the polite end; arms the force for when `grace` runs out.
@@ -228,20 +285,194 @@ impl SessionState {
         // The end of a whole connection is timed by the connection actor, which passes its
         // `GraceElapsed` on to every session: one timer per connection, not one per session.
         let timed_here = scope == EndScope::Session;
-        if self.ending {
+        if !self.phase.is_live() {
             // Already ending: a second request may only bring the force closer.
-            if timed_here && !self.forced && self.outcome.is_none() {
-                self.after(myself, grace, || SessionMsg::GraceElapsed);
+            if timed_here && self.phase == Phase::Ending {
+                self.after(myself, grace, || Tick::GraceElapsed);
             }
             return;
         }
-        self.ending = true;
+        self.phase = Phase::Ending;
         match self.link.terminate(scope) {
             Winding::Done => self.finish(myself, SessionExit::Closed),
-            Winding::Pending if timed_here => {
-                self.after(myself, grace, || SessionMsg::GraceElapsed)
-            }
+            Winding::Pending if timed_here => self.after(myself, grace, || Tick::GraceElapsed),
             Winding::Pending => {}
+        }
+    }
+
+    fn on_start(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        request: SessionRequest,
+        reply: RpcReplyPort<Result<(), StartRefusal>>,
+    ) {
+        let result = match self.phase {
+            Phase::Fresh => {
+                let actor = myself.clone();
+                let events = SessionEvents::new(self.id, move |exit, processes_left| {
+                    let _ = actor.cast(SessionMsg::tick(Tick::Finished {
+                        exit,
+                        processes_left,
+                    }));
+                });
+                self.link
+                    .start(&request, events)
+                    .map_err(StartRefusal::Failed)
+            }
+            Phase::Running => Err(StartRefusal::AlreadyStarted),
+            Phase::Ending | Phase::Forced | Phase::Done => Err(StartRefusal::Closing),
+        };
+        match &result {
+            Ok(()) => {
+                self.phase = Phase::Running;
+                if let Some(limit) = self.idle {
+                    self.idle_clock.restart();
+                    self.arm_idle_check(myself, limit);
+                }
+                info!(kind = ?request.kind(), command = request.command(), "session started");
+                self.supervisor.tell(NoticeKind::SessionStarted {
+                    conn: self.conn,
+                    session: self.id,
+                    kind: request.kind(),
+                    command: request.command().map(str::to_string),
+                });
+            }
+            Err(e) => info!(error = %e, "session request refused"),
+        }
+        let failed = matches!(result, Err(StartRefusal::Failed(_)));
+        let _ = reply.send(result);
+        if failed {
+            // Nothing runs and nothing will: the session is over.
+            let grace = self.close_grace;
+            self.begin_end(myself, grace, EndScope::Session);
+        }
+    }
+
+    fn on_pty(&mut self, pty: PtySpec, reply: RpcReplyPort<Result<(), String>>) {
+        let result = if self.phase == Phase::Fresh {
+            self.link.pty(&pty)
+        } else {
+            Err("a terminal must be asked for before the session starts".to_string())
+        };
+        match result {
+            Ok(used) => {
+                info!(term = %used.term, cols = used.cols, rows = used.rows, "terminal allocated");
+                self.pty = Some(PtyInfo {
+                    term: used.term,
+                    cols: used.cols,
+                    rows: used.rows,
+                });
+                self.report_pty();
+                let _ = reply.send(Ok(()));
+            }
+            Err(e) => {
+                info!(error = %e, "terminal refused");
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn on_env(&mut self, name: String, value: String, reply: RpcReplyPort<Result<(), String>>) {
+        let result = if self.phase == Phase::Fresh {
+            self.link.env(&name, &value)
+        } else {
+            Err("environment must be set before the session starts".to_string())
+        };
+        if let Err(e) = &result {
+            info!(name = %name, error = %e, "environment variable refused");
+        }
+        let _ = reply.send(result);
+    }
+
+    fn on_resize(&mut self, cols: u32, rows: u32, pix_width: u32, pix_height: u32) {
+        self.link.resize(cols, rows, pix_width, pix_height);
+        if let Some(pty) = self.pty.as_mut() {
+            pty.cols = cols;
+            pty.rows = rows;
+            self.report_pty();
+        }
+    }
+
+    fn on_signal(&mut self, name: String) {
+        match self.link.signal(&name) {
+            Ok(()) => info!(signal = %name, "signal delivered"),
+            Err(e) => info!(signal = %name, error = %e, "signal refused"),
+        }
+    }
+
+    fn on_terminate(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        reason: Option<String>,
+        grace: Duration,
+        scope: EndScope,
+    ) {
+        if self.killed.is_none() {
+            self.killed = reason;
+        }
+        info!(reason = self.killed.as_deref(), grace = %humantime::format_duration(grace), "terminating session");
+        self.begin_end(myself, grace, scope);
+    }
+
+    fn on_tick(&mut self, myself: &ActorRef<SessionMsg>, tick: Tick) {
+        match tick {
+            Tick::Finished {
+                exit,
+                processes_left,
+            } => {
+                debug!(?exit, processes_left, "session work finished");
+                self.processes_left = processes_left;
+                self.finish(myself, exit);
+            }
+            Tick::GraceElapsed => self.on_grace_elapsed(myself),
+            Tick::SetIdle { idle } => {
+                self.idle = idle;
+                self.idle_clock.restart();
+                if let (Some(limit), Phase::Running) = (idle, self.phase) {
+                    self.arm_idle_check(myself, limit);
+                }
+            }
+            Tick::IdleCheck { generation } => self.on_idle_check(myself, generation),
+            Tick::GiveUp => {
+                if self.outcome.is_none() {
+                    warn!("the forced end did not report back: abandoning the session's work");
+                    let exit = SessionExit::Failed("abandoned after a forced end".into());
+                    self.finish(myself, exit);
+                }
+            }
+        }
+    }
+
+    fn on_grace_elapsed(&mut self, myself: &ActorRef<SessionMsg>) {
+        if matches!(self.phase, Phase::Forced | Phase::Done) {
+            return;
+        }
+        warn!("grace ran out: forcing the session's end");
+        self.phase = Phase::Forced;
+        match self.link.force() {
+            Winding::Done => self.finish(myself, SessionExit::Signal("KILL".into())),
+            Winding::Pending => self.after(myself, FORCE_MARGIN, || Tick::GiveUp),
+        }
+    }
+
+    fn on_idle_check(&mut self, myself: &ActorRef<SessionMsg>, generation: u64) {
+        let (Some(limit), true, true) = (
+            self.idle,
+            generation == self.idle_clock.generation(),
+            self.phase.is_live(),
+        ) else {
+            return;
+        };
+        match self.idle_clock.check(limit, self.link.idle_for()) {
+            None => {
+                let limit = humantime::format_duration(limit);
+                let reason = format!("session_idle timeout ({limit}) reached");
+                info!(reason = %reason, "session idle too long");
+                self.killed = Some(reason);
+                let grace = self.close_grace;
+                self.begin_end(myself, grace, EndScope::Session);
+            }
+            Some(left) => self.arm_idle_check(myself, left),
         }
     }
 }
@@ -266,11 +497,9 @@ impl Actor for SessionActor {
             idle: args.idle,
             idle_clock: IdleClock::new(),
             span,
-            started: false,
-            ending: false,
+            phase: Phase::Fresh,
             killed: None,
-            forced: false,
-            timers: Vec::new(),
+            timers: Timers::default(),
             pty: None,
             outcome: None,
             processes_left: 0,
@@ -283,186 +512,38 @@ impl Actor for SessionActor {
         msg: SessionMsg,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        let span = state.span.clone();
-        async move {
-            match msg {
-                SessionMsg::Start { request, reply } => {
-                    let result = if state.ending {
-                        Err(StartRefusal::Closing)
-                    } else if state.started {
-                        Err(StartRefusal::AlreadyStarted)
-                    } else {
-                        let events = SessionEvents {
-                            actor: myself.clone(),
-                            session: state.id,
-                        };
-                        state.link.start(&request, events).map_err(StartRefusal::Failed)
-                    };
-                    match &result {
-                        Ok(()) => {
-                            state.started = true;
-                            if let Some(limit) = state.idle {
-                                state.idle_clock.restart();
-                                state.arm_idle_check(&myself, limit);
-                            }
-                            info!(kind = ?request.kind(), command = request.command(), "session started");
-                            let _ = state.supervisor.cast(SupervisorMsg::Notice(Notice::SessionStarted {
-                                conn: state.conn,
-                                session: state.id,
-                                kind: request.kind(),
-                                command: request.command().map(str::to_string),
-                            }));
-                        }
-                        Err(e) => info!(error = %e, "session request refused"),
-                    }
-                    let failed = matches!(result, Err(StartRefusal::Failed(_)));
-                    let _ = reply.send(result);
-                    if failed {
-                        // Nothing runs and nothing will: the session is over.
-                        let grace = state.close_grace;
-                        state.begin_end(&myself, grace, EndScope::Session);
-                    }
-                }
-                SessionMsg::Pty { pty, reply } => {
-                    let result = if state.started || state.ending {
-                        Err("a terminal must be asked for before the session starts".to_string())
-                    } else {
-                        state.link.pty(&pty)
-                    };
-                    match result {
-                        Ok(used) => {
-                            info!(term = %used.term, cols = used.cols, rows = used.rows, "terminal allocated");
-                            state.pty = Some(PtyInfo {
-                                term: used.term,
-                                cols: used.cols,
-                                rows: used.rows,
-                            });
-                            state.report_pty();
-                            let _ = reply.send(Ok(()));
-                        }
-                        Err(e) => {
-                            info!(error = %e, "terminal refused");
-                            let _ = reply.send(Err(e));
-                        }
-                    }
-                }
-                SessionMsg::Env { name, value, reply } => {
-                    let result = if state.started || state.ending {
-                        Err("environment must be set before the session starts".to_string())
-                    } else {
-                        state.link.env(&name, &value)
-                    };
-                    if let Err(e) = &result {
-                        info!(name = %name, error = %e, "environment variable refused");
-                    }
-                    let _ = reply.send(result);
-                }
-                SessionMsg::Resize {
-                    cols,
-                    rows,
-                    pix_width,
-                    pix_height,
-                } => {
-                    if !state.ending {
-                        state.link.resize(cols, rows, pix_width, pix_height);
-                        if let Some(pty) = state.pty.as_mut() {
-                            pty.cols = cols;
-                            pty.rows = rows;
-                            state.report_pty();
-                        }
-                    }
-                }
-                SessionMsg::Signal { name } => {
-                    if !state.ending {
-                        match state.link.signal(&name) {
-                            Ok(()) => info!(signal = %name, "signal delivered"),
-                            Err(e) => info!(signal = %name, error = %e, "signal refused"),
-                        }
-                    }
-                }
-                SessionMsg::Data { data } => {
-                    if !state.ending {
-                        state.link.data(data);
-                    }
-                }
-                SessionMsg::ClientEof => {
-                    if !state.ending {
-                        state.link.eof();
-                    }
-                }
-                SessionMsg::ClientClosed => {
-                    debug!("client closed the channel");
-                    let grace = state.close_grace;
-                    state.begin_end(&myself, grace, EndScope::Session);
-                }
-                SessionMsg::Terminate {
-                    reason,
-                    grace,
-                    scope,
-                } => {
-                    if state.killed.is_none() {
-                        state.killed = reason;
-                    }
-                    info!(reason = state.killed.as_deref(), grace = %humantime::format_duration(grace), "terminating session");
-                    state.begin_end(&myself, grace, scope);
-                }
-                SessionMsg::Finished {
-                    exit,
-                    processes_left,
-                } => {
-                    debug!(?exit, processes_left, "session work finished");
-                    state.processes_left = processes_left;
-                    state.finish(&myself, exit);
-                }
-                SessionMsg::GraceElapsed => {
-                    if state.outcome.is_none() && !state.forced {
-                        warn!("grace ran out: forcing the session's end");
-                        state.forced = true;
-                        match state.link.force() {
-                            Winding::Done => state.finish(&myself, SessionExit::Signal("KILL".into())),
-                            Winding::Pending => state.after(&myself, FORCE_MARGIN, || SessionMsg::GiveUp),
-                        }
-                    }
-                }
-                SessionMsg::SetIdle { idle } => {
-                    state.idle = idle;
-                    state.idle_clock.restart();
-                    if let (Some(limit), true, false) = (idle, state.started, state.ending) {
-                        state.arm_idle_check(&myself, limit);
-                    }
-                }
-                SessionMsg::IdleCheck { generation } => {
-                    let (Some(limit), true, false) = (
-                        state.idle,
-                        generation == state.idle_clock.generation(),
-                        state.ending,
-                    ) else {
-                        return;
-                    };
-                    let idle_for = state.idle_clock.idle_for(state.link.idle_for());
-                    if idle_for >= limit {
-                        let reason = format!(
-                            "session_idle timeout ({}) reached",
-                            humantime::format_duration(limit)
-                        );
-                        info!(reason = %reason, "session idle too long");
-                        state.killed = Some(reason);
-                        let grace = state.close_grace;
-                        state.begin_end(&myself, grace, EndScope::Session);
-                    } else {
-                        state.arm_idle_check(&myself, limit - idle_for);
-                    }
-                }
-                SessionMsg::GiveUp => {
-                    if state.outcome.is_none() {
-                        warn!("the forced end did not report back: abandoning the session's work");
-                        state.finish(&myself, SessionExit::Failed("abandoned after a forced end".into()));
-                    }
-                }
+        let _entered = state.span.clone().entered();
+        let live = state.phase.is_live();
+        match msg {
+            SessionMsg::Start { request, reply } => state.on_start(&myself, request, reply),
+            SessionMsg::Pty { pty, reply } => state.on_pty(pty, reply),
+            SessionMsg::Env { name, value, reply } => state.on_env(name, value, reply),
+            SessionMsg::Resize {
+                cols,
+                rows,
+                pix_width,
+                pix_height,
+            } if live => state.on_resize(cols, rows, pix_width, pix_height),
+            SessionMsg::Signal { name } if live => state.on_signal(name),
+            SessionMsg::Data { data } if live => state.link.data(data),
+            SessionMsg::ClientEof if live => state.link.eof(),
+            SessionMsg::ClientClosed => {
+                debug!("client closed the channel");
+                let grace = state.close_grace;
+                state.begin_end(&myself, grace, EndScope::Session);
             }
+            SessionMsg::Terminate {
+                reason,
+                grace,
+                scope,
+            } => state.on_terminate(&myself, reason, grace, scope),
+            SessionMsg::Internal(Internal(tick)) => state.on_tick(&myself, tick),
+            // The client's requests to a session that is ending reach nothing.
+            SessionMsg::Resize { .. }
+            | SessionMsg::Signal { .. }
+            | SessionMsg::Data { .. }
+            | SessionMsg::ClientEof => {}
         }
-        .instrument(span)
-        .await;
         Ok(())
     }
 
@@ -471,9 +552,7 @@ impl Actor for SessionActor {
         _myself: ActorRef<SessionMsg>,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        for timer in state.timers.drain(..) {
-            timer.abort();
-        }
+        state.timers.abort_all();
         Ok(())
     }
 }

@@ -5,29 +5,20 @@
 //! `terminate` (`finished` is called from within it), so no kill ever waits for a grace.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use ractor::rpc::CallResult;
-use ractor::{ActorRef, MessagingErr};
+use ractor::ActorRef;
 use sshvisor_actors::{
     spawn_supervisor, ConnId, ConnectionLink, ConnectionMsg, EndScope, Limits, Policy,
-    SessionEvents, SessionExit, SessionLink, SessionMsg, SessionRequest, SupervisorArgs,
-    SupervisorMsg, TransportEnd, Winding,
+    SessionEvents, SessionExit, SessionLink, SessionRequest, SupervisorArgs, SupervisorMsg,
+    TransportEnd, Winding,
 };
 
-/// The longest any call may take before the benchmark fails.
-pub const WAIT: Duration = Duration::from_secs(60);
+#[path = "../../tests/common/kit.rs"]
+mod kit;
 
-/// Unwraps a ractor call: a timeout, a dropped reply port or a dead actor fail the benchmark.
-pub fn replied<T, M>(result: Result<CallResult<T>, MessagingErr<M>>, what: &str) -> T {
-    match result {
-        Ok(CallResult::Success(value)) => value,
-        Ok(CallResult::Timeout) => panic!("{what}: no reply within {WAIT:?}"),
-        Ok(CallResult::SenderError) => panic!("{what}: the reply port was dropped unanswered"),
-        Err(_) => panic!("{what}: the actor is gone"),
-    }
-}
+use kit::TransportSlot;
+pub use kit::{replied, WAIT};
 
 /// The default policy with every limit out of the way, and no login grace: a population made
 /// in a burst would otherwise see all its login-grace timers fire in one burst 30 s later, in
@@ -48,51 +39,16 @@ pub fn unlimited() -> Policy {
     }
 }
 
-/// The connection actor, once known, or the transport end that came before it was.
-#[derive(Default)]
-struct Slot {
-    actor: Option<ActorRef<ConnectionMsg>>,
-    ended: bool,
-    pending: Option<TransportEnd>,
-}
-
-#[derive(Default, Clone)]
-struct ConnShared(Arc<Mutex<Slot>>);
-
-impl ConnShared {
-    /// Ends the transport once.
-    fn end(&self, end: TransportEnd) {
-        let mut slot = self.0.lock().unwrap();
-        if std::mem::replace(&mut slot.ended, true) {
-            return;
-        }
-        match &slot.actor {
-            Some(actor) => {
-                let _ = actor.cast(ConnectionMsg::TransportClosed { end });
-            }
-            None => slot.pending = Some(end),
-        }
-    }
-
-    fn attach(&self, actor: ActorRef<ConnectionMsg>) {
-        let mut slot = self.0.lock().unwrap();
-        if let Some(end) = slot.pending.take() {
-            let _ = actor.cast(ConnectionMsg::TransportClosed { end });
-        }
-        slot.actor = Some(actor);
-    }
-}
-
 /// A client that leaves as soon as it is told to.
-struct FakeConnLink(ConnShared);
+struct FakeConnLink(Arc<TransportSlot>);
 
 impl ConnectionLink for FakeConnLink {
     fn disconnect(&self, _reason: &str) {
-        self.0.end(TransportEnd::Closed);
+        self.0.end(TransportEnd::Closed, |_| {});
     }
 
     fn abort(&self) {
-        self.0.end(TransportEnd::Aborted);
+        self.0.end(TransportEnd::Aborted, |_| {});
     }
 }
 
@@ -158,53 +114,21 @@ impl Tree {
 
     /// Sends `Connect` and waits for the reply; the link is made before.
     pub async fn connect(&self, i: usize) -> Conn {
-        let shared = ConnShared::default();
-        let link = Box::new(FakeConnLink(shared.clone()));
-        let peer = Self::peer(i);
-        let (id, actor) = replied(
-            self.sup
-                .call(
-                    |reply| SupervisorMsg::Connect { peer, link, reply },
-                    Some(WAIT),
-                )
-                .await,
-            "connect",
-        )
-        .expect("the supervisor admits the connection");
-        shared.attach(actor.clone());
+        let slot = Arc::new(TransportSlot::default());
+        let link = Box::new(FakeConnLink(slot.clone()));
+        let (id, actor) = kit::connect(&self.sup, Self::peer(i), link, &slot)
+            .await
+            .expect("the supervisor admits the connection");
         Conn { id, actor }
     }
 
     /// Authenticates `conn` as `user` and starts one `exec` session on it.
     pub async fn log_in(&self, conn: &Conn, user: String) {
-        conn.actor
-            .cast(ConnectionMsg::Authenticated {
-                user,
-                method: "publickey".into(),
-                client_version: Some("SSH-2.0-FakeClient".into()),
-                verdict: None,
-            })
-            .expect("the connection actor is alive");
+        kit::authenticate(&conn.actor, user);
         let link = Box::new(FakeSessionLink::default());
-        let (_, session) = replied(
-            conn.actor
-                .call(
-                    |reply| ConnectionMsg::OpenSession { link, reply },
-                    Some(WAIT),
-                )
-                .await,
-            "open session",
-        )
-        .expect("the connection opens the session");
-        let request = SessionRequest::Exec {
-            command: "work".into(),
-        };
-        replied(
-            session
-                .call(|reply| SessionMsg::Start { request, reply }, Some(WAIT))
-                .await,
-            "start session",
-        )
-        .expect("the session starts");
+        let (_, session) = kit::open(&conn.actor, link)
+            .await
+            .expect("the connection opens the session");
+        kit::start(&session, "work".into()).await;
     }
 }

@@ -9,14 +9,11 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ractor::rpc::CallResult;
 use ractor::{
-    Actor, ActorCell, ActorProcessingErr, ActorRef, ActorStatus, MessagingErr, OutputPort,
-    RpcReplyPort,
+    Actor, ActorCell, ActorProcessingErr, ActorRef, ActorStatus, OutputPort, RpcReplyPort,
 };
 use sshvisor_actors::{
     spawn_supervisor, ConnId, ConnectionInfo, ConnectionLink, ConnectionMsg, EndScope, Event,
@@ -25,18 +22,10 @@ use sshvisor_actors::{
 };
 use tokio::sync::{mpsc, watch};
 
-/// The longest any single wait in the harness may take before the test fails.
-pub const WAIT: Duration = Duration::from_secs(60);
+mod kit;
 
-/// Unwraps a ractor call: a timeout, a dropped reply port or a dead actor fail the test.
-pub fn replied<T, M>(result: Result<CallResult<T>, MessagingErr<M>>, what: &str) -> T {
-    match result {
-        Ok(CallResult::Success(value)) => value,
-        Ok(CallResult::Timeout) => panic!("{what}: no reply within {WAIT:?}"),
-        Ok(CallResult::SenderError) => panic!("{what}: the reply port was dropped unanswered"),
-        Err(_) => panic!("{what}: the actor is gone"),
-    }
-}
+use kit::TransportSlot;
+pub use kit::{replied, WAIT};
 
 /// True once an actor's processing loop is over.
 pub fn is_stopped(status: ActorStatus) -> bool {
@@ -156,29 +145,18 @@ pub enum Client {
 struct ConnShared {
     label: String,
     log: Log,
-    actor: Mutex<Option<ActorRef<ConnectionMsg>>>,
-    /// An end that happened before the actor was known; delivered by `attach`.
-    pending: Mutex<Option<TransportEnd>>,
-    ended: AtomicBool,
+    slot: TransportSlot,
 }
 
 impl ConnShared {
-    /// Ends the transport once (a real binding reports the end once); later ends are ignored.
+    /// Ends the transport once, logged; later ends are ignored.
     fn end(&self, end: TransportEnd) {
-        if self.ended.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        self.log.push(LogEvent::TransportEnd {
-            conn: self.label.clone(),
-            end: end.clone(),
+        self.slot.end(end, |end| {
+            self.log.push(LogEvent::TransportEnd {
+                conn: self.label.clone(),
+                end: end.clone(),
+            })
         });
-        let actor = self.actor.lock().unwrap().clone();
-        match actor {
-            Some(actor) => {
-                let _ = actor.cast(ConnectionMsg::TransportClosed { end });
-            }
-            None => *self.pending.lock().unwrap() = Some(end),
-        }
     }
 }
 
@@ -207,14 +185,7 @@ impl Conn {
 
     /// The client authenticates (what the russh handler would report).
     pub fn authenticate(&self, user: &str) {
-        self.actor
-            .cast(ConnectionMsg::Authenticated {
-                user: user.to_string(),
-                method: "publickey".to_string(),
-                client_version: Some("SSH-2.0-FakeClient".to_string()),
-                verdict: None,
-            })
-            .expect("the connection actor is alive");
+        kit::authenticate(&self.actor, user.to_string());
     }
 }
 
@@ -473,28 +444,14 @@ impl Harness {
         let shared = Arc::new(ConnShared {
             label: label.to_string(),
             log: self.log.clone(),
-            actor: Mutex::new(None),
-            pending: Mutex::new(None),
-            ended: AtomicBool::new(false),
+            slot: TransportSlot::default(),
         });
         let link = Box::new(FakeConnLink {
             client,
             shared: shared.clone(),
             created: tokio::time::Instant::now(),
         });
-        let (id, actor) = replied(
-            self.sup
-                .call(
-                    |reply| SupervisorMsg::Connect { peer, link, reply },
-                    Some(WAIT),
-                )
-                .await,
-            "connect",
-        )?;
-        *shared.actor.lock().unwrap() = Some(actor.clone());
-        if let Some(end) = shared.pending.lock().unwrap().take() {
-            let _ = actor.cast(ConnectionMsg::TransportClosed { end });
-        }
+        let (id, actor) = kit::connect(&self.sup, peer, link, &shared.slot).await?;
         Ok(Conn {
             label: label.to_string(),
             id,
@@ -524,16 +481,9 @@ impl Harness {
             log: self.log.clone(),
             events: None,
         });
-        let (id, actor) = replied(
-            conn.actor
-                .call(
-                    |reply| ConnectionMsg::OpenSession { link, reply },
-                    Some(WAIT),
-                )
-                .await,
-            "open session",
-        )
-        .expect("the connection opens the session");
+        let (id, actor) = kit::open(&conn.actor, link)
+            .await
+            .expect("the connection opens the session");
         Sess {
             label: label.to_string(),
             id,
@@ -544,16 +494,7 @@ impl Harness {
     /// Opens a session and starts `exec <command>` in it.
     pub async fn open_started(&self, conn: &Conn, label: &str, work: Work) -> Sess {
         let sess = self.open(conn, label, work).await;
-        let request = SessionRequest::Exec {
-            command: format!("work {label}"),
-        };
-        replied(
-            sess.actor
-                .call(|reply| SessionMsg::Start { request, reply }, Some(WAIT))
-                .await,
-            "start session",
-        )
-        .expect("the session starts");
+        kit::start(&sess.actor, format!("work {label}")).await;
         sess
     }
 
@@ -760,25 +701,8 @@ impl Harness {
             },
             remote: remote.clone(),
         });
-        let (id, actor) = replied(
-            conn.actor
-                .call(
-                    |reply| ConnectionMsg::OpenSession { link, reply },
-                    Some(WAIT),
-                )
-                .await,
-            "open session",
-        )?;
-        let request = SessionRequest::Exec {
-            command: format!("work {label}"),
-        };
-        replied(
-            actor
-                .call(|reply| SessionMsg::Start { request, reply }, Some(WAIT))
-                .await,
-            "start session",
-        )
-        .expect("the session starts");
+        let (id, actor) = kit::open(&conn.actor, link).await?;
+        kit::start(&actor, format!("work {label}")).await;
         let sess = Sess {
             label: label.to_string(),
             id,
