@@ -171,14 +171,7 @@ impl Launch<'_> {
                             }
                         }
                         procs::default_signal_dispositions();
-                        if takes_terminal {
-                            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                                return Err(std::io::Error::last_os_error());
-                            }
-                        } else if libc::setpgid(0, 0) < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        Ok(())
+                        procs::own_session_or_group(takes_terminal)
                     });
                 }
                 procs::spawn_leader(|| leader.spawn())
