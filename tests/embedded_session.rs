@@ -180,9 +180,13 @@ async fn shouting_server(limit: usize) -> (SshListener, tempfile::TempDir) {
 #[tokio::test]
 async fn an_embedders_own_session_application_is_served_with_the_clients_input() {
     let (listener, dir) = shouting_server(1024).await;
-    let client = russh_connect(listener.local_addr().port(), &dir.path().join("client"), "ann")
-        .await
-        .expect("connect");
+    let client = russh_connect(
+        listener.local_addr().port(),
+        &dir.path().join("client"),
+        "ann",
+    )
+    .await
+    .expect("connect");
     assert!(client.authenticated);
     let mut channel = client.handle.channel_open_session().await.expect("open");
     channel.exec(true, "greet").await.expect("exec");
@@ -202,9 +206,13 @@ async fn an_embedders_own_session_application_is_served_with_the_clients_input()
 #[tokio::test]
 async fn an_embedders_stdin_sink_ends_its_session_with_its_own_reason() {
     let (listener, dir) = shouting_server(8).await;
-    let client = russh_connect(listener.local_addr().port(), &dir.path().join("client"), "ann")
-        .await
-        .expect("connect");
+    let client = russh_connect(
+        listener.local_addr().port(),
+        &dir.path().join("client"),
+        "ann",
+    )
+    .await
+    .expect("connect");
     let mut channel = client.handle.channel_open_session().await.expect("open");
     channel.exec(true, "greet").await.expect("exec");
     channel
