@@ -290,6 +290,7 @@ impl Daemon {
                 authorized,
                 keepalive: options.keepalive(),
                 env: options.exec_env(&containment, &sftp_handles),
+                sessions: None,
             },
             supervisor.clone(),
         )

@@ -1,12 +1,23 @@
 //! The russh binding: everything that speaks SSH.
 //!
-//! - `server`: the listener and accept loop; one task per connection driving
-//!   `russh::server::run_stream`.
+//! - `server`: the listener and accept loop (`SshListener`, `SshOptions`); one task per
+//!   connection driving `russh::server::run_stream`.
 //! - `handler`: the russh `Handler`, a thin adapter from callbacks to actor messages.
+//! - `auth`: who may log in (`Authenticator`, implemented by `AuthorizedKeys`).
+//! - `channels`: a connection's session channels: actor, stdin sink and held queue of each, and
+//!   the application (`SessionFactory`) that opens them.
 //! - `stream`: the TCP stream wrapper the connection actor can cut (the forced path).
 //! - `link`: the russh implementation of the tree's `ConnectionLink`.
+//! - `activity`: a connection's and its sessions' traffic (idle times, bytes).
+//! - `after_goodbye`: what a connection keeps until its DISCONNECT is queued.
+//! - `counted`: a channel stream whose writes count as traffic.
 //! - `held_channel`: a session channel's russh queue, kept empty until the session starts.
 
+pub mod activity;
+pub mod after_goodbye;
+pub mod auth;
+pub(crate) mod channels;
+pub mod counted;
 pub mod handler;
 pub mod held_channel;
 pub mod link;

@@ -137,7 +137,8 @@ pub enum EndScope {
 
 /// What a `SessionActor` may do to its channel and the work behind it.
 ///
-/// Calls come from the actor only, one at a time, in this order: [`start`](Self::start) at most
+/// Calls come from the actor only (but [`stdin`](Self::stdin), made by the binding before the
+/// actor has the link), one at a time, in this order: [`start`](Self::start) at most
 /// once, then any number of [`data`](Self::data) and [`eof`](Self::eof), then
 /// [`terminate`](Self::terminate) and possibly [`force`](Self::force). Dropping the link must
 /// release everything it holds (end processes, close the channel): a session actor that is
@@ -172,7 +173,17 @@ pub trait SessionLink: Send + 'static {
         Err(format!("signal {name} cannot be delivered here"))
     }
 
-    /// Bytes the client sent on the channel (stdin).
+    /// The fast way in for the client's bytes: a [`StdinSink`] the binding writes to straight
+    /// from its transport, without a hop through the session actor. Called by the binding
+    /// once, when the session opens, before the link is handed to its actor (the one call that
+    /// does not come from the actor). `None` (the default): every byte arrives through
+    /// [`data`](Self::data).
+    fn stdin(&mut self) -> Option<Box<dyn StdinSink>> {
+        None
+    }
+
+    /// Bytes the client sent on the channel (stdin) that reached the session actor
+    /// (`SessionMsg::Data`); with a [`stdin`](Self::stdin) sink, the client's bytes go there.
     fn data(&mut self, data: Vec<u8>);
 
     /// The client sent EOF on the channel.
@@ -193,6 +204,38 @@ pub trait SessionLink: Send + 'static {
     /// Ends the session now: the work is killed (SIGKILL), pending output is dropped, and the
     /// channel is closed (per the scope given to `terminate`) without waiting for the client.
     fn force(&mut self) -> Winding;
+}
+
+/// The writing end of a session's stdin, handed to the binding by [`SessionLink::stdin`].
+///
+/// The binding calls it inside its transport's loop, for every packet the client sends: it must
+/// never wait (the work may itself be waiting for that loop to send its output). What it cannot
+/// hold it refuses, and the session then decides its own fate ([`StdinRefusal`]).
+pub trait StdinSink: Send + Sync + 'static {
+    /// Queues `data` for the work's stdin.
+    fn push(&self, data: &[u8]) -> Result<(), StdinRefusal>;
+
+    /// The client's terminal changed size: queued with the data, in order, so that a command
+    /// typed right after a resize sees the new size. Ignored by default.
+    fn resize(&self, cols: u32, rows: u32, pix_width: u32, pix_height: u32) {
+        let _ = (cols, rows, pix_width, pix_height);
+    }
+}
+
+/// Why a [`StdinSink`] did not take the client's data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StdinRefusal {
+    /// Nothing reads the session's stdin any more: the data is dropped.
+    Closed,
+    /// The session cannot go on (its work leaves too much input unread): the binding drops the
+    /// sink, tells the client `reason` on stderr, and ends the session
+    /// (`SessionMsg::Terminate` with this reason and grace, scope [`EndScope::Session`]).
+    EndSession {
+        /// What the client is told.
+        reason: String,
+        /// How long the work gets to end.
+        grace: std::time::Duration,
+    },
 }
 
 /// Given to a [`SessionLink`] when its work starts, so it can say when the work has ended.

@@ -186,6 +186,27 @@ pub unsafe fn default_signal_dispositions() {
     }
 }
 
+/// Between fork and exec, in the child: a session of its own with the terminal at fd 0 as its
+/// controlling tty (`terminal`), or a process group of its own. Async-signal-safe.
+///
+/// # Safety
+///
+/// Only for a child between fork and exec.
+pub unsafe fn own_session_or_group(terminal: bool) -> std::io::Result<()> {
+    // SAFETY: plain system calls on this process and its fd 0; the caller is a child before exec.
+    let failed = unsafe {
+        if terminal {
+            libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0
+        } else {
+            libc::setpgid(0, 0) < 0
+        }
+    };
+    if failed {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 extern "C" fn vfork_child(plan: *mut libc::c_void) -> libc::c_int {
     // SAFETY: runs in the child between clone(CLONE_VM | CLONE_VFORK) and exec, on its own
     // stack, with our memory shared and the parent suspended: it only reads the plan and makes

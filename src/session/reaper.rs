@@ -115,14 +115,7 @@ fn run(args: Vec<OsString>) -> i32 {
     unsafe {
         command.pre_exec(move || {
             let _ = SigSet::empty().thread_set_mask();
-            if pty {
-                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::setpgid(0, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            crate::session::procs::own_session_or_group(pty)
         });
     }
     let child = match command.spawn() {

@@ -1,38 +1,33 @@
 //! The russh `Handler`: a thin adapter that turns russh callbacks into actor messages.
 //!
-//! It decides nothing about a connection's life. Authentication is checked here (it is a pure
-//! function of the key), everything else goes to the connection's or the session's actor. The
-//! actors answer without waiting on the network, so a callback never stalls russh's session loop
-//! for long; and a wait for an answer ends when the actor is gone (its reply port drops) or the
-//! connection is cut (the end of a kill's grace), so no callback can outlive a kill either.
+//! It decides nothing. Logins are the [`Authenticator`]'s to accept; the connection's life and
+//! every session request are the actors'; which application serves a session is the listener's
+//! `SessionFactory`'s (see `channels`); what a session's stdin can take is its `StdinSink`'s.
+//! The actors answer without waiting on the network, so a callback never stalls russh's session
+//! loop for long; and a wait for an answer ends when the actor is gone (its reply port drops) or
+//! the connection is cut (the end of a kill's grace), so no callback can outlive a kill either.
+//! The client's bytes go straight into the session's stdin sink, never through an actor: the
+//! per-packet path does not wait and costs no message.
 //!
 //! Those waits have no timer of their own: a timer whose deadline is the earliest one pending
 //! wakes tokio's driver to re-arm it (a write to its eventfd, and a parked worker woken), and a
 //! login waited on four of them (admission, the login's verdict, the session's open and start).
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use ractor::{ActorRef, ActorStatus, RpcReplyPort};
+use ractor::{ActorRef, RpcReplyPort};
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{ChannelId, ChannelOpenFailure, Disconnect};
-use sshvisor_actors::{ConnectionMsg, PtySpec, SessionMsg, SessionRequest, StartRefusal};
-use tracing::{debug, info, warn};
+use sshvisor_actors::link::StdinRefusal;
+use sshvisor_actors::{ConnectionMsg, EndScope, PtySpec, SessionMsg, SessionRequest, StartRefusal};
+use tracing::{debug, info};
 
-use crate::daemon::keys::{fingerprint, AuthorizedKeys};
-use crate::session::app::{
-    is_env_name, sig_name, ChannelSession, Endpoints, ExecEnv, StdinError, StdinSender,
-    MAX_ENV_NAME, STDIN_LIMIT,
-};
-use crate::ssh::held_channel::HeldChannel;
-use crate::ssh::link::{Activity, AfterGoodbye};
+use crate::daemon::keys::fingerprint;
+use crate::session::app::{is_env_name, sig_name, MAX_ENV_NAME};
+use crate::ssh::auth::Authenticator;
+use crate::ssh::channels::SessionChannels;
 use crate::ssh::stream::CutSwitch;
-
-/// How long a session whose command leaves too much input unread gets to end.
-pub const STDIN_OVERFLOW_GRACE: Duration = Duration::from_secs(5);
 
 /// Errors that end a connection from inside a callback.
 #[derive(Debug, thiserror::Error)]
@@ -52,53 +47,32 @@ pub enum HandlerError {
 /// awaits beside the one it polls), so the largest of them costs every idle connection twice its
 /// size. Boxed, they cost a small allocation while a request is answered.
 pub struct SshHandler {
+    /// The connection's actor: logins and new sessions go there.
     conn: ActorRef<ConnectionMsg>,
-    authorized: Arc<AuthorizedKeys>,
-    env: Arc<ExecEnv>,
-    ends: Endpoints,
-    activity: Arc<Activity>,
-    after_goodbye: Arc<AfterGoodbye>,
+    /// Who may log in.
+    auth: Arc<dyn Authenticator>,
     /// The connection's cut: ends any wait for an actor.
     switch: Arc<CutSwitch>,
+    /// The user, once authenticated.
     user: Option<String>,
-    sessions: HashMap<ChannelId, Channel>,
-    /// This connection's share of the sftp handle budgets, made at its first session.
-    sftp_handles: Option<crate::session::sftp::ConnectionHandles>,
-}
-
-/// What the handler keeps per session channel.
-struct Channel {
-    actor: ActorRef<SessionMsg>,
-    /// The session's traffic (counts for the connection's too).
-    activity: Arc<Activity>,
-    /// The command's stdin; dropped on the client's EOF.
-    stdin: Option<StdinSender>,
-    /// The channel's own russh queue, drained until the session starts (see `held_channel`).
-    held: HeldChannel,
+    /// The session channels, and the application that opens them.
+    sessions: SessionChannels,
 }
 
 impl SshHandler {
     /// The handler of the connection whose actor is `conn`.
-    pub fn new(
+    pub(crate) fn new(
         conn: ActorRef<ConnectionMsg>,
-        authorized: Arc<AuthorizedKeys>,
-        env: Arc<ExecEnv>,
-        ends: Endpoints,
-        activity: Arc<Activity>,
-        after_goodbye: Arc<AfterGoodbye>,
+        auth: Arc<dyn Authenticator>,
         switch: Arc<CutSwitch>,
+        sessions: SessionChannels,
     ) -> Self {
         Self {
             conn,
-            authorized,
-            env,
-            ends,
-            activity,
-            after_goodbye,
+            auth,
             switch,
             user: None,
-            sessions: HashMap::new(),
-            sftp_handles: None,
+            sessions,
         }
     }
 
@@ -119,10 +93,9 @@ impl SshHandler {
     }
 
     fn check(&self, user: &str, key: &PublicKey) -> Auth {
-        if self.authorized.allows(key) {
+        if self.auth.publickey(user, key) {
             Auth::Accept
         } else {
-            debug!(user, key = %fingerprint(key), "public key not authorized");
             Auth::reject()
         }
     }
@@ -153,13 +126,13 @@ impl SshHandler {
     /// Empties `channel`'s russh queue: called on every callback that follows a message russh
     /// queued there, so the queue never fills up before the session starts.
     fn drain(&self, channel: ChannelId) {
-        if let Some(c) = self.sessions.get(&channel) {
+        if let Some(c) = self.sessions.get(channel) {
             c.held.drain();
         }
     }
 
     fn session(&self, channel: ChannelId) -> Option<&ActorRef<SessionMsg>> {
-        self.sessions.get(&channel).map(|c| &c.actor)
+        self.sessions.get(channel).map(|c| &c.actor)
     }
 
     /// Asks the session actor of `channel` something answered with `Ok`/`Err(reason)`.
@@ -224,7 +197,7 @@ impl SshHandler {
         Ok(())
     }
 
-    /// Opens a session channel: its actor, its stdin queue (see `channel_open_session`).
+    /// Opens a session channel: the application's link, handed to a new session actor.
     async fn open_session(
         &mut self,
         channel: russh::Channel<Msg>,
@@ -232,47 +205,17 @@ impl SshHandler {
         session: &mut Session,
     ) -> Result<(), HandlerError> {
         let id = channel.id();
-        // Channels the server closed itself never get a `channel_close` callback: forget the
-        // sessions that are over.
-        self.sessions.retain(|_, c| {
-            !matches!(
-                c.actor.get_status(),
-                ActorStatus::Stopping | ActorStatus::Stopped
-            )
-        });
-        // The channel itself goes to the session: dropped at start unless an in-process
-        // subsystem (sftp) reads it as a stream. Callbacks carry everything else.
-        let activity = self.activity.child();
-        let sftp_handles = self.sftp_handles.get_or_insert_with(|| {
-            (self.env.sftp_handles).connection(self.user.as_deref().unwrap_or_default())
-        });
-        let held = HeldChannel::new(channel);
-        let (link, stdin) = ChannelSession::new(
-            session.handle(),
-            held.clone(),
-            self.env.clone(),
-            self.ends,
-            activity.clone(),
-            self.after_goodbye.clone(),
-            sftp_handles.clone(),
-        );
+        let user = self.user.as_deref().unwrap_or_default();
+        let (link, opening) = self.sessions.opening(user, session.handle(), channel);
         let answer = self
             .reply_of(&self.conn, |reply| ConnectionMsg::OpenSession {
-                link: Box::new(link),
+                link,
                 reply,
             })
             .await;
         match answer {
             Some(Ok((_, actor))) => {
-                self.sessions.insert(
-                    id,
-                    Channel {
-                        actor,
-                        activity,
-                        stdin: Some(stdin),
-                        held,
-                    },
-                );
+                self.sessions.added(id, actor, opening);
                 reply.accept().await;
             }
             Some(Err(text)) => {
@@ -416,7 +359,7 @@ impl russh::server::Handler for SshHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.drain(channel);
-        let Some(c) = self.sessions.get(&channel) else {
+        let Some(c) = self.sessions.get(channel) else {
             return Ok(());
         };
         let cols = cols.clamp(1, crate::session::pty::MAX_DIMENSION);
@@ -457,11 +400,11 @@ impl russh::server::Handler for SshHandler {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // Straight to the command's stdin, never waiting: russh's loop must keep running to
-        // send the command's output, which the command may be blocked on. A command that
-        // leaves too much unread ends its session instead of filling the server's memory.
-        let Some(c) = self.sessions.get_mut(&channel) else {
-            self.activity.received(data.len());
+        // Straight into the session's stdin sink, never waiting: russh's loop must keep running
+        // to send the command's output, which the command may be blocked on. The sink decides
+        // what it cannot take; the handler only delivers that decision.
+        let Some(c) = self.sessions.get_mut(channel) else {
+            self.sessions.activity().received(data.len());
             return Ok(());
         };
         c.held.drain();
@@ -469,16 +412,8 @@ impl russh::server::Handler for SshHandler {
         let Some(stdin) = &c.stdin else {
             return Ok(());
         };
-        if stdin.push(Bytes::copy_from_slice(data)) == Err(StdinError::Full) {
-            warn!(
-                limit = STDIN_LIMIT,
-                "the command leaves its input unread: ending the session"
-            );
+        if let Err(StdinRefusal::EndSession { reason, grace }) = stdin.push(data) {
             c.stdin = None;
-            let reason = format!(
-                "the command left {} MiB of input unread",
-                STDIN_LIMIT / (1024 * 1024)
-            );
             // The client is told why on stderr; the exit status (or signal) follows when the
             // command has ended.
             session.extended_data(
@@ -488,8 +423,8 @@ impl russh::server::Handler for SshHandler {
             )?;
             let _ = c.actor.cast(SessionMsg::Terminate {
                 reason: Some(reason),
-                grace: STDIN_OVERFLOW_GRACE,
-                scope: sshvisor_actors::EndScope::Session,
+                grace,
+                scope: EndScope::Session,
             });
         }
         Ok(())
@@ -500,7 +435,7 @@ impl russh::server::Handler for SshHandler {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(c) = self.sessions.get_mut(&channel) {
+        if let Some(c) = self.sessions.get_mut(channel) {
             c.held.drain();
             c.stdin = None;
             let _ = c.actor.cast(SessionMsg::ClientEof);
@@ -569,7 +504,7 @@ impl russh::server::Handler for SshHandler {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(c) = self.sessions.remove(&channel) {
+        if let Some(c) = self.sessions.remove(channel) {
             let _ = c.actor.cast(SessionMsg::ClientClosed);
         }
         Ok(())

@@ -27,9 +27,14 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::daemon::keys::AuthorizedKeys;
-use crate::session::app::{Endpoints, ExecEnv};
+use crate::session::app::{DefaultSessions, Endpoints, ExecEnv};
+use crate::session::factory::SessionFactory;
+use crate::ssh::activity::Activity;
+use crate::ssh::after_goodbye::AfterGoodbye;
+use crate::ssh::auth::Authenticator;
+use crate::ssh::channels::SessionChannels;
 use crate::ssh::handler::{HandlerError, SshHandler};
-use crate::ssh::link::{Activity, AfterGoodbye, RusshConnectionLink};
+use crate::ssh::link::RusshConnectionLink;
 use crate::ssh::stream::{CutSwitch, CuttableStream};
 
 /// What the SSH side of the server needs.
@@ -44,6 +49,10 @@ pub struct SshOptions {
     pub env: ExecEnv,
     /// Keepalive probe interval (none: never) and how many may go unanswered.
     pub keepalive: (Option<Duration>, usize),
+    /// What serves session channels: an embedding program's own [`SessionFactory`], or `None`
+    /// for the default application ([`DefaultSessions`]: processes, in-process commands and
+    /// sftp, as `env` says). Kept across [`SshListener::update`].
+    pub sessions: Option<Arc<dyn SessionFactory>>,
 }
 
 /// The russh configuration sshvisor runs with.
@@ -87,10 +96,13 @@ impl SshListener {
         let shared = Arc::new(Shared {
             live: RwLock::new(Live {
                 config: Arc::new(russh_config(options.host_key.clone(), options.keepalive)),
-                authorized: Arc::new(options.authorized),
+                auth: Arc::new(options.authorized),
                 env: Arc::new(options.env),
             }),
             host_key: options.host_key,
+            sessions: options
+                .sessions
+                .unwrap_or_else(|| Arc::new(DefaultSessions)),
             supervisor,
             refusing: Arc::new(AtomicUsize::new(0)),
         });
@@ -115,7 +127,7 @@ impl SshListener {
     ) {
         let live = Live {
             config: Arc::new(russh_config(self.shared.host_key.clone(), keepalive)),
-            authorized: Arc::new(authorized),
+            auth: Arc::new(authorized),
             env: Arc::new(env),
         };
         *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = live;
@@ -138,6 +150,8 @@ struct Shared {
     /// What new connections get; swapped by a reload.
     live: RwLock<Live>,
     host_key: PrivateKey,
+    /// What serves session channels (not changed by a reload).
+    sessions: Arc<dyn SessionFactory>,
     supervisor: ActorRef<SupervisorMsg>,
     /// Refusals in progress (see [`MAX_REFUSING`]).
     refusing: Arc<AtomicUsize>,
@@ -146,7 +160,7 @@ struct Shared {
 #[derive(Clone)]
 struct Live {
     config: Arc<Config>,
-    authorized: Arc<AuthorizedKeys>,
+    auth: Arc<dyn Authenticator>,
     env: Arc<ExecEnv>,
 }
 
@@ -223,15 +237,14 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
         peer,
         local: socket.local_addr().unwrap_or(peer),
     };
-    let handler = SshHandler::new(
-        conn.clone(),
-        live.authorized.clone(),
+    let sessions = SessionChannels::new(
+        shared.sessions.clone(),
         live.env.clone(),
         ends,
         activity,
         after_goodbye,
-        switch.clone(),
     );
+    let handler = SshHandler::new(conn.clone(), live.auth.clone(), switch.clone(), sessions);
     let stream = CuttableStream::new(socket, switch.clone());
     // This task lives as long as the connection: the handshake's future is boxed so that only
     // what waits for the end stays in it. No span of its own either (the connection actor has
