@@ -55,11 +55,13 @@ impl Actor for Host {
             SshOptions {
                 listen: "127.0.0.1:0".parse()?,
                 host_key,
-                authorized: AuthorizedKeys::from_keys([client_key.public_key().clone()]),
+                auth: Arc::new(AuthorizedKeys::from_keys([client_key.public_key().clone()])),
                 env: Default::default(),
                 keepalive: (Some(Duration::from_secs(15)), 3),
+                // The default application: processes, in-process commands, sftp.
+                sessions: None,
             },
-            sshvisor.actor().clone(),
+            sshvisor.clone(),
         )
         .await?;
         Ok(HostState {

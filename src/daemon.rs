@@ -273,7 +273,7 @@ impl Daemon {
             generated,
             containment: containment.clone(),
         });
-        let control = match ControlServer::bind(&ctl_path, tree, running.clone()).await {
+        let control = match ControlServer::bind(&ctl_path, tree.clone(), running.clone()).await {
             Ok(control) => control,
             Err(source) => {
                 supervisor.stop(None);
@@ -287,12 +287,12 @@ impl Daemon {
             SshOptions {
                 listen: options.listen,
                 host_key: host_key.clone(),
-                authorized,
+                auth: Arc::new(authorized),
                 keepalive: options.keepalive(),
                 env: options.exec_env(&containment, &sftp_handles),
                 sessions: None,
             },
-            supervisor.clone(),
+            tree,
         )
         .await
         {
@@ -437,7 +437,7 @@ impl Running {
         }
         if let Some(listener) = self.listener.lock().await.as_ref() {
             listener.update(
-                authorized,
+                Arc::new(authorized),
                 new.exec_env(&self.containment, &self.sftp_handles),
                 new.keepalive(),
             );

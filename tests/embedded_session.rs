@@ -14,8 +14,8 @@ use sshvisor::session::factory::{ConnectionSessions, Login, SessionChannel, Sess
 use sshvisor::ssh::server::{SshListener, SshOptions};
 use sshvisor_actors::link::{StdinRefusal, StdinSink};
 use sshvisor_actors::{
-    spawn_supervisor, EndScope, SessionEvents, SessionExit, SessionLink, SessionRequest,
-    SupervisorArgs, Winding,
+    EndScope, SessionEvents, SessionExit, SessionLink, SessionRequest, SupervisorArgs,
+    SupervisorHandle, Winding,
 };
 
 use common::{drain, russh_connect, text, WAIT};
@@ -158,19 +158,19 @@ async fn shouting_server(limit: usize) -> (SshListener, tempfile::TempDir) {
     let (host_key, _) = load_or_create_key(&dir.path().join("host"), "host").expect("host key");
     let (client_key, _) =
         load_or_create_key(&dir.path().join("client"), "client").expect("client key");
-    let supervisor = spawn_supervisor(None, SupervisorArgs::new())
+    let tree = SupervisorHandle::spawn(None, SupervisorArgs::new())
         .await
         .expect("supervisor");
     let listener = SshListener::bind(
         SshOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
             host_key,
-            authorized: AuthorizedKeys::from_keys([client_key.public_key().clone()]),
+            auth: Arc::new(AuthorizedKeys::from_keys([client_key.public_key().clone()])),
             env: ExecEnv::default(),
             keepalive: (None, 3),
             sessions: Some(Arc::new(Shouting { limit })),
         },
-        supervisor,
+        tree,
     )
     .await
     .expect("listener");

@@ -20,13 +20,12 @@ use ractor::ActorRef;
 use russh::keys::PrivateKey;
 use russh::server::Config;
 use russh::MethodKind;
-use sshvisor_actors::{ConnectionMsg, HandleError, SupervisorHandle, SupervisorMsg, TransportEnd};
+use sshvisor_actors::{ConnectionMsg, HandleError, SupervisorHandle, TransportEnd};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-use crate::daemon::keys::AuthorizedKeys;
 use crate::session::app::{DefaultSessions, Endpoints, ExecEnv};
 use crate::session::factory::SessionFactory;
 use crate::ssh::activity::Activity;
@@ -43,8 +42,9 @@ pub struct SshOptions {
     pub listen: SocketAddr,
     /// The host key.
     pub host_key: PrivateKey,
-    /// Who may log in.
-    pub authorized: AuthorizedKeys,
+    /// Who may log in: an authorized_keys set (`Arc::new(AuthorizedKeys::read_file(..)?)`) or
+    /// an embedding program's own [`Authenticator`].
+    pub auth: Arc<dyn Authenticator>,
     /// What sessions run with.
     pub env: ExecEnv,
     /// Keepalive probe interval (none: never) and how many may go unanswered.
@@ -86,24 +86,21 @@ pub struct SshListener {
 }
 
 impl SshListener {
-    /// Binds `options.listen` and starts accepting connections into `supervisor`'s tree.
-    pub async fn bind(
-        options: SshOptions,
-        supervisor: ActorRef<SupervisorMsg>,
-    ) -> io::Result<Self> {
+    /// Binds `options.listen` and starts accepting connections into `tree`.
+    pub async fn bind(options: SshOptions, tree: SupervisorHandle) -> io::Result<Self> {
         let listener = TcpListener::bind(options.listen).await?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             live: RwLock::new(Live {
                 config: Arc::new(russh_config(options.host_key.clone(), options.keepalive)),
-                auth: Arc::new(options.authorized),
+                auth: options.auth,
                 env: Arc::new(options.env),
             }),
             host_key: options.host_key,
             sessions: options
                 .sessions
                 .unwrap_or_else(|| Arc::new(DefaultSessions)),
-            supervisor,
+            tree,
             refusing: Arc::new(AtomicUsize::new(0)),
         });
         let (stop, stopped) = watch::channel(false);
@@ -121,13 +118,13 @@ impl SshListener {
     /// accepted from now on (a configuration reload). Live connections keep what they have.
     pub fn update(
         &self,
-        authorized: AuthorizedKeys,
+        auth: Arc<dyn Authenticator>,
         env: ExecEnv,
         keepalive: (Option<Duration>, usize),
     ) {
         let live = Live {
             config: Arc::new(russh_config(self.shared.host_key.clone(), keepalive)),
-            auth: Arc::new(authorized),
+            auth,
             env: Arc::new(env),
         };
         *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = live;
@@ -152,7 +149,8 @@ struct Shared {
     host_key: PrivateKey,
     /// What serves session channels (not changed by a reload).
     sessions: Arc<dyn SessionFactory>,
-    supervisor: ActorRef<SupervisorMsg>,
+    /// The tree connections are admitted into.
+    tree: SupervisorHandle,
     /// Refusals in progress (see [`MAX_REFUSING`]).
     refusing: Arc<AtomicUsize>,
 }
@@ -211,9 +209,7 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
     // lives as long as the connection bigger. No timer on it (see `handler`'s docs for what one
     // costs): the supervisor answers every admission, at once, and if it is gone the reply port
     // is dropped with its mailbox, which ends the wait.
-    let admitted =
-        Box::pin(SupervisorHandle::attach(shared.supervisor.clone()).connect(peer, Box::new(link)))
-            .await;
+    let admitted = Box::pin(shared.tree.connect(peer, Box::new(link))).await;
     let (conn_id, conn) = match admitted {
         Ok(admitted) => admitted,
         Err(HandleError::Refused(refusal)) => {
