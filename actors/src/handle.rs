@@ -294,16 +294,9 @@ impl SupervisorHandle {
         grace: Duration,
         by: Option<String>,
     ) -> Result<Vec<KillReport>, HandleError> {
-        let reason = reason.into();
-        self.ask("the kill", Self::kill_bound(grace), |reply| {
-            SupervisorMsg::KillAll {
-                reason,
-                grace,
-                by,
-                reply,
-            }
-        })
-        .await
+        // The empty filter selects every connection: the supervisor treats `KillAll` and an
+        // empty `KillWhere` alike, so one request path serves both.
+        self.kill_where(Filter::default(), reason, grace, by).await
     }
 
     /// Empties the tree: [`kill_all`](Self::kill_all) with [`DRAIN_REASON`].
