@@ -16,7 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use russh::client;
 use russh::keys::PrivateKeyWithHashAlg;
 use sshvisor::actors::{Event, SupervisorArgs, SupervisorHandle, Target};
-use sshvisor::daemon::keys::{load_or_create_key, AuthorizedKeys};
+use sshvisor::ssh::keys::{load_or_create_key, AuthorizedKeys};
 use sshvisor::ssh::server::{SshListener, SshOptions};
 use tokio::sync::oneshot;
 

@@ -1,7 +1,7 @@
 //! The command line: `sshvisor serve` and `sshvisor ctl`.
 //!
 //! - `args`: the clap definitions (commands, flags, and `serve`'s options from file and flags).
-//! - `serve`: the server's main loop around [`crate::daemon::Daemon`], with its signals.
+//! - `serve`: the server's main loop around [`sshvisor::daemon::Daemon`], with its signals.
 //! - `ctl`: the operator's client of the control socket, and each `ctl` command.
 //! - `print`: what `ctl` prints for people (tables, reports, events, stats).
 
@@ -21,9 +21,9 @@ use self::args::{Cli, Cmd};
 pub fn main() -> ExitCode {
     // Run again as a session's reaper (where no cgroup contains sessions): that and nothing
     // else, before anything is set up.
-    crate::session::reaper::run_if_asked();
+    sshvisor::session::reaper::run_if_asked();
     let cli = Cli::parse();
-    let runtime = match crate::daemon::runtime::builder().build() {
+    let runtime = match sshvisor::daemon::runtime::builder().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sshvisor: cannot start the async runtime: {e}");

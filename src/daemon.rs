@@ -6,7 +6,6 @@
 //! `ssh` command line checks the host key strictly.
 //!
 //! - `config`: the configuration file and its defaults.
-//! - `keys`: host key, generated client key, authorized_keys.
 //! - `control`: the control socket (JSON lines) and its protocol; it reaches the tree through
 //!   the [`SupervisorHandle`] and the daemon through [`control::Server`], which the daemon
 //!   implements (kill grace, reload, drain).
@@ -19,7 +18,6 @@
 
 pub mod config;
 pub mod control;
-pub mod keys;
 pub mod runtime;
 
 use std::fs;
@@ -39,10 +37,10 @@ use tracing::info;
 
 use crate::daemon::config::Config;
 use crate::daemon::control::{ControlServer, Server};
-use crate::daemon::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
 use crate::session::app::{ExecEnv, InProcessCommands, SftpService};
 use crate::session::containment::Containment;
 use crate::session::sftp::HandleBudgets;
+use crate::ssh::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
 use crate::ssh::server::{SshListener, SshOptions};
 
 pub use config::{DEFAULT_LISTEN, DEFAULT_STATE_DIR};

@@ -5,19 +5,18 @@
 //! # Layout
 //!
 //! - `ssh`: the russh binding: the listener and accept loop, the `Handler` adapter, the stream
-//!   the tree can cut, the russh `ConnectionLink`.
+//!   the tree can cut, the russh `ConnectionLink`, keys and who may log in.
 //! - `session`: what runs behind a session channel: processes (with terminals, stdin, their
 //!   containment and reaping), in-process commands, SFTP.
-//! - `daemon`: `sshvisor serve` as a library ([`daemon::Daemon`]): configuration, keys, the
-//!   control socket, the runtime.
-//! - `cli`: the command line (the binary's `main` is [`cli::main`]): clap definitions, `serve`'s
-//!   loop and signals, the operator's `ctl` client and what it prints.
+//! - `daemon`: `sshvisor serve` as a library ([`daemon::Daemon`]): configuration, the control
+//!   socket, the runtime.
 //! - `actors`: the `sshvisor-actors` crate re-exported: the tree, and its door
 //!   [`actors::SupervisorHandle`].
+//!
+//! The command line (`sshvisor serve`, `sshvisor ctl`) is the binary's own module, `src/cli/`.
 
 #![warn(missing_docs, unreachable_pub)]
 
-pub mod cli;
 pub mod daemon;
 pub mod session;
 pub mod ssh;

@@ -4,6 +4,7 @@
 //!   connection driving `russh::server::run_stream`.
 //! - `handler`: the russh `Handler`, a thin adapter from callbacks to actor messages.
 //! - `auth`: who may log in (`Authenticator`, implemented by `AuthorizedKeys`).
+//! - `keys`: host key, generated client key, authorized_keys (OpenSSH formats).
 //! - `channels`: a connection's session channels: actor, stdin sink and held queue of each, and
 //!   the application (`SessionFactory`) that opens them.
 //! - `stream`: the TCP stream wrapper the connection actor can cut (the forced path).
@@ -20,6 +21,7 @@ pub(crate) mod channels;
 pub mod counted;
 pub mod handler;
 pub mod held_channel;
+pub mod keys;
 pub mod link;
 pub mod server;
 pub mod stream;

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use russh::server::Handle;
 use russh::ChannelId;
-use sshvisor::daemon::keys::{load_or_create_key, AuthorizedKeys};
 use sshvisor::session::app::ExecEnv;
 use sshvisor::session::factory::{ConnectionSessions, Login, SessionChannel, SessionFactory};
+use sshvisor::ssh::keys::{load_or_create_key, AuthorizedKeys};
 use sshvisor::ssh::server::{SshListener, SshOptions};
 use sshvisor_actors::link::{StdinRefusal, StdinSink};
 use sshvisor_actors::{

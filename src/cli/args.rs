@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::daemon::config::{Config, DEFAULT_STATE_DIR};
-use crate::daemon::{ConfigSource, DaemonOptions};
+use sshvisor::daemon::config::{Config, DEFAULT_STATE_DIR};
+use sshvisor::daemon::{ConfigSource, DaemonOptions};
 
 /// An SSH server in which every connection and session is a supervised actor.
 #[derive(Parser)]
@@ -46,7 +46,7 @@ pub(crate) enum CtlCmd {
     Drain {
         /// How long sessions get to end politely before they are forced (humantime)
         /// [default: the server's kill grace, `--kill-grace` or `kill_grace` in its config].
-        #[arg(long, value_parser = crate::daemon::control::grace_from_str)]
+        #[arg(long, value_parser = sshvisor::daemon::control::grace_from_str)]
         grace: Option<Duration>,
         /// Print the reports as JSON.
         #[arg(long)]
@@ -96,7 +96,7 @@ pub(crate) enum CtlCmd {
         reason: Option<String>,
         /// How long sessions get to end politely before they are forced (humantime)
         /// [default: the server's kill grace, `--kill-grace` or `kill_grace` in its config].
-        #[arg(long, value_parser = crate::daemon::control::grace_from_str)]
+        #[arg(long, value_parser = sshvisor::daemon::control::grace_from_str)]
         grace: Option<Duration>,
         /// Print each report as JSON.
         #[arg(long)]
@@ -121,7 +121,7 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     authorized_keys: Option<PathBuf>,
     /// Grace of kills that name none, and of the shutdown (humantime: 5s, 500ms) [default: 5s].
-    #[arg(long, value_parser = crate::daemon::control::grace_from_str)]
+    #[arg(long, value_parser = sshvisor::daemon::control::grace_from_str)]
     kill_grace: Option<Duration>,
     /// Also accept this client environment variable (besides LANG, LC_*, TERM); repeatable.
     #[arg(long = "accept-env", value_name = "NAME")]
@@ -131,8 +131,8 @@ pub(crate) struct ServeArgs {
     sftp_server: Option<PathBuf>,
     /// How each session's processes are kept together: auto, cgroup, reaper, process-group
     /// [default: auto: a cgroup per session where the server may make one, else a reaper].
-    #[arg(long, value_parser = clap::value_parser!(crate::session::containment::ContainmentChoice))]
-    containment: Option<crate::session::containment::ContainmentChoice>,
+    #[arg(long, value_parser = clap::value_parser!(sshvisor::session::containment::ContainmentChoice))]
+    containment: Option<sshvisor::session::containment::ContainmentChoice>,
     /// PATH for sessions [default: /usr/local/bin:/usr/bin:/bin, plus the sbin directories
     /// for root].
     #[arg(long, value_name = "PATH")]
@@ -182,8 +182,8 @@ pub(crate) struct FilterArgs {
     #[arg(long)]
     user: Option<String>,
     /// Connections from this address or network (CIDR: 10.0.0.0/8).
-    #[arg(long, value_parser = |s: &str| s.parse::<crate::actors::PeerNet>())]
-    peer: Option<crate::actors::PeerNet>,
+    #[arg(long, value_parser = |s: &str| s.parse::<sshvisor::actors::PeerNet>())]
+    peer: Option<sshvisor::actors::PeerNet>,
     /// Connections older than this (humantime: 10m, 1h 30m).
     #[arg(long, value_parser = humantime::parse_duration)]
     older_than: Option<Duration>,
@@ -193,8 +193,8 @@ pub(crate) struct FilterArgs {
 }
 
 impl FilterArgs {
-    pub(crate) fn filter(&self) -> crate::actors::Filter {
-        crate::actors::Filter {
+    pub(crate) fn filter(&self) -> sshvisor::actors::Filter {
+        sshvisor::actors::Filter {
             user: self.user.clone(),
             peer: self.peer,
             older_than: self.older_than,

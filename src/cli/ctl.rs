@@ -17,8 +17,8 @@ use tokio::net::UnixStream;
 
 use crate::cli::args::{CtlCmd, FilterArgs};
 use crate::cli::print;
-use crate::daemon::control::{Command, Request, Response};
-use crate::daemon::CTL_SOCKET;
+use sshvisor::daemon::control::{Command, Request, Response};
+use sshvisor::daemon::CTL_SOCKET;
 
 /// Errors of the ctl client.
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +222,7 @@ pub(crate) async fn run(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<E
                 if json {
                     println!("{value}");
                 } else {
-                    let event: crate::actors::Event = serde_json::from_value(value)?;
+                    let event: sshvisor::actors::Event = serde_json::from_value(value)?;
                     println!("{}", print::format_event(&event));
                 }
             }
@@ -284,7 +284,7 @@ fn grace_text(grace: Option<Duration>) -> Option<String> {
 
 async fn kill_where(
     client: &mut CtlClient,
-    filter: crate::actors::Filter,
+    filter: sshvisor::actors::Filter,
     dry_run: bool,
     reason: Option<String>,
     grace: Option<Duration>,

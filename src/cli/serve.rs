@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::daemon::{Daemon, DaemonOptions};
+use sshvisor::daemon::{Daemon, DaemonOptions};
 
 pub(crate) async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -15,7 +15,7 @@ pub(crate) async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match crate::daemon::raise_open_files_limit() {
+    match sshvisor::daemon::raise_open_files_limit() {
         Ok((before, after)) => tracing::info!(
             before,
             limit = after,

@@ -4,7 +4,7 @@
 use russh::keys::PublicKey;
 use tracing::debug;
 
-use crate::daemon::keys::{fingerprint, AuthorizedKeys};
+use crate::ssh::keys::{fingerprint, AuthorizedKeys};
 
 /// Decides logins. Asked from inside russh's session loop: it must answer without waiting.
 pub trait Authenticator: Send + Sync + 'static {

@@ -23,10 +23,10 @@ use sshvisor_actors::link::StdinRefusal;
 use sshvisor_actors::{ConnectionMsg, EndScope, PtySpec, SessionMsg, SessionRequest, StartRefusal};
 use tracing::{debug, info};
 
-use crate::daemon::keys::fingerprint;
 use crate::session::app::{is_env_name, sig_name, MAX_ENV_NAME};
 use crate::ssh::auth::Authenticator;
 use crate::ssh::channels::SessionChannels;
+use crate::ssh::keys::fingerprint;
 use crate::ssh::stream::CutSwitch;
 
 /// Errors that end a connection from inside a callback.
