@@ -19,9 +19,9 @@
 use std::path::Path;
 
 use serde_json::Value;
-use sshvisor::actors::{ConnectionInfo, Target};
+use sshvisor::actors::{resolve_prefix, ConnectionInfo, Target};
 use sshvisor::daemon::config::Config;
-use sshvisor::daemon::control::{grace_from_str, parse_request, resolve, Command, MAX_GRACE};
+use sshvisor::daemon::control::{explain, grace_from_str, parse_request, Command, MAX_GRACE};
 
 /// One control request line, as the server turns the socket's bytes into an action.
 pub fn control_line(bytes: &[u8]) {
@@ -156,7 +156,8 @@ pub fn target_text(text: &str) {
         .filter(|(id, _)| !wanted.is_empty() && id.starts_with(&wanted))
         .map(|(_, t)| *t)
         .collect();
-    match resolve(text, &all) {
+    // The tree resolves with `resolve_prefix` over its live IDs; `explain` words the outcome.
+    match explain(text, resolve_prefix(text, ids.iter().cloned())) {
         Ok(target) => {
             let exact = ids.iter().any(|(id, t)| *id == wanted && *t == target);
             assert!(

@@ -33,8 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sshvisor_actors::{
-    resolve_prefix, ConnId, ConnectionInfo, Filter, HandleError, KillReport, PrefixMatch,
-    SupervisorHandle, Target,
+    ConnId, ConnectionInfo, Filter, HandleError, KillReport, PrefixMatch, SupervisorHandle, Target,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -531,18 +530,6 @@ async fn with_process_counts(mut all: Vec<ConnectionInfo>) -> Vec<ConnectionInfo
     all
 }
 
-/// Resolves an operator's ID text to one live connection or session.
-pub fn resolve(text: &str, all: &[ConnectionInfo]) -> Result<Target, String> {
-    let candidates = all.iter().flat_map(|c| {
-        std::iter::once((c.id.to_string(), Target::Connection(c.id))).chain(
-            c.sessions
-                .iter()
-                .map(|s| (s.id.to_string(), Target::Session(s.id))),
-        )
-    });
-    explain(text, resolve_prefix(text, candidates))
-}
-
 /// The live connection or session `text` names, asked of the supervisor (a full ID costs a
 /// map lookup, not a listing).
 async fn resolve_live(tree: &SupervisorHandle, text: &str) -> Result<Target, String> {
@@ -550,7 +537,9 @@ async fn resolve_live(tree: &SupervisorHandle, text: &str) -> Result<Target, Str
     explain(text, found)
 }
 
-fn explain(text: &str, found: PrefixMatch<Target>) -> Result<Target, String> {
+/// What an operator is told of an ID text the tree resolved (`SupervisorMsg::Resolve`, the one
+/// prefix resolution): the target, or why there is none.
+pub fn explain(text: &str, found: PrefixMatch<Target>) -> Result<Target, String> {
     match found {
         PrefixMatch::One(target) => Ok(target),
         PrefixMatch::None => Err(format!(
@@ -570,19 +559,22 @@ fn explain(text: &str, found: PrefixMatch<Target>) -> Result<Target, String> {
 /// session its connection with only that session listed.
 async fn would_kill(tree: &SupervisorHandle, text: &str) -> Result<ConnectionInfo, String> {
     let target = resolve_live(tree, text).await?;
-    let gone = || format!("{target} ended meanwhile");
-    let all = tree.list().await.map_err(|e| e.to_string())?;
-    match target {
-        Target::Connection(conn) => all.into_iter().find(|c| c.id == conn).ok_or_else(gone),
-        Target::Session(session) => {
-            let mut info = all
-                .into_iter()
-                .find(|c| c.sessions.iter().any(|s| s.id == session))
-                .ok_or_else(gone)?;
-            info.sessions.retain(|s| s.id == session);
-            Ok(info)
-        }
+    let mut info = connection_of(tree, target).await?;
+    if let Target::Session(session) = target {
+        info.sessions.retain(|s| s.id == session);
     }
+    Ok(info)
+}
+
+/// The live connection `target` is or holds, with all its sessions.
+async fn connection_of(tree: &SupervisorHandle, target: Target) -> Result<ConnectionInfo, String> {
+    let all = tree.list().await.map_err(|e| e.to_string())?;
+    all.into_iter()
+        .find(|c| match target {
+            Target::Connection(conn) => c.id == conn,
+            Target::Session(session) => c.sessions.iter().any(|s| s.id == session),
+        })
+        .ok_or_else(|| format!("{target} ended meanwhile"))
 }
 
 /// Kills the connection or session that `text` names (a full ID or a unique prefix) and waits
@@ -662,17 +654,8 @@ async fn run(command: Command, reach: &Reach, uid: u32) -> Result<Box<RawValue>,
             reports(tree.kill_where(filter, reason, grace, by).await)
         }
         Command::Show { target } => {
-            let all = tree.list().await.map_err(|e| e.to_string())?;
-            let conn = match resolve(&target, &all)? {
-                Target::Connection(conn) => conn,
-                Target::Session(session) => all
-                    .iter()
-                    .find(|c| c.sessions.iter().any(|s| s.id == session))
-                    .map(|c| c.id)
-                    .ok_or("the session ended meanwhile")?,
-            };
-            let info = all.into_iter().find(|c| c.id == conn);
-            raw(&with_process_counts(info.into_iter().collect()).await.pop())
+            let info = connection_of(tree, resolve_live(tree, &target).await?).await?;
+            raw(&with_process_counts(vec![info]).await.pop())
         }
         Command::Kill {
             target,
