@@ -48,32 +48,15 @@ pub use config::{DEFAULT_LISTEN, DEFAULT_STATE_DIR};
 /// The control socket's file name inside the state directory.
 pub const CTL_SOCKET: &str = "ctl.sock";
 
-/// What `serve` starts with.
+/// What `serve` starts with: the settings a configuration file holds, and what no file can say.
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
-    /// Where to listen for SSH.
-    pub listen: SocketAddr,
-    /// Where keys and the control socket live.
-    pub state_dir: PathBuf,
-    /// An OpenSSH authorized_keys file; `None` generates and authorizes a client key.
-    pub authorized_keys: Option<PathBuf>,
-    /// Client environment variables accepted besides `LANG`, `LC_*` and `TERM`.
-    pub accept_env: Vec<String>,
-    /// An external `sftp-server` binary to run for the sftp subsystem instead of the
-    /// in-process one.
-    pub sftp_server: Option<PathBuf>,
-    /// Timeouts, `kill_grace` among them: the grace of kills that name none, and of the
-    /// shutdown.
-    pub timeouts: crate::daemon::config::Timeouts,
-    /// Limits on connections and sessions.
-    pub limits: crate::daemon::config::Limits,
+    /// The settings: the configuration file's values (or its defaults) with `serve`'s flags
+    /// over them. Their only declaration is [`Config`]; a reload replaces them.
+    pub config: Config,
     /// Reap the orphans the server adopts as subreaper. Leave on unless the embedding program
     /// spawns children of its own (the reaper would take their exit status).
     pub reap_orphans: bool,
-    /// How each session's processes are kept together; fixed at start (a reload keeps it).
-    pub containment: crate::session::containment::ContainmentChoice,
-    /// `PATH` for sessions; `None`: [`crate::session::app::default_path`].
-    pub session_path: Option<String>,
     /// Where `reload` (`sshvisor ctl reload`, SIGHUP) reads new options from; `None`: the
     /// server cannot be reloaded.
     pub reload_from: Option<ConfigSource>,
@@ -99,12 +82,13 @@ impl DaemonOptions {
     /// server's, both kept across reloads (the budgets' counts are of what is open now).
     fn exec_env(&self, containment: &Containment, sftp_handles: &Arc<HandleBudgets>) -> ExecEnv {
         let defaults = ExecEnv::default();
+        let config = &self.config;
         ExecEnv {
             containment: containment.clone(),
-            path: self.session_path.clone().unwrap_or(defaults.path.clone()),
+            path: config.session_path.clone().unwrap_or(defaults.path.clone()),
             sftp_handles: sftp_handles.clone(),
-            accept_env: self.accept_env.clone(),
-            sftp: match &self.sftp_server {
+            accept_env: config.accept_env.clone(),
+            sftp: match &config.sftp_server {
                 Some(path) => SftpService::External(path.clone()),
                 None => SftpService::InProcess(None),
             },
@@ -115,8 +99,8 @@ impl DaemonOptions {
 
     fn keepalive(&self) -> (Option<Duration>, usize) {
         (
-            self.timeouts.keepalive_interval,
-            self.timeouts.keepalive_count as usize,
+            self.config.timeouts.keepalive_interval,
+            self.config.timeouts.keepalive_count as usize,
         )
     }
 }
@@ -124,18 +108,10 @@ impl DaemonOptions {
 impl From<Config> for DaemonOptions {
     /// The file's settings; what no file says (the reaper, reloading, in-process commands) at
     /// its default.
-    fn from(file: Config) -> Self {
+    fn from(config: Config) -> Self {
         Self {
-            listen: file.listen,
-            state_dir: file.state_dir,
-            authorized_keys: file.authorized_keys,
-            accept_env: file.accept_env,
-            sftp_server: file.sftp_server,
-            timeouts: file.timeouts,
-            limits: file.limits,
+            config,
             reap_orphans: true,
-            containment: file.containment,
-            session_path: file.session_path,
             reload_from: None,
             commands: InProcessCommands::default(),
         }
@@ -201,7 +177,7 @@ pub struct Daemon {
 impl Daemon {
     /// Prepares the state directory and keys, then starts everything.
     pub async fn start(options: DaemonOptions) -> Result<Self, DaemonError> {
-        let dir = &options.state_dir;
+        let dir = &options.config.state_dir;
         let dir_err = |source| DaemonError::StateDir {
             path: dir.clone(),
             source,
@@ -218,7 +194,7 @@ impl Daemon {
         if created {
             info!(path = %dir.join("host_ed25519").display(), "generated the host key");
         }
-        let (authorized, client_key, generated) = match &options.authorized_keys {
+        let (authorized, client_key, generated) = match &options.config.authorized_keys {
             Some(path) => (AuthorizedKeys::read_file(path)?, None, None),
             None => {
                 let path = dir.join("client_ed25519");
@@ -237,6 +213,7 @@ impl Daemon {
             tracing::warn!(error = %e, "cannot become a child subreaper: escaped processes are found by their mark only while their parent lives");
         }
         let containment = options
+            .config
             .containment
             .resolve()
             .map_err(DaemonError::Containment)?;
@@ -253,7 +230,7 @@ impl Daemon {
             None,
             SupervisorArgs {
                 events: events.clone(),
-                policy: options.timeouts.policy(&options.limits),
+                policy: options.config.timeouts.policy(&options.config.limits),
             },
         )
         .await
@@ -261,7 +238,7 @@ impl Daemon {
         let supervisor = tree.actor().clone();
 
         let ctl_path = dir.join(CTL_SOCKET);
-        let sftp_handles = Arc::new(HandleBudgets::new(options.limits.sftp_handles()));
+        let sftp_handles = Arc::new(HandleBudgets::new(options.config.limits.sftp_handles()));
         let running = Arc::new(Running {
             tree: tree.clone(),
             listener: tokio::sync::Mutex::new(None),
@@ -283,7 +260,7 @@ impl Daemon {
         };
         let listener = match SshListener::bind(
             SshOptions {
-                listen: options.listen,
+                listen: options.config.listen,
                 host_key: host_key.clone(),
                 auth: Arc::new(authorized),
                 keepalive: options.keepalive(),
@@ -299,7 +276,7 @@ impl Daemon {
                 control.close();
                 supervisor.stop(None);
                 return Err(DaemonError::Listen {
-                    addr: options.listen,
+                    addr: options.config.listen,
                     source,
                 });
             }
@@ -412,25 +389,35 @@ impl Running {
         let mut new = (source.0)()?;
         // In-process commands are code, not configuration: they stay.
         new.commands = applied.commands.clone();
-        let authorized = match (&new.authorized_keys, &self.generated) {
+        let authorized = match (&new.config.authorized_keys, &self.generated) {
             (Some(path), _) => AuthorizedKeys::read_file(path).map_err(|e| e.to_string())?,
             (None, Some(key)) => AuthorizedKeys::from_keys([key.clone()]),
             (None, None) => {
                 return Err("authorized_keys cannot be removed by a reload (nobody could log in); restart the server to generate a client key".into())
             }
         };
-        let mut changes = changes(&applied, &new);
+        let mut changes = changes(&applied.config, &new.config);
         let mut kept = Vec::new();
-        if new.listen != applied.listen {
-            kept.push(format!("listen stays {} until a restart", applied.listen));
-        }
-        if new.state_dir != applied.state_dir {
+        if new.config.listen != applied.config.listen {
             kept.push(format!(
-                "state_dir stays {} until a restart",
-                applied.state_dir.display()
+                "listen stays {} until a restart",
+                applied.config.listen
             ));
         }
-        if let Err(e) = self.tree.set_policy(new.timeouts.policy(&new.limits)).await {
+        if new.config.state_dir != applied.config.state_dir {
+            kept.push(format!(
+                "state_dir stays {} until a restart",
+                applied.config.state_dir.display()
+            ));
+        }
+        // What needs a restart stays as it is.
+        new.config.listen = applied.config.listen;
+        new.config.state_dir = applied.config.state_dir.clone();
+        let (policy, sftp_limits) = (
+            new.config.timeouts.policy(&new.config.limits),
+            new.config.limits.sftp_handles(),
+        );
+        if let Err(e) = self.tree.set_policy(policy).await {
             return Err(format!("the supervisor did not take the new policy: {e}"));
         }
         if let Some(listener) = self.listener.lock().await.as_ref() {
@@ -440,15 +427,11 @@ impl Running {
                 new.keepalive(),
             );
         }
-        self.sftp_handles.set_limits(new.limits.sftp_handles());
+        self.sftp_handles.set_limits(sftp_limits);
         *self
             .applied
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = DaemonOptions {
-            listen: applied.listen,
-            state_dir: applied.state_dir.clone(),
-            ..new
-        };
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = new;
         if changes.is_empty() {
             changes.push("nothing changed (authorized keys read anew)".into());
         }
@@ -475,6 +458,7 @@ impl Server for Running {
         self.applied
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .config
             .timeouts
             .kill_grace
     }
@@ -492,8 +476,9 @@ impl Server for Running {
     }
 }
 
-/// What differs between two sets of options, one `name: old -> new` per field.
-fn changes(old: &DaemonOptions, new: &DaemonOptions) -> Vec<String> {
+/// What differs between two configurations, one `name: old -> new` per setting a reload applies
+/// (the listen address and the state directory are reported apart: they need a restart).
+fn changes(old: &Config, new: &Config) -> Vec<String> {
     fn off(d: Option<Duration>) -> String {
         d.map_or("off".into(), |d| humantime::format_duration(d).to_string())
     }

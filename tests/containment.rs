@@ -23,7 +23,7 @@ fn containments() -> Vec<ContainmentChoice> {
 }
 
 async fn server_with(containment: ContainmentChoice) -> TestServer {
-    TestServer::start_with(|o| o.containment = containment).await
+    TestServer::start_with(|o| o.config.containment = containment).await
 }
 
 /// Every way out we know of, each a `sleep` tagged `{tag}N`, all quiet on stdio but the last.
@@ -168,7 +168,8 @@ async fn sessions_get_the_system_path_not_the_servers() {
     );
     drop(server);
     let server =
-        TestServer::start_with(|o| o.session_path = Some("/opt/tools/bin:/bin".into())).await;
+        TestServer::start_with(|o| o.config.session_path = Some("/opt/tools/bin:/bin".into()))
+            .await;
     let client = server.russh_client("dee").await;
     let mut ch = client.handle.channel_open_session().await.unwrap();
     ch.exec(true, "echo $PATH").await.unwrap();

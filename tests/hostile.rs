@@ -37,8 +37,8 @@ async fn until_closed(mut socket: TcpStream) {
 async fn a_stalled_login_past_its_grace_is_closed_at_once_not_after_the_kill_grace() {
     let kill_grace = Duration::from_secs(60);
     let server = TestServer::start_with(|o| {
-        o.timeouts.kill_grace = kill_grace;
-        o.timeouts.login_grace = Duration::from_secs(1);
+        o.config.timeouts.kill_grace = kill_grace;
+        o.config.timeouts.login_grace = Duration::from_secs(1);
     })
     .await;
     let started = Instant::now();
@@ -54,7 +54,7 @@ async fn a_stalled_login_past_its_grace_is_closed_at_once_not_after_the_kill_gra
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_clients_that_stall_are_closed_within_the_refusal_timeout() {
-    let server = TestServer::start_with(|o| o.limits.max_per_source = 1).await;
+    let server = TestServer::start_with(|o| o.config.limits.max_per_source = 1).await;
     let _holder = server.russh_client("amy").await;
     let started = Instant::now();
     let mut stalled = Vec::new();
@@ -71,7 +71,7 @@ async fn refused_clients_that_stall_are_closed_within_the_refusal_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_in_progress_are_bounded_and_the_rest_are_closed_at_once() {
-    let server = TestServer::start_with(|o| o.limits.max_per_source = 1).await;
+    let server = TestServer::start_with(|o| o.config.limits.max_per_source = 1).await;
     let _holder = server.russh_client("amy").await;
     let extra = 16;
     let started = Instant::now();

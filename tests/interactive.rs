@@ -264,8 +264,8 @@ async fn configured_variables_are_accepted_and_an_external_sftp_server_can_serve
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let server = TestServer::start_with(|o| {
-        o.accept_env = vec!["EDITOR".into()];
-        o.sftp_server = Some(fake.clone());
+        o.config.accept_env = vec!["EDITOR".into()];
+        o.config.sftp_server = Some(fake.clone());
     })
     .await;
     let client = server.russh_client("val").await;

@@ -20,7 +20,7 @@ async fn finish(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_over_max_per_source_is_refused_with_the_limit_while_another_address_gets_in(
 ) {
-    let server = TestServer::start_with(|o| o.limits.max_per_source = 2).await;
+    let server = TestServer::start_with(|o| o.config.limits.max_per_source = 2).await;
     let _a = server.russh_client("amy").await;
     let _b = server.russh_client("amy").await;
     let out = server.ssh("amy").arg("echo hi").output();
@@ -55,7 +55,7 @@ async fn the_connection_over_max_per_source_is_refused_with_the_limit_while_anot
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_per_user_ends_the_extra_connection_with_the_limit() {
-    let server = TestServer::start_with(|o| o.limits.max_per_user = 1).await;
+    let server = TestServer::start_with(|o| o.config.limits.max_per_user = 1).await;
     let _first = server.russh_client("bea").await;
     let out = server.ssh("bea").arg("sleep 987100").output();
     let out = finish(out).await;
@@ -74,7 +74,7 @@ async fn max_per_user_ends_the_extra_connection_with_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_over_max_sessions_per_connection_is_refused_and_the_connection_stays() {
-    let server = TestServer::start_with(|o| o.limits.max_sessions_per_connection = 2).await;
+    let server = TestServer::start_with(|o| o.config.limits.max_sessions_per_connection = 2).await;
     let client = server.russh_client("dee").await;
     let a = client.handle.channel_open_session().await.unwrap();
     let _b = client.handle.channel_open_session().await.unwrap();
@@ -91,7 +91,7 @@ async fn the_session_over_max_sessions_per_connection_is_refused_and_the_connect
 async fn max_lifetime_ends_a_connection_with_the_limit() {
     let server = TestServer::start_with(|o| {
         // Long enough for a loaded machine to finish the login first.
-        o.timeouts.max_lifetime = Some(Duration::from_secs(3));
+        o.config.timeouts.max_lifetime = Some(Duration::from_secs(3));
     })
     .await;
     let out = server.ssh("eve").arg("sleep 987101").output();
@@ -128,7 +128,7 @@ async fn serve_refuses_a_bad_configuration_file_with_the_line_and_runs_a_good_on
 async fn an_idle_connection_is_ended_at_the_idle_timeout_and_a_busy_one_is_not() {
     let server = TestServer::start_with(|o| {
         // Long enough that a loaded machine's login and first output fit well inside.
-        o.timeouts.idle = Some(Duration::from_secs(3));
+        o.config.timeouts.idle = Some(Duration::from_secs(3));
     })
     .await;
     let started = std::time::Instant::now();
@@ -154,7 +154,7 @@ async fn an_idle_connection_is_ended_at_the_idle_timeout_and_a_busy_one_is_not()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_is_ended_at_session_idle_while_a_busy_one_and_the_connection_stay() {
     let server = TestServer::start_with(|o| {
-        o.timeouts.session_idle = Some(Duration::from_secs(3));
+        o.config.timeouts.session_idle = Some(Duration::from_secs(3));
     })
     .await;
     let client = server.russh_client("hal").await;
@@ -254,8 +254,8 @@ async fn two_hundred_unfinished_handshakes_do_not_keep_an_authenticated_user_out
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_answering_is_found_by_keepalives_and_its_work_ended() {
     let server = TestServer::start_with(|o| {
-        o.timeouts.keepalive_interval = Some(Duration::from_secs(1));
-        o.timeouts.keepalive_count = 2;
+        o.config.timeouts.keepalive_interval = Some(Duration::from_secs(1));
+        o.config.timeouts.keepalive_count = 2;
     })
     .await;
     let mut events = server.events().await;
@@ -333,7 +333,7 @@ async fn a_peer_that_stops_answering_is_found_by_keepalives_and_its_work_ended()
 /// OpenSSH prints a channel-open failure's text: a session over the limit is told which one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_over_max_sessions_per_connection_tells_the_client_the_limit() {
-    let server = TestServer::start_with(|o| o.limits.max_sessions_per_connection = 0).await;
+    let server = TestServer::start_with(|o| o.config.limits.max_sessions_per_connection = 0).await;
     let out = finish(server.ssh("dee").arg("echo never").output()).await;
     let err = text(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "{err}");

@@ -337,9 +337,9 @@ async fn open_until_refused(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sftp_handles_over_a_budget_are_refused_by_name_and_the_sessions_go_on() {
     let server = TestServer::start_with(|o| {
-        o.limits.max_sftp_handles_per_session = 4;
-        o.limits.max_sftp_handles_per_connection = 6;
-        o.limits.max_sftp_handles_per_user = 8;
+        o.config.limits.max_sftp_handles_per_session = 4;
+        o.config.limits.max_sftp_handles_per_connection = 6;
+        o.config.limits.max_sftp_handles_per_user = 8;
     })
     .await;
     let work = tempfile::tempdir().unwrap();

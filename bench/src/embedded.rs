@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sshvisor::daemon::config::{Limits, Timeouts};
+use sshvisor::daemon::config::{Config, Limits, Timeouts};
 use sshvisor::daemon::{Daemon, DaemonOptions};
 use sshvisor::session::app::{ChannelIo, InProcessCommand, InProcessCommands};
 use tokio::io::AsyncReadExt;
@@ -56,23 +56,27 @@ pub async fn run(args: EmbeddedArgs) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let big = 1_000_000;
     let daemon = Daemon::start(DaemonOptions {
-        listen: args.listen,
-        state_dir: args.state_dir,
-        authorized_keys: args.authorized_keys,
-        limits: Limits {
-            max_connections: big,
-            max_per_source: big,
-            max_per_prefix: big,
-            max_per_user: big,
-            max_unauthenticated: big,
-            max_sessions_per_connection: 10,
-            ..Limits::default()
+        config: Config {
+            listen: args.listen,
+            state_dir: args.state_dir,
+            authorized_keys: args.authorized_keys,
+            limits: Limits {
+                max_connections: big,
+                max_per_source: big,
+                max_per_prefix: big,
+                max_per_user: big,
+                max_unauthenticated: big,
+                max_sessions_per_connection: 10,
+                ..Limits::default()
+            },
+            timeouts: Timeouts {
+                keepalive_interval: (args.keepalive > 0)
+                    .then(|| Duration::from_secs(args.keepalive)),
+                ..Timeouts::default()
+            },
+            ..Config::default()
         },
         commands: InProcessCommands::default().with("@wait", Arc::new(Wait)),
-        timeouts: Timeouts {
-            keepalive_interval: (args.keepalive > 0).then(|| Duration::from_secs(args.keepalive)),
-            ..Timeouts::default()
-        },
         ..DaemonOptions::default()
     })
     .await?;

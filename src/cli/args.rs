@@ -147,29 +147,30 @@ impl ServeArgs {
             None => Config::default(),
         };
         let flags = self.clone();
-        let mut options = DaemonOptions::from(file);
+        let mut config = file;
         if let Some(listen) = self.listen {
-            options.listen = listen;
+            config.listen = listen;
         }
         if let Some(dir) = &self.state_dir {
-            options.state_dir = dir.clone();
+            config.state_dir = dir.clone();
         }
         if let Some(path) = &self.authorized_keys {
-            options.authorized_keys = Some(path.clone());
+            config.authorized_keys = Some(path.clone());
         }
         if let Some(grace) = self.kill_grace {
-            options.timeouts.kill_grace = grace;
+            config.timeouts.kill_grace = grace;
         }
-        options.accept_env.extend(self.accept_env.iter().cloned());
+        config.accept_env.extend(self.accept_env.iter().cloned());
         if let Some(path) = &self.sftp_server {
-            options.sftp_server = Some(path.clone());
+            config.sftp_server = Some(path.clone());
         }
         if let Some(containment) = self.containment {
-            options.containment = containment;
+            config.containment = containment;
         }
         if let Some(path) = &self.session_path {
-            options.session_path = Some(path.clone());
+            config.session_path = Some(path.clone());
         }
+        let mut options = DaemonOptions::from(config);
         options.reload_from = Some(ConfigSource(Arc::new(move || flags.options())));
         Ok(options)
     }

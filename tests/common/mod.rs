@@ -36,9 +36,12 @@ impl TestServer {
         sshvisor::session::reaper::use_program(env!("CARGO_BIN_EXE_sshvisor").into());
         let dir = tempfile::tempdir().expect("tempdir");
         let mut options = DaemonOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            state_dir: dir.path().join("state"),
-            authorized_keys: None,
+            config: sshvisor::daemon::config::Config {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                state_dir: dir.path().join("state"),
+                authorized_keys: None,
+                ..Default::default()
+            },
             // The test process spawns ssh and ctl itself: their exit status is not ours to take.
             reap_orphans: false,
             ..DaemonOptions::default()
