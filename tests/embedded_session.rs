@@ -22,9 +22,11 @@ use common::{drain, russh_connect, text, WAIT};
 
 /// The embedding program's application: `exec` of anything answers, at the client's EOF, with
 /// who ran what and what they typed, shouted; the exit status is 3. Its stdin takes at most
-/// `limit` bytes, then ends the session with its own reason.
+/// `limit` bytes, then ends the session with its own reason. With `sink` false its links give
+/// no stdin sink, and the client's bytes reach them through `SessionLink::data` only.
 struct Shouting {
     limit: usize,
+    sink: bool,
 }
 
 impl SessionFactory for Shouting {
@@ -32,6 +34,7 @@ impl SessionFactory for Shouting {
         Box::new(ShoutingConnection {
             user: login.user.to_string(),
             limit: self.limit,
+            sink: self.sink,
         })
     }
 }
@@ -39,6 +42,7 @@ impl SessionFactory for Shouting {
 struct ShoutingConnection {
     user: String,
     limit: usize,
+    sink: bool,
 }
 
 impl ConnectionSessions for ShoutingConnection {
@@ -50,6 +54,7 @@ impl ConnectionSessions for ShoutingConnection {
             id: channel.id(),
             user: self.user.clone(),
             typed: Input::new(self.limit),
+            sink: self.sink,
             command: String::new(),
             events: None,
         })
@@ -91,6 +96,8 @@ struct Shout {
     id: ChannelId,
     user: String,
     typed: Input,
+    /// Whether `stdin` gives a sink.
+    sink: bool,
     command: String,
     events: Option<SessionEvents>,
 }
@@ -125,7 +132,8 @@ impl SessionLink for Shout {
     }
 
     fn stdin(&mut self) -> Option<Box<dyn StdinSink>> {
-        Some(Box::new(self.typed.clone()))
+        self.sink
+            .then(|| Box::new(self.typed.clone()) as Box<dyn StdinSink>)
     }
 
     fn data(&mut self, data: Vec<u8>) {
@@ -153,7 +161,7 @@ impl SessionLink for Shout {
 }
 
 /// A listener serving `Shouting` on 127.0.0.1:0, and the client key that may log in.
-async fn shouting_server(limit: usize) -> (SshListener, tempfile::TempDir) {
+async fn shouting_server(limit: usize, sink: bool) -> (SshListener, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (host_key, _) = load_or_create_key(&dir.path().join("host"), "host").expect("host key");
     let (client_key, _) =
@@ -168,7 +176,7 @@ async fn shouting_server(limit: usize) -> (SshListener, tempfile::TempDir) {
             auth: Arc::new(AuthorizedKeys::from_keys([client_key.public_key().clone()])),
             env: ExecEnv::default(),
             keepalive: (None, 3),
-            sessions: Some(Arc::new(Shouting { limit })),
+            sessions: Some(Arc::new(Shouting { limit, sink })),
         },
         tree,
     )
@@ -179,7 +187,7 @@ async fn shouting_server(limit: usize) -> (SshListener, tempfile::TempDir) {
 
 #[tokio::test]
 async fn an_embedders_own_session_application_is_served_with_the_clients_input() {
-    let (listener, dir) = shouting_server(1024).await;
+    let (listener, dir) = shouting_server(1024, true).await;
     let client = russh_connect(
         listener.local_addr().port(),
         &dir.path().join("client"),
@@ -205,7 +213,7 @@ async fn an_embedders_own_session_application_is_served_with_the_clients_input()
 
 #[tokio::test]
 async fn an_embedders_stdin_sink_ends_its_session_with_its_own_reason() {
-    let (listener, dir) = shouting_server(8).await;
+    let (listener, dir) = shouting_server(8, true).await;
     let client = russh_connect(
         listener.local_addr().port(),
         &dir.path().join("client"),
@@ -228,4 +236,29 @@ async fn an_embedders_stdin_sink_ends_its_session_with_its_own_reason() {
     );
     assert_eq!(result.status, Some(1));
     assert!(result.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn an_application_without_a_stdin_sink_gets_the_clients_input_through_data() {
+    let (listener, dir) = shouting_server(1024, false).await;
+    let client = russh_connect(
+        listener.local_addr().port(),
+        &dir.path().join("client"),
+        "ann",
+    )
+    .await
+    .expect("connect");
+    let mut channel = client.handle.channel_open_session().await.expect("open");
+    channel.exec(true, "greet").await.expect("exec");
+    channel.data(&b"hello "[..]).await.expect("data");
+    channel.data(&b"there"[..]).await.expect("data");
+    channel.eof().await.expect("eof");
+    let result = tokio::time::timeout(WAIT, drain(&mut channel))
+        .await
+        .expect("the session ends");
+    assert_eq!(
+        text(&result.stdout),
+        "ann ran \"greet\" and typed HELLO THERE"
+    );
+    assert_eq!(result.status, Some(3));
 }

@@ -1,9 +1,11 @@
-//! The two small traits through which the tree reaches the outside world.
+//! The four small traits through which the tree reaches the outside world.
 //!
 //! The tree knows nothing of russh or sockets. A [`ConnectionLink`] is what a `ConnectionActor`
-//! may do to its transport; a [`SessionLink`] is what a `SessionActor` may do to its channel and
-//! the work running behind it. The russh binding implements both for production; the actor
-//! harness implements them with fakes that record every call.
+//! may do to its transport, and its [`Traffic`] the counters read for listings; a
+//! [`SessionLink`] is what a `SessionActor` may do to its channel and the work running behind
+//! it, and its [`StdinSink`] (if it gives one) where the binding writes the client's bytes
+//! without a hop through the actor. The russh binding implements them for production; the
+//! actor harness implements them with fakes that record every call.
 //!
 //! Architecture Invariant: no link method blocks. Anything that may wait on the network (a full
 //! send queue, a client that stopped reading) happens in the link's own tasks, never inside an

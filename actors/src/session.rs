@@ -97,7 +97,12 @@ pub enum SessionMsg {
         /// The signal's name.
         name: String,
     },
-    /// Sent by the binding: the client sent bytes on the channel.
+    /// Sent by the binding, only for a session whose link gave no [`StdinSink`]
+    /// ([`SessionLink::stdin`] returned `None`): the client sent bytes on the channel, handed to
+    /// the link's [`data`](SessionLink::data). With a sink the bytes go there and never through
+    /// the actor.
+    ///
+    /// [`StdinSink`]: crate::link::StdinSink
     Data {
         /// The bytes.
         data: Vec<u8>,

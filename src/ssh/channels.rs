@@ -1,5 +1,5 @@
 //! The session channels of one connection, as its russh handler keeps them: the actor each
-//! channel's messages go to, its stdin sink, its held russh queue; and the application that
+//! channel's messages go to, where its stdin goes, its held russh queue; and the application that
 //! opens new ones.
 
 use std::collections::HashMap;
@@ -23,16 +23,27 @@ pub(crate) struct Channel {
     pub(crate) actor: ActorRef<SessionMsg>,
     /// The session's traffic (counts for the connection's too).
     pub(crate) activity: Arc<Activity>,
-    /// The session's stdin; dropped on the client's EOF, or when the session refused more.
-    pub(crate) stdin: Option<Box<dyn StdinSink>>,
+    /// Where the client's bytes go.
+    pub(crate) stdin: Stdin,
     /// The channel's own russh queue, drained until the session starts (see `held_channel`).
     pub(crate) held: HeldChannel,
+}
+
+/// Where the client's bytes on a session channel go.
+pub(crate) enum Stdin {
+    /// Straight into the link's own sink, without a hop through the session actor.
+    Sink(Box<dyn StdinSink>),
+    /// The link gave no sink: to its session actor (`SessionMsg::Data`), which hands them to
+    /// the link's `data`.
+    Actor,
+    /// Nowhere: the client sent EOF, or the sink refused more and ended the session.
+    Closed,
 }
 
 /// A session channel whose link is on its way to its actor (see [`SessionChannels::added`]).
 pub(crate) struct Opening {
     activity: Arc<Activity>,
-    stdin: Option<Box<dyn StdinSink>>,
+    stdin: Stdin,
     held: HeldChannel,
 }
 
@@ -123,7 +134,7 @@ impl SessionChannels {
             activity: activity.clone(),
             after_goodbye: self.after_goodbye.clone(),
         });
-        let stdin = link.stdin();
+        let stdin = link.stdin().map_or(Stdin::Actor, Stdin::Sink);
         let opening = Opening {
             activity,
             stdin,

@@ -7,7 +7,8 @@
 //! loop for long; and a wait for an answer ends when the actor is gone (its reply port drops) or
 //! the connection is cut (the end of a kill's grace), so no callback can outlive a kill either.
 //! The client's bytes go straight into the session's stdin sink, never through an actor: the
-//! per-packet path does not wait and costs no message.
+//! per-packet path does not wait and costs no message. Only a link that gives no sink gets them
+//! through its session actor (`SessionMsg::Data`).
 //!
 //! Those waits have no timer of their own: a timer whose deadline is the earliest one pending
 //! wakes tokio's driver to re-arm it (a write to its eventfd, and a parked worker woken), and a
@@ -25,7 +26,7 @@ use tracing::{debug, info};
 
 use crate::session::app::{is_env_name, sig_name, MAX_ENV_NAME};
 use crate::ssh::auth::Authenticator;
-use crate::ssh::channels::SessionChannels;
+use crate::ssh::channels::{SessionChannels, Stdin};
 use crate::ssh::keys::fingerprint;
 use crate::ssh::stream::CutSwitch;
 
@@ -367,7 +368,7 @@ impl russh::server::Handler for SshHandler {
         // The terminal gets it through the stdin queue, in order with what the client types
         // (through the actor it could come after the next command read the size); the actor
         // only keeps the size for listings (and applies it once the client sent its EOF).
-        if let Some(stdin) = &c.stdin {
+        if let Stdin::Sink(stdin) = &c.stdin {
             stdin.resize(cols, rows, pix_width, pix_height);
         }
         let _ = c.actor.cast(SessionMsg::Resize {
@@ -402,18 +403,25 @@ impl russh::server::Handler for SshHandler {
     ) -> Result<(), Self::Error> {
         // Straight into the session's stdin sink, never waiting: russh's loop must keep running
         // to send the command's output, which the command may be blocked on. The sink decides
-        // what it cannot take; the handler only delivers that decision.
+        // what it cannot take; the handler only delivers that decision. A link without a sink
+        // gets every byte through its actor instead (`SessionLink::stdin`'s promise).
         let Some(c) = self.sessions.get_mut(channel) else {
             self.sessions.activity().received(data.len());
             return Ok(());
         };
         c.held.drain();
         c.activity.received(data.len());
-        let Some(stdin) = &c.stdin else {
-            return Ok(());
+        let stdin = match &c.stdin {
+            Stdin::Sink(stdin) => stdin,
+            Stdin::Actor => {
+                let data = data.to_vec();
+                let _ = c.actor.cast(SessionMsg::Data { data });
+                return Ok(());
+            }
+            Stdin::Closed => return Ok(()),
         };
         if let Err(StdinRefusal::EndSession { reason, grace }) = stdin.push(data) {
-            c.stdin = None;
+            c.stdin = Stdin::Closed;
             // The client is told why on stderr; the exit status (or signal) follows when the
             // command has ended.
             session.extended_data(
@@ -437,7 +445,7 @@ impl russh::server::Handler for SshHandler {
     ) -> Result<(), Self::Error> {
         if let Some(c) = self.sessions.get_mut(channel) {
             c.held.drain();
-            c.stdin = None;
+            c.stdin = Stdin::Closed;
             let _ = c.actor.cast(SessionMsg::ClientEof);
         }
         Ok(())

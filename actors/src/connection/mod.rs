@@ -62,9 +62,9 @@ pub struct ConnectionArgs {
 /// Messages a connection actor handles.
 ///
 /// Who sends what: `Authenticated`, `OpenSession` and `TransportClosed` come from the binding
-/// (the code that runs the transport); `Kill`, `KillSession` and `SetPolicy` from the
-/// supervisor (an embedding program asks the supervisor, which keeps the map right);
-/// `Internal` only from the tree itself.
+/// (the code that runs the transport); `Internal` only from the tree itself: the supervisor's
+/// orders (kill the connection or one session, a new policy: an embedding program asks the
+/// supervisor, which keeps the map right and times the kill) and the timers.
 pub enum ConnectionMsg {
     /// Sent by the binding: the client authenticated.
     Authenticated {
@@ -91,7 +91,26 @@ pub enum ConnectionMsg {
         /// How it ended.
         end: TransportEnd,
     },
-    /// Sent by the supervisor: end this connection and everything under it.
+    /// Sent by the tree itself only (the supervisor's orders, its login and kill timers, this
+    /// actor's own timers): an [`Internal`] cannot be built outside this crate.
+    Internal(Internal),
+}
+
+/// A message the tree sends a connection actor itself. Opaque: only this crate builds one.
+pub struct Internal(pub(crate) Inner);
+
+/// What an [`Internal`] says.
+pub(crate) enum Inner {
+    /// An order from the supervisor.
+    Order(Order),
+    /// A timer ran out.
+    Tick(Tick),
+}
+
+/// What the supervisor orders a connection; only it does, so that a kill is always in the map
+/// and always timed (a forged kill would have no grace timer to force it).
+pub(crate) enum Order {
+    /// End this connection and everything under it.
     Kill {
         /// Shown to the client in the disconnect message.
         reason: String,
@@ -103,7 +122,7 @@ pub enum ConnectionMsg {
         /// arms one timer, not one per connection); otherwise the actor arms its own.
         timed_by_sender: bool,
     },
-    /// Sent by the supervisor: end one session of this connection.
+    /// End one session of this connection.
     KillSession {
         /// The session.
         session: SessionId,
@@ -112,20 +131,14 @@ pub enum ConnectionMsg {
         /// How long the polite end may take before it is forced.
         grace: Duration,
     },
-    /// Sent by the supervisor: a new policy (a configuration reload). What makes sense for a live
-    /// connection applies from now on: the kill grace, the session limit, and the idle timeouts
-    /// (idle time counted from now at the earliest, so a reload never ends a connection at once).
-    /// The login grace and the lifetime stay as they were when the connection was admitted.
+    /// A new policy (a configuration reload). What makes sense for a live connection applies
+    /// from now on: the kill grace, the session limit, and the idle timeouts (idle time counted
+    /// from now at the earliest, so a reload never ends a connection at once). The login grace
+    /// and the lifetime stay as they were when the connection was admitted.
     SetPolicy(Policy),
-    /// Sent by the tree itself only (the supervisor's login and kill timers, this actor's own
-    /// timers): an [`Internal`] cannot be built outside this crate.
-    Internal(Internal),
 }
 
-/// A message the tree sends a connection actor itself. Opaque: only this crate builds one.
-pub struct Internal(pub(crate) Tick);
-
-/// What an [`Internal`] says.
+/// What a timer says.
 pub(crate) enum Tick {
     /// (supervisor, which times every login with one timer) The login grace ran out.
     LoginGraceElapsed,
@@ -146,7 +159,12 @@ pub(crate) enum Tick {
 impl ConnectionMsg {
     /// The internal message `tick`.
     pub(crate) fn tick(tick: Tick) -> Self {
-        ConnectionMsg::Internal(Internal(tick))
+        ConnectionMsg::Internal(Internal(Inner::Tick(tick)))
+    }
+
+    /// The supervisor's `order`.
+    pub(crate) fn order(order: Order) -> Self {
+        ConnectionMsg::Internal(Internal(Inner::Order(order)))
     }
 }
 
@@ -399,6 +417,24 @@ impl ConnectionState {
         }
     }
 
+    fn on_order(&mut self, myself: &ActorRef<ConnectionMsg>, order: Order) {
+        match order {
+            // The supervisor lists the connection as closing already.
+            Order::Kill {
+                reason,
+                grace,
+                by,
+                timed_by_sender,
+            } => self.begin_kill(myself, reason, grace, by, timed_by_sender, true),
+            Order::KillSession {
+                session,
+                reason,
+                grace,
+            } => self.on_kill_session(session, reason, grace),
+            Order::SetPolicy(policy) => self.on_set_policy(myself, policy),
+        }
+    }
+
     fn on_tick(&mut self, myself: &ActorRef<ConnectionMsg>, tick: Tick) {
         match tick {
             Tick::IdleCheck { generation } => self.on_idle_check(myself, generation),
@@ -535,20 +571,12 @@ impl Actor for ConnectionActor {
                     state.on_open_session(&myself, link, reply).await
                 }
                 ConnectionMsg::TransportClosed { end } => state.on_transport_closed(&myself, end),
-                // Only the supervisor sends it, and it lists the connection as closing already.
-                ConnectionMsg::Kill {
-                    reason,
-                    grace,
-                    by,
-                    timed_by_sender,
-                } => state.begin_kill(&myself, reason, grace, by, timed_by_sender, true),
-                ConnectionMsg::KillSession {
-                    session,
-                    reason,
-                    grace,
-                } => state.on_kill_session(session, reason, grace),
-                ConnectionMsg::SetPolicy(policy) => state.on_set_policy(&myself, policy),
-                ConnectionMsg::Internal(Internal(tick)) => state.on_tick(&myself, tick),
+                ConnectionMsg::Internal(Internal(Inner::Order(order))) => {
+                    state.on_order(&myself, order)
+                }
+                ConnectionMsg::Internal(Internal(Inner::Tick(tick))) => {
+                    state.on_tick(&myself, tick)
+                }
             }
         }
         .instrument(span)

@@ -116,7 +116,7 @@ pub(crate) struct KillOrder {
     pub(crate) grace: Duration,
     /// When `grace` runs out (now + grace).
     pub(crate) deadline: Instant,
-    /// The sender times the grace (see `ConnectionMsg::Kill`).
+    /// The sender times the grace (see `Order::Kill`).
     pub(crate) timed_by_sender: bool,
     /// The supervisor lists the connection as closing already (it sent the kill).
     pub(crate) listed: bool,

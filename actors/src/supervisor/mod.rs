@@ -12,8 +12,17 @@
 //! connection that stops or fails is removed from the map and its waiters are answered; the
 //! supervisor itself never stops because a child did. ractor hands a supervision event over
 //! before messages already queued, so the end of a connection goes through this actor's own
-//! queue (`Notice::ConnectionEnded`) and is handled after the notices the connection sent
+//! queue (`NoticeKind::ConnectionEnded`) and is handled after the notices the connection sent
 //! before it stopped (its sessions' real ends).
+//!
+//! ## Layout
+//!
+//! This file is the actor, its messages and its handlers; what it owns is in files of its own:
+//! - `registry`: the ID map (connections and their sessions), snapshots, prefix resolution.
+//! - `admission`: the limits' running counts, and who is admitted or refused.
+//! - `login_timer`: one timer for every connection still logging in.
+//! - `kill_groups`: who waits on a kill, and the kills of many connections at once (one grace
+//!   timer each), every one answered exactly once.
 //!
 //! Architecture Invariant: only this actor writes the map, and it removes an entry only when the
 //! entry's actor has terminated (or, for a session that could not be spawned, never existed).
@@ -29,7 +38,9 @@ use ractor::{
 use tokio::time::Instant;
 use tracing::{info, warn, Span};
 
-use crate::connection::{ConnectionActor, ConnectionArgs, ConnectionMsg, ConnectionState, Tick};
+use crate::connection::{
+    ConnectionActor, ConnectionArgs, ConnectionMsg, ConnectionState, Order, Tick,
+};
 use crate::events::Event;
 use crate::filter::Filter;
 use crate::ids::{ConnId, PrefixMatch, SessionId, Target};
@@ -161,7 +172,7 @@ pub enum SupervisorMsg {
         reply: RpcReplyPort<Vec<ConnectionInfo>>,
     },
     /// Sent by the embedding program (a configuration reload): replaces the policy. New connections
-    /// get it at once; live ones get what makes sense for them (see [`ConnectionMsg::SetPolicy`]).
+    /// get it at once; live ones get what makes sense for them (see the connection's `Order::SetPolicy`).
     /// Limits govern admission only: lowering one never ends a live connection or session. Replies
     /// once every live connection has been told.
     SetPolicy {
@@ -241,7 +252,7 @@ impl SupervisorState {
     }
 
     /// `timed_here`: the caller sends the connection `GraceElapsed` when the grace runs out
-    /// (see [`ConnectionMsg::Kill`]).
+    /// (see the connection's `Order::Kill`).
     fn kill_connection(
         &mut self,
         conn: ConnId,
@@ -253,12 +264,12 @@ impl SupervisorState {
         if let Some(actor) = self.mark_closing(conn) {
             // Every kill goes on: a later one with a shorter grace brings the end closer. If the
             // actor is already gone its termination is queued and answers.
-            let _ = actor.cast(ConnectionMsg::Kill {
+            let _ = actor.cast(ConnectionMsg::order(Order::Kill {
                 reason: reason.to_string(),
                 grace,
                 by: by.clone(),
                 timed_by_sender: timed_here,
-            });
+            }));
         }
     }
 
@@ -349,7 +360,9 @@ impl SupervisorState {
     fn on_set_policy(&mut self, policy: Policy) {
         info!(parent: &self.span, ?policy, "policy replaced");
         for entry in self.registry.conns.values() {
-            let _ = entry.actor.cast(ConnectionMsg::SetPolicy(policy.clone()));
+            let _ = entry
+                .actor
+                .cast(ConnectionMsg::order(Order::SetPolicy(policy.clone())));
         }
         self.policy = policy;
         let peers = self.registry.conns.values().map(|e| &e.info.peer);
@@ -392,11 +405,11 @@ impl SupervisorState {
                     Some((actor, s)) => {
                         requested();
                         s.waiters.push(waiter);
-                        let _ = actor.cast(ConnectionMsg::KillSession {
+                        let _ = actor.cast(ConnectionMsg::order(Order::KillSession {
                             session,
                             reason,
                             grace,
-                        });
+                        }));
                     }
                     None => {
                         let _ = waiter.reply.send(Err(KillError::NotFound(target)));

@@ -1,8 +1,9 @@
-// Cut and give-up are the connection's own timers, not a door.
-use sshvisor_actors::connection::{Internal, Tick};
+// Cut and give-up are the connection's own timers, not a door: neither the wrapper nor what it
+// says can be built outside the crate.
+use sshvisor_actors::connection::{Inner, Internal, Tick};
 use sshvisor_actors::ConnectionMsg;
 
 fn main() {
-    let _ = ConnectionMsg::Internal(Internal(Tick::Cut));
-    let _ = ConnectionMsg::GiveUp;
+    let _ = ConnectionMsg::Internal(Internal(Inner::Tick(Tick::Cut)));
+    let _ = ConnectionMsg::Internal(Internal(Inner::Tick(Tick::GiveUp)));
 }
