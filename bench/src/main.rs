@@ -7,6 +7,10 @@
 //!   server's line protocol, or sshd's processes, timing each answer.
 //! - `bare-server`: plain russh with sshvisor's configuration, auth and exec, and nothing else.
 //! - `embedded-server`: sshvisor as a library, with the in-process command `@wait`.
+//!
+//! Modules: one per command (`bare`, `churn`, `embedded`, `hold`, `kill`), and what they share:
+//! `client` (the SSH client side), `control` (listing and killing through each server's control),
+//! `stats` (percentiles).
 
 mod bare;
 mod churn;

@@ -7,6 +7,8 @@
 //! its own virtual files; [`LocalFs`] is the local filesystem as the server's own user, starting
 //! in a home directory, the way OpenSSH's `sftp-server` does.
 //!
+//! `budget` (a submodule): the open handles counted per session, connection and login user.
+//!
 //! # Why not `russh_sftp::server::run`
 //!
 //! It spawns a detached task and returns at once, so a session that is killed cannot take its
