@@ -23,7 +23,7 @@ use tracing::warn;
 use crate::session::channel_session::GOODBYE_TIMEOUT;
 use crate::session::group::Group;
 use crate::session::pty;
-use crate::session::signals::sig_of;
+use crate::ssh::signals::sig_of;
 use crate::session::stdin::{feed_stdin, Stdin, StdinReceiver};
 use crate::ssh::activity::Activity;
 
