@@ -28,12 +28,12 @@ use crate::session::in_process::{self, InProcessRun, Serve};
 use crate::session::process::{Launch, Running};
 use crate::session::pty;
 use crate::session::sftp;
-use crate::ssh::signals::signal_named;
 use crate::session::stdin::{stdin_queue, StdinReceiver, StdinSender};
 use crate::ssh::activity::Activity;
 use crate::ssh::after_goodbye::AfterGoodbye;
 use crate::ssh::held_channel::HeldChannel;
 use crate::ssh::sessions::Endpoints;
+use crate::ssh::signals::signal_named;
 
 /// How long the last messages of a session (exit status, EOF, CLOSE) may wait for room in the
 /// connection's send queue before they are given up.
