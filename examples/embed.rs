@@ -16,6 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use russh::client;
 use russh::keys::PrivateKeyWithHashAlg;
 use sshvisor::actors::{Event, SupervisorArgs, SupervisorHandle, Target};
+use sshvisor::session::app::{DefaultSessions, ExecEnv};
 use sshvisor::ssh::keys::{load_or_create_key, AuthorizedKeys};
 use sshvisor::ssh::server::{SshListener, SshOptions};
 use tokio::sync::oneshot;
@@ -56,10 +57,9 @@ impl Actor for Host {
                 listen: "127.0.0.1:0".parse()?,
                 host_key,
                 auth: Arc::new(AuthorizedKeys::from_keys([client_key.public_key().clone()])),
-                env: Default::default(),
                 keepalive: (Some(Duration::from_secs(15)), 3),
                 // The default application: processes, in-process commands, sftp.
-                sessions: None,
+                sessions: Arc::new(DefaultSessions::new(ExecEnv::default())),
             },
             sshvisor.clone(),
         )

@@ -37,7 +37,7 @@ use tracing::info;
 
 use crate::daemon::config::Config;
 use crate::daemon::control::{ControlServer, Server};
-use crate::session::app::{ExecEnv, InProcessCommands, SftpService};
+use crate::session::app::{DefaultSessions, ExecEnv, InProcessCommands, SftpService};
 use crate::session::containment::Containment;
 use crate::session::sftp::HandleBudgets;
 use crate::ssh::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
@@ -239,6 +239,9 @@ impl Daemon {
 
         let ctl_path = dir.join(CTL_SOCKET);
         let sftp_handles = Arc::new(HandleBudgets::new(options.config.limits.sftp_handles()));
+        let sessions = Arc::new(DefaultSessions::new(
+            options.exec_env(&containment, &sftp_handles),
+        ));
         let running = Arc::new(Running {
             tree: tree.clone(),
             listener: tokio::sync::Mutex::new(None),
@@ -247,6 +250,7 @@ impl Daemon {
             sftp_handles: sftp_handles.clone(),
             generated,
             containment: containment.clone(),
+            sessions: sessions.clone(),
         });
         let control = match ControlServer::bind(&ctl_path, tree.clone(), running.clone()).await {
             Ok(control) => control,
@@ -264,8 +268,7 @@ impl Daemon {
                 host_key: host_key.clone(),
                 auth: Arc::new(authorized),
                 keepalive: options.keepalive(),
-                env: options.exec_env(&containment, &sftp_handles),
-                sessions: None,
+                sessions,
             },
             tree,
         )
@@ -362,6 +365,8 @@ struct Running {
     containment: Containment,
     /// The server's sftp handle budgets; a reload changes their limits, not their counts.
     sftp_handles: Arc<HandleBudgets>,
+    /// The listener's session application; a reload gives it the new `ExecEnv`.
+    sessions: Arc<DefaultSessions>,
 }
 
 impl Running {
@@ -420,12 +425,10 @@ impl Running {
         if let Err(e) = self.tree.set_policy(policy).await {
             return Err(format!("the supervisor did not take the new policy: {e}"));
         }
+        self.sessions
+            .set_env(new.exec_env(&self.containment, &self.sftp_handles));
         if let Some(listener) = self.listener.lock().await.as_ref() {
-            listener.update(
-                Arc::new(authorized),
-                new.exec_env(&self.containment, &self.sftp_handles),
-                new.keepalive(),
-            );
+            listener.update(Arc::new(authorized), new.keepalive());
         }
         self.sftp_handles.set_limits(sftp_limits);
         *self

@@ -1,9 +1,10 @@
-//! What runs behind a session channel.
+//! What runs behind a session channel: the default application, behind the binding's
+//! `ssh::sessions::SessionFactory` (session/ uses the binding's channel pieces; ssh/ never
+//! imports session/).
 //!
-//! - `factory`: which application serves a session channel (`SessionFactory`), the trait an
-//!   embedding program implements to serve its own.
-//! - `app`: the default application (`DefaultSessions`, `ChannelSession`) and what an embedding
-//!   program configures of it (`ExecEnv`, `InProcessCommand`, the limits).
+//! - `app`: the default application (`DefaultSessions`, which holds the `ExecEnv` a reload
+//!   replaces, and `ChannelSession`) and what an embedding program configures of it
+//!   (`ExecEnv`, `InProcessCommand`, the limits).
 //! - `channel_session`: one session of the default application: its `SessionLink`.
 //! - `env`: what sessions run with (`ExecEnv`), the client's variables and their limits.
 //! - `stdin`: a session's stdin queue, bounded in bytes, and its feeder; the stdin sink.
@@ -11,7 +12,6 @@
 //! - `group`: a session's processes as one (leader and scope): signal, kill, reap.
 //! - `driver`: the one task that runs a process session to its end (output pumps, goodbye).
 //! - `in_process`: sessions served inside the server (sftp, `InProcessCommand`s).
-//! - `signals`: signal names as the client sends them.
 //! - `pty`: pseudo-terminals: open with size and modes, resize, async master.
 //! - `containment`: keeping each session's processes together (a cgroup, or a reaper) so that
 //!   its end takes them all; `reaper`: the per-session reaper process, the unprivileged way.
@@ -23,7 +23,6 @@ pub(crate) mod channel_session;
 pub mod containment;
 pub(crate) mod driver;
 pub(crate) mod env;
-pub mod factory;
 pub(crate) mod group;
 pub(crate) mod in_process;
 pub(crate) mod process;
@@ -31,5 +30,4 @@ pub mod procs;
 pub mod pty;
 pub mod reaper;
 pub mod sftp;
-pub(crate) mod signals;
 pub(crate) mod stdin;

@@ -1,12 +1,18 @@
-//! The russh binding: everything that speaks SSH.
+//! The russh binding: everything that speaks SSH. It never imports `session`: applications
+//! plug in through `sessions::SessionFactory`.
 //!
 //! - `server`: the listener and accept loop (`SshListener`, `SshOptions`); one task per
 //!   connection driving `russh::server::run_stream`.
 //! - `handler`: the russh `Handler`, a thin adapter from callbacks to actor messages.
 //! - `auth`: who may log in (`Authenticator`, implemented by `AuthorizedKeys`).
 //! - `keys`: host key, generated client key, authorized_keys (OpenSSH formats).
+//! - `sessions`: what the binding offers a session application: the `SessionFactory` an
+//!   embedding program implements to serve its own (`session::app::DefaultSessions` by
+//!   default), `Login`, `SessionChannel`, `Endpoints`.
 //! - `channels`: a connection's session channels: actor, stdin sink and held queue of each, and
 //!   the application (`SessionFactory`) that opens them.
+//! - `signals`: signal names as the protocol spells them (`INT`, without `SIG`), russh's `Sig`,
+//!   and the signals they stand for.
 //! - `stream`: the TCP stream wrapper the connection actor can cut (the forced path).
 //! - `link`: the russh implementation of the tree's `ConnectionLink`.
 //! - `activity`: a connection's and its sessions' traffic (idle times, bytes).
@@ -24,4 +30,6 @@ pub mod held_channel;
 pub mod keys;
 pub mod link;
 pub mod server;
+pub mod sessions;
+pub(crate) mod signals;
 pub mod stream;

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use russh::server::Handle;
 use russh::ChannelId;
-use sshvisor::session::app::ExecEnv;
-use sshvisor::session::factory::{ConnectionSessions, Login, SessionChannel, SessionFactory};
 use sshvisor::ssh::keys::{load_or_create_key, AuthorizedKeys};
 use sshvisor::ssh::server::{SshListener, SshOptions};
+use sshvisor::ssh::sessions::{ConnectionSessions, Login, SessionChannel, SessionFactory};
 use sshvisor_actors::link::{StdinRefusal, StdinSink};
 use sshvisor_actors::{
     EndScope, SessionEvents, SessionExit, SessionLink, SessionRequest, SupervisorArgs,
@@ -174,9 +173,8 @@ async fn shouting_server(limit: usize, sink: bool) -> (SshListener, tempfile::Te
             listen: "127.0.0.1:0".parse().unwrap(),
             host_key,
             auth: Arc::new(AuthorizedKeys::from_keys([client_key.public_key().clone()])),
-            env: ExecEnv::default(),
             keepalive: (None, 3),
-            sessions: Some(Arc::new(Shouting { limit, sink })),
+            sessions: Arc::new(Shouting { limit, sink }),
         },
         tree,
     )

@@ -121,6 +121,43 @@ async fn a_command_on_a_terminal_and_absurd_terminal_requests() {
     assert_eq!(text(&drain(&mut ch).await.stdout), "no-tty\n");
 }
 
+/// A window change past what a terminal takes is clamped, for the terminal and for the listing
+/// alike (the listing shows the size the terminal has, not the one asked for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_window_change_is_clamped_for_the_terminal_and_the_listing() {
+    let server = TestServer::start().await;
+    let client = server.russh_client("ulla").await;
+    let mut ch = client.handle.channel_open_session().await.unwrap();
+    ch.request_pty(true, "vt100", 80, 24, 0, 0, &[])
+        .await
+        .unwrap();
+    assert!(replied(&mut ch).await, "the terminal is granted");
+    ch.request_shell(true).await.unwrap();
+    assert!(replied(&mut ch).await, "the shell starts");
+    ch.window_change(1_000_000, 0, 0, 0).await.unwrap();
+    ch.data_bytes(&b"stty size\n"[..]).await.unwrap();
+    let mut seen = String::new();
+    read_until(&mut ch, &mut seen, "1 4096").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let listed = server.list().await;
+        let pty = listed[0].sessions[0]
+            .pty
+            .clone()
+            .expect("listed with a terminal");
+        if (pty.cols, pty.rows) == (4096, 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listed as {}x{}",
+            pty.cols,
+            pty.rows
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn environment_requests_follow_the_allowlist_and_the_session_env_is_set() {
     let server = TestServer::start().await;

@@ -165,9 +165,12 @@ pub trait SessionLink: Send + 'static {
         Err(format!("{name} is not accepted"))
     }
 
-    /// The client's terminal changed size.
-    fn resize(&mut self, cols: u32, rows: u32, pix_width: u32, pix_height: u32) {
-        let _ = (cols, rows, pix_width, pix_height);
+    /// The client's terminal changed size, as the client sent it. Returns the size used
+    /// (`cols`, `rows`), clamped to what the link's terminal takes (listings show it); by
+    /// default as asked.
+    fn resize(&mut self, cols: u32, rows: u32, pix_width: u32, pix_height: u32) -> (u32, u32) {
+        let _ = (pix_width, pix_height);
+        (cols, rows)
     }
 
     /// The client sends a signal (name without `SIG`) to the running work.

@@ -384,13 +384,15 @@ impl SessionState {
             Err("environment must be set before the session starts".to_string())
         };
         if let Err(e) = &result {
-            info!(name = %name, error = %e, "environment variable refused");
+            // Cut short: a client's name may be as long as a packet.
+            let shown: String = name.chars().take(64).collect();
+            info!(name = %shown, name_bytes = name.len(), error = %e, "environment variable refused");
         }
         let _ = reply.send(result);
     }
 
     fn on_resize(&mut self, cols: u32, rows: u32, pix_width: u32, pix_height: u32) {
-        self.link.resize(cols, rows, pix_width, pix_height);
+        let (cols, rows) = self.link.resize(cols, rows, pix_width, pix_height);
         if let Some(pty) = self.pty.as_mut() {
             pty.cols = cols;
             pty.rows = rows;

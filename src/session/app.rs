@@ -4,35 +4,68 @@
 //!
 //! What an embedding program configures of it is re-exported here, from the modules that hold
 //! each idea: `env` (what sessions run with, [`ExecEnv`]), `in_process` (commands served inside
-//! the server), `stdin` (the stdin queue and its limit), `signals`.
+//! the server), `stdin` (the stdin queue and its limit), and the binding's `signals` and
+//! [`Endpoints`].
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use sshvisor_actors::SessionLink;
 
 pub use crate::session::channel_session::ChannelSession;
 pub use crate::session::env::{
-    default_path, is_env_name, Endpoints, ExecEnv, SftpService, MAX_ENV_NAME, MAX_ENV_TOTAL,
-    MAX_ENV_VALUE, MAX_ENV_VARS,
+    default_path, is_env_name, ExecEnv, SftpService, MAX_ENV_NAME, MAX_ENV_TOTAL, MAX_ENV_VALUE,
+    MAX_ENV_VARS,
 };
 pub use crate::session::in_process::{ChannelIo, InProcessCommand, InProcessCommands};
-pub use crate::session::signals::sig_name;
 pub use crate::session::stdin::{StdinError, StdinSender, STDIN_LIMIT, STDIN_OVERFLOW_GRACE};
+pub use crate::ssh::sessions::Endpoints;
+pub use crate::ssh::signals::sig_name;
 
-use crate::session::factory::{ConnectionSessions, Login, SessionChannel, SessionFactory};
 use crate::session::sftp::ConnectionHandles;
+use crate::ssh::sessions::{ConnectionSessions, Login, SessionChannel, SessionFactory};
 
-/// The default application's factory: every session a [`ChannelSession`], run as its
-/// connection's [`ExecEnv`] says.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct DefaultSessions;
+/// The default application's factory: every session a [`ChannelSession`], run as the
+/// [`ExecEnv`] it holds when the session's connection opens its first session.
+#[derive(Debug)]
+pub struct DefaultSessions {
+    /// What sessions run with; replaced whole by a reload ([`set_env`](Self::set_env)), while
+    /// the connections already served keep the one they took.
+    env: RwLock<Arc<ExecEnv>>,
+}
+
+impl DefaultSessions {
+    /// The default application, its sessions run as `env` says.
+    pub fn new(env: ExecEnv) -> Self {
+        Self {
+            env: RwLock::new(Arc::new(env)),
+        }
+    }
+
+    /// What sessions run with from now on (a configuration reload): connections opening their
+    /// first session from now on get it; connections already served keep theirs.
+    pub fn set_env(&self, env: ExecEnv) {
+        *self.env.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(env);
+    }
+
+    /// What sessions run with now.
+    pub fn env(&self) -> Arc<ExecEnv> {
+        self.env.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Default for DefaultSessions {
+    fn default() -> Self {
+        Self::new(ExecEnv::default())
+    }
+}
 
 impl SessionFactory for DefaultSessions {
     fn connection(&self, login: &Login<'_>) -> Box<dyn ConnectionSessions> {
+        let env = self.env();
         Box::new(ConnectionApp {
-            env: login.env.clone(),
+            sftp_handles: env.sftp_handles.connection(login.user),
+            env,
             ends: login.ends,
-            sftp_handles: login.env.sftp_handles.connection(login.user),
         })
     }
 }

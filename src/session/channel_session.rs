@@ -23,16 +23,17 @@ use sshvisor_actors::{
 };
 use tracing::debug;
 
-use crate::session::env::{ClientVars, Endpoints, ExecEnv, SftpService};
+use crate::session::env::{ClientVars, ExecEnv, SftpService};
 use crate::session::in_process::{self, InProcessRun, Serve};
 use crate::session::process::{Launch, Running};
 use crate::session::pty;
 use crate::session::sftp;
-use crate::session::signals::signal_named;
 use crate::session::stdin::{stdin_queue, StdinReceiver, StdinSender};
 use crate::ssh::activity::Activity;
 use crate::ssh::after_goodbye::AfterGoodbye;
 use crate::ssh::held_channel::HeldChannel;
+use crate::ssh::sessions::Endpoints;
+use crate::ssh::signals::signal_named;
 
 /// How long the last messages of a session (exit status, EOF, CLOSE) may wait for room in the
 /// connection's send queue before they are given up.
@@ -139,7 +140,10 @@ impl SessionLink for ChannelSession {
         self.vars.set(&self.env, name, value)
     }
 
-    fn resize(&mut self, cols: u32, rows: u32, pix_width: u32, pix_height: u32) {
+    fn resize(&mut self, cols: u32, rows: u32, pix_width: u32, pix_height: u32) -> (u32, u32) {
+        // As the client sent it: clamped here to what a terminal takes.
+        let cols = cols.clamp(1, pty::MAX_DIMENSION);
+        let rows = rows.clamp(1, pty::MAX_DIMENSION);
         if let Some(master) = self.running.as_ref().and_then(|r| r.master.as_ref()) {
             // While the client may still type, the handler queues its window changes with its
             // data (`StdinSink::resize`), in order; after its EOF they come only this way.
@@ -147,9 +151,10 @@ impl SessionLink for ChannelSession {
                 master.resize(cols, rows, pix_width, pix_height);
             }
         } else if let Some(pty) = self.pty.as_mut() {
-            pty.cols = cols.clamp(1, pty::MAX_DIMENSION);
-            pty.rows = rows.clamp(1, pty::MAX_DIMENSION);
+            pty.cols = cols;
+            pty.rows = rows;
         }
+        (cols, rows)
     }
 
     fn signal(&mut self, name: &str) -> Result<(), String> {

@@ -23,9 +23,9 @@ use tracing::warn;
 use crate::session::channel_session::GOODBYE_TIMEOUT;
 use crate::session::group::Group;
 use crate::session::pty;
-use crate::session::signals::sig_of;
 use crate::session::stdin::{feed_stdin, Stdin, StdinReceiver};
 use crate::ssh::activity::Activity;
+use crate::ssh::signals::sig_of;
 
 /// After a terminal session's shell exits, how long its remaining output may take to drain
 /// (background jobs may hold the terminal open forever).

@@ -1,7 +1,6 @@
 //! What sessions run with: the user, shells, `PATH`, the accepted client variables (and their
-//! limits), the in-process services, the containment; and the two ends of the connection.
+//! limits), the in-process services, the containment.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -126,15 +125,6 @@ impl ExecEnv {
             || name.starts_with("LC_")
             || self.accept_env.iter().any(|n| n == name)
     }
-}
-
-/// The two ends of the connection a session runs on (for `SSH_CONNECTION`, `SSH_CLIENT`).
-#[derive(Debug, Clone, Copy)]
-pub struct Endpoints {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The server's address the client reached.
-    pub local: SocketAddr,
 }
 
 /// The variables a client set on one session, within the limits above.

@@ -22,12 +22,13 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
 use crate::session::driver::{Driver, DriverControl, Outputs};
-use crate::session::env::{ClientVars, Endpoints, ExecEnv, SftpService};
+use crate::session::env::{ClientVars, ExecEnv, SftpService};
 use crate::session::group::Group;
 use crate::session::procs;
 use crate::session::pty;
 use crate::session::stdin::{stdin_queue, Stdin, StdinReceiver};
 use crate::ssh::activity::Activity;
+use crate::ssh::sessions::Endpoints;
 
 /// What a session's process is started from.
 pub(crate) struct Launch<'a> {

@@ -11,11 +11,10 @@ use russh::ChannelId;
 use sshvisor_actors::link::StdinSink;
 use sshvisor_actors::{SessionLink, SessionMsg};
 
-use crate::session::app::{Endpoints, ExecEnv};
-use crate::session::factory::{ConnectionSessions, Login, SessionChannel, SessionFactory};
 use crate::ssh::activity::Activity;
 use crate::ssh::after_goodbye::AfterGoodbye;
 use crate::ssh::held_channel::HeldChannel;
+use crate::ssh::sessions::{ConnectionSessions, Endpoints, Login, SessionChannel, SessionFactory};
 
 /// One session channel.
 pub(crate) struct Channel {
@@ -51,7 +50,6 @@ pub(crate) struct Opening {
 pub(crate) struct SessionChannels {
     /// Who makes the connection's session applications, and with what.
     factory: Arc<dyn SessionFactory>,
-    env: Arc<ExecEnv>,
     ends: Endpoints,
     /// This connection's session applications, made at its first session.
     apps: Option<Box<dyn ConnectionSessions>>,
@@ -66,14 +64,12 @@ impl SessionChannels {
     /// No channel yet; sessions will be made by `factory`.
     pub(crate) fn new(
         factory: Arc<dyn SessionFactory>,
-        env: Arc<ExecEnv>,
         ends: Endpoints,
         activity: Arc<Activity>,
         after_goodbye: Arc<AfterGoodbye>,
     ) -> Self {
         Self {
             factory,
-            env,
             ends,
             apps: None,
             activity,
@@ -123,7 +119,6 @@ impl SessionChannels {
             self.factory.connection(&Login {
                 user,
                 ends: self.ends,
-                env: &self.env,
             })
         });
         let activity = self.activity.child();

@@ -24,10 +24,10 @@ use sshvisor_actors::link::StdinRefusal;
 use sshvisor_actors::{ConnectionMsg, EndScope, PtySpec, SessionMsg, SessionRequest, StartRefusal};
 use tracing::{debug, info};
 
-use crate::session::app::{is_env_name, sig_name, MAX_ENV_NAME};
 use crate::ssh::auth::Authenticator;
 use crate::ssh::channels::{SessionChannels, Stdin};
 use crate::ssh::keys::fingerprint;
+use crate::ssh::signals::sig_name;
 use crate::ssh::stream::CutSwitch;
 
 /// Errors that end a connection from inside a callback.
@@ -337,14 +337,8 @@ impl russh::server::Handler for SshHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.drain(channel);
-        if !is_env_name(name) {
-            // Refused here: a name that long is neither copied to the session nor logged.
-            info!(
-                name_bytes = name.len(),
-                "environment variable refused: not a variable name ([A-Za-z_][A-Za-z0-9_]*, at most {MAX_ENV_NAME} bytes)"
-            );
-            return self.answer(channel, false, session);
-        }
+        // Which names a session takes is its link's business (the default one refuses what is
+        // not a variable name, see `session::env`).
         let (name, value) = (name.to_string(), value.to_string());
         let ok = Box::pin(self.ask(channel, |reply| SessionMsg::Env { name, value, reply })).await;
         self.answer(channel, ok, session)
@@ -363,11 +357,10 @@ impl russh::server::Handler for SshHandler {
         let Some(c) = self.sessions.get(channel) else {
             return Ok(());
         };
-        let cols = cols.clamp(1, crate::session::pty::MAX_DIMENSION);
-        let rows = rows.clamp(1, crate::session::pty::MAX_DIMENSION);
-        // The terminal gets it through the stdin queue, in order with what the client types
-        // (through the actor it could come after the next command read the size); the actor
-        // only keeps the size for listings (and applies it once the client sent its EOF).
+        // As the client sent it: the link clamps it to what its terminal takes. The terminal
+        // gets it through the stdin queue, in order with what the client types (through the
+        // actor it could come after the next command read the size); the actor only keeps the
+        // size the link used for listings (and applies it once the client sent its EOF).
         if let Stdin::Sink(stdin) = &c.stdin {
             stdin.resize(cols, rows, pix_width, pix_height);
         }

@@ -26,14 +26,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-use crate::session::app::{DefaultSessions, Endpoints, ExecEnv};
-use crate::session::factory::SessionFactory;
 use crate::ssh::activity::Activity;
 use crate::ssh::after_goodbye::AfterGoodbye;
 use crate::ssh::auth::Authenticator;
 use crate::ssh::channels::SessionChannels;
 use crate::ssh::handler::{HandlerError, SshHandler};
 use crate::ssh::link::RusshConnectionLink;
+use crate::ssh::sessions::{Endpoints, SessionFactory};
 use crate::ssh::stream::{CutSwitch, CuttableStream};
 
 /// What the SSH side of the server needs.
@@ -45,14 +44,14 @@ pub struct SshOptions {
     /// Who may log in: an authorized_keys set (`Arc::new(AuthorizedKeys::read_file(..)?)`) or
     /// an embedding program's own [`Authenticator`].
     pub auth: Arc<dyn Authenticator>,
-    /// What sessions run with.
-    pub env: ExecEnv,
     /// Keepalive probe interval (none: never) and how many may go unanswered.
     pub keepalive: (Option<Duration>, usize),
-    /// What serves session channels: an embedding program's own [`SessionFactory`], or `None`
-    /// for the default application ([`DefaultSessions`]: processes, in-process commands and
-    /// sftp, as `env` says). Kept across [`SshListener::update`].
-    pub sessions: Option<Arc<dyn SessionFactory>>,
+    /// What serves session channels: an embedding program's own [`SessionFactory`], or the
+    /// default application (`Arc::new(DefaultSessions::new(env))`, see
+    /// `session::app::DefaultSessions`: processes, in-process commands and sftp, as its
+    /// `ExecEnv` says). Kept across [`SshListener::update`]: what it serves with is its own
+    /// business (the daemon's reload gives its `DefaultSessions` the new `ExecEnv`).
+    pub sessions: Arc<dyn SessionFactory>,
 }
 
 /// The russh configuration sshvisor runs with.
@@ -94,12 +93,9 @@ impl SshListener {
             live: RwLock::new(Live {
                 config: Arc::new(russh_config(options.host_key.clone(), options.keepalive)),
                 auth: options.auth,
-                env: Arc::new(options.env),
             }),
             host_key: options.host_key,
-            sessions: options
-                .sessions
-                .unwrap_or_else(|| Arc::new(DefaultSessions)),
+            sessions: options.sessions,
             tree,
             refusing: Arc::new(AtomicUsize::new(0)),
         });
@@ -114,18 +110,12 @@ impl SshListener {
         })
     }
 
-    /// Replaces who may log in, what sessions run with and the keepalive, for connections
-    /// accepted from now on (a configuration reload). Live connections keep what they have.
-    pub fn update(
-        &self,
-        auth: Arc<dyn Authenticator>,
-        env: ExecEnv,
-        keepalive: (Option<Duration>, usize),
-    ) {
+    /// Replaces who may log in and the keepalive, for connections accepted from now on (a
+    /// configuration reload). Live connections keep what they have.
+    pub fn update(&self, auth: Arc<dyn Authenticator>, keepalive: (Option<Duration>, usize)) {
         let live = Live {
             config: Arc::new(russh_config(self.shared.host_key.clone(), keepalive)),
             auth,
-            env: Arc::new(env),
         };
         *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = live;
     }
@@ -159,7 +149,6 @@ struct Shared {
 struct Live {
     config: Arc<Config>,
     auth: Arc<dyn Authenticator>,
-    env: Arc<ExecEnv>,
 }
 
 async fn accept_loop(
@@ -233,13 +222,7 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
         peer,
         local: socket.local_addr().unwrap_or(peer),
     };
-    let sessions = SessionChannels::new(
-        shared.sessions.clone(),
-        live.env.clone(),
-        ends,
-        activity,
-        after_goodbye,
-    );
+    let sessions = SessionChannels::new(shared.sessions.clone(), ends, activity, after_goodbye);
     let handler = SshHandler::new(conn.clone(), live.auth.clone(), switch.clone(), sessions);
     let stream = CuttableStream::new(socket, switch.clone());
     // This task lives as long as the connection: the handshake's future is boxed so that only

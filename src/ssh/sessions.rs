@@ -5,16 +5,16 @@
 //! channel, for the connection's [`ConnectionSessions`], and asks that for the [`SessionLink`]
 //! of each session channel. The link then belongs to the session's actor, which drives it; the
 //! handler keeps only the link's stdin sink ([`SessionLink::stdin`]), the fast way in for the
-//! client's bytes. The default factory, [`DefaultSessions`](crate::session::app::DefaultSessions),
-//! serves processes, in-process commands and sftp as [`ExecEnv`] says.
+//! client's bytes. The default factory, `session::app::DefaultSessions`, serves processes,
+//! in-process commands and sftp as its `ExecEnv` says (the binding never imports `session`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use russh::server::Handle;
 use russh::ChannelId;
 use sshvisor_actors::SessionLink;
 
-use crate::session::env::{Endpoints, ExecEnv};
 use crate::ssh::activity::Activity;
 use crate::ssh::after_goodbye::AfterGoodbye;
 use crate::ssh::held_channel::HeldChannel;
@@ -33,9 +33,15 @@ pub struct Login<'a> {
     pub user: &'a str,
     /// The connection's two ends.
     pub ends: Endpoints,
-    /// What sessions run with, as configured when the connection was accepted (a reload
-    /// changes it for the connections accepted after it).
-    pub env: &'a Arc<ExecEnv>,
+}
+
+/// The two ends of the connection a session runs on (for `SSH_CONNECTION`, `SSH_CLIENT`).
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoints {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The server's address the client reached.
+    pub local: SocketAddr,
 }
 
 /// Opens the sessions of one connection.
