@@ -250,7 +250,6 @@ impl Daemon {
             sftp_handles: sftp_handles.clone(),
             generated,
             containment: containment.clone(),
-            sessions: sessions.clone(),
         });
         let control = match ControlServer::bind(&ctl_path, tree.clone(), running.clone()).await {
             Ok(control) => control,
@@ -365,8 +364,6 @@ struct Running {
     containment: Containment,
     /// The server's sftp handle budgets; a reload changes their limits, not their counts.
     sftp_handles: Arc<HandleBudgets>,
-    /// The listener's session application; a reload gives it the new `ExecEnv`.
-    sessions: Arc<DefaultSessions>,
 }
 
 impl Running {
@@ -425,10 +422,11 @@ impl Running {
         if let Err(e) = self.tree.set_policy(policy).await {
             return Err(format!("the supervisor did not take the new policy: {e}"));
         }
-        self.sessions
-            .set_env(new.exec_env(&self.containment, &self.sftp_handles));
+        let sessions = Arc::new(DefaultSessions::new(
+            new.exec_env(&self.containment, &self.sftp_handles),
+        ));
         if let Some(listener) = self.listener.lock().await.as_ref() {
-            listener.update(Arc::new(authorized), new.keepalive());
+            listener.update(Arc::new(authorized), sessions, new.keepalive());
         }
         self.sftp_handles.set_limits(sftp_limits);
         *self

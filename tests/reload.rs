@@ -311,3 +311,21 @@ async fn reload_reads_a_new_authorized_keys_file_for_new_logins() {
     );
     assert!(login(second).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_leaves_connections_accepted_before_it_with_the_sessions_settings_they_had() {
+    let served = Served::start("session_path = \"/opt/before:/bin:/usr/bin\"\n").await;
+    // Logged in before the reload, its first session opened after it.
+    let held = served.login("kim").await.expect("login");
+    served.write_config("session_path = \"/opt/after:/bin:/usr/bin\"\n");
+    let out = served.ctl(&["reload"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let path_of = |client: Client| async move {
+        let mut channel = client.handle.channel_open_session().await.unwrap();
+        channel.exec(true, "echo $PATH").await.unwrap();
+        text(&drain(&mut channel).await.stdout)
+    };
+    assert_eq!(path_of(held).await, "/opt/before:/bin:/usr/bin\n");
+    let fresh = served.login("kim").await.expect("login after the reload");
+    assert_eq!(path_of(fresh).await, "/opt/after:/bin:/usr/bin\n");
+}

@@ -7,7 +7,7 @@
 //! the server), `stdin` (the stdin queue and its limit), and the binding's `signals` and
 //! [`Endpoints`].
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use sshvisor_actors::SessionLink;
 
@@ -24,32 +24,24 @@ pub use crate::ssh::signals::sig_name;
 use crate::session::sftp::ConnectionHandles;
 use crate::ssh::sessions::{ConnectionSessions, Login, SessionChannel, SessionFactory};
 
-/// The default application's factory: every session a [`ChannelSession`], run as the
-/// [`ExecEnv`] it holds when the session's connection opens its first session.
+/// The default application's factory: every session a [`ChannelSession`], run as its
+/// [`ExecEnv`] says. A reload gives the listener a new factory with the new settings: each
+/// connection keeps the one in force when it was accepted.
 #[derive(Debug)]
 pub struct DefaultSessions {
-    /// What sessions run with; replaced whole by a reload ([`set_env`](Self::set_env)), while
-    /// the connections already served keep the one they took.
-    env: RwLock<Arc<ExecEnv>>,
+    /// What sessions run with.
+    env: Arc<ExecEnv>,
 }
 
 impl DefaultSessions {
     /// The default application, its sessions run as `env` says.
     pub fn new(env: ExecEnv) -> Self {
-        Self {
-            env: RwLock::new(Arc::new(env)),
-        }
+        Self { env: Arc::new(env) }
     }
 
-    /// What sessions run with from now on (a configuration reload): connections opening their
-    /// first session from now on get it; connections already served keep theirs.
-    pub fn set_env(&self, env: ExecEnv) {
-        *self.env.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(env);
-    }
-
-    /// What sessions run with now.
-    pub fn env(&self) -> Arc<ExecEnv> {
-        self.env.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// What sessions run with.
+    pub fn env(&self) -> &Arc<ExecEnv> {
+        &self.env
     }
 }
 
@@ -61,7 +53,7 @@ impl Default for DefaultSessions {
 
 impl SessionFactory for DefaultSessions {
     fn connection(&self, login: &Login<'_>) -> Box<dyn ConnectionSessions> {
-        let env = self.env();
+        let env = self.env.clone();
         Box::new(ConnectionApp {
             sftp_handles: env.sftp_handles.connection(login.user),
             env,

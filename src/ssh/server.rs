@@ -93,9 +93,9 @@ impl SshListener {
             live: RwLock::new(Live {
                 config: Arc::new(russh_config(options.host_key.clone(), options.keepalive)),
                 auth: options.auth,
+                sessions: options.sessions,
             }),
             host_key: options.host_key,
-            sessions: options.sessions,
             tree,
             refusing: Arc::new(AtomicUsize::new(0)),
         });
@@ -110,12 +110,18 @@ impl SshListener {
         })
     }
 
-    /// Replaces who may log in and the keepalive, for connections accepted from now on (a
-    /// configuration reload). Live connections keep what they have.
-    pub fn update(&self, auth: Arc<dyn Authenticator>, keepalive: (Option<Duration>, usize)) {
+    /// Replaces who may log in, what serves their sessions and the keepalive, for connections
+    /// accepted from now on (a configuration reload). Live connections keep what they have.
+    pub fn update(
+        &self,
+        auth: Arc<dyn Authenticator>,
+        sessions: Arc<dyn SessionFactory>,
+        keepalive: (Option<Duration>, usize),
+    ) {
         let live = Live {
             config: Arc::new(russh_config(self.shared.host_key.clone(), keepalive)),
             auth,
+            sessions,
         };
         *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = live;
     }
@@ -137,8 +143,6 @@ struct Shared {
     /// What new connections get; swapped by a reload.
     live: RwLock<Live>,
     host_key: PrivateKey,
-    /// What serves session channels (not changed by a reload).
-    sessions: Arc<dyn SessionFactory>,
     /// The tree connections are admitted into.
     tree: SupervisorHandle,
     /// Refusals in progress (see [`MAX_REFUSING`]).
@@ -149,6 +153,8 @@ struct Shared {
 struct Live {
     config: Arc<Config>,
     auth: Arc<dyn Authenticator>,
+    /// What serves session channels: a connection keeps the one in force when it was accepted.
+    sessions: Arc<dyn SessionFactory>,
 }
 
 async fn accept_loop(
@@ -222,7 +228,7 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
         peer,
         local: socket.local_addr().unwrap_or(peer),
     };
-    let sessions = SessionChannels::new(shared.sessions.clone(), ends, activity, after_goodbye);
+    let sessions = SessionChannels::new(live.sessions.clone(), ends, activity, after_goodbye);
     let handler = SshHandler::new(conn.clone(), live.auth.clone(), switch.clone(), sessions);
     let stream = CuttableStream::new(socket, switch.clone());
     // This task lives as long as the connection: the handshake's future is boxed so that only
