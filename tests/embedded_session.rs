@@ -183,9 +183,11 @@ async fn shouting_server(limit: usize, sink: bool) -> (SshListener, tempfile::Te
     (listener, dir)
 }
 
-#[tokio::test]
-async fn an_embedders_own_session_application_is_served_with_the_clients_input() {
-    let (listener, dir) = shouting_server(1024, true).await;
+/// Runs `greet` on a `Shouting` server (stdin limit `limit`, with or without its own sink) as
+/// "ann", sends `input` in the given pieces (then EOF when `eof`), and returns what the client
+/// got once the session ended.
+async fn shout(limit: usize, sink: bool, input: &[&[u8]], eof: bool) -> common::ExecResult {
+    let (listener, dir) = shouting_server(limit, sink).await;
     let client = russh_connect(
         listener.local_addr().port(),
         &dir.path().join("client"),
@@ -196,12 +198,20 @@ async fn an_embedders_own_session_application_is_served_with_the_clients_input()
     assert!(client.authenticated);
     let mut channel = client.handle.channel_open_session().await.expect("open");
     channel.exec(true, "greet").await.expect("exec");
-    channel.data(&b"hello "[..]).await.expect("data");
-    channel.data(&b"there"[..]).await.expect("data");
-    channel.eof().await.expect("eof");
-    let result = tokio::time::timeout(WAIT, drain(&mut channel))
+    for piece in input {
+        channel.data(*piece).await.expect("data");
+    }
+    if eof {
+        channel.eof().await.expect("eof");
+    }
+    tokio::time::timeout(WAIT, drain(&mut channel))
         .await
-        .expect("the session ends");
+        .expect("the session ends")
+}
+
+#[tokio::test]
+async fn an_embedders_own_session_application_is_served_with_the_clients_input() {
+    let result = shout(1024, true, &[b"hello ", b"there"], true).await;
     assert_eq!(
         text(&result.stdout),
         "ann ran \"greet\" and typed HELLO THERE"
@@ -211,23 +221,7 @@ async fn an_embedders_own_session_application_is_served_with_the_clients_input()
 
 #[tokio::test]
 async fn an_embedders_stdin_sink_ends_its_session_with_its_own_reason() {
-    let (listener, dir) = shouting_server(8, true).await;
-    let client = russh_connect(
-        listener.local_addr().port(),
-        &dir.path().join("client"),
-        "ann",
-    )
-    .await
-    .expect("connect");
-    let mut channel = client.handle.channel_open_session().await.expect("open");
-    channel.exec(true, "greet").await.expect("exec");
-    channel
-        .data(&b"far more than eight bytes"[..])
-        .await
-        .expect("data");
-    let result = tokio::time::timeout(WAIT, drain(&mut channel))
-        .await
-        .expect("the session ends");
+    let result = shout(8, true, &[b"far more than eight bytes"], false).await;
     assert_eq!(
         text(&result.stderr),
         "sshvisor: session ended: that is enough shouting\r\n"
@@ -238,22 +232,7 @@ async fn an_embedders_stdin_sink_ends_its_session_with_its_own_reason() {
 
 #[tokio::test]
 async fn an_application_without_a_stdin_sink_gets_the_clients_input_through_data() {
-    let (listener, dir) = shouting_server(1024, false).await;
-    let client = russh_connect(
-        listener.local_addr().port(),
-        &dir.path().join("client"),
-        "ann",
-    )
-    .await
-    .expect("connect");
-    let mut channel = client.handle.channel_open_session().await.expect("open");
-    channel.exec(true, "greet").await.expect("exec");
-    channel.data(&b"hello "[..]).await.expect("data");
-    channel.data(&b"there"[..]).await.expect("data");
-    channel.eof().await.expect("eof");
-    let result = tokio::time::timeout(WAIT, drain(&mut channel))
-        .await
-        .expect("the session ends");
+    let result = shout(1024, false, &[b"hello ", b"there"], true).await;
     assert_eq!(
         text(&result.stdout),
         "ann ran \"greet\" and typed HELLO THERE"
