@@ -6,6 +6,7 @@
 //! - `handler`: the russh `Handler`, a thin adapter from callbacks to actor messages.
 //! - `auth`: who may log in (`Authenticator`, implemented by `AuthorizedKeys`).
 //! - `keys`: host key, generated client key, authorized_keys (OpenSSH formats).
+//! - `revoked`: revoked keys and certificates (`revoked_keys`: a KRL or a plain key list).
 //! - `sessions`: what the binding offers a session application: the `SessionFactory` an
 //!   embedding program implements to serve its own (`session::app::DefaultSessions` by
 //!   default), `Login`, `SessionChannel`, `Endpoints`.
@@ -29,6 +30,7 @@ pub mod handler;
 pub mod held_channel;
 pub mod keys;
 pub mod link;
+pub mod revoked;
 pub mod server;
 pub mod sessions;
 pub(crate) mod signals;

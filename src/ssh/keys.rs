@@ -39,6 +39,14 @@ pub enum KeyError {
         /// What went wrong.
         message: String,
     },
+    /// The revoked keys file could not be used.
+    #[error("cannot read revoked keys from {path}: {message}")]
+    Revoked {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// Generating a key failed.
     #[error("cannot generate a key: {0}")]
     Generate(russh::keys::ssh_key::Error),
