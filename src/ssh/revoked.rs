@@ -358,7 +358,7 @@ mod tests {
         /// A new ed25519 key `name` (and `name.pub`).
         fn key(&self, name: &str) -> PublicKey {
             self.keygen(&["-q", "-t", "ed25519", "-N", "", "-C", name, "-f", name]);
-            PublicKey::read_openssh_file(&self.path(&format!("{name}.pub"))).unwrap()
+            PublicKey::read_openssh_file(self.path(&format!("{name}.pub"))).unwrap()
         }
 
         /// A certificate for `name.pub` signed by `ca`, with this serial and key ID.
