@@ -445,4 +445,32 @@ max_sftp_handles_per_user = 4096
         let e = parse("listen = [1, 2\n").unwrap_err();
         assert!(e.contains("line 1"), "{e}");
     }
+
+    #[test]
+    fn an_algorithm_list_that_cannot_be_used_is_refused_with_the_file_and_its_line() {
+        let e = parse("listen = \"127.0.0.1:2222\"\n\nciphers = \"+aes256-ctr,blowfish-cbc\"\n")
+            .unwrap_err();
+        assert!(
+            e.starts_with("test.toml:3: ciphers: \"blowfish-cbc\" is not a cipher")
+                && e.contains("supported: chacha20-poly1305@openssh.com,"),
+            "{e}"
+        );
+        let e = parse("kex_algorithms = \"-*\"\n").unwrap_err();
+        assert!(
+            e.starts_with("test.toml:1: kex_algorithms:") && e.contains("leaves no"),
+            "{e}"
+        );
+        let e = parse(
+            "macs = \"hmac-sha2-256-etm@openssh.com\"\nhost_key_algorithms = \"rsa-sha2-512\"\n",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("test.toml:2: host_key_algorithms:"), "{e}");
+        let e = parse("kex_algorithms = \"none\"\n").unwrap_err();
+        assert!(e.contains("\"none\" is refused"), "{e}");
+        let c =
+            parse("kex_algorithms = \"^curve25519-sha256\"\nmacs = \"-hmac-sha2-512*\"\n").unwrap();
+        let a = c.algorithms(SERVE_HOST_KEYS).unwrap();
+        assert_eq!(a.names(Kind::Kex)[0], "curve25519-sha256");
+        assert_eq!(a.names(Kind::Mac), ["hmac-sha2-256-etm@openssh.com"]);
+    }
 }
