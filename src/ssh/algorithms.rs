@@ -657,6 +657,21 @@ mod tests {
             resolve(Kind::HostKey, "-rsa-sha2-256", &rsa).unwrap(),
             ["ssh-ed25519", "rsa-sha2-512"]
         );
+        // A listener whose lists no host key can serve is refused.
+        let ed25519 = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        assert!(Algorithms::default()
+            .check_host_keys(std::slice::from_ref(&ed25519))
+            .is_ok());
+        let rsa_only = Algorithms::default()
+            .with(Kind::HostKey, "rsa-sha2-512", &rsa)
+            .unwrap();
+        let e = rsa_only
+            .check_host_keys(std::slice::from_ref(&ed25519))
+            .unwrap_err();
+        assert_eq!(
+            e.message,
+            "none of rsa-sha2-512 fits the host key (ssh-ed25519)"
+        );
         assert_eq!(
             Algorithms::default()
                 .with(Kind::HostKey, "+ssh-rsa", &rsa)

@@ -54,7 +54,9 @@ pub struct SshOptions {
     /// business (the daemon's reload gives its `DefaultSessions` the new `ExecEnv`).
     pub sessions: Arc<dyn SessionFactory>,
     /// The algorithms offered: `Algorithms::default()` is the hardened policy (see
-    /// [`Algorithms`] to change a list in OpenSSH's syntax).
+    /// [`Algorithms`] to change a list in OpenSSH's syntax). Its host-key algorithms are
+    /// ed25519 and RSA: a program with an ECDSA host key adds its curve's
+    /// (`.with(Kind::HostKey, "+ecdsa-sha2-nistp256", ..)`), or [`SshListener::bind`] refuses.
     pub algorithms: Algorithms,
 }
 
