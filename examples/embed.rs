@@ -17,6 +17,7 @@ use russh::client;
 use russh::keys::PrivateKeyWithHashAlg;
 use sshvisor::actors::{Event, SupervisorArgs, SupervisorHandle, Target};
 use sshvisor::session::app::{DefaultSessions, ExecEnv};
+use sshvisor::ssh::algorithms::Algorithms;
 use sshvisor::ssh::keys::{load_or_create_key, AuthorizedKeys};
 use sshvisor::ssh::server::{SshListener, SshOptions};
 use tokio::sync::oneshot;
@@ -60,6 +61,8 @@ impl Actor for Host {
                 keepalive: (Some(Duration::from_secs(15)), 3),
                 // The default application: processes, in-process commands, sftp.
                 sessions: Arc::new(DefaultSessions::new(ExecEnv::default())),
+                // The hardened algorithm policy (`Algorithms::with` changes a list).
+                algorithms: Algorithms::default(),
             },
             sshvisor.clone(),
         )

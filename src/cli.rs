@@ -32,7 +32,13 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Cmd::Serve(args) => serve::serve(args.options().map_err(anyhow::Error::msg)?).await,
+            Cmd::Serve(args) => {
+                let options = args.options().map_err(anyhow::Error::msg)?;
+                if args.print_algorithms {
+                    return serve::print_algorithms(&options);
+                }
+                serve::serve(options).await
+            }
             Cmd::Ctl { state_dir, command } => ctl::run(state_dir, command).await,
         }
     });

@@ -161,6 +161,12 @@ pub enum DaemonError {
     /// The process containment asked for is not available here.
     #[error("cannot contain session processes: {0}")]
     Containment(String),
+    /// An algorithm list cannot be used (with the host key held).
+    #[error("{}: {error}", error.kind)]
+    Algorithms {
+        /// The list at fault and why.
+        error: crate::ssh::algorithms::AlgorithmError,
+    },
 }
 
 /// A running server: supervisor, SSH listener and control socket.
@@ -194,6 +200,11 @@ impl Daemon {
         if created {
             info!(path = %dir.join("host_ed25519").display(), "generated the host key");
         }
+        let host_keys = vec![host_key.algorithm()];
+        let algorithms = options
+            .config
+            .algorithms(&host_keys)
+            .map_err(|error| DaemonError::Algorithms { error })?;
         let (authorized, client_key, generated) = match &options.config.authorized_keys {
             Some(path) => (AuthorizedKeys::read_file(path)?, None, None),
             None => {
@@ -250,6 +261,7 @@ impl Daemon {
             sftp_handles: sftp_handles.clone(),
             generated,
             containment: containment.clone(),
+            host_keys,
         });
         let control = match ControlServer::bind(&ctl_path, tree.clone(), running.clone()).await {
             Ok(control) => control,
@@ -268,6 +280,7 @@ impl Daemon {
                 auth: Arc::new(authorized),
                 keepalive: options.keepalive(),
                 sessions,
+                algorithms,
             },
             tree,
         )
@@ -364,6 +377,8 @@ struct Running {
     containment: Containment,
     /// The server's sftp handle budgets; a reload changes their limits, not their counts.
     sftp_handles: Arc<HandleBudgets>,
+    /// The algorithms of the host key held: which host-key algorithms a reload may name.
+    host_keys: Vec<russh::keys::Algorithm>,
 }
 
 impl Running {
@@ -398,6 +413,10 @@ impl Running {
                 return Err("authorized_keys cannot be removed by a reload (nobody could log in); restart the server to generate a client key".into())
             }
         };
+        let algorithms = new
+            .config
+            .algorithms(&self.host_keys)
+            .map_err(|e| format!("{}: {e}", e.kind))?;
         let mut changes = changes(&applied.config, &new.config);
         let mut kept = Vec::new();
         if new.config.listen != applied.config.listen {
@@ -426,7 +445,10 @@ impl Running {
             new.exec_env(&self.containment, &self.sftp_handles),
         ));
         if let Some(listener) = self.listener.lock().await.as_ref() {
-            listener.update(Arc::new(authorized), sessions, new.keepalive());
+            // Resolved against the host key above: `update` cannot refuse them.
+            listener
+                .update(Arc::new(authorized), sessions, new.keepalive(), &algorithms)
+                .map_err(|e| format!("{}: {e}", e.kind))?;
         }
         self.sftp_handles.set_limits(sftp_limits);
         *self
@@ -505,6 +527,10 @@ fn changes(old: &Config, new: &Config) -> Vec<String> {
         format!("{:?}", old.sftp_server),
         format!("{:?}", new.sftp_server),
     );
+    for kind in crate::ssh::algorithms::Kind::ALL {
+        let list = |config: &Config| config.algorithm_list(kind).unwrap_or("default").to_string();
+        field(kind.key(), list(old), list(new));
+    }
     field(
         "timeouts.kill_grace",
         off(Some(t0.kill_grace)),

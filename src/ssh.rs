@@ -3,6 +3,8 @@
 //!
 //! - `server`: the listener and accept loop (`SshListener`, `SshOptions`); one task per
 //!   connection driving `russh::server::run_stream`.
+//! - `algorithms`: which algorithms are offered (`Algorithms`): the hardened defaults and
+//!   OpenSSH's list syntax to change them.
 //! - `handler`: the russh `Handler`, a thin adapter from callbacks to actor messages.
 //! - `auth`: who may log in (`Authenticator`, implemented by `AuthorizedKeys`).
 //! - `keys`: host key, generated client key, authorized_keys (OpenSSH formats).
@@ -23,6 +25,7 @@
 
 pub mod activity;
 pub mod after_goodbye;
+pub mod algorithms;
 pub mod auth;
 pub(crate) mod channels;
 pub mod counted;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use russh::server::Handle;
 use russh::ChannelId;
+use sshvisor::ssh::algorithms::Algorithms;
 use sshvisor::ssh::keys::{load_or_create_key, AuthorizedKeys};
 use sshvisor::ssh::server::{SshListener, SshOptions};
 use sshvisor::ssh::sessions::{ConnectionSessions, Login, SessionChannel, SessionFactory};
@@ -175,6 +176,7 @@ async fn shouting_server(limit: usize, sink: bool) -> (SshListener, tempfile::Te
             auth: Arc::new(AuthorizedKeys::from_keys([client_key.public_key().clone()])),
             keepalive: (None, 3),
             sessions: Arc::new(Shouting { limit, sink }),
+            algorithms: Algorithms::default(),
         },
         tree,
     )

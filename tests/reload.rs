@@ -329,3 +329,61 @@ async fn a_reload_leaves_connections_accepted_before_it_with_the_sessions_settin
     let fresh = served.login("kim").await.expect("login after the reload");
     assert_eq!(path_of(fresh).await, "/opt/after:/bin:/usr/bin\n");
 }
+
+/// `ssh -o KexAlgorithms=KEX` with the served key: whether `echo ok` ran.
+async fn ssh_with_kex(served: &Served, kex: &str) -> bool {
+    let out = Command::new("ssh")
+        .args(["-F", "/dev/null", "-i"])
+        .arg(served.key())
+        .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "ConnectTimeout=10", "-o"])
+        .arg(format!("KexAlgorithms={kex}"))
+        .args(["-p", &served.port.to_string(), "kim@127.0.0.1", "echo ok"])
+        .stdin(Stdio::null())
+        .output();
+    let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
+    out.status.success() && text(&out.stdout) == "ok\n"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_algorithms_for_new_connections_and_a_bad_list_is_refused_whole() {
+    let served = Served::start("").await;
+    assert!(ssh_with_kex(&served, "curve25519-sha256").await);
+    assert!(!ssh_with_kex(&served, "diffie-hellman-group14-sha256").await);
+    let held = served.login("kim").await.expect("login");
+
+    served.write_config("kex_algorithms = \"+diffie-hellman-group14-sha256\"\n");
+    let out = served.ctl(&["reload"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("kex_algorithms: default -> +diffie-hellman-group14-sha256"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(ssh_with_kex(&served, "diffie-hellman-group14-sha256").await);
+
+    // A bad list, with another change beside it: refused with the file and the line, and
+    // nothing of that file applies.
+    served.write_config(
+        "kex_algorithms = \"curve25519-sha256\"\nciphers = \"-aes*,chacha20*\"\n[timeouts]\nkill_grace = \"9s\"\n",
+    );
+    let out = served.ctl(&["reload"]).await;
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("sshvisor.toml:2: ciphers:") && said.contains("leaves no cipher"),
+        "{said}"
+    );
+    // The old lists stay in force and the server serves on.
+    assert!(ssh_with_kex(&served, "diffie-hellman-group14-sha256").await);
+    assert!(ssh_with_kex(&served, "curve25519-sha256@libssh.org").await);
+    let mut channel = held.handle.channel_open_session().await.unwrap();
+    channel.exec(true, "echo kept").await.unwrap();
+    assert_eq!(text(&drain(&mut channel).await.stdout), "kept\n");
+}

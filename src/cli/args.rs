@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use sshvisor::daemon::config::{Config, DEFAULT_STATE_DIR};
+use sshvisor::daemon::config::{Config, DEFAULT_STATE_DIR, SERVE_HOST_KEYS};
 use sshvisor::daemon::{ConfigSource, DaemonOptions};
+use sshvisor::ssh::algorithms::Kind;
 
 /// An SSH server in which every connection and session is a supervised actor.
 #[derive(Parser)]
@@ -137,6 +138,24 @@ pub(crate) struct ServeArgs {
     /// for root].
     #[arg(long, value_name = "PATH")]
     session_path: Option<String>,
+    /// Key exchange algorithms, in OpenSSH's list syntax: `a,b` replaces the default, `+a`
+    /// appends, `-a*` removes, `^a` puts first (docs/OPERATIONS.md). Replaces the file's
+    /// `kex_algorithms`.
+    #[arg(long, value_name = "LIST", allow_hyphen_values = true)]
+    kex_algorithms: Option<String>,
+    /// Ciphers, in the same syntax; replaces the file's `ciphers`.
+    #[arg(long, value_name = "LIST", allow_hyphen_values = true)]
+    ciphers: Option<String>,
+    /// MACs, in the same syntax; replaces the file's `macs`.
+    #[arg(long, value_name = "LIST", allow_hyphen_values = true)]
+    macs: Option<String>,
+    /// Host-key algorithms, in the same syntax; replaces the file's `host_key_algorithms`.
+    #[arg(long, value_name = "LIST", allow_hyphen_values = true)]
+    host_key_algorithms: Option<String>,
+    /// Print the algorithms offered (after the configuration file and the flags) and exit,
+    /// without starting anything.
+    #[arg(long)]
+    pub(crate) print_algorithms: bool,
 }
 
 impl ServeArgs {
@@ -169,6 +188,26 @@ impl ServeArgs {
         }
         if let Some(path) = &self.session_path {
             config.session_path = Some(path.clone());
+        }
+        for (kind, flag) in [
+            (Kind::Kex, &self.kex_algorithms),
+            (Kind::Cipher, &self.ciphers),
+            (Kind::Mac, &self.macs),
+            (Kind::HostKey, &self.host_key_algorithms),
+        ] {
+            let Some(list) = flag else { continue };
+            let set = match kind {
+                Kind::Kex => &mut config.kex_algorithms,
+                Kind::Cipher => &mut config.ciphers,
+                Kind::Mac => &mut config.macs,
+                Kind::HostKey => &mut config.host_key_algorithms,
+            };
+            *set = Some(list.clone());
+            // The file's lists were checked as it was read: a flag's is checked here, so that
+            // the error names the flag.
+            config
+                .algorithms(SERVE_HOST_KEYS)
+                .map_err(|e| format!("{}: {e}", e.kind.flag()))?;
         }
         let mut options = DaemonOptions::from(config);
         options.reload_from = Some(ConfigSource(Arc::new(move || flags.options())));

@@ -1,11 +1,44 @@
 //! `sshvisor serve`: logging, the open files limit, the daemon, and its signals (SIGHUP
-//! reloads; SIGINT or SIGTERM drains and exits; a second one exits at once).
+//! reloads; SIGINT or SIGTERM drains and exits; a second one exits at once). And
+//! `serve --print-algorithms`, which prints what would be offered and starts nothing.
 
 use std::process::ExitCode;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use sshvisor::daemon::config::SERVE_HOST_KEYS;
 use sshvisor::daemon::{Daemon, DaemonOptions};
+use sshvisor::ssh::algorithms::{Kind, COMPRESSION};
+
+/// `serve --print-algorithms`: the lists offered with these options (the configuration file
+/// and the flags applied), one section per kind, most preferred first.
+pub(crate) fn print_algorithms(options: &DaemonOptions) -> anyhow::Result<ExitCode> {
+    let algorithms = options
+        .config
+        .algorithms(SERVE_HOST_KEYS)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", e.kind))?;
+    let mut out = String::new();
+    for kind in Kind::ALL {
+        let names = match kind {
+            Kind::HostKey => algorithms.offered_host_keys(SERVE_HOST_KEYS),
+            _ => algorithms.names(kind).to_vec(),
+        };
+        out.push_str(&format!("{}:\n", kind.key()));
+        for name in names {
+            out.push_str(&format!("  {name}\n"));
+        }
+    }
+    out.push_str("compression:\n");
+    for name in COMPRESSION {
+        out.push_str(&format!("  {name}\n"));
+    }
+    out.push_str(
+        "(also in the key exchange list, always: ext-info-s, kex-strict-s-v00@openssh.com; \
+         zlib@openssh.com starts after authentication)\n",
+    );
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
 
 pub(crate) async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()

@@ -4,18 +4,30 @@
 //! string (`"30s"`, `"10m"`, `"1h 30m"`) or `"off"`. A bad file (unknown key, wrong type,
 //! unparsable duration, negative limit) is refused with the file, the line and what was
 //! expected. docs/OPERATIONS.md documents every field.
+//!
+//! The algorithm lists (`kex_algorithms`, `ciphers`, `macs`, `host_key_algorithms`) are checked
+//! when the file is read, against what russh supports and the host key `serve` holds (one
+//! ed25519 key): a list that cannot be used is refused with `file:line` (see
+//! `ssh::algorithms`).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use russh::keys::Algorithm;
 use serde::{Deserialize, Deserializer};
+
+use crate::ssh::algorithms::{AlgorithmError, Algorithms, Kind};
 
 /// The default listen address (`listen`, `serve --listen`).
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2222));
 
 /// The default state directory (`state_dir`, `--state-dir`), relative to the working directory.
 pub const DEFAULT_STATE_DIR: &str = ".sshvisor";
+
+/// The algorithms of the host key `sshvisor serve` holds (it generates an ed25519 key): the
+/// host-key algorithms a configuration may name.
+pub const SERVE_HOST_KEYS: &[Algorithm] = &[Algorithm::Ed25519];
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -36,6 +48,15 @@ pub struct Config {
     pub containment: crate::session::containment::ContainmentChoice,
     /// `PATH` for sessions; none: the system's directories, as sshd gives them.
     pub session_path: Option<String>,
+    /// Key exchange algorithms offered, in OpenSSH's list syntax (`a,b` replaces the default,
+    /// `+a` appends, `-a` removes, `^a` puts first); none: the hardened default.
+    pub kex_algorithms: Option<String>,
+    /// Ciphers offered (the same syntax); none: the hardened default.
+    pub ciphers: Option<String>,
+    /// MACs offered (the same syntax); none: the hardened default.
+    pub macs: Option<String>,
+    /// Host-key algorithms offered (the same syntax); none: the hardened default.
+    pub host_key_algorithms: Option<String>,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Limits.
@@ -52,6 +73,10 @@ impl Default for Config {
             sftp_server: None,
             containment: Default::default(),
             session_path: None,
+            kex_algorithms: None,
+            ciphers: None,
+            macs: None,
+            host_key_algorithms: None,
             timeouts: Timeouts::default(),
             limits: Limits::default(),
         }
@@ -220,6 +245,26 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
         .map_err(|e| serde::de::Error::custom(format!("{e}, or \"off\"")))
 }
 
+/// Where the algorithm lists are in a file, to name the line of a bad one.
+#[derive(Deserialize)]
+struct AlgorithmSpans {
+    kex_algorithms: Option<toml::Spanned<String>>,
+    ciphers: Option<toml::Spanned<String>>,
+    macs: Option<toml::Spanned<String>>,
+    host_key_algorithms: Option<toml::Spanned<String>>,
+}
+
+impl AlgorithmSpans {
+    fn get(&self, kind: Kind) -> Option<&toml::Spanned<String>> {
+        match kind {
+            Kind::Kex => self.kex_algorithms.as_ref(),
+            Kind::Cipher => self.ciphers.as_ref(),
+            Kind::Mac => self.macs.as_ref(),
+            Kind::HostKey => self.host_key_algorithms.as_ref(),
+        }
+    }
+}
+
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -230,6 +275,16 @@ pub enum ConfigError {
         path: PathBuf,
         /// What went wrong.
         source: std::io::Error,
+    },
+    /// A value at a known line cannot be used.
+    #[error("{path}:{line}: {message}")]
+    AtLine {
+        /// The file.
+        path: PathBuf,
+        /// The line (from 1).
+        line: usize,
+        /// The key and what is wrong with its value.
+        message: String,
     },
     /// The file is not a valid configuration.
     #[error("{path}: {message}")]
@@ -259,10 +314,48 @@ impl Timeouts {
 impl Config {
     /// Parses a configuration text; `path` is only used in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        let invalid = |e: toml::de::Error| ConfigError::Invalid {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().replace('\n', "\n  "),
-        })
+        };
+        let config: Self = toml::from_str(text).map_err(invalid)?;
+        if let Err(e) = config.algorithms(SERVE_HOST_KEYS) {
+            // Read again for where the list is: the error names its line.
+            let spans: AlgorithmSpans = toml::from_str(text).map_err(invalid)?;
+            let line = spans
+                .get(e.kind)
+                .and_then(|span| text.get(..span.span().start))
+                .map(|before| before.matches('\n').count() + 1)
+                .unwrap_or(1);
+            return Err(ConfigError::AtLine {
+                path: path.to_path_buf(),
+                line,
+                message: format!("{}: {e}", e.kind),
+            });
+        }
+        Ok(config)
+    }
+
+    /// The algorithms these settings offer, for a server holding host keys of the algorithms
+    /// `held` (`serve`'s: [`SERVE_HOST_KEYS`]); the error names the list at fault.
+    pub fn algorithms(&self, held: &[Algorithm]) -> Result<Algorithms, AlgorithmError> {
+        let mut algorithms = Algorithms::default();
+        for kind in Kind::ALL {
+            if let Some(spec) = self.algorithm_list(kind) {
+                algorithms = algorithms.with(kind, spec, held)?;
+            }
+        }
+        Ok(algorithms)
+    }
+
+    /// The `kind` list as written, if set.
+    pub fn algorithm_list(&self, kind: Kind) -> Option<&str> {
+        match kind {
+            Kind::Kex => self.kex_algorithms.as_deref(),
+            Kind::Cipher => self.ciphers.as_deref(),
+            Kind::Mac => self.macs.as_deref(),
+            Kind::HostKey => self.host_key_algorithms.as_deref(),
+        }
     }
 
     /// Reads and parses a configuration file.
@@ -351,5 +444,33 @@ max_sftp_handles_per_user = 4096
         assert!(e.contains("from 0 to 128, got -8"), "{e}");
         let e = parse("listen = [1, 2\n").unwrap_err();
         assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn an_algorithm_list_that_cannot_be_used_is_refused_with_the_file_and_its_line() {
+        let e = parse("listen = \"127.0.0.1:2222\"\n\nciphers = \"+aes256-ctr,blowfish-cbc\"\n")
+            .unwrap_err();
+        assert!(
+            e.starts_with("test.toml:3: ciphers: \"blowfish-cbc\" is not a cipher")
+                && e.contains("supported: chacha20-poly1305@openssh.com,"),
+            "{e}"
+        );
+        let e = parse("kex_algorithms = \"-*\"\n").unwrap_err();
+        assert!(
+            e.starts_with("test.toml:1: kex_algorithms:") && e.contains("leaves no"),
+            "{e}"
+        );
+        let e = parse(
+            "macs = \"hmac-sha2-256-etm@openssh.com\"\nhost_key_algorithms = \"rsa-sha2-512\"\n",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("test.toml:2: host_key_algorithms:"), "{e}");
+        let e = parse("kex_algorithms = \"none\"\n").unwrap_err();
+        assert!(e.contains("\"none\" is refused"), "{e}");
+        let c =
+            parse("kex_algorithms = \"^curve25519-sha256\"\nmacs = \"-hmac-sha2-512*\"\n").unwrap();
+        let a = c.algorithms(SERVE_HOST_KEYS).unwrap();
+        assert_eq!(a.names(Kind::Kex)[0], "curve25519-sha256");
+        assert_eq!(a.names(Kind::Mac), ["hmac-sha2-256-etm@openssh.com"]);
     }
 }

@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::ssh::activity::Activity;
 use crate::ssh::after_goodbye::AfterGoodbye;
+use crate::ssh::algorithms::Algorithms;
 use crate::ssh::auth::Authenticator;
 use crate::ssh::channels::SessionChannels;
 use crate::ssh::handler::{HandlerError, SshHandler};
@@ -52,10 +53,19 @@ pub struct SshOptions {
     /// `ExecEnv` says). Kept across [`SshListener::update`]: what it serves with is its own
     /// business (the daemon's reload gives its `DefaultSessions` the new `ExecEnv`).
     pub sessions: Arc<dyn SessionFactory>,
+    /// The algorithms offered: `Algorithms::default()` is the hardened policy (see
+    /// [`Algorithms`] to change a list in OpenSSH's syntax). Its host-key algorithms are
+    /// ed25519 and RSA: a program with an ECDSA host key adds its curve's
+    /// (`.with(Kind::HostKey, "+ecdsa-sha2-nistp256", ..)`), or [`SshListener::bind`] refuses.
+    pub algorithms: Algorithms,
 }
 
 /// The russh configuration sshvisor runs with.
-pub fn russh_config(host_key: PrivateKey, keepalive: (Option<Duration>, usize)) -> Config {
+pub fn russh_config(
+    host_key: PrivateKey,
+    keepalive: (Option<Duration>, usize),
+    algorithms: &Algorithms,
+) -> Config {
     Config {
         server_id: russh::SshId::Standard(
             concat!("SSH-2.0-sshvisor_", env!("CARGO_PKG_VERSION")).into(),
@@ -72,6 +82,7 @@ pub fn russh_config(host_key: PrivateKey, keepalive: (Option<Duration>, usize)) 
         keepalive_interval: keepalive.0,
         keepalive_max: keepalive.1,
         nodelay: true,
+        preferred: algorithms.preferred(),
         ..Default::default()
     }
 }
@@ -85,13 +96,22 @@ pub struct SshListener {
 }
 
 impl SshListener {
-    /// Binds `options.listen` and starts accepting connections into `tree`.
+    /// Binds `options.listen` and starts accepting connections into `tree`. Fails with
+    /// `InvalidInput` when no host-key algorithm offered fits the host key.
     pub async fn bind(options: SshOptions, tree: SupervisorHandle) -> io::Result<Self> {
+        options
+            .algorithms
+            .check_host_keys(std::slice::from_ref(&options.host_key))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: {e}", e.kind)))?;
         let listener = TcpListener::bind(options.listen).await?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             live: RwLock::new(Live {
-                config: Arc::new(russh_config(options.host_key.clone(), options.keepalive)),
+                config: Arc::new(russh_config(
+                    options.host_key.clone(),
+                    options.keepalive,
+                    &options.algorithms,
+                )),
                 auth: options.auth,
                 sessions: options.sessions,
             }),
@@ -110,20 +130,30 @@ impl SshListener {
         })
     }
 
-    /// Replaces who may log in, what serves their sessions and the keepalive, for connections
-    /// accepted from now on (a configuration reload). Live connections keep what they have.
+    /// Replaces who may log in, what serves their sessions, the keepalive and the algorithms
+    /// offered, for connections accepted from now on (a configuration reload). Live
+    /// connections keep what they have. `algorithms` must fit the host key
+    /// ([`Algorithms::check_host_keys`]); if they do not, nothing changes and the error says
+    /// why.
     pub fn update(
         &self,
         auth: Arc<dyn Authenticator>,
         sessions: Arc<dyn SessionFactory>,
         keepalive: (Option<Duration>, usize),
-    ) {
+        algorithms: &Algorithms,
+    ) -> Result<(), crate::ssh::algorithms::AlgorithmError> {
+        algorithms.check_host_keys(std::slice::from_ref(&self.shared.host_key))?;
         let live = Live {
-            config: Arc::new(russh_config(self.shared.host_key.clone(), keepalive)),
+            config: Arc::new(russh_config(
+                self.shared.host_key.clone(),
+                keepalive,
+                algorithms,
+            )),
             auth,
             sessions,
         };
         *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = live;
+        Ok(())
     }
 
     /// The address actually bound.
