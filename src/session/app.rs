@@ -22,6 +22,7 @@ pub use crate::ssh::sessions::Endpoints;
 pub use crate::ssh::signals::sig_name;
 
 use crate::session::sftp::ConnectionHandles;
+use crate::ssh::restrictions::Restrictions;
 use crate::ssh::sessions::{ConnectionSessions, Login, SessionChannel, SessionFactory};
 
 /// The default application's factory: every session a [`ChannelSession`], run as its
@@ -58,6 +59,7 @@ impl SessionFactory for DefaultSessions {
             sftp_handles: env.sftp_handles.connection(login.user),
             env,
             ends: login.ends,
+            restrictions: Arc::new(login.restrictions.clone()),
         })
     }
 }
@@ -68,6 +70,8 @@ struct ConnectionApp {
     ends: Endpoints,
     /// This connection's share of the sftp handle budgets.
     sftp_handles: ConnectionHandles,
+    /// What the login may do: every session applies it.
+    restrictions: Arc<Restrictions>,
 }
 
 impl ConnectionSessions for ConnectionApp {
@@ -80,6 +84,7 @@ impl ConnectionSessions for ConnectionApp {
             channel.activity,
             channel.after_goodbye,
             self.sftp_handles.clone(),
-        ))
+        )
+        .with_restrictions(self.restrictions.clone()))
     }
 }

@@ -1,6 +1,7 @@
 //! The russh `Handler`: a thin adapter that turns russh callbacks into actor messages.
 //!
-//! It decides nothing. Logins are the [`Authenticator`]'s to accept; the connection's life and
+//! It decides nothing. Logins are the [`Authenticator`]'s to accept (a refused one, whose key
+//! the client proved it holds, ends the connection with a DISCONNECT that says why); the connection's life and
 //! every session request are the actors'; which application serves a session is the listener's
 //! `SessionFactory`'s (see `channels`); what a session's stdin can take is its `StdinSink`'s.
 //! The actors answer without waiting on the network, so a callback never stalls russh's session
@@ -14,19 +15,24 @@
 //! wakes tokio's driver to re-arm it (a write to its eventfd, and a parked worker woken), and a
 //! login waited on four of them (admission, the login's verdict, the session's open and start).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ractor::{ActorRef, RpcReplyPort};
+use russh::keys::ssh_key::Certificate;
 use russh::keys::PublicKey;
-use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::server::{
+    Auth, ChannelOpenHandle, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
 use russh::{ChannelId, ChannelOpenFailure, Disconnect};
 use sshvisor_actors::link::StdinRefusal;
-use sshvisor_actors::{ConnectionMsg, EndScope, PtySpec, SessionMsg, SessionRequest, StartRefusal};
+use sshvisor_actors::{
+    ConnectionMsg, Credential, EndScope, PtySpec, SessionMsg, SessionRequest, StartRefusal,
+};
 use tracing::{debug, info};
 
-use crate::ssh::auth::Authenticator;
+use crate::ssh::auth::{Authenticator, Verdict};
+use crate::ssh::certs;
 use crate::ssh::channels::{SessionChannels, Stdin};
-use crate::ssh::keys::fingerprint;
 use crate::ssh::signals::sig_name;
 use crate::ssh::stream::CutSwitch;
 
@@ -54,8 +60,13 @@ pub struct SshHandler {
     auth: Arc<dyn Authenticator>,
     /// The connection's cut: ends any wait for an actor.
     switch: Arc<CutSwitch>,
+    /// The connection, once the client's banner is in: a refused login's DISCONNECT goes
+    /// through it.
+    handle: Arc<OnceLock<Handle>>,
     /// The user, once authenticated.
     user: Option<String>,
+    /// The key or certificate the user logged in with, once authenticated.
+    credential: Option<Credential>,
     /// The session channels, and the application that opens them.
     sessions: SessionChannels,
 }
@@ -66,13 +77,16 @@ impl SshHandler {
         conn: ActorRef<ConnectionMsg>,
         auth: Arc<dyn Authenticator>,
         switch: Arc<CutSwitch>,
+        handle: Arc<OnceLock<Handle>>,
         sessions: SessionChannels,
     ) -> Self {
         Self {
             conn,
             auth,
             switch,
+            handle,
             user: None,
+            credential: None,
             sessions,
         }
     }
@@ -101,6 +115,44 @@ impl SshHandler {
         }
     }
 
+    /// Carries out the verdict on a login whose key the client proved it holds.
+    fn decide(&mut self, user: &str, verdict: Verdict, credential: Credential) -> Auth {
+        match verdict {
+            Verdict::Accept(restrictions) => {
+                info!(user, key = %credential.key_fingerprint, certificate = ?credential.certificate, ?restrictions, "login accepted");
+                self.user = Some(user.to_string());
+                self.sessions
+                    .logged_in(restrictions, Some(credential.clone()));
+                self.credential = Some(credential);
+                Auth::Accept
+            }
+            Verdict::Reject => {
+                debug!(user, key = %credential.key_fingerprint, "login rejected: key not known");
+                Auth::reject()
+            }
+            Verdict::Refuse(reason) => {
+                let peer = self.sessions.ends().peer;
+                info!(user, %peer, key = %credential.key_fingerprint, certificate = ?credential.certificate, reason = %reason, "login refused");
+                self.goodbye(format!("login refused: {reason}"));
+                Auth::reject()
+            }
+        }
+    }
+
+    /// Ends the connection with a DISCONNECT that says `reason` (OpenSSH prints it), from a
+    /// task: russh reads it once the callback has returned.
+    fn goodbye(&self, reason: String) {
+        let Some(handle) = self.handle.get().cloned() else {
+            self.switch.cut();
+            return;
+        };
+        tokio::spawn(async move {
+            let _ = handle
+                .disconnect(Disconnect::ByApplication, reason, "en".into())
+                .await;
+        });
+    }
+
     /// Reports the login and waits for the verdict: a login over a limit (`max_per_user`) is
     /// refused here, with the limit's text, before the client can open a channel (the
     /// connection is killed with the same reason, which then finds it gone).
@@ -114,6 +166,7 @@ impl SshHandler {
                 user,
                 method: "publickey".into(),
                 client_version: Some(client_version),
+                credential: self.credential.clone(),
                 verdict: Some(verdict),
             })
             .await
@@ -254,12 +307,21 @@ impl russh::server::Handler for SshHandler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let auth = self.check(user, key.public_key);
-        if auth == Auth::Accept {
-            info!(user, key = %fingerprint(key.public_key), "public key accepted");
-            self.user = Some(user.to_string());
-        }
-        Ok(auth)
+        let peer = self.sessions.ends().peer.ip();
+        let verdict = self.auth.login(user, key.public_key, peer);
+        let credential = certs::key_credential(key.public_key.key_data());
+        Ok(self.decide(user, verdict, credential))
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let peer = self.sessions.ends().peer.ip();
+        let verdict = self.auth.certificate(user, certificate, peer);
+        let credential = certs::certificate_credential(certificate);
+        Ok(self.decide(user, verdict, credential))
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
