@@ -15,14 +15,12 @@
 //! wakes tokio's driver to re-arm it (a write to its eventfd, and a parked worker woken), and a
 //! login waited on four of them (admission, the login's verdict, the session's open and start).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use ractor::{ActorRef, RpcReplyPort};
 use russh::keys::ssh_key::Certificate;
 use russh::keys::PublicKey;
-use russh::server::{
-    Auth, ChannelOpenHandle, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
-};
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{ChannelId, ChannelOpenFailure, Disconnect};
 use sshvisor_actors::link::StdinRefusal;
 use sshvisor_actors::{
@@ -60,13 +58,13 @@ pub struct SshHandler {
     auth: Arc<dyn Authenticator>,
     /// The connection's cut: ends any wait for an actor.
     switch: Arc<CutSwitch>,
-    /// The connection, once the client's banner is in: a refused login's DISCONNECT goes
-    /// through it.
-    handle: Arc<OnceLock<Handle>>,
     /// The user, once authenticated.
     user: Option<String>,
     /// The key or certificate the user logged in with, once authenticated.
     credential: Option<Credential>,
+    /// Why a login whose key the client proved it holds was refused: said in the DISCONNECT
+    /// that ends the connection (see [`SshHandler::decide`]).
+    refused: Option<String>,
     /// The session channels, and the application that opens them.
     sessions: SessionChannels,
 }
@@ -77,16 +75,15 @@ impl SshHandler {
         conn: ActorRef<ConnectionMsg>,
         auth: Arc<dyn Authenticator>,
         switch: Arc<CutSwitch>,
-        handle: Arc<OnceLock<Handle>>,
         sessions: SessionChannels,
     ) -> Self {
         Self {
             conn,
             auth,
             switch,
-            handle,
             user: None,
             credential: None,
+            refused: None,
             sessions,
         }
     }
@@ -116,6 +113,13 @@ impl SshHandler {
     }
 
     /// Carries out the verdict on a login whose key the client proved it holds.
+    ///
+    /// A refusal must reach the person: an authentication failure cannot carry a text, and
+    /// OpenSSH gives up at a failure when it has no other key, before it would read a
+    /// DISCONNECT sent after it. So a refused login is let past authentication only to be
+    /// ended at once, in `auth_succeeded`, with a DISCONNECT that says why: russh calls that
+    /// right after, while handling the same request, so nothing the client sends next is read
+    /// (and the tree never hears of the login). A max_per_user refusal goes the same way.
     fn decide(&mut self, user: &str, verdict: Verdict, credential: Credential) -> Auth {
         match verdict {
             Verdict::Accept(restrictions) => {
@@ -133,24 +137,10 @@ impl SshHandler {
             Verdict::Refuse(reason) => {
                 let peer = self.sessions.ends().peer;
                 info!(user, %peer, key = %credential.key_fingerprint, certificate = ?credential.certificate, reason = %reason, "login refused");
-                self.goodbye(format!("login refused: {reason}"));
-                Auth::reject()
+                self.refused = Some(reason);
+                Auth::Accept
             }
         }
-    }
-
-    /// Ends the connection with a DISCONNECT that says `reason` (OpenSSH prints it), from a
-    /// task: russh reads it once the callback has returned.
-    fn goodbye(&self, reason: String) {
-        let Some(handle) = self.handle.get().cloned() else {
-            self.switch.cut();
-            return;
-        };
-        tokio::spawn(async move {
-            let _ = handle
-                .disconnect(Disconnect::ByApplication, reason, "en".into())
-                .await;
-        });
     }
 
     /// Reports the login and waits for the verdict: a login over a limit (`max_per_user`) is
@@ -259,6 +249,12 @@ impl SshHandler {
         session: &mut Session,
     ) -> Result<(), HandlerError> {
         let id = channel.id();
+        if self.refused.is_some() || self.user.is_none() {
+            // Not reached (a refused login is disconnected before russh reads on): a refused
+            // login never gets a session.
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return Ok(());
+        }
         let user = self.user.as_deref().unwrap_or_default();
         let (link, opening) = self.sessions.opening(user, session.handle(), channel);
         let answer = self
@@ -325,6 +321,12 @@ impl russh::server::Handler for SshHandler {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(reason) = &self.refused {
+            // Sent before russh reads another packet: the client can do nothing more.
+            let text = format!("login refused: {reason}");
+            session.disconnect(Disconnect::ByApplication, &text, "en")?;
+            return Ok(());
+        }
         Box::pin(self.authenticated(session)).await
     }
 

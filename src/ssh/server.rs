@@ -229,13 +229,7 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
         local: socket.local_addr().unwrap_or(peer),
     };
     let sessions = SessionChannels::new(live.sessions.clone(), ends, activity, after_goodbye);
-    let handler = SshHandler::new(
-        conn.clone(),
-        live.auth.clone(),
-        switch.clone(),
-        handle_cell.clone(),
-        sessions,
-    );
+    let handler = SshHandler::new(conn.clone(), live.auth.clone(), switch.clone(), sessions);
     let stream = CuttableStream::new(socket, switch.clone());
     // This task lives as long as the connection: the handshake's future is boxed so that only
     // what waits for the end stays in it. No span of its own either (the connection actor has
