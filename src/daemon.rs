@@ -198,7 +198,11 @@ impl Daemon {
             info!(path = %dir.join("host_ed25519").display(), "generated the host key");
         }
         let (authorized, client_key, generated) = match &options.config.authorized_keys {
-            Some(path) => (key_authority(&options.config, AuthorizedKeys::read_file(path)?)?, None, None),
+            Some(path) => (
+                key_authority(&options.config, AuthorizedKeys::read_file(path)?)?,
+                None,
+                None,
+            ),
             None => {
                 let path = dir.join("client_ed25519");
                 let (key, _) = load_or_create_key(&path, "sshvisor generated client key")?;

@@ -97,7 +97,12 @@ fn ssh(server: &TestServer, key: &Path, user: &str) -> Command {
     cmd.args(["-F", "/dev/null", "-i"])
         .arg(key)
         .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
-        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
         .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"])
         .arg("-p")
         .arg(server.port().to_string())
@@ -158,8 +163,16 @@ async fn authorized_keys_options_are_honoured_and_a_bad_line_refuses_only_itself
     let kit = Kit::new();
     let [plain, from_ok, from_bad, forced, restricted, restrict_pty, no_pty, expired, unknown, env] =
         [
-            "plain", "from_ok", "from_bad", "forced", "restricted", "restrict_pty", "no_pty",
-            "expired", "unknown", "env",
+            "plain",
+            "from_ok",
+            "from_bad",
+            "forced",
+            "restricted",
+            "restrict_pty",
+            "no_pty",
+            "expired",
+            "unknown",
+            "env",
         ]
         .map(|n| kit.key(n));
     let keys = kit.file(
@@ -186,7 +199,25 @@ async fn authorized_keys_options_are_honoured_and_a_bad_line_refuses_only_itself
     assert_eq!(out.stdout, "from ok\n", "{}", out.stderr);
 
     let out = exec(&server, &from_bad, "alice", "echo nope").await;
-    refused(&server, out, "this key may not log in from 127.0.0.1", &plain).await;
+    refused(
+        &server,
+        out,
+        "this key may not log in from 127.0.0.1",
+        &plain,
+    )
+    .await;
+    // With compression after login (ssh -C) too: the reason must not reach the client
+    // uncompressed ("invalid format").
+    let mut compressed = ssh(&server, &from_bad, "alice");
+    compressed.args(["-C", "echo nope"]);
+    let out = run(compressed).await;
+    refused(
+        &server,
+        out,
+        "this key may not log in from 127.0.0.1",
+        &plain,
+    )
+    .await;
 
     // The forced command runs instead of the client's, which it finds in SSH_ORIGINAL_COMMAND;
     // for a subsystem too (sftp), and for a shell (no original command).
@@ -207,13 +238,23 @@ async fn authorized_keys_options_are_honoured_and_a_bad_line_refuses_only_itself
         out.stderr
     );
     // OpenSSH treats a refused terminal it was told to want (-t) as fatal, as with sshd.
-    assert_eq!((out.code, out.stdout.as_str()), (Some(255), ""), "{}", out.stderr);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(255), ""),
+        "{}",
+        out.stderr
+    );
     let out = exec(&server, &restricted, "alice", "tty").await;
     assert_eq!(out.stdout, "not a tty\n", "{}", out.stderr);
     let mut tty = ssh(&server, &restrict_pty, "alice");
     tty.args(["-tt", "tty"]);
     let out = run(tty).await;
-    assert!(out.stdout.contains("/dev/pts/"), "{} {}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("/dev/pts/"),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
     let mut tty = ssh(&server, &no_pty, "alice");
     tty.args(["-tt", "tty"]);
     let out = run(tty).await;
@@ -229,17 +270,27 @@ async fn authorized_keys_options_are_honoured_and_a_bad_line_refuses_only_itself
     // The line with an unknown option is not read: its key is simply not authorized.
     let out = exec(&server, &unknown, "alice", "echo nope").await;
     assert_eq!(out.code, Some(255));
-    assert!(out.stderr.contains("Permission denied (publickey)"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Permission denied (publickey)"),
+        "{}",
+        out.stderr
+    );
     serves_on(&server, &plain).await;
 
     // environment= is ignored while permit_user_environment is off (the default).
     let out = exec(&server, &env, "alice", "echo \"${GREETING:-unset}\"").await;
     assert_eq!(out.stdout, "unset\n", "{}", out.stderr);
-    server.daemon.shutdown(Some(std::time::Duration::from_secs(5))).await;
+    server
+        .daemon
+        .shutdown(Some(std::time::Duration::from_secs(5)))
+        .await;
 
     let keys = kit.file(
         "authorized_keys_env",
-        &[format!("environment=\"GREETING=hello there\" {}", kit.public(&env))],
+        &[format!(
+            "environment=\"GREETING=hello there\" {}",
+            kit.public(&env)
+        )],
     );
     let server = self::server(|c| {
         c.authorized_keys = Some(keys);
@@ -273,7 +324,13 @@ async fn user_certificates_of_a_trusted_ca_log_in_within_what_they_permit() {
         "unknown_ca",
     ]
     .map(|n| kit.key(n));
-    kit.certify(&ca, &valid, "alice@corp", "alice,ops", &["-z", "42", "-V", "-5m:+1h"]);
+    kit.certify(
+        &ca,
+        &valid,
+        "alice@corp",
+        "alice,ops",
+        &["-z", "42", "-V", "-5m:+1h"],
+    );
     kit.certify(&ca, &expired, "old", "alice", &["-V", "20200101:20200102"]);
     kit.certify(&ca, &wrong_principal, "bob@corp", "bob", &[]);
     kit.certify(
@@ -288,7 +345,10 @@ async fn user_certificates_of_a_trusted_ca_log_in_within_what_they_permit() {
         &forced,
         "forced",
         "alice",
-        &["-O", "force-command=echo cert-forced: $SSH_ORIGINAL_COMMAND"],
+        &[
+            "-O",
+            "force-command=echo cert-forced: $SSH_ORIGINAL_COMMAND",
+        ],
     );
     kit.certify(&ca, &no_pty, "nopty", "alice", &["-O", "no-pty"]);
     let other_ca = kit.key("other_ca");
@@ -302,7 +362,10 @@ async fn user_certificates_of_a_trusted_ca_log_in_within_what_they_permit() {
     .await;
 
     // A valid certificate logs in; its key ID and serial are listed (ls --json).
-    let mut held = ssh(&server, &valid, "alice").arg("sleep 987401").spawn().unwrap();
+    let mut held = ssh(&server, &valid, "alice")
+        .arg("sleep 987401")
+        .spawn()
+        .unwrap();
     eventually("the certificate's connection is listed", || {
         processes_with_argv(&["sleep", "987401"]).len() == 1
     })
@@ -329,7 +392,11 @@ async fn user_certificates_of_a_trusted_ca_log_in_within_what_they_permit() {
     // Expired: russh refuses it before sshvisor is asked; the client is just denied.
     let out = exec(&server, &expired, "alice", "echo nope").await;
     assert_eq!(out.code, Some(255));
-    assert!(out.stderr.contains("Permission denied (publickey)"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Permission denied (publickey)"),
+        "{}",
+        out.stderr
+    );
     serves_on(&server, &plain).await;
 
     let out = exec(&server, &wrong_principal, "alice", "echo nope").await;
@@ -353,7 +420,11 @@ async fn user_certificates_of_a_trusted_ca_log_in_within_what_they_permit() {
     // A CA nobody trusts: not known here, so just denied.
     let out = exec(&server, &unknown_ca, "alice", "echo nope").await;
     assert_eq!(out.code, Some(255));
-    assert!(out.stderr.contains("Permission denied (publickey)"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Permission denied (publickey)"),
+        "{}",
+        out.stderr
+    );
 
     let out = exec(&server, &forced, "alice", "echo mine").await;
     assert_eq!(out.stdout, "cert-forced: echo mine\n", "{}", out.stderr);
@@ -369,7 +440,12 @@ async fn user_certificates_of_a_trusted_ca_log_in_within_what_they_permit() {
     let mut tty = ssh(&server, &valid, "alice");
     tty.args(["-tt", "tty"]);
     let out = run(tty).await;
-    assert!(out.stdout.contains("/dev/pts/"), "{} {}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("/dev/pts/"),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,8 +508,14 @@ async fn principals_files_and_cert_authority_lines_choose_who_a_certificate_may_
 async fn revoked_keys_and_certificates_are_refused_by_a_plain_list_and_by_a_krl() {
     let kit = Kit::new();
     let ca = kit.key("ca");
-    let [plain, revoked_plain, revoked_cert_key, by_serial, fine] =
-        ["plain", "revoked_plain", "revoked_cert_key", "by_serial", "fine"].map(|n| kit.key(n));
+    let [plain, revoked_plain, revoked_cert_key, by_serial, fine] = [
+        "plain",
+        "revoked_plain",
+        "revoked_cert_key",
+        "by_serial",
+        "fine",
+    ]
+    .map(|n| kit.key(n));
     kit.certify(&ca, &revoked_cert_key, "leaked", "alice", &["-z", "7"]);
     kit.certify(&ca, &by_serial, "serial-9", "alice", &["-z", "9"]);
     kit.certify(&ca, &fine, "fine", "alice", &["-z", "10"]);
@@ -458,7 +540,10 @@ async fn revoked_keys_and_certificates_are_refused_by_a_plain_list_and_by_a_krl(
     refused(&server, out, "this certificate is revoked", &plain).await;
     let out = exec(&server, &by_serial, "alice", "echo serial 9").await;
     assert_eq!(out.stdout, "serial 9\n", "{}", out.stderr);
-    server.daemon.shutdown(Some(std::time::Duration::from_secs(5))).await;
+    server
+        .daemon
+        .shutdown(Some(std::time::Duration::from_secs(5)))
+        .await;
 
     // A KRL revoking serial 9 of this CA (ssh-keygen -k -s ca.pub).
     let spec = kit.file("krl-spec", &["serial: 9".into()]);
@@ -507,11 +592,11 @@ async fn kill_by_key_fingerprint_cert_serial_or_key_id_ends_exactly_the_matching
         cmd.arg(format!("sleep {tag}"));
         cmd.spawn().unwrap()
     };
-    let mut leaked_1 = start(&leaked, "987501");
-    let mut leaked_2 = start(&leaked, "987502");
+    let leaked_1 = start(&leaked, "987501");
+    let leaked_2 = start(&leaked, "987502");
     let mut other_1 = start(&other, "987503");
-    let mut a = start(&cert_a, "987504");
-    let mut b = start(&cert_b, "987505");
+    let a = start(&cert_a, "987504");
+    let b = start(&cert_b, "987505");
     eventually("all five sessions run", || {
         (1..=5).all(|i| processes_with_argv(&["sleep", &format!("98750{i}")]).len() == 1)
     })
@@ -537,17 +622,35 @@ async fn kill_by_key_fingerprint_cert_serial_or_key_id_ends_exactly_the_matching
 
     let fp = kit.fingerprint(&leaked);
     let out = server
-        .ctl(&["kill", "--key-fingerprint", &fp, "--reason", "key leaked", "--json"])
+        .ctl(&[
+            "kill",
+            "--key-fingerprint",
+            &fp,
+            "--reason",
+            "key leaked",
+            "--json",
+        ])
         .output()
         .await
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).lines().count(), 2, "{}", text(&out.stdout));
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        2,
+        "{}",
+        text(&out.stdout)
+    );
     ends_with(leaked_1, "key leaked").await;
     ends_with(leaked_2, "key leaked").await;
 
     let out = server
-        .ctl(&["kill", "--cert-serial", "100", "--reason", "serial 100 revoked"])
+        .ctl(&[
+            "kill",
+            "--cert-serial",
+            "100",
+            "--reason",
+            "serial 100 revoked",
+        ])
         .output()
         .await
         .unwrap();
@@ -561,9 +664,19 @@ async fn kill_by_key_fingerprint_cert_serial_or_key_id_ends_exactly_the_matching
         .await
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("deploy-bot"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("deploy-bot"),
+        "{}",
+        text(&out.stdout)
+    );
     let out = server
-        .ctl(&["kill", "--cert-key-id", "deploy-bot", "--reason", "bot retired"])
+        .ctl(&[
+            "kill",
+            "--cert-key-id",
+            "deploy-bot",
+            "--reason",
+            "bot retired",
+        ])
         .output()
         .await
         .unwrap();

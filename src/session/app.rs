@@ -76,15 +76,17 @@ struct ConnectionApp {
 
 impl ConnectionSessions for ConnectionApp {
     fn open(&mut self, channel: SessionChannel) -> Box<dyn SessionLink> {
-        Box::new(ChannelSession::new(
-            channel.handle,
-            channel.channel,
-            self.env.clone(),
-            self.ends,
-            channel.activity,
-            channel.after_goodbye,
-            self.sftp_handles.clone(),
+        Box::new(
+            ChannelSession::new(
+                channel.handle,
+                channel.channel,
+                self.env.clone(),
+                self.ends,
+                channel.activity,
+                channel.after_goodbye,
+                self.sftp_handles.clone(),
+            )
+            .with_restrictions(self.restrictions.clone()),
         )
-        .with_restrictions(self.restrictions.clone()))
     }
 }

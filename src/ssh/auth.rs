@@ -145,7 +145,9 @@ impl KeyAuthority {
         let now = SystemTime::now();
         let line = match &self.principals {
             Some(files) => files.admit(user, cert, peer, now),
-            None => certs::check_principals(cert, user, &[user]).map(|()| Restrictions::unrestricted()),
+            None => {
+                certs::check_principals(cert, user, &[user]).map(|()| Restrictions::unrestricted())
+            }
         };
         match line {
             Ok(r) => Verdict::Accept(self.keys.with_environment(r)).and_certificate(cert, peer),

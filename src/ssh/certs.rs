@@ -179,9 +179,8 @@ pub fn certificate_restrictions(cert: &Certificate, peer: IpAddr) -> Result<Rest
         match name.as_str() {
             "force-command" => r.force_command = Some(value.clone()),
             "source-address" => {
-                let nets = AddressPatterns::parse(value).map_err(|e| {
-                    format!("the certificate's source-address cannot be read: {e}")
-                })?;
+                let nets = AddressPatterns::parse(value)
+                    .map_err(|e| format!("the certificate's source-address cannot be read: {e}"))?;
                 if !nets.admits(peer) {
                     return Err(format!(
                         "this certificate may not log in from {}",

@@ -167,6 +167,15 @@ impl SshHandler {
         Ok(())
     }
 
+    /// Ends a refused login's connection with a DISCONNECT that says why.
+    fn say_refused(&self, session: &mut Session) -> Result<(), HandlerError> {
+        if let Some(reason) = &self.refused {
+            let text = format!("login refused: {reason}");
+            session.disconnect(Disconnect::ByApplication, &text, "en")?;
+        }
+        Ok(())
+    }
+
     /// Empties `channel`'s russh queue: called on every callback that follows a message russh
     /// queued there, so the queue never fills up before the session starts.
     fn drain(&self, channel: ChannelId) {
@@ -250,9 +259,10 @@ impl SshHandler {
     ) -> Result<(), HandlerError> {
         let id = channel.id();
         if self.refused.is_some() || self.user.is_none() {
-            // Not reached (a refused login is disconnected before russh reads on): a refused
-            // login never gets a session.
+            // A refused login never gets a session: its DISCONNECT goes now if it was held
+            // back (see `may_compress_after_login`).
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            self.say_refused(session)?;
             return Ok(());
         }
         let user = self.user.as_deref().unwrap_or_default();
@@ -285,6 +295,21 @@ impl SshHandler {
         }
         Ok(())
     }
+}
+
+/// Whether the connection may have agreed on compression that starts after the login
+/// (`zlib@openssh.com`, what `ssh -C` asks for). russh begins compressing what it sends only
+/// once the client's next packet is in, so a DISCONNECT sent right after the login's success
+/// would reach OpenSSH uncompressed ("invalid format"). Then a refused login is told why at
+/// the client's next request (its session channel: what OpenSSH sends next); a client that
+/// sends none is ended by the login grace.
+fn may_compress_after_login(session: &Session) -> bool {
+    session
+        .config()
+        .preferred
+        .compression
+        .iter()
+        .any(|c| c.as_ref() == "zlib@openssh.com")
 }
 
 impl russh::server::Handler for SshHandler {
@@ -321,10 +346,10 @@ impl russh::server::Handler for SshHandler {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
-        if let Some(reason) = &self.refused {
-            // Sent before russh reads another packet: the client can do nothing more.
-            let text = format!("login refused: {reason}");
-            session.disconnect(Disconnect::ByApplication, &text, "en")?;
+        if self.refused.is_some() {
+            if !may_compress_after_login(session) {
+                self.say_refused(session)?;
+            }
             return Ok(());
         }
         Box::pin(self.authenticated(session)).await
@@ -528,8 +553,12 @@ impl russh::server::Handler for SshHandler {
         _originator_address: &str,
         _originator_port: u32,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.refused.is_some() {
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return self.say_refused(session);
+        }
         debug!("TCP forwarding is not served");
         reply
             .reject(ChannelOpenFailure::Other {

@@ -86,7 +86,8 @@ impl KeyOptions {
         match lower.as_str() {
             "restrict" => {
                 flag(&value)?;
-                let (command, environment) = (r.force_command.take(), std::mem::take(&mut r.environment));
+                let (command, environment) =
+                    (r.force_command.take(), std::mem::take(&mut r.environment));
                 *r = Restrictions::restricted();
                 r.force_command = command;
                 r.environment = environment;
@@ -272,8 +273,9 @@ fn parse_expiry(text: &str) -> Result<SystemTime, String> {
 
 /// The local zone's offset from UTC in seconds at `secs` (0 when it cannot be known).
 fn local_offset(secs: libc::time_t) -> i64 {
-    // SAFETY: localtime_r writes into the `tm` we own and reads only `secs`.
+    // SAFETY: `tm` is plain data (integers and a pointer), for which all zeroes is valid.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: localtime_r writes only into the `tm` we own and reads only `secs`.
     let done = unsafe { libc::localtime_r(&secs, &mut tm) };
     if done.is_null() {
         0

@@ -368,7 +368,10 @@ mod tests {
         let line = key.public_key().to_openssh().unwrap();
         fs::write(&file, format!("bogus-option {line}\n")).unwrap();
         let err = AuthorizedKeys::read_file(&file).unwrap_err().to_string();
-        assert!(err.contains("authorized_keys:1: the option bogus-option is not supported"), "{err}");
+        assert!(
+            err.contains("authorized_keys:1: the option bogus-option is not supported"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -379,16 +382,32 @@ mod tests {
         let a = alice.public_key().to_openssh().unwrap();
         let b = bob.public_key().to_openssh().unwrap();
         let file = dir.path().join("authorized_keys");
-        fs::write(&file, format!("no-such-option {a}\nfrom=\"10.0.0.1\",no-pty {b}\n")).unwrap();
+        fs::write(
+            &file,
+            format!("no-such-option {a}\nfrom=\"10.0.0.1\",no-pty {b}\n"),
+        )
+        .unwrap();
         let auth = AuthorizedKeys::read_file(&file).unwrap();
         assert_eq!(auth.len(), 1);
         assert!(!auth.allows(alice.public_key()));
         assert!(auth.allows(bob.public_key()));
         let now = SystemTime::now();
         let bob_key = bob.public_key().key_data();
-        assert!(matches!(auth.login(bob_key, "10.0.0.1".parse().unwrap(), now), Verdict::Accept(r) if !r.pty));
-        assert!(matches!(auth.login(bob_key, "10.0.0.2".parse().unwrap(), now), Verdict::Refuse(_)));
-        assert!(matches!(auth.login(alice.public_key().key_data(), "10.0.0.1".parse().unwrap(), now), Verdict::Reject));
+        assert!(
+            matches!(auth.login(bob_key, "10.0.0.1".parse().unwrap(), now), Verdict::Accept(r) if !r.pty)
+        );
+        assert!(matches!(
+            auth.login(bob_key, "10.0.0.2".parse().unwrap(), now),
+            Verdict::Refuse(_)
+        ));
+        assert!(matches!(
+            auth.login(
+                alice.public_key().key_data(),
+                "10.0.0.1".parse().unwrap(),
+                now
+            ),
+            Verdict::Reject
+        ));
     }
 
     #[test]
@@ -404,17 +423,29 @@ mod tests {
         .unwrap();
         let auth = AuthorizedKeys::read_file(&file).unwrap();
         let now = SystemTime::now();
-        let Verdict::Accept(r) = auth.login(key.public_key().key_data(), "10.1.1.1".parse().unwrap(), now) else {
+        let Verdict::Accept(r) = auth.login(
+            key.public_key().key_data(),
+            "10.1.1.1".parse().unwrap(),
+            now,
+        ) else {
             panic!("admitted by the first line")
         };
         assert_eq!(r.force_command, None);
-        let Verdict::Accept(r) = auth.login(key.public_key().key_data(), "127.0.0.1".parse().unwrap(), now) else {
+        let Verdict::Accept(r) = auth.login(
+            key.public_key().key_data(),
+            "127.0.0.1".parse().unwrap(),
+            now,
+        ) else {
             panic!("admitted by the second line")
         };
         assert_eq!(r.force_command.as_deref(), Some("date"));
         assert!(r.environment.is_empty(), "environment= is off by default");
         let auth = auth.with_user_environment(true);
-        let Verdict::Accept(r) = auth.login(key.public_key().key_data(), "127.0.0.1".parse().unwrap(), now) else {
+        let Verdict::Accept(r) = auth.login(
+            key.public_key().key_data(),
+            "127.0.0.1".parse().unwrap(),
+            now,
+        ) else {
             panic!("admitted by the second line")
         };
         assert_eq!(r.environment, vec![("A".to_string(), "1".to_string())]);

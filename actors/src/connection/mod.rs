@@ -315,7 +315,9 @@ impl ConnectionState {
         verdict: Option<RpcReplyPort<Result<(), String>>>,
     ) {
         match &credential {
-            Some(c) => info!(user = %user, method = %method, key = %c.key_fingerprint, "authenticated"),
+            Some(c) => {
+                info!(user = %user, method = %method, key = %c.key_fingerprint, "authenticated")
+            }
             None => info!(user = %user, method = %method, "authenticated"),
         }
         self.step(myself, Input::Authenticated);

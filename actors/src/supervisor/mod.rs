@@ -47,8 +47,8 @@ use crate::ids::{ConnId, PrefixMatch, SessionId, Target};
 use crate::link::ConnectionLink;
 use crate::notice::{ConnOutcome, ConnectionEnd, Notice, NoticeKind, Parent, SessionEnd};
 use crate::report::{
-    ConnState, ConnectionInfo, Credential, DisconnectCause, KillError, KillReport, PtyInfo, Refusal,
-    SessionExit, SessionInfo, SessionKind, TreeStats,
+    ConnState, ConnectionInfo, Credential, DisconnectCause, KillError, KillReport, PtyInfo,
+    Refusal, SessionExit, SessionInfo, SessionKind, TreeStats,
 };
 use crate::Policy;
 
