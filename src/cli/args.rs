@@ -78,8 +78,9 @@ pub(crate) enum CtlCmd {
         json: bool,
     },
     /// Kill connections or sessions (full IDs or unique prefixes), or every connection a filter
-    /// selects (--user, --peer, --older-than, --idle-over combine with AND; --all for every
-    /// connection); returns once they are gone. IDs and filters do not mix.
+    /// selects (--user, --peer, --older-than, --idle-over, --key-fingerprint, --cert-serial,
+    /// --cert-key-id combine with AND; --all for every connection); returns once they are gone.
+    /// IDs and filters do not mix.
     Kill {
         /// IDs or unique prefixes of connections or sessions.
         ids: Vec<String>,
