@@ -40,7 +40,10 @@ use crate::daemon::control::{ControlServer, Server};
 use crate::session::app::{DefaultSessions, ExecEnv, InProcessCommands, SftpService};
 use crate::session::containment::Containment;
 use crate::session::sftp::HandleBudgets;
+use crate::ssh::auth::KeyAuthority;
+use crate::ssh::certs::{PrincipalsFiles, UserCas};
 use crate::ssh::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
+use crate::ssh::revoked::RevokedKeys;
 use crate::ssh::server::{SshListener, SshOptions};
 
 pub use config::{DEFAULT_LISTEN, DEFAULT_STATE_DIR};
@@ -206,13 +209,20 @@ impl Daemon {
             .algorithms(&host_keys)
             .map_err(|error| DaemonError::Algorithms { error })?;
         let (authorized, client_key, generated) = match &options.config.authorized_keys {
-            Some(path) => (AuthorizedKeys::read_file(path)?, None, None),
+            Some(path) => (
+                key_authority(&options.config, AuthorizedKeys::read_file(path)?)?,
+                None,
+                None,
+            ),
             None => {
                 let path = dir.join("client_ed25519");
                 let (key, _) = load_or_create_key(&path, "sshvisor generated client key")?;
                 write_public_key(&key, &dir.join("client_ed25519.pub")).map_err(dir_err)?;
                 (
-                    AuthorizedKeys::from_keys([key.public_key().clone()]),
+                    key_authority(
+                        &options.config,
+                        AuthorizedKeys::from_keys([key.public_key().clone()]),
+                    )?,
                     Some(path),
                     Some(key.public_key().clone()),
                 )
@@ -417,6 +427,7 @@ impl Running {
             .config
             .algorithms(&self.host_keys)
             .map_err(|e| format!("{}: {e}", e.kind))?;
+        let authorized = key_authority(&new.config, authorized).map_err(|e| e.to_string())?;
         let mut changes = changes(&applied.config, &new.config);
         let mut kept = Vec::new();
         if new.config.listen != applied.config.listen {
@@ -499,6 +510,28 @@ impl Server for Running {
     }
 }
 
+/// Who may log in as `config` says: `keys`, plus certificates of its trusted CAs (with its
+/// authorized principals), less its revoked keys. Every file is read now: one that cannot be
+/// used stops the start (or the reload) with the reason.
+fn key_authority(config: &Config, keys: AuthorizedKeys) -> Result<KeyAuthority, KeyError> {
+    let mut authority =
+        KeyAuthority::new(keys.with_user_environment(config.permit_user_environment));
+    if let Some(path) = &config.trusted_user_ca_keys {
+        let cas = UserCas::read_file(path)?;
+        info!(path = %path.display(), cas = cas.len(), "user certificates of these CAs may log in");
+        authority = authority.with_user_cas(cas);
+    }
+    if let Some(template) = &config.authorized_principals {
+        authority = authority.with_principals(PrincipalsFiles::new(template.clone()));
+    }
+    if let Some(path) = &config.revoked_keys {
+        let revoked = RevokedKeys::read_file(path)?;
+        info!(path = %path.display(), entries = revoked.len(), "revoked keys loaded");
+        authority = authority.with_revoked(revoked);
+    }
+    Ok(authority)
+}
+
 /// What differs between two configurations, one `name: old -> new` per setting a reload applies
 /// (the listen address and the state directory are reported apart: they need a restart).
 fn changes(old: &Config, new: &Config) -> Vec<String> {
@@ -517,6 +550,30 @@ fn changes(old: &Config, new: &Config) -> Vec<String> {
         format!("{:?}", old.authorized_keys),
         format!("{:?}", new.authorized_keys),
     );
+    for (name, a, b) in [
+        (
+            "trusted_user_ca_keys",
+            format!("{:?}", old.trusted_user_ca_keys),
+            format!("{:?}", new.trusted_user_ca_keys),
+        ),
+        (
+            "authorized_principals",
+            format!("{:?}", old.authorized_principals),
+            format!("{:?}", new.authorized_principals),
+        ),
+        (
+            "revoked_keys",
+            format!("{:?}", old.revoked_keys),
+            format!("{:?}", new.revoked_keys),
+        ),
+        (
+            "permit_user_environment",
+            old.permit_user_environment.to_string(),
+            new.permit_user_environment.to_string(),
+        ),
+    ] {
+        field(name, a, b);
+    }
     field(
         "accept_env",
         format!("{:?}", old.accept_env),

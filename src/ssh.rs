@@ -6,8 +6,13 @@
 //! - `algorithms`: which algorithms are offered (`Algorithms`): the hardened defaults and
 //!   OpenSSH's list syntax to change them.
 //! - `handler`: the russh `Handler`, a thin adapter from callbacks to actor messages.
-//! - `auth`: who may log in (`Authenticator`, implemented by `AuthorizedKeys`).
+//! - `auth`: who may log in (`Authenticator`, implemented by `AuthorizedKeys` and by
+//!   `KeyAuthority`, which adds certificates and revocation), and the `Verdict` on a login.
 //! - `keys`: host key, generated client key, authorized_keys (OpenSSH formats).
+//! - `key_options`: the options of an authorized_keys line (`from=`, `command=`, `restrict`, ...).
+//! - `address_patterns`: `from=` and `source-address` pattern lists.
+//! - `certs`: OpenSSH user certificates: trusted CAs, authorized principals, critical options.
+//! - `restrictions`: what a login may do once admitted (`Restrictions`), carried to its sessions.
 //! - `revoked`: revoked keys and certificates (`revoked_keys`: a KRL or a plain key list).
 //! - `sessions`: what the binding offers a session application: the `SessionFactory` an
 //!   embedding program implements to serve its own (`session::app::DefaultSessions` by
@@ -24,15 +29,19 @@
 //! - `held_channel`: a session channel's russh queue, kept empty until the session starts.
 
 pub mod activity;
+pub mod address_patterns;
 pub mod after_goodbye;
 pub mod algorithms;
 pub mod auth;
+pub mod certs;
 pub(crate) mod channels;
 pub mod counted;
 pub mod handler;
 pub mod held_channel;
+pub mod key_options;
 pub mod keys;
 pub mod link;
+pub mod restrictions;
 pub mod revoked;
 pub mod server;
 pub mod sessions;

@@ -387,7 +387,7 @@ async fn kill_help_and_the_not_both_error_name_idle_over() {
     assert!(out.status.success());
     let help = text(&out.stdout);
     assert!(
-        help.contains("--older-than, --idle-over combine with AND"),
+        help.contains("--older-than, --idle-over, --key-fingerprint, --cert-serial, --cert-key-id combine with AND"),
         "{help}"
     );
     // Told before any server is asked (none runs here).
@@ -395,7 +395,7 @@ async fn kill_help_and_the_not_both_error_name_idle_over() {
     assert!(!out.status.success());
     let error = text(&out.stderr);
     assert!(
-        error.contains("(--all, --user, --peer, --older-than, --idle-over), not both"),
+        error.contains("(--all, --user, --peer, --older-than, --idle-over, --key-fingerprint, --cert-serial, --cert-key-id), not both"),
         "{error}"
     );
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::ids::{ConnId, SessionId};
-use crate::report::{DisconnectCause, SessionExit, SessionKind};
+use crate::report::{Credential, DisconnectCause, SessionExit, SessionKind};
 
 struct Forwarder;
 
@@ -71,6 +71,9 @@ pub enum Event {
         user: String,
         /// The method (`publickey`, ...).
         method: String,
+        /// The key or certificate it logged in with (see [`Credential`]).
+        #[serde(default)]
+        credential: Option<Credential>,
     },
     /// A session channel was opened.
     SessionOpened {

@@ -1,5 +1,6 @@
 //! Selecting connections by what an operator knows about them: the user, the peer's address or
-//! network, the age, the idle time. Used by `KillWhere` and filtered listings; criteria combine with AND.
+//! network, the age, the idle time, the key or certificate it logged in with. Used by
+//! `KillWhere` and filtered listings; criteria combine with AND.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -110,6 +111,16 @@ pub struct Filter {
     /// binding does not count traffic never match).
     #[serde(default, with = "opt_millis")]
     pub idle_over: Option<Duration>,
+    /// Connections that logged in with this key (its SHA-256 fingerprint as OpenSSH prints it,
+    /// `SHA256:...`), alone or inside a certificate.
+    #[serde(default)]
+    pub key_fingerprint: Option<String>,
+    /// Connections that logged in with a certificate of this serial number.
+    #[serde(default)]
+    pub cert_serial: Option<u64>,
+    /// Connections that logged in with a certificate of this key ID.
+    #[serde(default)]
+    pub cert_key_id: Option<String>,
 }
 
 impl Filter {
@@ -134,6 +145,23 @@ impl Filter {
             match conn.idle_ms {
                 Some(ms) if Duration::from_millis(ms) > idle => {}
                 _ => return false,
+            }
+        }
+        let credential = conn.credential.as_ref();
+        if let Some(fingerprint) = &self.key_fingerprint {
+            if credential.map(|c| c.key_fingerprint.as_str()) != Some(fingerprint.as_str()) {
+                return false;
+            }
+        }
+        let certificate = credential.and_then(|c| c.certificate.as_ref());
+        if let Some(serial) = self.cert_serial {
+            if certificate.map(|c| c.serial) != Some(serial) {
+                return false;
+            }
+        }
+        if let Some(key_id) = &self.cert_key_id {
+            if certificate.map(|c| c.key_id.as_str()) != Some(key_id.as_str()) {
+                return false;
             }
         }
         true
@@ -166,6 +194,7 @@ mod opt_millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::{CertificateInfo, Credential};
 
     #[test]
     fn networks_parse_and_contain_addresses() {
@@ -183,5 +212,65 @@ mod tests {
         assert!("bogus".parse::<PeerNet>().is_err());
         let all: PeerNet = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("8.8.8.8".parse().unwrap()));
+    }
+
+    fn logged_in_with(credential: Option<Credential>) -> ConnectionInfo {
+        ConnectionInfo {
+            id: crate::ConnId::new_random(),
+            user: Some("alice".into()),
+            peer: "127.0.0.1:5000".parse().unwrap(),
+            client_version: None,
+            auth_method: Some("publickey".into()),
+            credential,
+            started: SystemTime::now(),
+            state: crate::ConnState::Authenticated,
+            idle_ms: None,
+            bytes_in: None,
+            bytes_out: None,
+            sessions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn key_and_certificate_criteria_select_only_what_logged_in_with_them() {
+        let now = SystemTime::now();
+        let plain = logged_in_with(Some(Credential {
+            key_fingerprint: "SHA256:aaa".into(),
+            certificate: None,
+        }));
+        let cert = logged_in_with(Some(Credential {
+            key_fingerprint: "SHA256:bbb".into(),
+            certificate: Some(CertificateInfo {
+                key_id: "alice@corp".into(),
+                serial: 42,
+                ca_fingerprint: "SHA256:ca".into(),
+            }),
+        }));
+        let unknown = logged_in_with(None);
+        let by_key = Filter {
+            key_fingerprint: Some("SHA256:aaa".into()),
+            ..Filter::default()
+        };
+        assert!(by_key.matches(&plain, now));
+        assert!(!by_key.matches(&cert, now));
+        assert!(!by_key.matches(&unknown, now));
+        let by_serial = Filter {
+            cert_serial: Some(42),
+            ..Filter::default()
+        };
+        assert!(by_serial.matches(&cert, now));
+        assert!(!by_serial.matches(&plain, now));
+        assert!(!by_serial.matches(&unknown, now));
+        let by_id = Filter {
+            cert_key_id: Some("alice@corp".into()),
+            ..Filter::default()
+        };
+        assert!(by_id.matches(&cert, now));
+        assert!(!by_id.matches(&plain, now));
+        let wrong_serial = Filter {
+            cert_serial: Some(43),
+            ..by_id
+        };
+        assert!(!wrong_serial.matches(&cert, now));
     }
 }

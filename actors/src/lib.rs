@@ -58,8 +58,8 @@ pub use link::{
 };
 pub use policy::{Limits, Policy, DEFAULT_KILL_GRACE, DEFAULT_LOGIN_GRACE, MIN_PENDING_AGE};
 pub use report::{
-    ConnState, ConnectionInfo, DisconnectCause, KillError, KillReport, PtyInfo, Refusal,
-    SessionExit, SessionInfo, SessionKind, TreeStats,
+    CertificateInfo, ConnState, ConnectionInfo, Credential, DisconnectCause, KillError, KillReport,
+    PtyInfo, Refusal, SessionExit, SessionInfo, SessionKind, TreeStats,
 };
 pub use session::{SessionActor, SessionMsg, StartRefusal};
 pub use supervisor::{SupervisorActor, SupervisorArgs, SupervisorMsg};

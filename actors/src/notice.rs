@@ -15,7 +15,7 @@ use std::sync::Arc;
 use ractor::{ActorId, RpcReplyPort};
 
 use crate::ids::{ConnId, SessionId};
-use crate::report::{DisconnectCause, PtyInfo, SessionExit, SessionKind};
+use crate::report::{Credential, DisconnectCause, PtyInfo, SessionExit, SessionKind};
 
 /// A message the tree sends its supervisor itself. Opaque: only this crate builds or reads one.
 pub struct Notice(pub(crate) NoticeKind);
@@ -36,6 +36,7 @@ pub(crate) enum NoticeKind {
         user: String,
         method: String,
         client_version: Option<String>,
+        credential: Option<Credential>,
         verdict: Option<RpcReplyPort<Result<(), String>>>,
     },
     /// (connection) A session is about to be spawned: registered before it exists.

@@ -81,6 +81,9 @@ pub struct ConnectionInfo {
     pub client_version: Option<String>,
     /// The authentication method that succeeded (`publickey`, ...).
     pub auth_method: Option<String>,
+    /// The key (or certificate) the client logged in with, once authenticated.
+    #[serde(default)]
+    pub credential: Option<Credential>,
     /// When the TCP connection was accepted.
     #[serde(with = "rfc3339")]
     pub started: SystemTime,
@@ -97,6 +100,30 @@ pub struct ConnectionInfo {
     pub bytes_out: Option<u64>,
     /// Its live sessions, oldest first.
     pub sessions: Vec<SessionInfo>,
+}
+
+/// Who holds the key a connection logged in with: what an operator needs to end every
+/// connection of a leaked key or certificate (`Filter::key_fingerprint`, `cert_serial`,
+/// `cert_key_id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    /// The SHA-256 fingerprint of the public key, as OpenSSH prints it (`SHA256:...`); for a
+    /// certificate, that of the certified key (what `ssh-keygen -l` shows for it).
+    pub key_fingerprint: String,
+    /// The OpenSSH certificate the key was presented in, if it was.
+    #[serde(default)]
+    pub certificate: Option<CertificateInfo>,
+}
+
+/// The parts of an OpenSSH user certificate an operator identifies it by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateInfo {
+    /// The key ID the CA wrote in it (`ssh-keygen -I`).
+    pub key_id: String,
+    /// Its serial number (`ssh-keygen -z`).
+    pub serial: u64,
+    /// The SHA-256 fingerprint of the CA key that signed it.
+    pub ca_fingerprint: String,
 }
 
 /// How big the tree is right now: what the map holds and how many actors are alive under the

@@ -797,7 +797,8 @@ async fn events_of_a_killed_connection_arrive_in_lifecycle_order() {
             Event::Authenticated {
                 conn: c.id,
                 user: "alice".into(),
-                method: "publickey".into()
+                method: "publickey".into(),
+                credential: None,
             },
             Event::SessionOpened {
                 conn: c.id,

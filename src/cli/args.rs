@@ -79,8 +79,9 @@ pub(crate) enum CtlCmd {
         json: bool,
     },
     /// Kill connections or sessions (full IDs or unique prefixes), or every connection a filter
-    /// selects (--user, --peer, --older-than, --idle-over combine with AND; --all for every
-    /// connection); returns once they are gone. IDs and filters do not mix.
+    /// selects (--user, --peer, --older-than, --idle-over, --key-fingerprint, --cert-serial,
+    /// --cert-key-id combine with AND; --all for every connection); returns once they are gone.
+    /// IDs and filters do not mix.
     Kill {
         /// IDs or unique prefixes of connections or sessions.
         ids: Vec<String>,
@@ -230,6 +231,26 @@ pub(crate) struct FilterArgs {
     /// Connections with no channel data either way for longer than this (humantime).
     #[arg(long, value_parser = humantime::parse_duration)]
     idle_over: Option<Duration>,
+    /// Connections that logged in with this key, alone or in a certificate (its fingerprint as
+    /// `ssh-keygen -l` prints it: SHA256:...).
+    #[arg(long, value_parser = parse_fingerprint)]
+    key_fingerprint: Option<String>,
+    /// Connections that logged in with a certificate of this serial number.
+    #[arg(long)]
+    cert_serial: Option<u64>,
+    /// Connections that logged in with a certificate of this key ID.
+    #[arg(long)]
+    cert_key_id: Option<String>,
+}
+
+/// A key fingerprint as OpenSSH prints it; anything else could never match.
+fn parse_fingerprint(text: &str) -> Result<String, String> {
+    match text.strip_prefix("SHA256:") {
+        Some(rest) if !rest.is_empty() => Ok(text.to_string()),
+        _ => Err(format!(
+            "{text:?} is not a SHA-256 key fingerprint: give it as `ssh-keygen -l -f KEY` prints it (SHA256:...)"
+        )),
+    }
 }
 
 impl FilterArgs {
@@ -239,6 +260,9 @@ impl FilterArgs {
             peer: self.peer,
             older_than: self.older_than,
             idle_over: self.idle_over,
+            key_fingerprint: self.key_fingerprint.clone(),
+            cert_serial: self.cert_serial,
+            cert_key_id: self.cert_key_id.clone(),
         }
     }
 }

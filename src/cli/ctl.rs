@@ -265,13 +265,13 @@ fn kill_by_filter(ids: &[String], all: bool, filter: &FilterArgs) -> Result<bool
     let by_filter = all || !filter.filter().is_empty();
     if by_filter && !ids.is_empty() {
         return Err(
-            "give IDs, or filters (--all, --user, --peer, --older-than, --idle-over), not both"
+            "give IDs, or filters (--all, --user, --peer, --older-than, --idle-over, --key-fingerprint, --cert-serial, --cert-key-id), not both"
                 .into(),
         );
     }
     if !by_filter && ids.is_empty() {
         return Err(
-            "nothing to kill: give IDs, or --all, --user, --peer, --older-than, --idle-over".into(),
+            "nothing to kill: give IDs, or --all, --user, --peer, --older-than, --idle-over, --key-fingerprint, --cert-serial, --cert-key-id".into(),
         );
     }
     Ok(by_filter)

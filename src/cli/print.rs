@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use sshvisor_actors::{ConnectionInfo, KillReport, Target};
+use sshvisor_actors::{ConnectionInfo, Credential, KillReport, Target};
 
 /// Prints kill reports as they are printed everywhere in `ctl`: one line each for people, one
 /// JSON object per line with `json`.
@@ -98,6 +98,9 @@ pub fn format_table(all: &[ConnectionInfo]) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+        if let Some(key) = i.checked_sub(1).and_then(|c| credential(&all[c])) {
+            out.push_str(&format!("  key {key}\n"));
+        }
         if i > 0 {
             for s in &all[i - 1].sessions {
                 let kind = format!("{:?}", s.kind).to_lowercase();
@@ -130,15 +133,32 @@ pub fn format_table(all: &[ConnectionInfo]) -> String {
     out
 }
 
+/// The key (and certificate) a connection logged in with, in one line: the fingerprint, and
+/// for a certificate its key ID, serial and CA.
+fn credential(c: &ConnectionInfo) -> Option<String> {
+    c.credential.as_ref().map(describe_credential)
+}
+
+fn describe_credential(c: &Credential) -> String {
+    match &c.certificate {
+        None => c.key_fingerprint.clone(),
+        Some(cert) => format!(
+            "{}  certificate id {:?} serial {} CA {}",
+            c.key_fingerprint, cert.key_id, cert.serial, cert.ca_fingerprint
+        ),
+    }
+}
+
 /// One connection in detail.
 pub fn format_show(c: &ConnectionInfo) -> String {
     let mut out = format!(
-        "connection {}\n  user:     {}\n  peer:     {}\n  client:   {}\n  auth:     {}\n  started:  {} ({} ago)\n  state:    {}\n  sessions: {}\n",
+        "connection {}\n  user:     {}\n  peer:     {}\n  client:   {}\n  auth:     {}\n  key:      {}\n  started:  {} ({} ago)\n  state:    {}\n  sessions: {}\n",
         c.id,
         or_dash(c.user.as_deref()),
         c.peer,
         or_dash(c.client_version.as_deref()),
         or_dash(c.auth_method.as_deref()),
+        credential(c).unwrap_or_else(|| "-".into()),
         humantime::format_rfc3339_seconds(c.started),
         age(c.started),
         format!("{:?}", c.state).to_lowercase(),
@@ -196,9 +216,18 @@ pub fn format_event(event: &sshvisor_actors::Event) -> String {
     let now = humantime::format_rfc3339_millis(SystemTime::now());
     let what = match event {
         Event::Connected { conn, peer } => format!("connected      {conn}  from {peer}"),
-        Event::Authenticated { conn, user, method } => {
-            format!("authenticated  {conn}  user {user} ({method})")
-        }
+        Event::Authenticated {
+            conn,
+            user,
+            method,
+            credential,
+        } => format!(
+            "authenticated  {conn}  user {user} ({method}){}",
+            credential
+                .as_ref()
+                .map(|c| format!("  key {}", describe_credential(c)))
+                .unwrap_or_default()
+        ),
         Event::SessionOpened { conn, session } => format!("session opened {conn}  {session}"),
         Event::SessionStarted {
             conn,

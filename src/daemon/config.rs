@@ -39,6 +39,16 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// An OpenSSH authorized_keys file; none generates and authorizes a client key.
     pub authorized_keys: Option<PathBuf>,
+    /// Whether authorized_keys `environment=` options are applied (sshd's
+    /// `PermitUserEnvironment`); off: they are ignored.
+    pub permit_user_environment: bool,
+    /// CA public keys whose user certificates may log in (sshd's `TrustedUserCAKeys`).
+    pub trusted_user_ca_keys: Option<PathBuf>,
+    /// The principals each user may log in as with a certificate, one file per user (`%u`);
+    /// none: the user name must be among the certificate's principals.
+    pub authorized_principals: Option<String>,
+    /// Keys and certificates refused: an OpenSSH KRL or a file of public keys.
+    pub revoked_keys: Option<PathBuf>,
     /// Client environment variables accepted besides `LANG`, `LC_*`, `TERM`.
     pub accept_env: Vec<String>,
     /// An external sftp-server binary instead of the in-process sftp.
@@ -69,6 +79,10 @@ impl Default for Config {
             listen: DEFAULT_LISTEN,
             state_dir: DEFAULT_STATE_DIR.into(),
             authorized_keys: None,
+            permit_user_environment: false,
+            trusted_user_ca_keys: None,
+            authorized_principals: None,
+            revoked_keys: None,
             accept_env: Vec::new(),
             sftp_server: None,
             containment: Default::default(),

@@ -22,6 +22,7 @@ pub use crate::ssh::sessions::Endpoints;
 pub use crate::ssh::signals::sig_name;
 
 use crate::session::sftp::ConnectionHandles;
+use crate::ssh::restrictions::Restrictions;
 use crate::ssh::sessions::{ConnectionSessions, Login, SessionChannel, SessionFactory};
 
 /// The default application's factory: every session a [`ChannelSession`], run as its
@@ -58,6 +59,7 @@ impl SessionFactory for DefaultSessions {
             sftp_handles: env.sftp_handles.connection(login.user),
             env,
             ends: login.ends,
+            restrictions: Arc::new(login.restrictions.clone()),
         })
     }
 }
@@ -68,18 +70,23 @@ struct ConnectionApp {
     ends: Endpoints,
     /// This connection's share of the sftp handle budgets.
     sftp_handles: ConnectionHandles,
+    /// What the login may do: every session applies it.
+    restrictions: Arc<Restrictions>,
 }
 
 impl ConnectionSessions for ConnectionApp {
     fn open(&mut self, channel: SessionChannel) -> Box<dyn SessionLink> {
-        Box::new(ChannelSession::new(
-            channel.handle,
-            channel.channel,
-            self.env.clone(),
-            self.ends,
-            channel.activity,
-            channel.after_goodbye,
-            self.sftp_handles.clone(),
-        ))
+        Box::new(
+            ChannelSession::new(
+                channel.handle,
+                channel.channel,
+                self.env.clone(),
+                self.ends,
+                channel.activity,
+                channel.after_goodbye,
+                self.sftp_handles.clone(),
+            )
+            .with_restrictions(self.restrictions.clone()),
+        )
     }
 }

@@ -32,6 +32,7 @@ use crate::session::stdin::{stdin_queue, StdinReceiver, StdinSender};
 use crate::ssh::activity::Activity;
 use crate::ssh::after_goodbye::AfterGoodbye;
 use crate::ssh::held_channel::HeldChannel;
+use crate::ssh::restrictions::Restrictions;
 use crate::ssh::sessions::Endpoints;
 use crate::ssh::signals::signal_named;
 
@@ -57,6 +58,8 @@ pub struct ChannelSession {
     after_goodbye: Arc<AfterGoodbye>,
     /// The connection's share of the sftp handle budgets.
     sftp_handles: sftp::ConnectionHandles,
+    /// What the login may do (a forced command, a terminal, variables).
+    restrictions: Arc<Restrictions>,
 }
 
 impl ChannelSession {
@@ -91,6 +94,44 @@ impl ChannelSession {
             stdin_tx: Some(tx),
             stdin_rx: Some(rx),
             running: None,
+            restrictions: Arc::new(Restrictions::unrestricted()),
+        }
+    }
+
+    /// The session of a login with these restrictions (its key options, its certificate):
+    /// a terminal only if permitted, a forced command instead of what the client asks (with
+    /// the client's command in `SSH_ORIGINAL_COMMAND`), the login's variables set.
+    pub fn with_restrictions(mut self, restrictions: Arc<Restrictions>) -> Self {
+        self.restrictions = restrictions;
+        self
+    }
+
+    /// What runs for `request`: the login's forced command, if it has one, as sshd runs it
+    /// (`SSH_ORIGINAL_COMMAND` set to the client's command, or to the subsystem's name; unset
+    /// for a shell); and the login's own variables.
+    fn effective(&mut self, request: &SessionRequest) -> SessionRequest {
+        for (name, value) in &self.restrictions.environment {
+            self.vars.put(name, value);
+        }
+        let Some(forced) = &self.restrictions.force_command else {
+            return request.clone();
+        };
+        let original = match request {
+            SessionRequest::Exec { command } => Some(command.as_str()),
+            SessionRequest::Subsystem { name } => Some(name.as_str()),
+            SessionRequest::Shell => None,
+        };
+        if let Some(original) = original {
+            self.vars.put("SSH_ORIGINAL_COMMAND", original);
+        }
+        if forced == "internal-sftp" {
+            // As in sshd: the in-process sftp server, whatever the client asked for.
+            return SessionRequest::Subsystem {
+                name: "sftp".into(),
+            };
+        }
+        SessionRequest::Exec {
+            command: forced.clone(),
         }
     }
 
@@ -128,6 +169,9 @@ impl ChannelSession {
 
 impl SessionLink for ChannelSession {
     fn pty(&mut self, spec: &PtySpec) -> Result<PtySpec, String> {
+        if !self.restrictions.pty {
+            return Err("this login may not have a terminal (no-pty, restrict, or a certificate without permit-pty)".into());
+        }
         if self.pty.is_some() {
             return Err("this session already has a terminal".into());
         }
@@ -166,6 +210,8 @@ impl SessionLink for ChannelSession {
     }
 
     fn start(&mut self, request: &SessionRequest, events: SessionEvents) -> Result<(), String> {
+        let effective = self.effective(request);
+        let request = &effective;
         if let (SessionRequest::Subsystem { name }, SftpService::InProcess(fs)) =
             (request, &self.env.sftp)
         {

@@ -166,6 +166,13 @@ impl ClientVars {
         Ok(())
     }
 
+    /// Sets `name` to `value` whatever the accepted names: for what the server itself sets
+    /// (`SSH_ORIGINAL_COMMAND`, a key's `environment=`), never for the client's requests.
+    pub(crate) fn put(&mut self, name: &str, value: &str) {
+        self.0.retain(|(n, _)| n != name);
+        self.0.push((name.to_string(), value.to_string()));
+    }
+
     /// Every variable set, in the order set.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
         self.0.iter().map(|(k, v)| (k, v))

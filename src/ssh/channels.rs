@@ -9,11 +9,12 @@ use ractor::{ActorRef, ActorStatus};
 use russh::server::{Handle, Msg};
 use russh::ChannelId;
 use sshvisor_actors::link::StdinSink;
-use sshvisor_actors::{SessionLink, SessionMsg};
+use sshvisor_actors::{Credential, SessionLink, SessionMsg};
 
 use crate::ssh::activity::Activity;
 use crate::ssh::after_goodbye::AfterGoodbye;
 use crate::ssh::held_channel::HeldChannel;
+use crate::ssh::restrictions::Restrictions;
 use crate::ssh::sessions::{ConnectionSessions, Endpoints, Login, SessionChannel, SessionFactory};
 
 /// One session channel.
@@ -51,6 +52,9 @@ pub(crate) struct SessionChannels {
     /// Who makes the connection's session applications, and with what.
     factory: Arc<dyn SessionFactory>,
     ends: Endpoints,
+    /// What the login may do, and with what key: set once authenticated.
+    restrictions: Restrictions,
+    credential: Option<Credential>,
     /// This connection's session applications, made at its first session.
     apps: Option<Box<dyn ConnectionSessions>>,
     /// The connection's traffic.
@@ -71,11 +75,24 @@ impl SessionChannels {
         Self {
             factory,
             ends,
+            restrictions: Restrictions::unrestricted(),
+            credential: None,
             apps: None,
             activity,
             after_goodbye,
             open: HashMap::new(),
         }
+    }
+
+    /// The connection's two ends.
+    pub(crate) fn ends(&self) -> Endpoints {
+        self.ends
+    }
+
+    /// The login is decided: its sessions are made within `restrictions`.
+    pub(crate) fn logged_in(&mut self, restrictions: Restrictions, credential: Option<Credential>) {
+        self.restrictions = restrictions;
+        self.credential = credential;
     }
 
     /// The connection's traffic.
@@ -119,6 +136,8 @@ impl SessionChannels {
             self.factory.connection(&Login {
                 user,
                 ends: self.ends,
+                restrictions: &self.restrictions,
+                credential: self.credential.as_ref(),
             })
         });
         let activity = self.activity.child();

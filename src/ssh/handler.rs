@@ -1,6 +1,7 @@
 //! The russh `Handler`: a thin adapter that turns russh callbacks into actor messages.
 //!
-//! It decides nothing. Logins are the [`Authenticator`]'s to accept; the connection's life and
+//! It decides nothing. Logins are the [`Authenticator`]'s to accept (a refused one, whose key
+//! the client proved it holds, ends the connection with a DISCONNECT that says why); the connection's life and
 //! every session request are the actors'; which application serves a session is the listener's
 //! `SessionFactory`'s (see `channels`); what a session's stdin can take is its `StdinSink`'s.
 //! The actors answer without waiting on the network, so a callback never stalls russh's session
@@ -17,16 +18,19 @@
 use std::sync::Arc;
 
 use ractor::{ActorRef, RpcReplyPort};
+use russh::keys::ssh_key::Certificate;
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{ChannelId, ChannelOpenFailure, Disconnect};
 use sshvisor_actors::link::StdinRefusal;
-use sshvisor_actors::{ConnectionMsg, EndScope, PtySpec, SessionMsg, SessionRequest, StartRefusal};
+use sshvisor_actors::{
+    ConnectionMsg, Credential, EndScope, PtySpec, SessionMsg, SessionRequest, StartRefusal,
+};
 use tracing::{debug, info};
 
-use crate::ssh::auth::Authenticator;
+use crate::ssh::auth::{Authenticator, Verdict};
+use crate::ssh::certs;
 use crate::ssh::channels::{SessionChannels, Stdin};
-use crate::ssh::keys::fingerprint;
 use crate::ssh::signals::sig_name;
 use crate::ssh::stream::CutSwitch;
 
@@ -56,6 +60,11 @@ pub struct SshHandler {
     switch: Arc<CutSwitch>,
     /// The user, once authenticated.
     user: Option<String>,
+    /// The key or certificate the user logged in with, once authenticated.
+    credential: Option<Credential>,
+    /// Why a login whose key the client proved it holds was refused: said in the DISCONNECT
+    /// that ends the connection (see [`SshHandler::decide`]).
+    refused: Option<String>,
     /// The session channels, and the application that opens them.
     sessions: SessionChannels,
 }
@@ -73,6 +82,8 @@ impl SshHandler {
             auth,
             switch,
             user: None,
+            credential: None,
+            refused: None,
             sessions,
         }
     }
@@ -101,6 +112,37 @@ impl SshHandler {
         }
     }
 
+    /// Carries out the verdict on a login whose key the client proved it holds.
+    ///
+    /// A refusal must reach the person: an authentication failure cannot carry a text, and
+    /// OpenSSH gives up at a failure when it has no other key, before it would read a
+    /// DISCONNECT sent after it. So a refused login is let past authentication only to be
+    /// ended at once, in `auth_succeeded`, with a DISCONNECT that says why: russh calls that
+    /// right after, while handling the same request, so nothing the client sends next is read
+    /// (and the tree never hears of the login). A max_per_user refusal goes the same way.
+    fn decide(&mut self, user: &str, verdict: Verdict, credential: Credential) -> Auth {
+        match verdict {
+            Verdict::Accept(restrictions) => {
+                info!(user, key = %credential.key_fingerprint, certificate = ?credential.certificate, ?restrictions, "login accepted");
+                self.user = Some(user.to_string());
+                self.sessions
+                    .logged_in(restrictions, Some(credential.clone()));
+                self.credential = Some(credential);
+                Auth::Accept
+            }
+            Verdict::Reject => {
+                debug!(user, key = %credential.key_fingerprint, "login rejected: key not known");
+                Auth::reject()
+            }
+            Verdict::Refuse(reason) => {
+                let peer = self.sessions.ends().peer;
+                info!(user, %peer, key = %credential.key_fingerprint, certificate = ?credential.certificate, reason = %reason, "login refused");
+                self.refused = Some(reason);
+                Auth::Accept
+            }
+        }
+    }
+
     /// Reports the login and waits for the verdict: a login over a limit (`max_per_user`) is
     /// refused here, with the limit's text, before the client can open a channel (the
     /// connection is killed with the same reason, which then finds it gone).
@@ -114,12 +156,22 @@ impl SshHandler {
                 user,
                 method: "publickey".into(),
                 client_version: Some(client_version),
+                credential: self.credential.clone(),
                 verdict: Some(verdict),
             })
             .await
             .ok_or(HandlerError::ActorGone)?;
         if let Err(reason) = verdict {
             session.disconnect(Disconnect::TooManyConnections, &reason, "en")?;
+        }
+        Ok(())
+    }
+
+    /// Ends a refused login's connection with a DISCONNECT that says why.
+    fn say_refused(&self, session: &mut Session) -> Result<(), HandlerError> {
+        if let Some(reason) = &self.refused {
+            let text = format!("login refused: {reason}");
+            session.disconnect(Disconnect::ByApplication, &text, "en")?;
         }
         Ok(())
     }
@@ -206,6 +258,13 @@ impl SshHandler {
         session: &mut Session,
     ) -> Result<(), HandlerError> {
         let id = channel.id();
+        if self.refused.is_some() || self.user.is_none() {
+            // A refused login never gets a session: its DISCONNECT goes now if it was held
+            // back (see `may_compress_after_login`).
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            self.say_refused(session)?;
+            return Ok(());
+        }
         let user = self.user.as_deref().unwrap_or_default();
         let (link, opening) = self.sessions.opening(user, session.handle(), channel);
         let answer = self
@@ -238,6 +297,21 @@ impl SshHandler {
     }
 }
 
+/// Whether the connection may have agreed on compression that starts after the login
+/// (`zlib@openssh.com`, what `ssh -C` asks for). russh begins compressing what it sends only
+/// once the client's next packet is in, so a DISCONNECT sent right after the login's success
+/// would reach OpenSSH uncompressed ("invalid format"). Then a refused login is told why at
+/// the client's next request (its session channel: what OpenSSH sends next); a client that
+/// sends none is ended by the login grace.
+fn may_compress_after_login(session: &Session) -> bool {
+    session
+        .config()
+        .preferred
+        .compression
+        .iter()
+        .any(|c| c.as_ref() == "zlib@openssh.com")
+}
+
 impl russh::server::Handler for SshHandler {
     type Error = HandlerError;
 
@@ -254,15 +328,30 @@ impl russh::server::Handler for SshHandler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let auth = self.check(user, key.public_key);
-        if auth == Auth::Accept {
-            info!(user, key = %fingerprint(key.public_key), "public key accepted");
-            self.user = Some(user.to_string());
-        }
-        Ok(auth)
+        let peer = self.sessions.ends().peer.ip();
+        let verdict = self.auth.login(user, key.public_key, peer);
+        let credential = certs::key_credential(key.public_key.key_data());
+        Ok(self.decide(user, verdict, credential))
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let peer = self.sessions.ends().peer.ip();
+        let verdict = self.auth.certificate(user, certificate, peer);
+        let credential = certs::certificate_credential(certificate);
+        Ok(self.decide(user, verdict, credential))
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if self.refused.is_some() {
+            if !may_compress_after_login(session) {
+                self.say_refused(session)?;
+            }
+            return Ok(());
+        }
         Box::pin(self.authenticated(session)).await
     }
 
@@ -464,8 +553,12 @@ impl russh::server::Handler for SshHandler {
         _originator_address: &str,
         _originator_port: u32,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.refused.is_some() {
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return self.say_refused(session);
+        }
         debug!("TCP forwarding is not served");
         reply
             .reject(ChannelOpenFailure::Other {

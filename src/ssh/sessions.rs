@@ -13,11 +13,12 @@ use std::sync::Arc;
 
 use russh::server::Handle;
 use russh::ChannelId;
-use sshvisor_actors::SessionLink;
+use sshvisor_actors::{Credential, SessionLink};
 
 use crate::ssh::activity::Activity;
 use crate::ssh::after_goodbye::AfterGoodbye;
 use crate::ssh::held_channel::HeldChannel;
+use crate::ssh::restrictions::Restrictions;
 
 /// Makes the session applications of each connection.
 pub trait SessionFactory: Send + Sync + 'static {
@@ -33,6 +34,11 @@ pub struct Login<'a> {
     pub user: &'a str,
     /// The connection's two ends.
     pub ends: Endpoints,
+    /// What the login may do (its key options, certificate, principals line): the
+    /// application applies them (a forced command, no terminal, extra variables).
+    pub restrictions: &'a Restrictions,
+    /// The key or certificate the user logged in with.
+    pub credential: Option<&'a Credential>,
 }
 
 /// The two ends of the connection a session runs on (for `SSH_CONNECTION`, `SSH_CLIENT`).

@@ -32,7 +32,7 @@ use crate::idle::IdleClock;
 use crate::ids::{ConnId, SessionId};
 use crate::link::{ConnectionLink, EndScope, SessionLink, TransportEnd};
 use crate::notice::{ConnOutcome, NoticeKind, Parent, SessionEnd};
-use crate::report::SessionExit;
+use crate::report::{Credential, SessionExit};
 use crate::session::{SessionActor, SessionArgs, SessionMsg, SessionOutcome, SessionState};
 use crate::timers::Timers;
 use crate::Policy;
@@ -74,6 +74,8 @@ pub enum ConnectionMsg {
         method: String,
         /// The client's SSH version string.
         client_version: Option<String>,
+        /// The key or certificate it proved it holds, when the method was a public key.
+        credential: Option<Credential>,
         /// Told whether the login may go on, or why not (a limit such as `max_per_user`): the
         /// binding can then refuse it before the client opens anything. The connection is
         /// killed with that reason either way.
@@ -309,16 +311,22 @@ impl ConnectionState {
         myself: &ActorRef<ConnectionMsg>,
         user: String,
         method: String,
-        client_version: Option<String>,
+        (client_version, credential): (Option<String>, Option<Credential>),
         verdict: Option<RpcReplyPort<Result<(), String>>>,
     ) {
-        info!(user = %user, method = %method, "authenticated");
+        match &credential {
+            Some(c) => {
+                info!(user = %user, method = %method, key = %c.key_fingerprint, "authenticated")
+            }
+            None => info!(user = %user, method = %method, "authenticated"),
+        }
         self.step(myself, Input::Authenticated);
         self.supervisor.tell(NoticeKind::Authenticated {
             conn: self.id,
             user,
             method,
             client_version,
+            credential,
             verdict,
         });
     }
@@ -565,8 +573,15 @@ impl Actor for ConnectionActor {
                     user,
                     method,
                     client_version,
+                    credential,
                     verdict,
-                } => state.on_authenticated(&myself, user, method, client_version, verdict),
+                } => state.on_authenticated(
+                    &myself,
+                    user,
+                    method,
+                    (client_version, credential),
+                    verdict,
+                ),
                 ConnectionMsg::OpenSession { link, reply } => {
                     state.on_open_session(&myself, link, reply).await
                 }

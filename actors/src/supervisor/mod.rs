@@ -47,8 +47,8 @@ use crate::ids::{ConnId, PrefixMatch, SessionId, Target};
 use crate::link::ConnectionLink;
 use crate::notice::{ConnOutcome, ConnectionEnd, Notice, NoticeKind, Parent, SessionEnd};
 use crate::report::{
-    ConnState, ConnectionInfo, DisconnectCause, KillError, KillReport, PtyInfo, Refusal,
-    SessionExit, SessionInfo, SessionKind, TreeStats,
+    ConnState, ConnectionInfo, Credential, DisconnectCause, KillError, KillReport, PtyInfo,
+    Refusal, SessionExit, SessionInfo, SessionKind, TreeStats,
 };
 use crate::Policy;
 
@@ -341,6 +341,7 @@ impl SupervisorState {
                 peer,
                 client_version: None,
                 auth_method: None,
+                credential: None,
                 started: SystemTime::now(),
                 state: ConnState::Handshaking,
                 idle_ms: None,
@@ -472,8 +473,9 @@ impl SupervisorState {
                 user,
                 method,
                 client_version,
+                credential,
                 verdict,
-            } => self.on_authenticated(conn, user, method, client_version, verdict),
+            } => self.on_authenticated(conn, user, method, (client_version, credential), verdict),
             NoticeKind::SessionOpened { conn, session } => self.on_session_opened(conn, session),
             NoticeKind::SessionStarted {
                 conn,
@@ -502,7 +504,7 @@ impl SupervisorState {
         conn: ConnId,
         user: String,
         method: String,
-        client_version: Option<String>,
+        (client_version, credential): (Option<String>, Option<Credential>),
         verdict: Option<RpcReplyPort<Result<(), String>>>,
     ) {
         let max = self.policy.limits.max_per_user;
@@ -521,11 +523,13 @@ impl SupervisorState {
         entry.info.user = Some(user.clone());
         entry.info.auth_method = Some(method.clone());
         entry.info.client_version = client_version;
+        entry.info.credential = credential.clone();
         let peer = entry.info.peer;
         self.events.send(Event::Authenticated {
             conn,
             user: user.clone(),
             method,
+            credential,
         });
         if same_user >= max {
             let reason = format!("max_per_user ({max}) reached for {user}");

@@ -94,6 +94,7 @@ pub fn authenticate(conn: &ActorRef<ConnectionMsg>, user: String) {
         user,
         method: "publickey".into(),
         client_version: Some("SSH-2.0-FakeClient".into()),
+        credential: None,
         verdict: None,
     })
     .expect("the connection actor is alive");
