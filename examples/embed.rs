@@ -18,6 +18,7 @@ use russh::keys::PrivateKeyWithHashAlg;
 use sshvisor::actors::{Event, SupervisorArgs, SupervisorHandle, Target};
 use sshvisor::session::app::{DefaultSessions, ExecEnv};
 use sshvisor::ssh::keys::{load_or_create_key, AuthorizedKeys};
+use sshvisor::ssh::penalties::PenaltyPolicy;
 use sshvisor::ssh::server::{SshListener, SshOptions};
 use tokio::sync::oneshot;
 
@@ -60,6 +61,8 @@ impl Actor for Host {
                 keepalive: (Some(Duration::from_secs(15)), 3),
                 // The default application: processes, in-process commands, sftp.
                 sessions: Arc::new(DefaultSessions::new(ExecEnv::default())),
+                // Sources that connect too fast or misbehave are refused at the door.
+                penalties: PenaltyPolicy::default(),
             },
             sshvisor.clone(),
         )

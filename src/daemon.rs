@@ -41,6 +41,7 @@ use crate::session::app::{DefaultSessions, ExecEnv, InProcessCommands, SftpServi
 use crate::session::containment::Containment;
 use crate::session::sftp::HandleBudgets;
 use crate::ssh::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
+use crate::ssh::penalties::Penalties;
 use crate::ssh::server::{SshListener, SshOptions};
 
 pub use config::{DEFAULT_LISTEN, DEFAULT_STATE_DIR};
@@ -250,6 +251,7 @@ impl Daemon {
             sftp_handles: sftp_handles.clone(),
             generated,
             containment: containment.clone(),
+            penalties: std::sync::OnceLock::new(),
         });
         let control = match ControlServer::bind(&ctl_path, tree.clone(), running.clone()).await {
             Ok(control) => control,
@@ -268,6 +270,7 @@ impl Daemon {
                 auth: Arc::new(authorized),
                 keepalive: options.keepalive(),
                 sessions,
+                penalties: options.config.penalties.policy(),
             },
             tree,
         )
@@ -284,6 +287,7 @@ impl Daemon {
             }
         };
         let addr = listener.local_addr();
+        let _ = running.penalties.set(listener.penalties());
         *running.listener.lock().await = Some(listener);
         let known_hosts = dir.join("known_hosts");
         write_known_hosts(&known_hosts, addr, &host_key).map_err(dir_err)?;
@@ -364,6 +368,8 @@ struct Running {
     containment: Containment,
     /// The server's sftp handle budgets; a reload changes their limits, not their counts.
     sftp_handles: Arc<HandleBudgets>,
+    /// The listener's penalty table, set once it is bound; kept after a drain closes it.
+    penalties: std::sync::OnceLock<Arc<Penalties>>,
 }
 
 impl Running {
@@ -429,6 +435,9 @@ impl Running {
             listener.update(Arc::new(authorized), sessions, new.keepalive());
         }
         self.sftp_handles.set_limits(sftp_limits);
+        if let Some(penalties) = self.penalties.get() {
+            penalties.set_policy(new.config.penalties.policy());
+        }
         *self
             .applied
             .lock()
@@ -466,6 +475,10 @@ impl Server for Running {
 
     fn reload(&self) -> BoxFuture<'_, Result<String, String>> {
         Box::pin(Running::reload(self))
+    }
+
+    fn penalties(&self) -> Option<Arc<Penalties>> {
+        self.penalties.get().cloned()
     }
 
     fn drain(
@@ -570,6 +583,9 @@ fn changes(old: &Config, new: &Config) -> Vec<String> {
         ),
     ] {
         field(&format!("limits.{name}"), a.to_string(), b.to_string());
+    }
+    for ((name, a), (_, b)) in old.penalties.settings().into_iter().zip(new.penalties.settings()) {
+        field(&format!("penalties.{name}"), a, b);
     }
     out
 }

@@ -15,6 +15,8 @@
 //!   and the signals they stand for.
 //! - `stream`: the TCP stream wrapper the connection actor can cut (the forced path).
 //! - `link`: the russh implementation of the tree's `ConnectionLink`.
+//! - `penalties`: per-source penalties (`Penalties`, `PenaltyPolicy`): sources that connect
+//!   too fast or misbehave are refused at the door, before any key exchange.
 //! - `activity`: a connection's and its sessions' traffic (idle times, bytes).
 //! - `after_goodbye`: what a connection keeps until its DISCONNECT is queued.
 //! - `counted`: a channel stream whose writes count as traffic.
@@ -29,6 +31,7 @@ pub mod handler;
 pub mod held_channel;
 pub mod keys;
 pub mod link;
+pub mod penalties;
 pub mod server;
 pub mod sessions;
 pub(crate) mod signals;

@@ -175,6 +175,7 @@ async fn shouting_server(limit: usize, sink: bool) -> (SshListener, tempfile::Te
             auth: Arc::new(AuthorizedKeys::from_keys([client_key.public_key().clone()])),
             keepalive: (None, 3),
             sessions: Arc::new(Shouting { limit, sink }),
+            penalties: sshvisor::ssh::penalties::PenaltyPolicy::loopback_exempt(),
         },
         tree,
     )

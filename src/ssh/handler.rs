@@ -25,6 +25,7 @@ use sshvisor_actors::{ConnectionMsg, EndScope, PtySpec, SessionMsg, SessionReque
 use tracing::{debug, info};
 
 use crate::ssh::auth::Authenticator;
+use crate::ssh::penalties::LoginTally;
 use crate::ssh::channels::{SessionChannels, Stdin};
 use crate::ssh::keys::fingerprint;
 use crate::ssh::signals::sig_name;
@@ -58,6 +59,8 @@ pub struct SshHandler {
     user: Option<String>,
     /// The session channels, and the application that opens them.
     sessions: SessionChannels,
+    /// How the logins went, for the source's penalties (see `penalties`).
+    tally: Arc<LoginTally>,
 }
 
 impl SshHandler {
@@ -74,7 +77,14 @@ impl SshHandler {
             switch,
             user: None,
             sessions,
+            tally: Arc::default(),
         }
+    }
+
+    /// Tells `tally` how the logins go (the accept loop reads it when the connection ends).
+    pub(crate) fn with_tally(mut self, tally: Arc<LoginTally>) -> Self {
+        self.tally = tally;
+        self
     }
 
     /// Asks `actor` and waits for its answer: `None` if the actor is gone or the connection
@@ -97,6 +107,7 @@ impl SshHandler {
         if self.auth.publickey(user, key) {
             Auth::Accept
         } else {
+            self.tally.refused();
             Auth::reject()
         }
     }
@@ -263,6 +274,7 @@ impl russh::server::Handler for SshHandler {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        self.tally.succeeded();
         Box::pin(self.authenticated(session)).await
     }
 
