@@ -322,6 +322,11 @@ impl Daemon {
         self.running.tree.actor()
     }
 
+    /// The SSH listener's per-source penalty table (`ctl penalties`).
+    pub fn penalties(&self) -> Option<Arc<Penalties>> {
+        self.running.penalties.get().cloned()
+    }
+
     /// The lifecycle event port.
     pub fn events(&self) -> &Arc<ractor::OutputPort<Event>> {
         &self.events
@@ -584,7 +589,12 @@ fn changes(old: &Config, new: &Config) -> Vec<String> {
     ] {
         field(&format!("limits.{name}"), a.to_string(), b.to_string());
     }
-    for ((name, a), (_, b)) in old.penalties.settings().into_iter().zip(new.penalties.settings()) {
+    for ((name, a), (_, b)) in old
+        .penalties
+        .settings()
+        .into_iter()
+        .zip(new.penalties.settings())
+    {
         field(&format!("penalties.{name}"), a, b);
     }
     out

@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sshvisor_actors::{
-    ConnId, ConnectionInfo, Filter, HandleError, KillReport, PeerNet, PrefixMatch, SupervisorHandle,
-    Target,
+    ConnId, ConnectionInfo, Filter, HandleError, KillReport, PeerNet, PrefixMatch,
+    SupervisorHandle, Target,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};

@@ -25,9 +25,9 @@ use sshvisor_actors::{ConnectionMsg, EndScope, PtySpec, SessionMsg, SessionReque
 use tracing::{debug, info};
 
 use crate::ssh::auth::Authenticator;
-use crate::ssh::penalties::LoginTally;
 use crate::ssh::channels::{SessionChannels, Stdin};
 use crate::ssh::keys::fingerprint;
+use crate::ssh::penalties::LoginTally;
 use crate::ssh::signals::sig_name;
 use crate::ssh::stream::CutSwitch;
 

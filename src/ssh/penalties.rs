@@ -429,8 +429,7 @@ impl Penalties {
     /// sources would no longer be the ones it counts by.
     pub fn set_policy(&self, policy: PenaltyPolicy) {
         let mut table = self.table();
-        if (policy.prefix_v4, policy.prefix_v6)
-            != (table.policy.prefix_v4, table.policy.prefix_v6)
+        if (policy.prefix_v4, policy.prefix_v6) != (table.policy.prefix_v4, table.policy.prefix_v6)
         {
             table.sources.clear();
         }
