@@ -222,3 +222,35 @@ async fn an_exempt_network_is_never_penalized() {
         "no source has penalty time\n"
     );
 }
+
+/// ssh-audit's DHEat rate test (38 connections from one address in 1.5 s; more than 20 banners
+/// a second is "insufficient connection throttling") passes on the default penalties, loopback
+/// not exempt. ssh-audit runs it only while the server offers a finite-field Diffie-Hellman
+/// exchange; without ssh-audit on the PATH the test says so and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_audits_dheat_rate_test_passes_on_the_default_penalties() {
+    let server = server(Penalties::default()).await;
+    let audit = tokio::process::Command::new("ssh-audit")
+        .args(["-n", "-d", "-p", &server.port().to_string(), "127.0.0.1"])
+        .stdin(std::process::Stdio::null())
+        .output();
+    let out = match tokio::time::timeout(Duration::from_secs(120), audit).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
+            eprintln!("ssh-audit not run ({e}): install it with `pip install ssh-audit`");
+            return;
+        }
+        Err(_) => panic!("ssh-audit did not finish in 120 s"),
+    };
+    let stdout = text(&out.stdout);
+    assert!(
+        !stdout.contains("insufficient connection throttling"),
+        "{stdout}"
+    );
+    if let Some(rate) = stdout
+        .lines()
+        .find(|l| l.contains("connections opened per second"))
+    {
+        eprintln!("{rate}");
+    }
+}
