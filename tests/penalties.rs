@@ -254,3 +254,57 @@ async fn ssh_audits_dheat_rate_test_passes_on_the_default_penalties() {
         eprintln!("{rate}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_new_penalties_and_keeps_the_table() {
+    use sshvisor::daemon::{ConfigSource, DaemonOptions};
+    use std::sync::{Arc, Mutex};
+    let strict = Penalties {
+        rate: 0.01,
+        burst: 1,
+        over_rate: Duration::from_secs(300),
+        ..quiet()
+    };
+    let next: Arc<Mutex<Option<Penalties>>> = Arc::default();
+    // The source gives itself to the options it makes, as `serve`'s does, so that the next
+    // reload finds it too.
+    let source: Arc<std::sync::OnceLock<ConfigSource>> = Arc::default();
+    let server = TestServer::start_with(|o| {
+        o.config.penalties = strict.clone();
+        let (next, base, me) = (next.clone(), o.clone(), source.clone());
+        let made = ConfigSource(Arc::new(move || {
+            let mut options: DaemonOptions = base.clone();
+            if let Some(p) = next.lock().unwrap().clone() {
+                options.config.penalties = p;
+            }
+            options.reload_from = me.get().cloned();
+            Ok(options)
+        }));
+        let _ = source.set(made.clone());
+        o.reload_from = Some(made);
+    })
+    .await;
+    let port = server.port();
+    assert!(first_line(port).await.starts_with("SSH-"));
+    assert!(first_line(port)
+        .await
+        .contains("is penalized for 300 s more"));
+
+    *next.lock().unwrap() = Some(Penalties {
+        burst: 5,
+        ..strict.clone()
+    });
+    let changes = server.daemon.reload().await.expect("reload");
+    assert!(changes.contains("penalties.burst: 1 -> 5"), "{changes}");
+    assert!(
+        first_line(port).await.contains("is penalized for"),
+        "the penalty runs on across the reload"
+    );
+
+    *next.lock().unwrap() = Some(Penalties {
+        exempt: vec!["127.0.0.0/8".parse().unwrap()],
+        ..strict
+    });
+    server.daemon.reload().await.expect("reload");
+    assert!(first_line(port).await.starts_with("SSH-"), "now exempt");
+}

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -351,7 +351,9 @@ impl Entry {
 
 /// The table.
 struct Table {
-    policy: PenaltyPolicy,
+    /// Shared with each call that holds it while it changes the table (cloned per connection:
+    /// an `Arc`, not the exempt list).
+    policy: Arc<PenaltyPolicy>,
     sources: HashMap<Source, Entry>,
     last_sweep: Option<Instant>,
     /// Whether "the table is full" was logged since it last had room.
@@ -411,7 +413,7 @@ impl Penalties {
     pub fn new(policy: PenaltyPolicy) -> Self {
         Self {
             table: Mutex::new(Table {
-                policy,
+                policy: Arc::new(policy),
                 sources: HashMap::new(),
                 last_sweep: None,
                 full_logged: false,
@@ -434,12 +436,12 @@ impl Penalties {
             table.sources.clear();
         }
         table.sources.retain(|s, _| !policy.exempt(s.addr));
-        table.policy = policy;
+        table.policy = Arc::new(policy);
     }
 
     /// The policy in force.
     pub fn policy(&self) -> PenaltyPolicy {
-        self.table().policy.clone()
+        PenaltyPolicy::clone(&self.table().policy)
     }
 
     /// Asked by the accept loop for each new connection from `ip`, before anything else: `Err`
