@@ -19,6 +19,7 @@ use sshvisor::actors::{Event, SupervisorArgs, SupervisorHandle, Target};
 use sshvisor::session::app::{DefaultSessions, ExecEnv};
 use sshvisor::ssh::algorithms::Algorithms;
 use sshvisor::ssh::keys::{load_or_create_key, AuthorizedKeys};
+use sshvisor::ssh::penalties::PenaltyPolicy;
 use sshvisor::ssh::server::{SshListener, SshOptions};
 use tokio::sync::oneshot;
 
@@ -63,6 +64,8 @@ impl Actor for Host {
                 sessions: Arc::new(DefaultSessions::new(ExecEnv::default())),
                 // The hardened algorithm policy (`Algorithms::with` changes a list).
                 algorithms: Algorithms::default(),
+                // Sources that connect too fast or misbehave are refused at the door.
+                penalties: PenaltyPolicy::default(),
             },
             sshvisor.clone(),
         )

@@ -43,6 +43,7 @@ use crate::session::sftp::HandleBudgets;
 use crate::ssh::auth::KeyAuthority;
 use crate::ssh::certs::{PrincipalsFiles, UserCas};
 use crate::ssh::keys::{load_or_create_key, write_public_key, AuthorizedKeys, KeyError};
+use crate::ssh::penalties::Penalties;
 use crate::ssh::revoked::RevokedKeys;
 use crate::ssh::server::{SshListener, SshOptions};
 
@@ -272,6 +273,7 @@ impl Daemon {
             generated,
             containment: containment.clone(),
             host_keys,
+            penalties: std::sync::OnceLock::new(),
         });
         let control = match ControlServer::bind(&ctl_path, tree.clone(), running.clone()).await {
             Ok(control) => control,
@@ -291,6 +293,7 @@ impl Daemon {
                 keepalive: options.keepalive(),
                 sessions,
                 algorithms,
+                penalties: options.config.penalties.policy(),
             },
             tree,
         )
@@ -307,6 +310,7 @@ impl Daemon {
             }
         };
         let addr = listener.local_addr();
+        let _ = running.penalties.set(listener.penalties());
         *running.listener.lock().await = Some(listener);
         let known_hosts = dir.join("known_hosts");
         write_known_hosts(&known_hosts, addr, &host_key).map_err(dir_err)?;
@@ -339,6 +343,11 @@ impl Daemon {
     /// The supervisor's actor (to link or monitor it; requests go through [`Daemon::handle`]).
     pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
         self.running.tree.actor()
+    }
+
+    /// The SSH listener's per-source penalty table (`ctl penalties`).
+    pub fn penalties(&self) -> Option<Arc<Penalties>> {
+        self.running.penalties.get().cloned()
     }
 
     /// The lifecycle event port.
@@ -389,6 +398,8 @@ struct Running {
     sftp_handles: Arc<HandleBudgets>,
     /// The algorithms of the host key held: which host-key algorithms a reload may name.
     host_keys: Vec<russh::keys::Algorithm>,
+    /// The listener's penalty table, set once it is bound; kept after a drain closes it.
+    penalties: std::sync::OnceLock<Arc<Penalties>>,
 }
 
 impl Running {
@@ -462,6 +473,9 @@ impl Running {
                 .map_err(|e| format!("{}: {e}", e.kind))?;
         }
         self.sftp_handles.set_limits(sftp_limits);
+        if let Some(penalties) = self.penalties.get() {
+            penalties.set_policy(new.config.penalties.policy());
+        }
         *self
             .applied
             .lock()
@@ -499,6 +513,10 @@ impl Server for Running {
 
     fn reload(&self) -> BoxFuture<'_, Result<String, String>> {
         Box::pin(Running::reload(self))
+    }
+
+    fn penalties(&self) -> Option<Arc<Penalties>> {
+        self.penalties.get().cloned()
     }
 
     fn drain(
@@ -653,6 +671,14 @@ fn changes(old: &Config, new: &Config) -> Vec<String> {
         ),
     ] {
         field(&format!("limits.{name}"), a.to_string(), b.to_string());
+    }
+    for ((name, a), (_, b)) in old
+        .penalties
+        .settings()
+        .into_iter()
+        .zip(new.penalties.settings())
+    {
+        field(&format!("penalties.{name}"), a, b);
     }
     out
 }

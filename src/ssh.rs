@@ -23,6 +23,8 @@
 //!   and the signals they stand for.
 //! - `stream`: the TCP stream wrapper the connection actor can cut (the forced path).
 //! - `link`: the russh implementation of the tree's `ConnectionLink`.
+//! - `penalties`: per-source penalties (`Penalties`, `PenaltyPolicy`): sources that connect
+//!   too fast or misbehave are refused at the door, before any key exchange.
 //! - `activity`: a connection's and its sessions' traffic (idle times, bytes).
 //! - `after_goodbye`: what a connection keeps until its DISCONNECT is queued.
 //! - `counted`: a channel stream whose writes count as traffic.
@@ -41,6 +43,7 @@ pub mod held_channel;
 pub mod key_options;
 pub mod keys;
 pub mod link;
+pub mod penalties;
 pub mod restrictions;
 pub mod revoked;
 pub mod server;

@@ -147,7 +147,6 @@ async fn the_defaults_pass_ssh_audits_policy_mode_with_the_hardened_profile() {
 /// ssh-audit's rate test runs whenever the server offers an exchange in its DHEat list, and
 /// curve25519 is in it: the defaults need sources throttled too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs per-source penalties"]
 async fn ssh_audits_rate_test_finds_connections_throttled_on_the_defaults() {
     let cwd = tempfile::tempdir().unwrap();
     let (mut server, port) = serve(cwd.path(), &[]).await;
@@ -163,7 +162,6 @@ async fn ssh_audits_rate_test_finds_connections_throttled_on_the_defaults() {
 /// With a finite-field group offered (what DHEat makes expensive), one address still cannot
 /// start key exchanges faster than ssh-audit's 20 a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs per-source penalties"]
 async fn with_a_finite_field_group_offered_ssh_audits_rate_test_finds_connections_throttled() {
     let cwd = tempfile::tempdir().unwrap();
     std::fs::write(

@@ -177,6 +177,7 @@ async fn shouting_server(limit: usize, sink: bool) -> (SshListener, tempfile::Te
             keepalive: (None, 3),
             sessions: Arc::new(Shouting { limit, sink }),
             algorithms: Algorithms::default(),
+            penalties: sshvisor::ssh::penalties::PenaltyPolicy::loopback_exempt(),
         },
         tree,
     )

@@ -276,6 +276,8 @@ fn every_command_parses_in_its_documented_form() {
         r#"{"id":8,"cmd":"watch"}"#,
         r#"{"id":9,"cmd":"reload"}"#,
         r#"{"id":10,"cmd":"stats"}"#,
+        r#"{"id":11,"cmd":"penalties"}"#,
+        r#"{"id":12,"cmd":"penalties","clear":"10.0.0.0/8"}"#,
     ];
     let mut seen = std::collections::BTreeSet::new();
     for line in lines {

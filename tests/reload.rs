@@ -100,9 +100,12 @@ impl Served {
     }
 }
 
+/// These tests churn connections from 127.0.0.1, which the default penalties would refuse.
+const LOOPBACK_EXEMPT: &str = "[penalties]\nexempt = [\"127.0.0.0/8\"]\n";
+
 fn config(max_per_user: u32, idle: &str, extra: &str) -> String {
     format!(
-        "[timeouts]\nidle = \"{idle}\"\nsession_idle = \"{idle}\"\nkill_grace = \"2s\"\n\
+        "{LOOPBACK_EXEMPT}[timeouts]\nidle = \"{idle}\"\nsession_idle = \"{idle}\"\nkill_grace = \"2s\"\n\
          keepalive_interval = \"7s\"\n\
          [limits]\nmax_per_user = {max_per_user}\nmax_per_source = 500\n{extra}"
     )

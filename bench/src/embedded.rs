@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sshvisor::daemon::config::{Config, Limits, Timeouts};
+use sshvisor::daemon::config::{Config, Limits, Penalties, Timeouts};
 use sshvisor::daemon::{Daemon, DaemonOptions};
 use sshvisor::session::app::{ChannelIo, InProcessCommand, InProcessCommands};
 use tokio::io::AsyncReadExt;
@@ -73,6 +73,11 @@ pub async fn run(args: EmbeddedArgs) -> anyhow::Result<()> {
                 keepalive_interval: (args.keepalive > 0)
                     .then(|| Duration::from_secs(args.keepalive)),
                 ..Timeouts::default()
+            },
+            // The load comes from 127.0.0.1: penalties would refuse it.
+            penalties: Penalties {
+                exempt: vec!["127.0.0.0/8".parse().map_err(anyhow::Error::msg)?],
+                ..Penalties::default()
             },
             ..Config::default()
         },

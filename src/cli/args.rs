@@ -64,6 +64,16 @@ pub(crate) enum CtlCmd {
         #[arg(long)]
         json: bool,
     },
+    /// List the sources with penalty time (address or network, time left, offences, last
+    /// reason), or with --clear forget some: an address, a network (10.0.0.0/8) or `all`.
+    Penalties {
+        /// Forget the penalties of this address or network (`all`: every source).
+        #[arg(long, value_name = "ADDR|NET|all")]
+        clear: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stream lifecycle events as they happen (Ctrl-C to stop).
     Watch {
         /// One JSON object per event.

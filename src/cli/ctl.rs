@@ -205,6 +205,18 @@ pub(crate) async fn run(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<E
             }
             Ok(ExitCode::SUCCESS)
         }
+        CtlCmd::Penalties { clear, json } => {
+            let clearing = clear.is_some();
+            let value = client.request(Command::Penalties { clear }).await?;
+            if json {
+                println!("{value}");
+            } else if clearing {
+                print!("{}", print::format_cleared(&value));
+            } else {
+                print!("{}", print::format_penalties(&value));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         CtlCmd::Reload => {
             let value = client.request(Command::Reload).await?;
             let changes = value["changes"].as_str().unwrap_or_default();

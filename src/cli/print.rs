@@ -276,8 +276,23 @@ pub fn format_event(event: &sshvisor_actors::Event) -> String {
 pub fn format_stats(value: &serde_json::Value) -> String {
     let n = |v: &serde_json::Value| v.as_u64().map_or("?".to_string(), |n| n.to_string());
     let (tree, process) = (&value["tree"], &value["process"]);
+    let penalties = &value["penalties"];
+    let penalties = if penalties.is_object() {
+        if penalties["enabled"].as_bool() == Some(false) {
+            "penalties   off\n".to_string()
+        } else {
+            format!(
+                "penalties   {} connections refused, {} sources penalized now ({} tracked)\n",
+                n(&penalties["refused"]),
+                n(&penalties["penalized"]),
+                n(&penalties["tracked"]),
+            )
+        }
+    } else {
+        String::new()
+    };
     format!(
-        "connections {} (actors {})\nsessions    {} (actors {})\nwaiting kills {}\nmemory      PSS {} KiB, RSS {} KiB\nopen fds    {}\nthreads     {}\nprocesses   contained by {}{}\n",
+        "connections {} (actors {})\nsessions    {} (actors {})\nwaiting kills {}\nmemory      PSS {} KiB, RSS {} KiB\nopen fds    {}\nthreads     {}\nprocesses   contained by {}{}\n{penalties}",
         n(&tree["connections"]),
         n(&tree["connection_actors"]),
         n(&tree["sessions"]),
@@ -293,6 +308,56 @@ pub fn format_stats(value: &serde_json::Value) -> String {
             .map(|at| format!(" ({at})"))
             .unwrap_or_default(),
     )
+}
+
+/// `ctl penalties`: one line per source, longest penalty first.
+pub fn format_penalties(value: &serde_json::Value) -> String {
+    let rows = value.as_array().map(Vec::as_slice).unwrap_or_default();
+    if rows.is_empty() {
+        return "no source has penalty time\n".into();
+    }
+    let mut out = format!(
+        "{:<24} {:>8} {:<9} {:>8}  {}\n",
+        "SOURCE", "LEFT", "STATE", "OFFENCES", "LAST REASON"
+    );
+    for row in rows {
+        let left = row["left_ms"].as_u64().unwrap_or(0);
+        let left = humantime::format_duration(std::time::Duration::from_secs(left.div_ceil(1000)));
+        let state = if row["enforced"].as_bool() == Some(true) {
+            "refused"
+        } else {
+            "counting"
+        };
+        out.push_str(&format!(
+            "{:<24} {:>8} {:<9} {:>8}  {}\n",
+            row["source"].as_str().unwrap_or("?"),
+            left.to_string(),
+            state,
+            row["offences"].as_u64().unwrap_or(0),
+            row["reason"].as_str().unwrap_or("?"),
+        ));
+    }
+    out
+}
+
+/// `ctl penalties --clear`: what was removed.
+pub fn format_cleared(value: &serde_json::Value) -> String {
+    let removed: Vec<&str> = value["removed"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    if removed.is_empty() {
+        "no penalized source matched: nothing removed\n".into()
+    } else {
+        format!(
+            "removed the penalties of {}: {}\n",
+            match removed.len() {
+                1 => "1 source".to_string(),
+                n => format!("{n} sources"),
+            },
+            removed.join(", ")
+        )
+    }
 }
 
 #[cfg(test)]

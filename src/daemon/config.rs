@@ -16,6 +16,9 @@ use std::time::Duration;
 
 use russh::keys::Algorithm;
 use serde::{Deserialize, Deserializer};
+use sshvisor_actors::PeerNet;
+
+use crate::ssh::penalties::PenaltyPolicy;
 
 use crate::ssh::algorithms::{AlgorithmError, Algorithms, Kind};
 
@@ -71,6 +74,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Limits.
     pub limits: Limits,
+    /// Per-source penalties.
+    pub penalties: Penalties,
 }
 
 impl Default for Config {
@@ -93,6 +98,7 @@ impl Default for Config {
             host_key_algorithms: None,
             timeouts: Timeouts::default(),
             limits: Limits::default(),
+            penalties: Penalties::default(),
         }
     }
 }
@@ -216,6 +222,132 @@ impl Limits {
             per_user: self.max_sftp_handles_per_user as usize,
         }
     }
+}
+
+/// `[penalties]`: the file's face of [`PenaltyPolicy`] (see `ssh::penalties` and
+/// docs/OPERATIONS.md); [`Penalties::policy`] is the one conversion.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Penalties {
+    /// Off: nothing is counted and nobody is refused.
+    pub enabled: bool,
+    /// Connections per second one source may sustain.
+    #[serde(deserialize_with = "positive_rate")]
+    pub rate: f64,
+    /// Connections one source may open at once above the rate.
+    pub burst: u32,
+    /// Penalty time per connection over the rate.
+    #[serde(deserialize_with = "duration")]
+    pub over_rate: Duration,
+    /// Penalty time per connection that ends after a refused login and no success.
+    #[serde(deserialize_with = "duration")]
+    pub auth_failed: Duration,
+    /// Penalty time per connection refused by a limit.
+    #[serde(deserialize_with = "duration")]
+    pub refused_by_limit: Duration,
+    /// Penalty time per connection that ends without authenticating or trying to.
+    #[serde(deserialize_with = "duration")]
+    pub no_auth: Duration,
+    /// A penalty is enforced once the time left reaches this.
+    #[serde(deserialize_with = "duration")]
+    pub min: Duration,
+    /// The longest a penalty runs.
+    #[serde(deserialize_with = "duration")]
+    pub max: Duration,
+    /// IPv4 sources are counted by this many leading bits.
+    #[serde(deserialize_with = "prefix_v4")]
+    pub prefix_v4: u8,
+    /// IPv6 sources are counted by this many leading bits.
+    #[serde(deserialize_with = "prefix_v6")]
+    pub prefix_v6: u8,
+    /// Networks never penalized (`"10.0.0.0/8"`, `"2001:db8::/32"`, `"192.0.2.7"`).
+    #[serde(deserialize_with = "networks")]
+    pub exempt: Vec<PeerNet>,
+    /// Sources tracked at most.
+    pub max_sources: u32,
+}
+
+impl Default for Penalties {
+    /// [`PenaltyPolicy::default`]: one set of numbers.
+    fn default() -> Self {
+        let p = PenaltyPolicy::default();
+        Self {
+            enabled: p.enabled,
+            rate: p.rate,
+            burst: p.burst,
+            over_rate: p.over_rate,
+            auth_failed: p.auth_failed,
+            refused_by_limit: p.refused_by_limit,
+            no_auth: p.no_auth,
+            min: p.min,
+            max: p.max,
+            prefix_v4: p.prefix_v4,
+            prefix_v6: p.prefix_v6,
+            exempt: p.exempt,
+            max_sources: u32::try_from(p.max_sources).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+impl Penalties {
+    /// The listener's policy.
+    pub fn policy(&self) -> PenaltyPolicy {
+        PenaltyPolicy {
+            enabled: self.enabled,
+            rate: self.rate,
+            burst: self.burst,
+            over_rate: self.over_rate,
+            auth_failed: self.auth_failed,
+            refused_by_limit: self.refused_by_limit,
+            no_auth: self.no_auth,
+            min: self.min,
+            max: self.max,
+            prefix_v4: self.prefix_v4,
+            prefix_v6: self.prefix_v6,
+            exempt: self.exempt.clone(),
+            max_sources: self.max_sources as usize,
+        }
+    }
+
+    /// Each setting as `name = value`, for a reload's list of changes.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let exempt: Vec<String> = self.exempt.iter().map(|n| n.to_string()).collect();
+        vec![
+            ("enabled", self.enabled.to_string()),
+            ("rate", self.rate.to_string()),
+            ("burst", self.burst.to_string()),
+            ("over_rate", d(self.over_rate)),
+            ("auth_failed", d(self.auth_failed)),
+            ("refused_by_limit", d(self.refused_by_limit)),
+            ("no_auth", d(self.no_auth)),
+            ("min", d(self.min)),
+            ("max", d(self.max)),
+            ("prefix_v4", self.prefix_v4.to_string()),
+            ("prefix_v6", self.prefix_v6.to_string()),
+            ("exempt", format!("{exempt:?}")),
+            ("max_sources", self.max_sources.to_string()),
+        ]
+    }
+}
+
+fn positive_rate<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let rate = f64::deserialize(d)?;
+    if rate.is_finite() && rate > 0.0 {
+        Ok(rate)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "expected a rate in connections per second above 0 (e.g. 5 or 0.5), got {rate}"
+        )))
+    }
+}
+
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|text| text.parse::<PeerNet>())
+        .collect::<Result<_, _>>()
+        .map_err(serde::de::Error::custom)
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -416,6 +548,20 @@ max_sessions_per_connection = 10
 max_sftp_handles_per_session = 256
 max_sftp_handles_per_connection = 1024
 max_sftp_handles_per_user = 4096
+[penalties]
+enabled = true
+rate = 5
+burst = 10
+over_rate = "10s"
+auth_failed = "5s"
+refused_by_limit = "10s"
+no_auth = "1s"
+min = "15s"
+max = "10m"
+prefix_v4 = 32
+prefix_v6 = 64
+exempt = []
+max_sources = 65536
 "#;
         let c = parse(text).unwrap();
         assert_eq!(
@@ -423,6 +569,7 @@ max_sftp_handles_per_user = 4096
             Limits::default(),
             "the example shows the defaults"
         );
+        assert_eq!(c.penalties, Penalties::default(), "and of the penalties");
         assert_eq!(c.timeouts.max_lifetime, Some(Duration::from_secs(5400)));
         assert_eq!(c.timeouts.idle, None);
         assert_eq!(parse("").unwrap(), Config::default());
@@ -456,6 +603,16 @@ max_sftp_handles_per_user = 4096
         );
         let e = parse("[limits]\nprefix_v6 = -8\n").unwrap_err();
         assert!(e.contains("from 0 to 128, got -8"), "{e}");
+        let e = parse("[penalties]\nexempt = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert!(
+            e.contains("line 2") && e.contains("prefix length must be 0 to 32"),
+            "{e}"
+        );
+        let e = parse("[penalties]\nrate = 0\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("above 0"), "{e}");
+        let p = parse("[penalties]\nexempt = [\"10.0.0.0/8\", \"::1\"]\nrate = 0.5\n").unwrap();
+        assert_eq!(p.penalties.exempt.len(), 2);
+        assert_eq!(p.penalties.policy().rate, 0.5);
         let e = parse("listen = [1, 2\n").unwrap_err();
         assert!(e.contains("line 1"), "{e}");
     }

@@ -33,7 +33,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sshvisor_actors::{
-    ConnId, ConnectionInfo, Filter, HandleError, KillReport, PrefixMatch, SupervisorHandle, Target,
+    ConnId, ConnectionInfo, Filter, HandleError, KillReport, PeerNet, PrefixMatch,
+    SupervisorHandle, Target,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -41,6 +42,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
+
+use crate::ssh::penalties::Penalties;
 
 mod reserve;
 
@@ -67,6 +70,7 @@ pub const COMMANDS: &[&str] = &[
     "watch",
     "reload",
     "stats",
+    "penalties",
 ];
 
 /// One request, as sent on the wire.
@@ -143,6 +147,14 @@ pub enum Command {
     /// How big the server is: the tree's map and live actors, and the process's memory (PSS,
     /// RSS), open descriptors and threads.
     Stats,
+    /// The sources with penalty time (address or network, time left, offences, last reason);
+    /// with `clear`, forgets the sources inside that address or network (`all`: every one)
+    /// and answers which penalized ones were removed.
+    Penalties {
+        /// An address, a network (`10.0.0.0/8`) or `all`.
+        #[serde(default)]
+        clear: Option<String>,
+    },
     /// Kill every connection; answers once all of them are gone.
     KillAll {
         /// Shown to the clients.
@@ -208,6 +220,11 @@ pub trait Server: Send + Sync + 'static {
         grace: Duration,
         by: Option<String>,
     ) -> BoxFuture<'_, Result<Vec<KillReport>, HandleError>>;
+
+    /// The listener's per-source penalty table (`ctl penalties`, `ctl stats`); none by default.
+    fn penalties(&self) -> Option<Arc<Penalties>> {
+        None
+    }
 }
 
 /// What every control request can reach: the tree and the server around it.
@@ -680,8 +697,13 @@ async fn run(command: Command, reach: &Reach, uid: u32) -> Result<Box<RawValue>,
         Command::Watch => Err("watch streams on its own connection".into()),
         Command::Stats => {
             let tree = tree.stats().await.map_err(|e| e.to_string())?;
-            raw(&json!({ "tree": tree, "process": process_stats() }))
+            let penalties = reach
+                .server
+                .penalties()
+                .map(|p| p.stats(std::time::Instant::now()));
+            raw(&json!({ "tree": tree, "process": process_stats(), "penalties": penalties }))
         }
+        Command::Penalties { clear } => penalties(reach, clear.as_deref(), by.as_deref()),
         Command::Reload => {
             info!(by = by.as_deref(), "audit: reload requested");
             match reach.server.reload().await {
@@ -707,6 +729,31 @@ async fn run(command: Command, reach: &Reach, uid: u32) -> Result<Box<RawValue>,
             reports(tree.kill_all(reason, grace, by).await)
         }
     }
+}
+
+/// `penalties`: the list, or what a clear removed.
+fn penalties(
+    reach: &Reach,
+    clear: Option<&str>,
+    by: Option<&str>,
+) -> Result<Box<RawValue>, String> {
+    let table = reach
+        .server
+        .penalties()
+        .ok_or("this server has no SSH listener, so no penalties")?;
+    let now = std::time::Instant::now();
+    let Some(what) = clear.map(str::trim) else {
+        return raw(&table.list(now));
+    };
+    let net = match what {
+        "all" => None,
+        text => Some(text.parse::<PeerNet>().map_err(|e| {
+            format!("cannot clear {e}; give an address, a network (10.0.0.0/8) or \"all\"")
+        })?),
+    };
+    let removed = table.clear(net.as_ref(), now);
+    info!(clear = what, ?removed, by, "audit: penalties cleared");
+    raw(&json!({ "removed": removed }))
 }
 
 /// This process's memory, descriptors and threads, read from /proc (`None` where unreadable)

@@ -31,6 +31,7 @@ use tracing::{debug, info};
 use crate::ssh::auth::{Authenticator, Verdict};
 use crate::ssh::certs;
 use crate::ssh::channels::{SessionChannels, Stdin};
+use crate::ssh::penalties::LoginTally;
 use crate::ssh::signals::sig_name;
 use crate::ssh::stream::CutSwitch;
 
@@ -67,6 +68,8 @@ pub struct SshHandler {
     refused: Option<String>,
     /// The session channels, and the application that opens them.
     sessions: SessionChannels,
+    /// How the logins went, for the source's penalties (see `penalties`).
+    tally: Arc<LoginTally>,
 }
 
 impl SshHandler {
@@ -85,7 +88,14 @@ impl SshHandler {
             credential: None,
             refused: None,
             sessions,
+            tally: Arc::default(),
         }
+    }
+
+    /// Tells `tally` how the logins go (the accept loop reads it when the connection ends).
+    pub(crate) fn with_tally(mut self, tally: Arc<LoginTally>) -> Self {
+        self.tally = tally;
+        self
     }
 
     /// Asks `actor` and waits for its answer: `None` if the actor is gone or the connection
@@ -108,6 +118,7 @@ impl SshHandler {
         if self.auth.publickey(user, key) {
             Auth::Accept
         } else {
+            self.tally.refused();
             Auth::reject()
         }
     }
@@ -132,12 +143,15 @@ impl SshHandler {
             }
             Verdict::Reject => {
                 debug!(user, key = %credential.key_fingerprint, "login rejected: key not known");
+                self.tally.refused();
                 Auth::reject()
             }
             Verdict::Refuse(reason) => {
                 let peer = self.sessions.ends().peer;
                 info!(user, %peer, key = %credential.key_fingerprint, certificate = ?credential.certificate, reason = %reason, "login refused");
                 self.refused = Some(reason);
+                // A failed login for the per-source penalties, though russh is told "accept".
+                self.tally.refused();
                 Auth::Accept
             }
         }
@@ -352,6 +366,7 @@ impl russh::server::Handler for SshHandler {
             }
             return Ok(());
         }
+        self.tally.succeeded();
         Box::pin(self.authenticated(session)).await
     }
 

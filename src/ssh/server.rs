@@ -9,12 +9,17 @@
 //!
 //! A connection over a limit is refused over SSH (the client prints which limit), in a cuttable
 //! stream closed by [`REFUSAL_TIMEOUT`] at the latest, and at most [`MAX_REFUSING`] at once.
+//!
+//! Before all that, the accept loop asks the per-source [`Penalties`]: a penalized source (or
+//! one over its connection rate) gets one line saying why, written without waiting, and the
+//! socket is closed: no supervisor, no russh, no key exchange. Each connection's end (failed
+//! login, dropped before authenticating) and each limit refusal is counted against its source.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
 use russh::keys::PrivateKey;
@@ -33,6 +38,7 @@ use crate::ssh::auth::Authenticator;
 use crate::ssh::channels::SessionChannels;
 use crate::ssh::handler::{HandlerError, SshHandler};
 use crate::ssh::link::RusshConnectionLink;
+use crate::ssh::penalties::{LoginTally, Offence, Penalties, PenaltyPolicy, Refusal};
 use crate::ssh::sessions::{Endpoints, SessionFactory};
 use crate::ssh::stream::{CutSwitch, CuttableStream};
 
@@ -58,6 +64,9 @@ pub struct SshOptions {
     /// ed25519 and RSA: a program with an ECDSA host key adds its curve's
     /// (`.with(Kind::HostKey, "+ecdsa-sha2-nistp256", ..)`), or [`SshListener::bind`] refuses.
     pub algorithms: Algorithms,
+    /// Per-source penalties ([`PenaltyPolicy::default`]: on; [`PenaltyPolicy::off`]). Changed
+    /// with [`SshListener::penalties`]'s `set_policy`, which keeps the table.
+    pub penalties: PenaltyPolicy,
 }
 
 /// The russh configuration sshvisor runs with.
@@ -118,6 +127,7 @@ impl SshListener {
             host_key: options.host_key,
             tree,
             refusing: Arc::new(AtomicUsize::new(0)),
+            penalties: Arc::new(Penalties::new(options.penalties)),
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
@@ -156,6 +166,11 @@ impl SshListener {
         Ok(())
     }
 
+    /// The listener's per-source penalty table (`ctl penalties`, a reload's new policy).
+    pub fn penalties(&self) -> Arc<Penalties> {
+        self.shared.penalties.clone()
+    }
+
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -177,6 +192,8 @@ struct Shared {
     tree: SupervisorHandle,
     /// Refusals in progress (see [`MAX_REFUSING`]).
     refusing: Arc<AtomicUsize>,
+    /// Who is refused at the door, and what each connection's end counts against its source.
+    penalties: Arc<Penalties>,
 }
 
 #[derive(Clone)]
@@ -199,6 +216,10 @@ async fn accept_loop(
         };
         match accepted {
             Ok((socket, peer)) => {
+                if let Err(refusal) = shared.penalties.admit(peer.ip(), Instant::now()) {
+                    refuse_at_door(socket, &refusal);
+                    continue;
+                }
                 tokio::spawn(serve_socket(shared.clone(), socket, peer));
             }
             Err(e) => {
@@ -239,6 +260,9 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
         Ok(admitted) => admitted,
         Err(HandleError::Refused(refusal)) => {
             warn!(%peer, reason = %refusal, "connection refused");
+            shared
+                .penalties
+                .offend(peer.ip(), Offence::RefusedByLimit, Instant::now());
             let Some(_slot) = RefusalSlot::take(&shared.refusing) else {
                 // A flood of refused clients must not hold the server's descriptors: past the
                 // bound, the socket closes without a word.
@@ -259,7 +283,9 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
         local: socket.local_addr().unwrap_or(peer),
     };
     let sessions = SessionChannels::new(live.sessions.clone(), ends, activity, after_goodbye);
-    let handler = SshHandler::new(conn.clone(), live.auth.clone(), switch.clone(), sessions);
+    let tally = Arc::new(LoginTally::default());
+    let handler = SshHandler::new(conn.clone(), live.auth.clone(), switch.clone(), sessions)
+        .with_tally(tally.clone());
     let stream = CuttableStream::new(socket, switch.clone());
     // This task lives as long as the connection: the handshake's future is boxed so that only
     // what waits for the end stays in it. No span of its own either (the connection actor has
@@ -282,6 +308,33 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
     };
     debug!(conn_id = %conn_id, %peer, ?end, "transport ended");
     send_end(&conn, end);
+    if let Some(offence) = tally.offence() {
+        shared.penalties.offend(peer.ip(), offence, Instant::now());
+    }
+}
+
+/// Tells a refused client why in one line and closes its socket, all without waiting (this runs
+/// in the accept loop): a short write onto a fresh socket fits its send buffer, and if it does
+/// not, the socket is closed without a word. What the client already sent (its banner) is read
+/// off first, so that the close is a FIN after the line rather than a reset that could overtake
+/// it.
+fn refuse_at_door(socket: TcpStream, refusal: &Refusal) {
+    use nix::sys::socket::{recv, send, shutdown, MsgFlags, Shutdown};
+    use std::os::fd::AsRawFd;
+    debug!(%refusal, "refused at the door");
+    let fd = socket.as_raw_fd();
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    if send(fd, refusal.line().as_bytes(), flags).is_ok() {
+        let _ = shutdown(fd, Shutdown::Write);
+        let mut buf = [0u8; 2048];
+        for _ in 0..4 {
+            match recv(fd, &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+    }
+    drop(socket);
 }
 
 /// How long a refused client gets to receive its disconnect message; its socket is closed then

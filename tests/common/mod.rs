@@ -40,6 +40,12 @@ impl TestServer {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 state_dir: dir.path().join("state"),
                 authorized_keys: None,
+                // Tests open many connections from 127.0.0.1 at once: penalties are tested on
+                // a server of their own (tests/penalties.rs).
+                penalties: sshvisor::daemon::config::Penalties {
+                    exempt: sshvisor::ssh::penalties::PenaltyPolicy::loopback_exempt().exempt,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             // The test process spawns ssh and ctl itself: their exit status is not ours to take.
