@@ -308,3 +308,35 @@ async fn a_reload_applies_new_penalties_and_keeps_the_table() {
     server.daemon.reload().await.expect("reload");
     assert!(first_line(port).await.starts_with("SSH-"), "now exempt");
 }
+
+/// A login refused by a restriction of its key (here `from=`) is let past authentication only
+/// to be told why; for the penalties it is a failed login all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_refused_by_its_keys_restriction_counts_as_a_failed_login() {
+    let keys = tempfile::tempdir().unwrap();
+    let key_path = keys.path().join("restricted");
+    let (key, _) = sshvisor::ssh::keys::load_or_create_key(&key_path, "restricted").unwrap();
+    let authorized = keys.path().join("authorized_keys");
+    let line = key.public_key().to_openssh().unwrap();
+    std::fs::write(&authorized, format!("from=\"10.9.9.9\" {line}\n")).unwrap();
+    let server = TestServer::start_with(|o| {
+        o.config.authorized_keys = Some(authorized.clone());
+        o.config.penalties = Penalties {
+            auth_failed: Duration::from_secs(100),
+            min: Duration::from_secs(250),
+            ..quiet()
+        };
+    })
+    .await;
+    let table = server.daemon.penalties().unwrap();
+    let client = russh_connect(server.port(), &key_path, "alice")
+        .await
+        .expect("connects");
+    drop(client);
+    eventually("the refused login counted as a failed one", || {
+        table.list(Instant::now()).first().is_some_and(|p| {
+            p.offences == 1 && p.last == sshvisor::ssh::penalties::Offence::AuthFailed
+        })
+    })
+    .await;
+}
