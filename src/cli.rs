@@ -4,9 +4,12 @@
 //! - `serve`: the server's main loop around [`sshvisor::daemon::Daemon`], with its signals.
 //! - `ctl`: the operator's client of the control socket, and each `ctl` command.
 //! - `print`: what `ctl` prints for people (tables, reports, events, stats).
+//! - `fleet`: `sshvisor fleet certs` (with the `fleet` feature).
 
 mod args;
 pub mod ctl;
+#[cfg(feature = "fleet")]
+mod fleet;
 pub mod print;
 mod serve;
 
@@ -40,6 +43,8 @@ pub fn main() -> ExitCode {
                 serve::serve(options).await
             }
             Cmd::Ctl { state_dir, command } => ctl::run(state_dir, command).await,
+            #[cfg(feature = "fleet")]
+            Cmd::Fleet { command } => fleet::run(command),
         }
     });
     match result {

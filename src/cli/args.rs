@@ -31,6 +31,12 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         command: CtlCmd,
     },
+    /// Set up a fleet of nodes: `fleet certs` makes its CA, node certificates and cookie.
+    #[cfg(feature = "fleet")]
+    Fleet {
+        #[command(subcommand)]
+        command: super::fleet::FleetCmd,
+    },
 }
 
 #[derive(Subcommand)]
