@@ -422,3 +422,137 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertsError>
     file.write_all(contents).map_err(err)?;
     file.sync_all().map_err(err)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::fleet::tls::{FleetTls, TlsFiles};
+
+    fn request(dir: &Path, nodes: &str, force: bool) -> CertsRequest {
+        CertsRequest {
+            dir: dir.to_owned(),
+            nodes: parse_nodes(nodes, &[]).unwrap(),
+            days: 30,
+            force,
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn loads(dir: &Path, node: &str) -> bool {
+        let [cert, key] = node_files(dir, node);
+        FleetTls::load(&TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert,
+            key,
+        })
+        .is_ok()
+    }
+
+    #[test]
+    fn keys_and_the_cookie_are_readable_by_the_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = make(&request(dir.path(), "a,b", false)).unwrap();
+        let names: Vec<_> = written
+            .files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["ca.pem", "ca.key", "a.pem", "a.key", "b.pem", "b.key", "cookie"]
+        );
+        for secret in ["ca.key", "a.key", "b.key", "cookie"] {
+            assert_eq!(mode(&dir.path().join(secret)), 0o600, "{secret}");
+        }
+        assert_eq!(mode(&dir.path().join("ca.pem")), 0o644);
+        let cookie = fs::read_to_string(dir.path().join("cookie")).unwrap();
+        assert_eq!(cookie.len(), 64);
+        assert!(cookie.bytes().all(|b| b.is_ascii_hexdigit()), "{cookie:?}");
+    }
+
+    #[test]
+    fn nothing_is_replaced_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        make(&request(dir.path(), "a,b", false)).unwrap();
+        let before = fs::read(dir.path().join("b.key")).unwrap();
+        let err = make(&request(dir.path(), "c,b", false)).unwrap_err();
+        assert!(
+            err.to_string().contains("b.pem exists already: give --force"),
+            "{err}"
+        );
+        // Refused before anything was written: not even c's files.
+        assert!(!dir.path().join("c.pem").exists());
+        assert_eq!(fs::read(dir.path().join("b.key")).unwrap(), before);
+
+        // With force: a new CA and new keys; a replaced key file stays 0600.
+        fs::set_permissions(dir.path().join("b.key"), fs::Permissions::from_mode(0o644)).unwrap();
+        let ca_before = fs::read(dir.path().join("ca.pem")).unwrap();
+        let written = make(&request(dir.path(), "b", true)).unwrap();
+        assert!(!written.kept_ca);
+        assert_ne!(fs::read(dir.path().join("b.key")).unwrap(), before);
+        assert_ne!(fs::read(dir.path().join("ca.pem")).unwrap(), ca_before);
+        assert_eq!(mode(&dir.path().join("b.key")), 0o600);
+        assert!(loads(dir.path(), "b"));
+    }
+
+    #[test]
+    fn a_node_added_later_is_signed_by_the_kept_ca_and_keeps_the_cookie() {
+        let dir = tempfile::tempdir().unwrap();
+        make(&request(dir.path(), "a", false)).unwrap();
+        let ca = fs::read(dir.path().join("ca.pem")).unwrap();
+        let cookie = fs::read(dir.path().join("cookie")).unwrap();
+        let written = make(&request(dir.path(), "d", false)).unwrap();
+        assert!(written.kept_ca && written.kept_cookie);
+        assert_eq!(written.files.len(), 2, "{:?}", written.files);
+        assert_eq!(fs::read(dir.path().join("ca.pem")).unwrap(), ca);
+        assert_eq!(fs::read(dir.path().join("cookie")).unwrap(), cookie);
+        assert!(loads(dir.path(), "a") && loads(dir.path(), "d"));
+    }
+
+    #[test]
+    fn half_a_ca_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        make(&request(dir.path(), "a", false)).unwrap();
+        fs::remove_file(dir.path().join("ca.key")).unwrap();
+        let err = make(&request(dir.path(), "b", false)).unwrap_err();
+        assert!(matches!(err, CertsError::HalfCa { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn node_lists_are_checked() {
+        let err = |nodes: &str, ips: &[&str]| {
+            let ips: Vec<String> = ips.iter().map(|s| s.to_string()).collect();
+            parse_nodes(nodes, &ips).unwrap_err().to_string()
+        };
+        assert!(err("", &[]).contains("no node names"));
+        assert!(err(" , ", &[]).contains("no node names"));
+        assert!(err("a,b,a", &[]).contains("\"a\" is named twice"));
+        assert!(err("a,B,b", &[]).contains("named twice"));
+        for bad in ["a.b", "-a", "a-", "a_b", "é", &"x".repeat(64)] {
+            assert!(err(bad, &[]).contains("is not a DNS label"), "{bad}");
+        }
+        assert!(err("a", &["a"]).contains("NODE=ADDR"));
+        assert!(err("a", &["a=host"]).contains("is not an IP address"));
+        assert!(err("a", &["b=10.0.0.1"]).contains("\"b\" is not in --nodes"));
+
+        let nodes = parse_nodes("a, b-2", &["b-2=10.0.0.2".into(), "b-2=::1".into()]).unwrap();
+        assert_eq!(nodes[0].name, "a");
+        assert!(nodes[0].ips.is_empty());
+        assert_eq!(nodes[1].name, "b-2");
+        assert_eq!(nodes[1].ips.len(), 2);
+    }
+
+    #[test]
+    fn days_must_be_sensible() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut req = request(dir.path(), "a", false);
+        req.days = 0;
+        assert!(matches!(make(&req), Err(CertsError::BadDays(0))));
+        assert!(!dir.path().join("ca.pem").exists());
+    }
+}
