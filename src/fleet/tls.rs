@@ -494,6 +494,35 @@ mod tests {
         assert!(server.is_err(), "the refused server could talk");
     }
 
+    #[tokio::test]
+    async fn a_client_without_a_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = fleet(dir.path(), &["a"]);
+        let a = FleetTls::load(&files[0]).unwrap();
+        let mut roots = RootCertStore::empty();
+        for cert in read_certs("CA certificate", &files[0].ca).unwrap() {
+            roots.add(cert).unwrap();
+        }
+        let anonymous = ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let anonymous = FleetTls {
+            acceptor: a.acceptor.clone(),
+            connector: TlsConnector::from(Arc::new(anonymous)),
+        };
+        let (server, client) = link(&a, &anonymous, "a").await;
+        let server = server.unwrap_err();
+        assert!(
+            explain_handshake_error(&server).contains("presented no certificate"),
+            "{server}"
+        );
+        assert!(client.is_err(), "the anonymous client could talk");
+    }
+
     #[test]
     fn a_key_that_is_not_the_certificates_is_refused_at_load() {
         let dir = tempfile::tempdir().unwrap();
