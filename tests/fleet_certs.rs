@@ -46,7 +46,10 @@ fn fleet_certs_writes_a_ca_node_certificates_and_a_cookie_and_says_how_to_start_
         assert_eq!(mode & 0o777, 0o600, "{secret}");
     }
     // One start command per node, the first one joined by the others.
-    assert_eq!(stdout.matches("sshvisor serve --fleet-node-name").count(), 3);
+    assert_eq!(
+        stdout.matches("sshvisor serve --fleet-node-name").count(),
+        3
+    );
     assert!(stdout.contains("--fleet-node-name c"), "{stdout}");
     assert!(stdout.contains("--fleet-join a:"), "{stdout}");
     for node in ["a", "b", "c"] {
@@ -63,7 +66,10 @@ fn fleet_certs_writes_a_ca_node_certificates_and_a_cookie_and_says_how_to_start_
     let out = certs(&dir, &["--nodes", "a"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("a.pem exists already: give --force"), "{stderr}");
+    assert!(
+        stderr.contains("a.pem exists already: give --force"),
+        "{stderr}"
+    );
     assert_eq!(std::fs::read(dir.join("a.key")).unwrap(), key);
 
     // With --force: replaced.

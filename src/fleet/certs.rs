@@ -201,7 +201,9 @@ impl Ca {
     pub fn generate(validity: Validity) -> Result<Self, CertsError> {
         let key = KeyPair::generate().map_err(generate("CA key"))?;
         let params = ca_params(validity);
-        let cert = params.self_signed(&key).map_err(generate("CA certificate"))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(generate("CA certificate"))?;
         Ok(Self {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -231,7 +233,9 @@ impl Ca {
         let key = KeyPair::generate().map_err(generate(&what))?;
         let mut params =
             CertificateParams::new(vec![node.name.clone()]).map_err(generate(&what))?;
-        params.subject_alt_names.extend(node.ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params
+            .subject_alt_names
+            .extend(node.ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params
             .distinguished_name
             .push(DnType::CommonName, node.name.as_str());
@@ -392,7 +396,10 @@ pub fn make(req: &CertsRequest) -> Result<Written, CertsError> {
 
 /// `NODE.pem` and `NODE.key` in `dir`.
 pub fn node_files(dir: &Path, node: &str) -> [PathBuf; 2] {
-    [dir.join(format!("{node}.pem")), dir.join(format!("{node}.key"))]
+    [
+        dir.join(format!("{node}.pem")),
+        dir.join(format!("{node}.key")),
+    ]
 }
 
 /// 32 random bytes in hex: the shared secret ractor_cluster's handshake checks.
@@ -482,7 +489,8 @@ mod tests {
         let before = fs::read(dir.path().join("b.key")).unwrap();
         let err = make(&request(dir.path(), "c,b", false)).unwrap_err();
         assert!(
-            err.to_string().contains("b.pem exists already: give --force"),
+            err.to_string()
+                .contains("b.pem exists already: give --force"),
             "{err}"
         );
         // Refused before anything was written: not even c's files.

@@ -222,8 +222,12 @@ fn client_verifier(
 /// `--fleet-join HOST:PORT`, a node name (its certificate's DNS name) or an address given with
 /// `fleet certs --ip`.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
-    ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
-        .map_err(|_| TlsError::ServerName(host.to_owned()))
+    ServerName::try_from(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    )
+    .map_err(|_| TlsError::ServerName(host.to_owned()))
 }
 
 /// Says why a fleet link's TLS handshake failed, for both logs: the unknown CA that every
@@ -533,7 +537,10 @@ mod tests {
         assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err:?}");
         let text = err.to_string();
         assert!(text.contains("b.key") && text.contains("a.pem"), "{text}");
-        assert!(text.contains("does not belong to the certificate"), "{text}");
+        assert!(
+            text.contains("does not belong to the certificate"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -575,7 +582,10 @@ mod tests {
         let mut f = files(dir.path(), dir.path(), "a");
         f.ca = dir.path().join("nope.pem");
         let err = FleetTls::load(&f).unwrap_err().to_string();
-        assert!(err.contains("CA certificate") && err.contains("nope.pem"), "{err}");
+        assert!(
+            err.contains("CA certificate") && err.contains("nope.pem"),
+            "{err}"
+        );
 
         let f = TlsFiles {
             ca: dir.path().join("cookie"),
