@@ -21,6 +21,7 @@
 //! - `session`: one actor per session channel.
 //! - `notice`: what children tell the supervisor (sealed: built only inside this crate).
 //! - `idle`, `timers`: the idle clock, and the messages an actor sends itself later.
+//! - `message`: ractor's `Message` impls, with the `cluster` feature only (see Embedding).
 //!
 //! # Embedding
 //!
@@ -38,6 +39,8 @@ pub mod handle;
 mod idle;
 pub mod ids;
 pub mod link;
+#[cfg(feature = "cluster")]
+mod message;
 pub mod notice;
 pub mod policy;
 pub mod report;
