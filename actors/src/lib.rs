@@ -32,6 +32,9 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+// First, so that its check's error comes first when ractor's `cluster` is on without ours.
+mod message;
+
 pub mod connection;
 pub mod events;
 pub mod filter;
@@ -39,8 +42,6 @@ pub mod handle;
 mod idle;
 pub mod ids;
 pub mod link;
-#[cfg(feature = "cluster")]
-mod message;
 pub mod notice;
 pub mod policy;
 pub mod report;

@@ -9,6 +9,7 @@
 //! get these impls. All of them are local-only: the trait's defaults say "not serializable", so
 //! none of these messages can cross nodes (they carry reply ports, links and actor references).
 
+#[cfg(feature = "cluster")]
 macro_rules! local_message {
     ($($ty:ty),+ $(,)?) => {
         $(impl ractor::Message for $ty {})+
@@ -16,9 +17,22 @@ macro_rules! local_message {
 }
 
 // Every type an actor of this crate receives (`Actor::Msg`) or an output port carries.
+#[cfg(feature = "cluster")]
 local_message!(
     crate::supervisor::SupervisorMsg,
     crate::connection::ConnectionMsg,
     crate::session::SessionMsg,
     crate::events::Event,
 );
+
+/// Named so that the compiler says what to do: without our feature this type is a `Message`
+/// only through ractor's blanket impl, so when something else in the build turns on
+/// `ractor/cluster`, the bound below fails with this name among the tree's own errors.
+#[cfg(not(feature = "cluster"))]
+struct RactorClusterIsOnSoTurnOnTheClusterFeatureOfSshvisorActors;
+
+#[cfg(not(feature = "cluster"))]
+#[allow(dead_code)]
+struct Guard
+where
+    RactorClusterIsOnSoTurnOnTheClusterFeatureOfSshvisorActors: ractor::Message;
