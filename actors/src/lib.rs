@@ -29,6 +29,9 @@
 //! through the handle's methods (list, kill, kill where, drain, subscribe, ...); the request
 //! variants of [`SupervisorMsg`] stay public for programs that send messages themselves.
 //! `examples/embed.rs` is a complete program.
+//!
+//! A build with ractor's `cluster` feature on (ractor_cluster anywhere in it) needs this crate's
+//! `cluster` feature too: it gives every message type of the tree its own `Message` impl.
 
 #![warn(missing_docs, unreachable_pub)]
 
