@@ -21,7 +21,8 @@
 //! - `session`: one actor per session channel.
 //! - `notice`: what children tell the supervisor (sealed: built only inside this crate).
 //! - `idle`, `timers`: the idle clock, and the messages an actor sends itself later.
-//! - `message`: ractor's `Message` impls, with the `cluster` feature only (see Embedding).
+//! - `message`: ractor's `Message` impls with the `cluster` feature; without it, a check that
+//!   names the fix when something else turned on ractor's `cluster` (see Embedding).
 //!
 //! # Embedding
 //!

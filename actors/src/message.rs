@@ -27,7 +27,8 @@ local_message!(
 
 /// Named so that the compiler says what to do: without our feature this type is a `Message`
 /// only through ractor's blanket impl, so when something else in the build turns on
-/// `ractor/cluster`, the bound below fails with this name among the tree's own errors.
+/// `ractor/cluster`, the bound below fails with this name, first of the tree's errors (lib.rs
+/// declares this module first).
 #[cfg(not(feature = "cluster"))]
 struct RactorClusterIsOnSoTurnOnTheClusterFeatureOfSshvisorActors;
 
