@@ -32,6 +32,11 @@ enum HostMsg {
     Door(RpcReplyPort<(SupervisorHandle, SocketAddr)>),
 }
 
+// A build with ractor's `cluster` feature on has no blanket `Message` impl: each message type
+// gets its own (and sshvisor's `cluster` feature gives the tree's types theirs).
+#[cfg(feature = "cluster")]
+impl ractor::Message for HostMsg {}
+
 /// The host's state: the tree's door and its listener.
 struct HostState {
     sshvisor: SupervisorHandle,

@@ -21,6 +21,8 @@
 //! - `session`: one actor per session channel.
 //! - `notice`: what children tell the supervisor (sealed: built only inside this crate).
 //! - `idle`, `timers`: the idle clock, and the messages an actor sends itself later.
+//! - `message`: ractor's `Message` impls with the `cluster` feature; without it, a check that
+//!   names the fix when something else turned on ractor's `cluster` (see Embedding).
 //!
 //! # Embedding
 //!
@@ -28,8 +30,14 @@
 //! through the handle's methods (list, kill, kill where, drain, subscribe, ...); the request
 //! variants of [`SupervisorMsg`] stay public for programs that send messages themselves.
 //! `examples/embed.rs` is a complete program.
+//!
+//! A build with ractor's `cluster` feature on (ractor_cluster anywhere in it) needs this crate's
+//! `cluster` feature too: it gives every message type of the tree its own `Message` impl.
 
 #![warn(missing_docs, unreachable_pub)]
+
+// First, so that its check's error comes first when ractor's `cluster` is on without ours.
+mod message;
 
 pub mod connection;
 pub mod events;

@@ -573,6 +573,10 @@ pub enum HostMsg {
     Ping(RpcReplyPort<()>),
 }
 
+// With ractor's `cluster` feature every message type needs its own impl (src/message.rs).
+#[cfg(feature = "cluster")]
+impl ractor::Message for HostMsg {}
+
 /// A supervision event, as the host saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostSaw {
