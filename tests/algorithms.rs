@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{text, TestServer, WAIT};
+use common::{openssh, text, TestServer, WAIT};
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{client, kex};
 use tokio::process::Command;
@@ -49,23 +49,8 @@ async fn russh_login_with_kex(server: &TestServer, kex: kex::Name) -> Result<boo
 
 /// `ssh -o OPTION... kim@server echo ok`: (exit code, stdout, stderr).
 async fn ssh_with(server: &TestServer, options: &[&str]) -> (Option<i32>, String, String) {
-    let mut cmd = server.ssh("kim");
-    for option in options {
-        cmd.args(["-o", option]);
-    }
-    // The destination is already on the line: options after it would be the command.
-    let mut args: Vec<String> = cmd
-        .as_std()
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let destination = args.iter().position(|a| a == "kim@127.0.0.1").unwrap();
-    let destination = args.remove(destination);
-    args.push(destination);
-    args.push("echo ok".into());
-    let out = Command::new("ssh")
-        .args(&args)
-        .stdin(std::process::Stdio::null())
+    let out = openssh(server.port(), &server.client_key_path(), "kim", options)
+        .arg("echo ok")
         .output();
     let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
     (out.status.code(), text(&out.stdout), text(&out.stderr))

@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use common::*;
 use sshvisor::daemon::config::Config;
@@ -93,25 +92,7 @@ async fn server(tweak: impl FnOnce(&mut Config)) -> TestServer {
 
 /// The OpenSSH client as `user` with key `key` (and its certificate, if one is next to it).
 fn ssh(server: &TestServer, key: &Path, user: &str) -> Command {
-    let mut cmd = Command::new("ssh");
-    cmd.args(["-F", "/dev/null", "-i"])
-        .arg(key)
-        .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"])
-        .arg("-p")
-        .arg(server.port().to_string())
-        .arg(format!("{user}@127.0.0.1"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
+    openssh(server.port(), key, user, &["LogLevel=ERROR"])
 }
 
 struct Run {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{drain, russh_connect, text, Client, WAIT};
+use common::{drain, openssh, russh_connect, text, Client, WAIT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -335,20 +335,9 @@ async fn a_reload_leaves_connections_accepted_before_it_with_the_sessions_settin
 
 /// `ssh -o KexAlgorithms=KEX` with the served key: whether `echo ok` ran.
 async fn ssh_with_kex(served: &Served, kex: &str) -> bool {
-    let out = Command::new("ssh")
-        .args(["-F", "/dev/null", "-i"])
-        .arg(served.key())
-        .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args(["-o", "ConnectTimeout=10", "-o"])
-        .arg(format!("KexAlgorithms={kex}"))
-        .args(["-p", &served.port.to_string(), "kim@127.0.0.1", "echo ok"])
-        .stdin(Stdio::null())
+    let kex = format!("KexAlgorithms={kex}");
+    let out = openssh(served.port, &served.key(), "kim", &[&kex])
+        .arg("echo ok")
         .output();
     let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
     out.status.success() && text(&out.stdout) == "ok\n"

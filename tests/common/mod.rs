@@ -357,6 +357,34 @@ pub fn processes_with_argv(argv: &[&str]) -> Vec<u32> {
     found
 }
 
+/// The OpenSSH client to 127.0.0.1:`port` as `user` with `key` (and the certificate beside
+/// it, if any), `options` given as `-o` before the destination, trusting whatever host key it
+/// meets: for servers whose host key the test did not record.
+pub fn openssh(port: u16, key: &Path, user: &str, options: &[&str]) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-F", "/dev/null", "-i"])
+        .arg(key)
+        .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+        .args(["-o", "StrictHostKeyChecking=no"])
+        .args([
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=10",
+        ]);
+    for option in options {
+        cmd.args(["-o", option]);
+    }
+    cmd.arg("-p")
+        .arg(port.to_string())
+        .arg(format!("{user}@127.0.0.1"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
 /// Waits until `cond` holds, checking every 20 ms, failing the test after [`WAIT`].
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
