@@ -162,6 +162,9 @@ pub enum DaemonError {
     /// The supervisor could not be spawned.
     #[error("cannot start the supervisor: {0}")]
     Supervisor(String),
+    /// The node could not join its fleet (`[fleet]`, `--fleet-*`): the reason says what to do.
+    #[error("{0}")]
+    Fleet(String),
     /// The process containment asked for is not available here.
     #[error("cannot contain session processes: {0}")]
     Containment(String),
@@ -274,6 +277,8 @@ impl Daemon {
             containment: containment.clone(),
             host_keys,
             penalties: std::sync::OnceLock::new(),
+            #[cfg(feature = "fleet")]
+            fleet: std::sync::OnceLock::new(),
         });
         let control = match ControlServer::bind(&ctl_path, tree.clone(), running.clone()).await {
             Ok(control) => control,
@@ -312,6 +317,12 @@ impl Daemon {
         let addr = listener.local_addr();
         let _ = running.penalties.set(listener.penalties());
         *running.listener.lock().await = Some(listener);
+        if let Err(e) = running.join_fleet(&options.config.fleet, addr).await {
+            running.close_listener().await;
+            control.close();
+            supervisor.stop(None);
+            return Err(DaemonError::Fleet(e));
+        }
         let known_hosts = dir.join("known_hosts");
         write_known_hosts(&known_hosts, addr, &host_key).map_err(dir_err)?;
         let connect_hint = client_key.map(|key| connect_command(&key, &known_hosts, addr));
@@ -373,9 +384,36 @@ impl Daemon {
             }
         };
         self.control.close();
+        #[cfg(feature = "fleet")]
+        if let Some(parts) = self.running.fleet.get() {
+            parts.fleet.leave();
+            parts.links.close();
+        }
         self.running.tree.stop(Duration::from_secs(5)).await;
         reports
     }
+
+    /// This node's fleet, when it is in one (`[fleet]`): list, kill and watch every node.
+    #[cfg(feature = "fleet")]
+    pub fn fleet(&self) -> Option<&crate::fleet::Fleet> {
+        self.running.fleet.get().map(|parts| &parts.fleet)
+    }
+
+    /// Where this node accepts fleet links, when it is in a fleet.
+    #[cfg(feature = "fleet")]
+    pub fn fleet_addr(&self) -> Option<SocketAddr> {
+        self.running
+            .fleet
+            .get()
+            .map(|parts| parts.links.local_addr())
+    }
+}
+
+/// A node's place in its fleet: its view and door ([`Fleet`](crate::fleet::Fleet)) and its links.
+#[cfg(feature = "fleet")]
+struct FleetParts {
+    fleet: crate::fleet::Fleet,
+    links: crate::fleet::links::Links,
 }
 
 /// The running server as the control socket sees it (through [`Server`]) and as
@@ -394,6 +432,9 @@ struct Running {
     generated: Option<russh::keys::PublicKey>,
     /// Chosen at start; a reload keeps it (live sessions are contained by it).
     containment: Containment,
+    /// This node's place in a fleet, once its links are up (`[fleet]`).
+    #[cfg(feature = "fleet")]
+    fleet: std::sync::OnceLock<FleetParts>,
     /// The server's sftp handle budgets; a reload changes their limits, not their counts.
     sftp_handles: Arc<HandleBudgets>,
     /// The algorithms of the host key held: which host-key algorithms a reload may name.
@@ -403,6 +444,59 @@ struct Running {
 }
 
 impl Running {
+    /// Joins the fleet `[fleet]` describes, if any: links first, then the agent.
+    #[cfg(feature = "fleet")]
+    async fn join_fleet(
+        &self,
+        config: &crate::daemon::config::FleetConfig,
+        ssh_addr: SocketAddr,
+    ) -> Result<(), String> {
+        use crate::fleet::{links::Links, options, Fleet, FleetSetup};
+        let Some(link_options) = options::link_options(config).await? else {
+            return Ok(());
+        };
+        let name = link_options.name.clone();
+        let links = Links::start(link_options)
+            .await
+            .map_err(|e| e.to_string())?;
+        let setup = FleetSetup {
+            fleet_addr: Some(links.local_addr().to_string()),
+            ssh_addr: Some(ssh_addr.to_string()),
+            ..FleetSetup::named(name)
+        };
+        let fleet = match Fleet::start(self.tree.clone(), setup).await {
+            Ok(fleet) => fleet,
+            Err(e) => {
+                links.close();
+                return Err(e.to_string());
+            }
+        };
+        let _ = self.fleet.set(FleetParts { fleet, links });
+        Ok(())
+    }
+
+    /// Without the `fleet` feature, `[fleet]` can only be refused.
+    #[cfg(not(feature = "fleet"))]
+    async fn join_fleet(
+        &self,
+        config: &crate::daemon::config::FleetConfig,
+        _ssh_addr: SocketAddr,
+    ) -> Result<(), String> {
+        match config.listen {
+            Some(_) => {
+                Err("[fleet] is set but this sshvisor was built without the `fleet` feature".into())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Closes the SSH listener (a start that failed after binding it).
+    async fn close_listener(&self) {
+        if let Some(listener) = self.listener.lock().await.take() {
+            listener.stop_accepting().await;
+        }
+    }
+
     /// The options in force (a copy).
     fn applied(&self) -> DaemonOptions {
         self.applied
@@ -453,9 +547,13 @@ impl Running {
                 applied.config.state_dir.display()
             ));
         }
+        if new.config.fleet != applied.config.fleet {
+            kept.push("[fleet] stays as it was until a restart".to_string());
+        }
         // What needs a restart stays as it is.
         new.config.listen = applied.config.listen;
         new.config.state_dir = applied.config.state_dir.clone();
+        new.config.fleet = applied.config.fleet.clone();
         let (policy, sftp_limits) = (
             new.config.timeouts.policy(&new.config.limits),
             new.config.limits.sftp_handles(),
@@ -517,6 +615,11 @@ impl Server for Running {
 
     fn penalties(&self) -> Option<Arc<Penalties>> {
         self.penalties.get().cloned()
+    }
+
+    #[cfg(feature = "fleet")]
+    fn fleet(&self) -> Option<crate::fleet::Fleet> {
+        self.fleet.get().map(|parts| parts.fleet.clone())
     }
 
     fn drain(

@@ -22,7 +22,7 @@ pub(crate) struct Cli {
 #[derive(Subcommand)]
 pub(crate) enum Cmd {
     /// Run the server (127.0.0.1:2222, state in ./.sshvisor by default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Inspect and control a running server through its control socket.
     Ctl {
         /// The state directory of the server to talk to.
@@ -45,7 +45,20 @@ pub(crate) enum CtlCmd {
     Ls {
         #[command(flatten)]
         filter: FilterArgs,
+        /// Every node of the fleet (a NODE column; a node that does not answer is named).
+        #[arg(long)]
+        fleet: bool,
+        /// With --fleet: how long each node may take to answer (humantime).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The nodes of the server's fleet: name, address, up or unreachable since when, when
+    /// last heard, connections and sessions.
+    Nodes {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -82,6 +95,9 @@ pub(crate) enum CtlCmd {
     },
     /// Stream lifecycle events as they happen (Ctrl-C to stop).
     Watch {
+        /// Every node's events, each tagged with its node.
+        #[arg(long)]
+        fleet: bool,
         /// One JSON object per event.
         #[arg(long)]
         json: bool,
@@ -109,6 +125,14 @@ pub(crate) enum CtlCmd {
         /// List what would be killed (with IDs, filters or --all), kill nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Filters and --all on every node of the fleet: one answer, with a report per
+        /// connection and per node. (An ID is found on any node without it.)
+        #[arg(long)]
+        fleet: bool,
+        /// In a fleet: how long each node may take to answer beyond the kill's own time
+        /// (humantime).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
         /// Shown to the client that is cut off.
         #[arg(long)]
         reason: Option<String>,
@@ -173,6 +197,66 @@ pub(crate) struct ServeArgs {
     /// without starting anything.
     #[arg(long)]
     pub(crate) print_algorithms: bool,
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
+
+/// `serve`'s fleet flags (docs/FLEET.md); each overrides the same key of `[fleet]`.
+#[derive(clap::Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Fleet")]
+pub(crate) struct FleetArgs {
+    /// Join a fleet: accept links from other nodes on this address (HOST:PORT).
+    #[arg(long, value_name = "ADDR")]
+    fleet_listen: Option<SocketAddr>,
+    /// Link to this node's --fleet-listen (HOST:PORT; the HOST is checked against its
+    /// certificate); repeatable. Retried while it is down.
+    #[arg(long, value_name = "HOST:PORT")]
+    fleet_join: Vec<String>,
+    /// The fleet's shared cookie (mode 0600; `sshvisor fleet certs` writes DIR/cookie).
+    #[arg(long, value_name = "FILE")]
+    fleet_cookie_file: Option<PathBuf>,
+    /// This node's name in the fleet [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    fleet_node_name: Option<String>,
+    /// The fleet CA's certificate (`sshvisor fleet certs`: DIR/ca.pem).
+    #[arg(long, value_name = "FILE")]
+    fleet_tls_ca: Option<PathBuf>,
+    /// This node's certificate (DIR/NAME.pem).
+    #[arg(long, value_name = "FILE")]
+    fleet_tls_cert: Option<PathBuf>,
+    /// This node's key (DIR/NAME.key).
+    #[arg(long, value_name = "FILE")]
+    fleet_tls_key: Option<PathBuf>,
+    /// Links without TLS, for a fleet on one machine: refused for any address off loopback.
+    #[arg(long)]
+    fleet_insecure: bool,
+}
+
+impl FleetArgs {
+    /// Puts the flags given over `fleet`.
+    fn apply(&self, fleet: &mut sshvisor::daemon::config::FleetConfig) {
+        if let Some(addr) = self.fleet_listen {
+            fleet.listen = Some(addr);
+        }
+        if !self.fleet_join.is_empty() {
+            fleet.join = self.fleet_join.clone();
+        }
+        let paths = [
+            (&self.fleet_cookie_file, &mut fleet.cookie_file),
+            (&self.fleet_tls_ca, &mut fleet.tls_ca),
+            (&self.fleet_tls_cert, &mut fleet.tls_cert),
+            (&self.fleet_tls_key, &mut fleet.tls_key),
+        ];
+        for (flag, key) in paths {
+            if let Some(path) = flag {
+                *key = Some(path.clone());
+            }
+        }
+        if let Some(name) = &self.fleet_node_name {
+            fleet.node_name = Some(name.clone());
+        }
+        fleet.insecure |= self.fleet_insecure;
+    }
 }
 
 impl ServeArgs {
@@ -226,6 +310,7 @@ impl ServeArgs {
                 .algorithms(SERVE_HOST_KEYS)
                 .map_err(|e| format!("{}: {e}", e.kind.flag()))?;
         }
+        self.fleet.apply(&mut config.fleet);
         let mut options = DaemonOptions::from(config);
         options.reload_from = Some(ConfigSource(Arc::new(move || flags.options())));
         Ok(options)

@@ -132,7 +132,13 @@ impl CtlClient {
 
     /// Every live connection the filter selects.
     pub async fn list(&mut self, filter: Filter) -> Result<Vec<ConnectionInfo>, CtlError> {
-        let value = self.request(Command::Ls { filter }).await?;
+        let value = self
+            .request(Command::Ls {
+                filter,
+                fleet: false,
+                timeout: None,
+            })
+            .await?;
         serde_json::from_value(value).map_err(|e| CtlError::Protocol(e.to_string()))
     }
 }
@@ -174,7 +180,36 @@ pub(crate) async fn run(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<E
     }
     let mut client = CtlClient::connect(&state_dir).await?;
     match command {
-        CtlCmd::Ls { filter, json } => {
+        CtlCmd::Ls {
+            filter,
+            fleet: true,
+            timeout,
+            json,
+        } => {
+            let value = client
+                .request(Command::Ls {
+                    filter: filter.filter(),
+                    fleet: true,
+                    timeout: Some(duration_text(timeout)),
+                })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{}", print::format_fleet_listing(&value)?);
+            }
+            Ok(fleet_exit(&value))
+        }
+        CtlCmd::Nodes { json } => {
+            let value = client.request(Command::Nodes).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{}", print::format_nodes(&value));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CtlCmd::Ls { filter, json, .. } => {
             let all = client.list(filter.filter()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
@@ -223,8 +258,8 @@ pub(crate) async fn run(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<E
             println!("reloaded: {changes}");
             Ok(ExitCode::SUCCESS)
         }
-        CtlCmd::Watch { json } => {
-            let id = client.send(Command::Watch).await?;
+        CtlCmd::Watch { fleet, json } => {
+            let id = client.send(Command::Watch { fleet }).await?;
             loop {
                 let response = client.recv().await?;
                 if response.id != id {
@@ -233,6 +268,8 @@ pub(crate) async fn run(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<E
                 let value = into_result(response)?;
                 if json {
                     println!("{value}");
+                } else if fleet {
+                    println!("{}", print::format_fleet_event(&value));
                 } else {
                     let event: sshvisor::actors::Event = serde_json::from_value(value)?;
                     println!("{}", print::format_event(&event));
@@ -254,18 +291,37 @@ pub(crate) async fn run(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<E
             all,
             filter,
             dry_run,
+            fleet,
+            timeout,
             reason,
             grace,
             json,
         } => {
             let by_filter = kill_by_filter(&ids, all, &filter).map_err(anyhow::Error::msg)?;
             let filter = filter.filter();
-            if by_filter {
+            let timeout = Some(duration_text(timeout));
+            if by_filter && fleet {
+                let request = Command::KillWhere {
+                    filter,
+                    reason,
+                    grace: grace.map(duration_text),
+                    dry_run,
+                    fleet: true,
+                    timeout,
+                };
+                let value = client.request(request).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&value)?);
+                } else {
+                    print!("{}", print::format_fleet_kill(&value, dry_run)?);
+                }
+                Ok(fleet_exit(&value))
+            } else if by_filter {
                 kill_where(&mut client, filter, dry_run, reason, grace, json).await
             } else if dry_run {
-                kill_dry_run(&mut client, ids, json).await
+                kill_dry_run(&mut client, ids, timeout, json).await
             } else {
-                kill(&mut client, ids, reason, grace, json).await
+                kill(&mut client, ids, reason, grace, timeout, json).await
             }
         }
     }
@@ -291,7 +347,23 @@ fn kill_by_filter(ids: &[String], all: bool, filter: &FilterArgs) -> Result<bool
 
 /// The grace as sent to the server: `None` leaves the server's own kill grace in force.
 fn grace_text(grace: Option<Duration>) -> Option<String> {
-    grace.map(|g| humantime::format_duration(g).to_string())
+    grace.map(duration_text)
+}
+
+fn duration_text(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// A fleet answer's exit status: failure when any node did not do its part.
+fn fleet_exit(value: &Value) -> ExitCode {
+    let all_answered = value["nodes"]
+        .as_array()
+        .is_some_and(|nodes| nodes.iter().all(|n| n["status"] == "answered"));
+    if all_answered {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn kill_where(
@@ -309,6 +381,8 @@ async fn kill_where(
             reason,
             grace,
             dry_run,
+            fleet: false,
+            timeout: None,
         })
         .await?;
     if dry_run {
@@ -334,6 +408,7 @@ async fn kill_where(
 async fn kill_dry_run(
     client: &mut CtlClient,
     ids: Vec<String>,
+    timeout: Option<String>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut matched: Vec<ConnectionInfo> = Vec::new();
@@ -345,8 +420,18 @@ async fn kill_dry_run(
             reason: None,
             grace: None,
             dry_run: true,
+            timeout: timeout.clone(),
         };
         let info = match client.request(request).await {
+            // Held by another node of the fleet: where, and what.
+            Ok(value) if value.get("node").is_some() => {
+                println!(
+                    "{} on node {} would be killed (dry run: nothing was)",
+                    value["id"].as_str().unwrap_or_default(),
+                    value["node"].as_str().unwrap_or_default()
+                );
+                continue;
+            }
             Ok(value) => serde_json::from_value::<ConnectionInfo>(value)?,
             Err(CtlError::Refused(error)) => {
                 eprintln!("sshvisor: cannot kill {id:?}: {error}");
@@ -384,6 +469,7 @@ async fn kill(
     ids: Vec<String>,
     reason: Option<String>,
     grace: Option<Duration>,
+    timeout: Option<String>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let grace = grace_text(grace);
@@ -401,6 +487,7 @@ async fn kill(
                 reason: reason.clone(),
                 grace: grace.clone(),
                 dry_run: false,
+                timeout: timeout.clone(),
             };
             pending.insert(client.send(request).await?, id);
         }
@@ -412,7 +499,17 @@ async fn kill(
             continue;
         };
         match into_result(response) {
-            Ok(value) => print::reports(&[serde_json::from_value(value)?], json)?,
+            Ok(value) if json && value.get("node").is_some() => println!("{value}"),
+            Ok(value) => {
+                let node = value
+                    .get("node")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                print::reports(&[serde_json::from_value(value)?], json)?;
+                if let Some(node) = node {
+                    println!("  (on node {node})");
+                }
+            }
             Err(CtlError::Refused(error)) => {
                 eprintln!("sshvisor: cannot kill {id:?}: {error}");
                 failed = true;

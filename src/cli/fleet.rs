@@ -71,16 +71,14 @@ fn summary(req: &CertsRequest, written: &certs::Written) -> String {
     }
     out.push_str(
         "\nCopy ca.pem, cookie, NODE.pem and NODE.key to each node (ca.key stays here), then \
-         start each node, e.g.:\n",
+         start each node, e.g. (each node joins the ones before it, so every pair is linked):\n",
     );
-    let first = req.nodes.first().map_or("", |n| n.name.as_str());
     for (i, node) in req.nodes.iter().enumerate() {
         let name = &node.name;
-        let join = if i == 0 {
-            String::new()
-        } else {
-            format!(" --fleet-join {first}:7070")
-        };
+        let join: String = req.nodes[..i]
+            .iter()
+            .map(|before| format!(" --fleet-join {}:7070", before.name))
+            .collect();
         out.push_str(&format!(
             "  sshvisor serve --fleet-node-name {name} --fleet-listen 0.0.0.0:7070{join} \
              --fleet-cookie-file {dir}/cookie --fleet-tls-ca {dir}/ca.pem \

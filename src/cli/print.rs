@@ -56,7 +56,12 @@ fn or_dash(text: Option<&str>) -> &str {
 
 /// The `ls` table: one row per connection, its sessions indented beneath it.
 pub fn format_table(all: &[ConnectionInfo]) -> String {
-    let mut rows: Vec<[String; 8]> = vec![[
+    table(all, None)
+}
+
+/// The table, with a NODE column first when `nodes` names each connection's node.
+fn table(all: &[ConnectionInfo], nodes: Option<&[String]>) -> String {
+    let mut rows: Vec<Vec<String>> = vec![vec![
         "ID".into(),
         "USER".into(),
         "PEER".into(),
@@ -67,7 +72,7 @@ pub fn format_table(all: &[ConnectionInfo]) -> String {
         "SESSIONS".into(),
     ]];
     for c in all {
-        rows.push([
+        rows.push(vec![
             c.id.to_string(),
             or_dash(c.user.as_deref()).to_string(),
             c.peer.to_string(),
@@ -83,7 +88,13 @@ pub fn format_table(all: &[ConnectionInfo]) -> String {
             c.sessions.len().to_string(),
         ]);
     }
-    let mut widths = [0usize; 8];
+    if let Some(nodes) = nodes {
+        rows[0].insert(0, "NODE".into());
+        for (row, node) in rows[1..].iter_mut().zip(nodes) {
+            row.insert(0, node.clone());
+        }
+    }
+    let mut widths = vec![0usize; rows[0].len()];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row.iter()) {
             *w = (*w).max(cell.chars().count());
@@ -270,6 +281,141 @@ pub fn format_event(event: &sshvisor_actors::Event) -> String {
         }
     };
     format!("{now}  {what}")
+}
+
+/// `ctl ls --fleet`: the table with a NODE column, then a line for each node that did not
+/// answer.
+pub fn format_fleet_listing(value: &serde_json::Value) -> serde_json::Result<String> {
+    let located: Vec<serde_json::Value> =
+        serde_json::from_value(value["connections"].clone()).unwrap_or_default();
+    let mut nodes = Vec::new();
+    let mut all = Vec::new();
+    for item in located {
+        nodes.push(item["node"].as_str().unwrap_or("?").to_string());
+        all.push(serde_json::from_value::<ConnectionInfo>(item)?);
+    }
+    let mut out = table(&all, Some(&nodes));
+    out.push_str(&node_outcomes(value, "listed"));
+    Ok(out)
+}
+
+/// `ctl kill --fleet`: each report with its node, then each node's part.
+pub fn format_fleet_kill(value: &serde_json::Value, dry_run: bool) -> serde_json::Result<String> {
+    let mut out = String::new();
+    if dry_run {
+        let located: Vec<serde_json::Value> =
+            serde_json::from_value(value["would_kill"].clone()).unwrap_or_default();
+        let mut nodes = Vec::new();
+        let mut all = Vec::new();
+        for item in located {
+            nodes.push(item["node"].as_str().unwrap_or("?").to_string());
+            all.push(serde_json::from_value::<ConnectionInfo>(item)?);
+        }
+        out.push_str(&table(&all, Some(&nodes)));
+        out.push_str(&node_outcomes(value, "would kill"));
+        return Ok(out);
+    }
+    let reports: Vec<serde_json::Value> =
+        serde_json::from_value(value["reports"].clone()).unwrap_or_default();
+    for item in reports {
+        let node = item["node"].as_str().unwrap_or("?").to_string();
+        let report: KillReport = serde_json::from_value(item)?;
+        out.push_str(&format!("{node}: {}\n", format_report(&report)));
+    }
+    out.push_str(&node_outcomes(value, "killed"));
+    Ok(out)
+}
+
+/// One line per node of a fleet answer: how many it `did`, or why it did nothing.
+fn node_outcomes(value: &serde_json::Value, did: &str) -> String {
+    let mut out = String::new();
+    for node in value["nodes"].as_array().into_iter().flatten() {
+        let name = node["node"].as_str().unwrap_or("?");
+        match node["status"].as_str() {
+            Some("answered") => out.push_str(&format!(
+                "node {name}: {did} {}\n",
+                node["count"].as_u64().unwrap_or(0)
+            )),
+            status => out.push_str(&format!(
+                "node {name}: {} ({})\n",
+                status.unwrap_or("?").replace('_', " "),
+                node["error"].as_str().unwrap_or("no reason given")
+            )),
+        }
+    }
+    out
+}
+
+/// `ctl nodes`: one row per node.
+pub fn format_nodes(value: &serde_json::Value) -> String {
+    let mut rows = vec![[
+        "NODE".to_string(),
+        "ADDRESS".into(),
+        "SSH".into(),
+        "STATE".into(),
+        "LAST HEARD".into(),
+        "CONNS".into(),
+        "SESSIONS".into(),
+    ]];
+    let ago = |v: &serde_json::Value| -> Option<String> {
+        let at = serde_json::from_value::<SystemTime>(v.clone()).ok()?;
+        Some(format!("{} ago", age(at)))
+    };
+    let count = |v: &serde_json::Value| v.as_u64().map_or("-".into(), |n| n.to_string());
+    for node in value.as_array().into_iter().flatten() {
+        let mut name = node["name"].as_str().unwrap_or("?").to_string();
+        if node["this"] == true {
+            name.push_str(" (this)");
+        }
+        let state = match node["state"].as_str() {
+            Some("unreachable") => format!(
+                "unreachable since {}",
+                ago(&node["since"]).unwrap_or_else(|| "?".into())
+            ),
+            other => other.unwrap_or("?").to_string(),
+        };
+        rows.push([
+            name,
+            or_dash(node["fleet_addr"].as_str()).to_string(),
+            or_dash(node["ssh_addr"].as_str()).to_string(),
+            state,
+            ago(&node["last_heard"]).unwrap_or_else(|| "never".into()),
+            count(&node["connections"]),
+            count(&node["sessions"]),
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths.iter())
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// One event of `ctl watch --fleet` as a line for people: the node first.
+pub fn format_fleet_event(value: &serde_json::Value) -> String {
+    let node = value["node"].as_str().unwrap_or("?");
+    let line = match value["event"].as_str() {
+        Some("node_unreachable") => "node unreachable".to_string(),
+        Some("node_up") => "node up".to_string(),
+        Some("missed") => format!("missed {} event(s)", value["count"]),
+        _ => match serde_json::from_value::<sshvisor_actors::Event>(value.clone()) {
+            Ok(event) => format_event(&event),
+            Err(_) => value.to_string(),
+        },
+    };
+    format!("[{node}] {line}")
 }
 
 /// `ctl stats` as lines for a person.

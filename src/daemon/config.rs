@@ -76,6 +76,8 @@ pub struct Config {
     pub limits: Limits,
     /// Per-source penalties.
     pub penalties: Penalties,
+    /// Joining a fleet of nodes (off unless `listen` is set).
+    pub fleet: FleetConfig,
 }
 
 impl Default for Config {
@@ -99,8 +101,32 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             penalties: Penalties::default(),
+            fleet: FleetConfig::default(),
         }
     }
+}
+
+/// `[fleet]`: this node's part in a fleet (docs/FLEET.md). The `serve` flags of the same names
+/// (`--fleet-listen`, ...) override it; `fleet::options` checks it when the server starts.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// Where to accept links from other nodes; none: not in a fleet.
+    pub listen: Option<SocketAddr>,
+    /// `HOST:PORT` of other nodes to link to (their `listen`).
+    pub join: Vec<String>,
+    /// The file holding the fleet's shared cookie (`sshvisor fleet certs` writes one).
+    pub cookie_file: Option<PathBuf>,
+    /// This node's name in the fleet (unique); the host name when none.
+    pub node_name: Option<String>,
+    /// The fleet CA's certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// This node's key.
+    pub tls_key: Option<PathBuf>,
+    /// Links without TLS: refused unless every address is on loopback.
+    pub insecure: bool,
 }
 
 /// `[timeouts]`

@@ -10,6 +10,8 @@
 //! [`Server`] trait (the kill grace in force, reload, drain); it holds none of the daemon's
 //! pieces.
 //!
+//! - `fleet`: the requests that reach every node of the fleet (`ls --fleet`, a kill of an ID
+//!   another node holds, `kill_where --fleet`, `nodes`, `watch --fleet`).
 //! - `reserve`: what the socket keeps in reserve (a spare descriptor, /proc files opened at
 //!   start) so that it answers when the server has run out of descriptors.
 //!
@@ -45,6 +47,11 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::ssh::penalties::Penalties;
 
+#[cfg(feature = "fleet")]
+mod fleet;
+#[cfg(not(feature = "fleet"))]
+#[path = "control/no_fleet.rs"]
+mod fleet;
 mod reserve;
 
 /// The longest request line accepted, in bytes.
@@ -71,6 +78,7 @@ pub const COMMANDS: &[&str] = &[
     "reload",
     "stats",
     "penalties",
+    "nodes",
 ];
 
 /// One request, as sent on the wire.
@@ -93,6 +101,12 @@ pub enum Command {
         /// Which connections; all when empty.
         #[serde(default)]
         filter: Filter,
+        /// Every node's connections, each tagged with its node (a node in a fleet only).
+        #[serde(default)]
+        fleet: bool,
+        /// How long each node may take to answer (humantime; 2 s when absent).
+        #[serde(default)]
+        timeout: Option<String>,
     },
     /// One connection (by its ID, or the ID of one of its sessions, or a unique prefix).
     Show {
@@ -114,6 +128,10 @@ pub enum Command {
         /// Say what would be killed, kill nothing.
         #[serde(default)]
         dry_run: bool,
+        /// In a fleet, how long each node may take to answer beyond the kill's own time
+        /// (humantime; 2 s when absent).
+        #[serde(default)]
+        timeout: Option<String>,
     },
     /// Kill every connection the filter selects (AND of its criteria); answers once all of
     /// them are gone, with one report per connection. With `dry_run`, only lists them.
@@ -129,6 +147,13 @@ pub enum Command {
         /// List what would be killed, kill nothing.
         #[serde(default)]
         dry_run: bool,
+        /// On every node of the fleet: one answer with a report per connection and per node.
+        #[serde(default)]
+        fleet: bool,
+        /// How long each node may take to answer beyond the kill's own time (humantime;
+        /// 2 s when absent).
+        #[serde(default)]
+        timeout: Option<String>,
     },
     /// Stop accepting (the port is released), kill every connection, answer once the tree is
     /// empty.
@@ -139,7 +164,14 @@ pub enum Command {
     },
     /// Stream lifecycle events as they happen: one response line per event, all with this
     /// request's id, until the client hangs up.
-    Watch,
+    Watch {
+        /// Every node's events, each tagged with its node (a node in a fleet only).
+        #[serde(default)]
+        fleet: bool,
+    },
+    /// The nodes of this node's fleet: name, addresses, up or unreachable since when, when
+    /// last heard, connection and session counts.
+    Nodes,
     /// Re-read the configuration: new limits and timeouts apply to new connections at once and
     /// to live ones where that makes sense; nothing live is dropped. A bad file changes
     /// nothing and the error says why.
@@ -223,6 +255,13 @@ pub trait Server: Send + Sync + 'static {
 
     /// The listener's per-source penalty table (`ctl penalties`, `ctl stats`); none by default.
     fn penalties(&self) -> Option<Arc<Penalties>> {
+        None
+    }
+
+    /// This node's fleet, when it is in one (`ls --fleet`, `kill` of an ID held elsewhere,
+    /// `nodes`, `watch --fleet`); none by default.
+    #[cfg(feature = "fleet")]
+    fn fleet(&self) -> Option<crate::fleet::Fleet> {
         None
     }
 }
@@ -397,7 +436,39 @@ async fn serve_client(stream: UnixStream, reach: Reach, uid: u32) {
         match parse_request(&text) {
             Ok(Request {
                 id,
-                command: Command::Watch,
+                command: Command::Watch { fleet: true },
+            }) => {
+                let tx = tx.clone();
+                let reach = reach.clone();
+                watches.spawn(
+                    async move {
+                        // The permit is held for as long as the watch lasts.
+                        let permit = permit;
+                        let mut events = match fleet::watch(&reach) {
+                            Ok(events) => events,
+                            Err(e) => {
+                                let _ = tx.send((
+                                    Response::err(id, format!("cannot watch the fleet: {e}")),
+                                    Some(permit),
+                                ));
+                                return;
+                            }
+                        };
+                        info!("fleet watch started");
+                        while let Some(event) = events.recv().await {
+                            let Ok(event) = raw(&event) else { continue };
+                            if tx.send((Response::ok(id, event), None)).is_err() {
+                                break;
+                            }
+                        }
+                        drop(permit);
+                    }
+                    .in_current_span(),
+                );
+            }
+            Ok(Request {
+                id,
+                command: Command::Watch { fleet: false },
             }) => {
                 let tree = reach.tree.clone();
                 let tx = tx.clone();
@@ -634,6 +705,21 @@ async fn kill_text(
     }
 }
 
+/// Whether `text` is a whole connection or session ID (not a prefix).
+fn is_full_id(text: &str) -> bool {
+    text.parse::<ConnId>().is_ok() || text.parse::<sshvisor_actors::SessionId>().is_ok()
+}
+
+/// Whether a local kill failed because no live ID here matched (so another node may hold it).
+fn is_not_here(error: &str) -> bool {
+    error.starts_with("no live connection or session has an ID")
+}
+
+/// Whether a lookup failed because the text matched several IDs here.
+fn is_ambiguous(error: &str) -> bool {
+    error.contains(" is ambiguous: ")
+}
+
 /// `result` as JSON, for a response.
 fn raw(result: &impl Serialize) -> Result<Box<RawValue>, String> {
     serde_json::value::to_raw_value(result)
@@ -655,12 +741,34 @@ async fn run(command: Command, reach: &Reach, uid: u32) -> Result<Box<RawValue>,
     let kill_grace = reach.server.kill_grace();
     let select = |filter| async { tree.select(filter).await.map_err(|e| e.to_string()) };
     match command {
-        Command::Ls { filter } => raw(&with_process_counts(select(filter).await?).await),
+        Command::Ls {
+            filter,
+            fleet: true,
+            timeout,
+        } => fleet::list(reach, filter, fleet::node_timeout(timeout.as_deref())?).await,
+        Command::Ls { filter, .. } => raw(&with_process_counts(select(filter).await?).await),
         Command::KillWhere {
             filter,
             reason,
             grace,
             dry_run,
+            fleet: true,
+            timeout,
+        } => {
+            let grace = parse_grace(grace.as_deref(), kill_grace)?;
+            let within = fleet::node_timeout(timeout.as_deref())?;
+            let reason = reason.unwrap_or_else(|| "killed by the operator".into());
+            if !dry_run {
+                info!(?filter, reason = %reason, by = by.as_deref(), "audit: fleet kill by filter requested");
+            }
+            fleet::kill_where(reach, filter, &reason, grace, by, dry_run, within).await
+        }
+        Command::KillWhere {
+            filter,
+            reason,
+            grace,
+            dry_run,
+            ..
         } => {
             let grace = parse_grace(grace.as_deref(), kill_grace)?;
             if dry_run {
@@ -677,24 +785,49 @@ async fn run(command: Command, reach: &Reach, uid: u32) -> Result<Box<RawValue>,
         Command::Kill {
             target,
             dry_run: true,
+            timeout,
             ..
-        } => raw(&would_kill(tree, target.trim()).await?),
+        } => match would_kill(tree, target.trim()).await {
+            Err(e) if fleet::in_a_fleet(reach) && !is_ambiguous(&e) => {
+                fleet::resolve(
+                    reach,
+                    target.trim(),
+                    fleet::node_timeout(timeout.as_deref())?,
+                )
+                .await
+            }
+            found => raw(&found?),
+        },
         Command::Kill {
             target,
             reason,
             grace,
             dry_run: false,
+            timeout,
         } => {
             let grace = parse_grace(grace.as_deref(), kill_grace)?;
+            let within = fleet::node_timeout(timeout.as_deref())?;
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
             info!(target = ?target.trim(), reason = ?reason, by = by.as_deref(), "audit: kill requested");
-            let result = kill_text(tree, target.trim(), &reason, grace, &by).await;
+            let text = target.trim();
+            let result = if fleet::in_a_fleet(reach) && !is_full_id(text) {
+                // A prefix must be unique in the whole fleet.
+                fleet::kill(reach, text, &reason, grace, by, within).await
+            } else {
+                match kill_text(tree, text, &reason, grace, &by).await {
+                    Err(e) if fleet::in_a_fleet(reach) && is_not_here(&e) => {
+                        fleet::kill(reach, text, &reason, grace, by, within).await
+                    }
+                    result => result,
+                }
+            };
             if let Err(e) = &result {
                 info!(target = ?target.trim(), error = %e, "audit: kill not done");
             }
             result
         }
-        Command::Watch => Err("watch streams on its own connection".into()),
+        Command::Watch { .. } => Err("watch streams on its own connection".into()),
+        Command::Nodes => fleet::nodes(reach),
         Command::Stats => {
             let tree = tree.stats().await.map_err(|e| e.to_string())?;
             let penalties = reach

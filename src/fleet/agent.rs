@@ -1,0 +1,237 @@
+//! The fleet agent: one actor per node, in the fleet's process group, answering other nodes
+//! (and its own) through the node's [`SupervisorHandle`].
+//!
+//! It decides nothing: every [`Ask`] becomes one call on the handle, made in a task of its own
+//! so that a kill's seconds never hold up a listing or a heartbeat behind it. A remote kill is
+//! the node's own kill, with the same reports and the same audit line (`by` names the node
+//! that asked).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use sshvisor_actors::{Event, HandleError, PrefixMatch, SupervisorHandle};
+use tracing::{info, warn};
+
+use super::wire::{decode, encode, AgentMsg, Answer, Ask, EventBatch, NodeStatus, EVENT_BACKLOG};
+
+/// How long a status may wait for the tree's counts: the heartbeat must not miss a busy node.
+const STATUS_COUNTS_WITHIN: Duration = Duration::from_millis(300);
+
+/// What an agent serves.
+#[derive(Clone)]
+pub struct AgentArgs {
+    /// This node's name.
+    pub name: String,
+    /// The process-group scope of the fleet.
+    pub scope: String,
+    /// Where other nodes reach this one, when it listens.
+    pub fleet_addr: Option<String>,
+    /// The node's SSH address.
+    pub ssh_addr: Option<String>,
+    /// The node's tree.
+    pub tree: SupervisorHandle,
+}
+
+/// The fleet agent (see the module's documentation).
+pub struct FleetAgent;
+
+/// What an agent keeps: its arguments and the events its remote watchers read.
+pub struct AgentState {
+    args: Arc<AgentArgs>,
+    events: Arc<EventLog>,
+}
+
+impl Actor for FleetAgent {
+    type Msg = AgentMsg;
+    type State = AgentState;
+    type Arguments = AgentArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AgentMsg>,
+        args: AgentArgs,
+    ) -> Result<AgentState, ActorProcessingErr> {
+        ractor::pg::join_scoped(
+            args.scope.clone(),
+            super::wire::GROUP.to_string(),
+            vec![myself.get_cell()],
+        );
+        info!(node = %args.name, "fleet agent started");
+        Ok(AgentState {
+            args: Arc::new(args),
+            events: Arc::new(EventLog::default()),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<AgentMsg>,
+        message: AgentMsg,
+        state: &mut AgentState,
+    ) -> Result<(), ActorProcessingErr> {
+        let AgentMsg::Ask(bytes, reply) = message;
+        let args = state.args.clone();
+        let events = state.events.clone();
+        tokio::spawn(async move {
+            let answer = match decode::<Ask>(&bytes) {
+                Ok(ask) => serve(ask, &args, &events).await,
+                Err(e) => {
+                    warn!(error = %e, "fleet: a request this node cannot read (another version?)");
+                    Answer::Error(format!("node {}: {e}", args.name))
+                }
+            };
+            let _ = reply.send(encode(&answer));
+        });
+        Ok(())
+    }
+}
+
+/// One request, answered through the tree's handle.
+async fn serve(ask: Ask, args: &AgentArgs, events: &Arc<EventLog>) -> Answer {
+    let tree = &args.tree;
+    let failed = |e: HandleError| Answer::Error(e.to_string());
+    match ask {
+        Ask::Status => Answer::Status(status(args).await),
+        Ask::List { filter } => match tree.select(filter).await {
+            Ok(all) => Answer::Connections(all),
+            Err(e) => failed(e),
+        },
+        Ask::Resolve { text } => match tree.resolve(&text).await {
+            Ok(PrefixMatch::One(target)) => Answer::Targets(vec![target]),
+            Ok(PrefixMatch::None) => Answer::Targets(Vec::new()),
+            Ok(PrefixMatch::Ambiguous(all)) => Answer::Targets(all),
+            Err(e) => failed(e),
+        },
+        Ask::Kill {
+            target,
+            reason,
+            grace,
+            by,
+        } => {
+            info!(%target, reason = %reason, by = by.as_deref(), "audit: kill requested by the fleet");
+            match tree.kill(target, reason, grace, by).await {
+                Ok(report) => {
+                    info!(%target, forced = report.forced, elapsed_ms = report.elapsed.as_secs_f64() * 1e3, "audit: kill done");
+                    Answer::Killed(report)
+                }
+                Err(HandleError::NotFound(target)) => {
+                    Answer::Error(format!("{target} ended before the kill reached it"))
+                }
+                Err(e) => failed(e),
+            }
+        }
+        Ask::KillWhere {
+            filter,
+            dry_run: true,
+            ..
+        } => match tree.select(filter).await {
+            Ok(all) => Answer::Connections(all),
+            Err(e) => failed(e),
+        },
+        Ask::KillWhere {
+            filter,
+            reason,
+            grace,
+            by,
+            dry_run: false,
+        } => {
+            info!(?filter, reason = %reason, by = by.as_deref(), "audit: kill by filter requested by the fleet");
+            match tree.kill_where(filter, reason, grace, by).await {
+                Ok(reports) => Answer::KilledMany(reports),
+                Err(e) => failed(e),
+            }
+        }
+        Ask::Events { from } => match events.clone().since(tree, from).await {
+            Ok(batch) => Answer::Events(batch),
+            Err(e) => failed(e),
+        },
+    }
+}
+
+/// This node's status; the counts only when the tree gives them quickly.
+async fn status(args: &AgentArgs) -> NodeStatus {
+    let stats = args
+        .tree
+        .clone()
+        .with_timeout(STATUS_COUNTS_WITHIN)
+        .stats()
+        .await
+        .ok();
+    NodeStatus {
+        name: args.name.clone(),
+        fleet_addr: args.fleet_addr.clone(),
+        ssh_addr: args.ssh_addr.clone(),
+        connections: stats.as_ref().map(|s| s.connections),
+        sessions: stats.as_ref().map(|s| s.sessions),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// The node's recent events, kept for remote watchers once one has asked (a node nobody
+/// watches keeps nothing).
+#[derive(Default)]
+struct EventLog {
+    kept: Mutex<Kept>,
+    started: tokio::sync::OnceCell<()>,
+}
+
+#[derive(Default)]
+struct Kept {
+    /// The sequence number of the next event.
+    next: u64,
+    events: VecDeque<(u64, SystemTime, Event)>,
+}
+
+impl EventLog {
+    /// The events from `from` on; the first ask starts the keeping.
+    async fn since(
+        self: Arc<Self>,
+        tree: &SupervisorHandle,
+        from: Option<u64>,
+    ) -> Result<EventBatch, HandleError> {
+        self.started
+            .get_or_try_init(|| async {
+                let mut events = tree.subscribe().await?;
+                let log = Arc::downgrade(&self);
+                tokio::spawn(async move {
+                    while let Some(event) = events.recv().await {
+                        let Some(log) = log.upgrade() else { return };
+                        log.push(event);
+                    }
+                });
+                Ok::<(), HandleError>(())
+            })
+            .await?;
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(from) = from else {
+            return Ok(EventBatch {
+                next: kept.next,
+                events: Vec::new(),
+                missed: 0,
+            });
+        };
+        let oldest = kept.events.front().map_or(kept.next, |(seq, _, _)| *seq);
+        Ok(EventBatch {
+            next: kept.next,
+            events: kept
+                .events
+                .iter()
+                .filter(|(seq, _, _)| *seq >= from)
+                .map(|(_, at, event)| (*at, event.clone()))
+                .collect(),
+            missed: oldest.saturating_sub(from),
+        })
+    }
+
+    fn push(&self, event: Event) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = kept.next;
+        kept.next += 1;
+        if kept.events.len() == EVENT_BACKLOG {
+            kept.events.pop_front();
+        }
+        kept.events.push_back((seq, SystemTime::now(), event));
+    }
+}
