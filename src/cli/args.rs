@@ -19,10 +19,12 @@ pub(crate) struct Cli {
     pub(crate) command: Cmd,
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub(crate) enum Cmd {
     /// Run the server (127.0.0.1:2222, state in ./.sshvisor by default).
-    Serve(Box<ServeArgs>),
+    Serve(ServeArgs),
     /// Inspect and control a running server through its control socket.
     Ctl {
         /// The state directory of the server to talk to.
@@ -209,7 +211,7 @@ pub(crate) struct FleetArgs {
     #[arg(long, value_name = "ADDR")]
     fleet_listen: Option<SocketAddr>,
     /// Link to this node's --fleet-listen (HOST:PORT; the HOST is checked against its
-    /// certificate); repeatable. Retried while it is down.
+    /// certificate); repeatable. Retried while it is down (every 1 to 5 s).
     #[arg(long, value_name = "HOST:PORT")]
     fleet_join: Vec<String>,
     /// The fleet's shared cookie (mode 0600; `sshvisor fleet certs` writes DIR/cookie).

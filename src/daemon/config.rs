@@ -670,4 +670,20 @@ max_sources = 65536
         assert_eq!(a.names(Kind::Kex)[0], "curve25519-sha256");
         assert_eq!(a.names(Kind::Mac), ["hmac-sha2-256-etm@openssh.com"]);
     }
+
+    #[test]
+    fn the_fleet_table_parses_and_a_typo_is_refused() {
+        let c = parse(
+            "[fleet]\nlisten = \"0.0.0.0:7070\"\njoin = [\"a:7070\", \"b:7070\"]\nnode_name = \"c\"\ncookie_file = \"fleet/cookie\"\ntls_ca = \"fleet/ca.pem\"\ntls_cert = \"fleet/c.pem\"\ntls_key = \"fleet/c.key\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.fleet.listen, Some("0.0.0.0:7070".parse().unwrap()));
+        assert_eq!(c.fleet.join, ["a:7070", "b:7070"]);
+        assert_eq!(c.fleet.node_name.as_deref(), Some("c"));
+        assert_eq!(c.fleet.tls_key, Some(PathBuf::from("fleet/c.key")));
+        assert!(!c.fleet.insecure);
+        assert_eq!(parse("").unwrap().fleet, FleetConfig::default());
+        let e = parse("[fleet]\njoins = [\"a:7070\"]\n").unwrap_err();
+        assert!(e.contains("joins"), "{e}");
+    }
 }

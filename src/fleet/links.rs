@@ -38,7 +38,7 @@ pub const MAX_HANDSHAKES: usize = 64;
 pub const JOIN_RETRY: Duration = Duration::from_secs(1);
 
 /// The longest wait between two tries of a join target that keeps failing.
-pub const JOIN_RETRY_MAX: Duration = Duration::from_secs(30);
+pub const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// How the links are made.
 #[derive(Clone)]
