@@ -336,11 +336,15 @@ fn node_outcomes(value: &serde_json::Value, did: &str) -> String {
                 "node {name}: {did} {}\n",
                 node["count"].as_u64().unwrap_or(0)
             )),
-            status => out.push_str(&format!(
-                "node {name}: {} ({})\n",
-                status.unwrap_or("?").replace('_', " "),
-                node["error"].as_str().unwrap_or("no reason given")
-            )),
+            status => {
+                let status = status.unwrap_or("?").replace('_', " ");
+                let error = node["error"].as_str().unwrap_or("no reason given");
+                if error.starts_with(&status) {
+                    out.push_str(&format!("node {name}: {error}\n"));
+                } else {
+                    out.push_str(&format!("node {name}: {status} ({error})\n"));
+                }
+            }
         }
     }
     out

@@ -496,6 +496,9 @@ impl Fleet {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                if tx.is_closed() {
+                    return;
+                }
                 let rows: Vec<(String, Member)> = fleet
                     .inner
                     .lock()

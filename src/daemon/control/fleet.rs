@@ -103,7 +103,12 @@ pub(super) fn watch(
     let mut events = fleet(reach)?.watch();
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = tx.closed() => return,
+            };
+            let Some(event) = event else { return };
             let mut value = match event.what {
                 Watched::Event(e) => serde_json::to_value(&e).unwrap_or_default(),
                 Watched::Missed(count) => serde_json::json!({"event": "missed", "count": count}),
