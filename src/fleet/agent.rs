@@ -14,7 +14,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sshvisor_actors::{Event, HandleError, PrefixMatch, SupervisorHandle};
 use tracing::{info, warn};
 
-use super::wire::{decode, encode, AgentMsg, Answer, Ask, EventBatch, NodeStatus, EVENT_BACKLOG};
+use super::wire::{
+    decode, encode, AgentMsg, Answer, Ask, EventBatch, NodeStatus, EVENT_BACKLOG, MAX_ANSWER,
+};
 
 /// How long a status may wait for the tree's counts: the heartbeat must not miss a busy node.
 const STATUS_COUNTS_WITHIN: Duration = Duration::from_millis(300);
@@ -82,7 +84,7 @@ impl Actor for FleetAgent {
                     Answer::Error(format!("node {}: {e}", args.name))
                 }
             };
-            let _ = reply.send(encode(&answer));
+            let _ = reply.send(fitted(answer, &args.name));
         });
         Ok(())
     }
@@ -148,6 +150,42 @@ async fn serve(ask: Ask, args: &AgentArgs, events: &Arc<EventLog>) -> Answer {
             Err(e) => failed(e),
         },
     }
+}
+
+/// `answer` encoded within [`MAX_ANSWER`]: a listing too big for one answer is refused with
+/// advice, a set of kill reports is cut to what fits (the kills are done).
+fn fitted(answer: Answer, node: &str) -> Vec<u8> {
+    let bytes = encode(&answer);
+    if bytes.len() <= MAX_ANSWER {
+        return bytes;
+    }
+    let mib = |n: usize| n as f64 / (1024.0 * 1024.0);
+    warn!(
+        node,
+        bytes = bytes.len(),
+        "fleet: an answer is too big for one link message"
+    );
+    let smaller = match answer {
+        Answer::KilledMany(mut reports) => {
+            let keep = reports.len() * MAX_ANSWER / bytes.len() * 9 / 10;
+            let omitted = reports.len() - keep;
+            reports.truncate(keep);
+            Answer::KilledSome { reports, omitted }
+        }
+        Answer::Connections(all) => Answer::Error(format!(
+            "node {node}: the answer ({} connections, {:.1} MiB) is over the {:.0} MiB one link message carries: narrow it with a filter (--user, --peer, --older-than, ...)",
+            all.len(),
+            mib(bytes.len()),
+            mib(MAX_ANSWER)
+        )),
+        other => Answer::Error(format!(
+            "node {node}: its answer ({:.1} MiB, {}) is over the {:.0} MiB one link message carries",
+            mib(bytes.len()),
+            super::view::variant(&other),
+            mib(MAX_ANSWER)
+        )),
+    };
+    encode(&smaller)
 }
 
 /// This node's status; the counts only when the tree gives them quickly.
@@ -233,5 +271,41 @@ impl EventLog {
             kept.events.pop_front();
         }
         kept.events.push_back((seq, SystemTime::now(), event));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sshvisor_actors::{ConnId, KillReport, Target};
+
+    fn report() -> KillReport {
+        KillReport {
+            target: Target::Connection(ConnId::new_random()),
+            sessions_closed: 1,
+            elapsed: Duration::from_millis(3),
+            forced: false,
+            processes_left: 0,
+        }
+    }
+
+    #[test]
+    fn an_answer_too_big_for_one_link_message_is_cut_or_refused_never_sent() {
+        let small = Answer::KilledMany(vec![report(); 10]);
+        assert_eq!(
+            decode::<Answer>(&fitted(small.clone(), "a")).unwrap(),
+            small
+        );
+        // About 150 bytes a report: well over MAX_ANSWER.
+        let many = MAX_ANSWER / 100;
+        let bytes = fitted(Answer::KilledMany(vec![report(); many]), "a");
+        assert!(bytes.len() <= MAX_ANSWER);
+        match decode::<Answer>(&bytes).unwrap() {
+            Answer::KilledSome { reports, omitted } => {
+                assert_eq!(reports.len() + omitted, many);
+                assert!(omitted > 0 && !reports.is_empty());
+            }
+            other => panic!("not cut: {}", super::super::view::variant(&other)),
+        }
     }
 }

@@ -370,6 +370,19 @@ impl Fleet {
         let mut outcome = FleetKill::default();
         for (node, answer) in self.fan_out(&request, kill_bound(grace, within)).await {
             match answer {
+                Ok(Answer::KilledSome { reports, omitted }) => {
+                    let mut answered = NodeOutcome::answered(&node, reports.len() + omitted);
+                    answered.error = Some(format!(
+                        "{omitted} of its reports were left out: the answer was too big for one link message"
+                    ));
+                    outcome.nodes.push(answered);
+                    outcome
+                        .reports
+                        .extend(reports.into_iter().map(|item| Located {
+                            node: node.clone(),
+                            item,
+                        }));
+                }
                 Ok(Answer::KilledMany(reports)) => {
                     outcome
                         .nodes
@@ -643,13 +656,14 @@ fn not_done(node: &str, answer: Result<Answer, Unasked>) -> NodeOutcome {
     }
 }
 
-fn variant(answer: &Answer) -> &'static str {
+/// The name of an answer's kind, for an error.
+pub(super) fn variant(answer: &Answer) -> &'static str {
     match answer {
         Answer::Status(_) => "status",
         Answer::Connections(_) => "connections",
         Answer::Targets(_) => "targets",
         Answer::Killed(_) => "killed",
-        Answer::KilledMany(_) => "killed many",
+        Answer::KilledMany(_) | Answer::KilledSome { .. } => "killed many",
         Answer::Events(_) => "events",
         Answer::Error(_) => "error",
     }

@@ -91,6 +91,14 @@ pub enum Answer {
     Killed(KillReport),
     /// To [`Ask::KillWhere`].
     KilledMany(Vec<KillReport>),
+    /// To [`Ask::KillWhere`], when every report would not fit in one answer
+    /// ([`MAX_ANSWER`]): the first reports, and how many more connections were killed.
+    KilledSome {
+        /// The reports that fit.
+        reports: Vec<KillReport>,
+        /// Connections killed whose reports were left out.
+        omitted: usize,
+    },
     /// To [`Ask::Events`].
     Events(EventBatch),
     /// The request could not be served (the target ended, the tree did not answer, the
@@ -126,6 +134,12 @@ pub struct EventBatch {
     /// [`EVENT_BACKLOG`] only).
     pub missed: u64,
 }
+
+/// The largest answer a node sends, in bytes: below ractor_cluster's inbound frame limit
+/// ([`ractor_cluster::DEFAULT_MAX_INBOUND_FRAME_SIZE`], 16 MiB), over which the receiving node
+/// would drop the whole link. A bigger listing is refused with advice; a bigger set of kill
+/// reports is cut (the kills are done all the same).
+pub const MAX_ANSWER: usize = 12 * 1024 * 1024;
 
 /// How many events a node keeps for its remote watchers.
 pub const EVENT_BACKLOG: usize = 8192;
