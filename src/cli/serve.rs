@@ -61,6 +61,10 @@ pub(crate) async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
     let mut hup = signal(SignalKind::hangup())?;
     let daemon = Daemon::start(options).await?;
     println!("sshvisor listening on {}", daemon.ssh_addr());
+    #[cfg(feature = "fleet")]
+    if let (Some(fleet), Some(addr)) = (daemon.fleet(), daemon.fleet_addr()) {
+        println!("fleet node {} listening for links on {addr}", fleet.name());
+    }
     if let Some(hint) = daemon.connect_hint() {
         println!(
             "No --authorized-keys given: a client key was generated and authorized. Connect with:"
