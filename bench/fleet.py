@@ -3,7 +3,7 @@
 connections each with a real process session, measured in one run.
 
 Build first (release): `cargo build --release -p sshvisor -p sshvisor-bench`. Then
-`python3 bench/fleet.py` (about 3 minutes on 2 cores). Steps:
+`python3 bench/fleet.py` (about 2 minutes on 2 cores; `--smoke`: seconds). Steps:
 
 1. A lone node (no fleet flags, same binary): PSS before and after 1,000 held connections
    (`sshvisor-bench hold 1000 --command "sleep 100000"`: one exec session each, `/bin/sh -c`
