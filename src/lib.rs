@@ -10,8 +10,8 @@
 //!   containment and reaping), in-process commands, SFTP.
 //! - `daemon`: `sshvisor serve` as a library ([`daemon::Daemon`]): configuration, the control
 //!   socket, the runtime.
-//! - `fleet`: many nodes as one (the `fleet` feature, on by default): the fleet's certificates
-//!   and the mutual TLS of links between nodes.
+//! - `fleet`: many nodes as one (the `fleet` feature, on by default; without it only the
+//!   answers' types): [`fleet::Fleet`], the agent, the links and their TLS, `fleet certs`.
 //! - `actors`: the `sshvisor-actors` crate re-exported: the tree, and its door
 //!   [`actors::SupervisorHandle`].
 //!
@@ -20,7 +20,6 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod daemon;
-#[cfg(feature = "fleet")]
 pub mod fleet;
 pub mod session;
 pub mod ssh;

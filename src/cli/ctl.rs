@@ -131,6 +131,26 @@ impl CtlClient {
     }
 
     /// Every live connection the filter selects.
+    /// Like [`request`](Self::request), but the result as the server sent it (JSON text): a
+    /// big answer is neither parsed into a `Value` nor printed again.
+    pub async fn request_raw(&mut self, command: Command) -> Result<String, CtlError> {
+        let id = self.send(command).await?;
+        loop {
+            let response = self.recv().await?;
+            if response.id != id && response.id != 0 {
+                continue;
+            }
+            if !response.ok {
+                into_result(response)?;
+                return Err(CtlError::Protocol("a failure without an error".into()));
+            }
+            return Ok(response
+                .result
+                .map(|raw| raw.get().to_string())
+                .unwrap_or_else(|| "null".into()));
+        }
+    }
+
     pub async fn list(&mut self, filter: Filter) -> Result<Vec<ConnectionInfo>, CtlError> {
         let value = self
             .request(Command::Ls {
@@ -186,19 +206,21 @@ pub(crate) async fn run(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<E
             timeout,
             json,
         } => {
-            let value = client
-                .request(Command::Ls {
+            let text = client
+                .request_raw(Command::Ls {
                     filter: filter.filter(),
                     fleet: true,
                     timeout: Some(duration_text(timeout)),
                 })
                 .await?;
+            let listing: sshvisor::fleet::FleetListing = serde_json::from_str(&text)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                // As the server sent it: 3,000 connections are 1.6 MB, not worth parsing twice.
+                println!("{text}");
             } else {
-                print!("{}", print::format_fleet_listing(&value)?);
+                print!("{}", print::format_fleet_listing(&listing));
             }
-            Ok(fleet_exit(&value))
+            Ok(fleet_exit(&listing.nodes))
         }
         CtlCmd::Nodes { json } => {
             let value = client.request(Command::Nodes).await?;
@@ -309,13 +331,14 @@ pub(crate) async fn run(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<E
                     fleet: true,
                     timeout,
                 };
-                let value = client.request(request).await?;
+                let text = client.request_raw(request).await?;
+                let outcome: sshvisor::fleet::FleetKill = serde_json::from_str(&text)?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&value)?);
+                    println!("{text}");
                 } else {
-                    print!("{}", print::format_fleet_kill(&value, dry_run)?);
+                    print!("{}", print::format_fleet_kill(&outcome, dry_run));
                 }
-                Ok(fleet_exit(&value))
+                Ok(fleet_exit(&outcome.nodes))
             } else if by_filter {
                 kill_where(&mut client, filter, dry_run, reason, grace, json).await
             } else if dry_run {
@@ -355,11 +378,8 @@ fn duration_text(d: Duration) -> String {
 }
 
 /// A fleet answer's exit status: failure when any node did not do its part.
-fn fleet_exit(value: &Value) -> ExitCode {
-    let all_answered = value["nodes"]
-        .as_array()
-        .is_some_and(|nodes| nodes.iter().all(|n| n["status"] == "answered"));
-    if all_answered {
+fn fleet_exit(nodes: &[sshvisor::fleet::NodeOutcome]) -> ExitCode {
+    if nodes.iter().all(|n| n.is_answered()) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use sshvisor::fleet::{FleetKill, FleetListing, NodeOutcome};
 use sshvisor_actors::{ConnectionInfo, Credential, KillReport, Target};
 
 /// Prints kill reports as they are printed everywhere in `ctl`: one line each for people, one
@@ -283,68 +284,66 @@ pub fn format_event(event: &sshvisor_actors::Event) -> String {
     format!("{now}  {what}")
 }
 
-/// `ctl ls --fleet`: the table with a NODE column, then a line for each node that did not
-/// answer.
-pub fn format_fleet_listing(value: &serde_json::Value) -> serde_json::Result<String> {
-    let located: Vec<serde_json::Value> =
-        serde_json::from_value(value["connections"].clone()).unwrap_or_default();
-    let mut nodes = Vec::new();
-    let mut all = Vec::new();
-    for item in located {
-        nodes.push(item["node"].as_str().unwrap_or("?").to_string());
-        all.push(serde_json::from_value::<ConnectionInfo>(item)?);
-    }
+/// `ctl ls --fleet`: the table with a NODE column, then a line for each node.
+pub fn format_fleet_listing(listing: &FleetListing) -> String {
+    let (nodes, all): (Vec<String>, Vec<ConnectionInfo>) = listing
+        .connections
+        .iter()
+        .map(|c| (c.node.clone(), c.item.clone()))
+        .unzip();
     let mut out = table(&all, Some(&nodes));
-    out.push_str(&node_outcomes(value, "listed"));
-    Ok(out)
+    out.push_str(&node_outcomes(&listing.nodes, "listed"));
+    out
 }
 
-/// `ctl kill --fleet`: each report with its node, then each node's part.
-pub fn format_fleet_kill(value: &serde_json::Value, dry_run: bool) -> serde_json::Result<String> {
-    let mut out = String::new();
+/// `ctl kill --fleet`: each report with its node (or, dry, the table of what would be
+/// killed), then each node's part.
+pub fn format_fleet_kill(outcome: &FleetKill, dry_run: bool) -> String {
     if dry_run {
-        let located: Vec<serde_json::Value> =
-            serde_json::from_value(value["would_kill"].clone()).unwrap_or_default();
-        let mut nodes = Vec::new();
-        let mut all = Vec::new();
-        for item in located {
-            nodes.push(item["node"].as_str().unwrap_or("?").to_string());
-            all.push(serde_json::from_value::<ConnectionInfo>(item)?);
-        }
-        out.push_str(&table(&all, Some(&nodes)));
-        out.push_str(&node_outcomes(value, "would kill"));
-        return Ok(out);
+        let (nodes, all): (Vec<String>, Vec<ConnectionInfo>) = outcome
+            .would_kill
+            .iter()
+            .map(|c| (c.node.clone(), c.item.clone()))
+            .unzip();
+        let mut out = table(&all, Some(&nodes));
+        out.push_str(&node_outcomes(&outcome.nodes, "would kill"));
+        return out;
     }
-    let reports: Vec<serde_json::Value> =
-        serde_json::from_value(value["reports"].clone()).unwrap_or_default();
-    for item in reports {
-        let node = item["node"].as_str().unwrap_or("?").to_string();
-        let report: KillReport = serde_json::from_value(item)?;
-        out.push_str(&format!("{node}: {}\n", format_report(&report)));
+    let mut out = String::new();
+    for report in &outcome.reports {
+        out.push_str(&format!(
+            "{}: {}\n",
+            report.node,
+            format_report(&report.item)
+        ));
     }
-    out.push_str(&node_outcomes(value, "killed"));
-    Ok(out)
+    out.push_str(&node_outcomes(&outcome.nodes, "killed"));
+    out
 }
 
 /// One line per node of a fleet answer: how many it `did`, or why it did nothing.
-fn node_outcomes(value: &serde_json::Value, did: &str) -> String {
+fn node_outcomes(nodes: &[NodeOutcome], did: &str) -> String {
     let mut out = String::new();
-    for node in value["nodes"].as_array().into_iter().flatten() {
-        let name = node["node"].as_str().unwrap_or("?");
-        match node["status"].as_str() {
-            Some("answered") => out.push_str(&format!(
-                "node {name}: {did} {}\n",
-                node["count"].as_u64().unwrap_or(0)
-            )),
-            status => {
-                let status = status.unwrap_or("?").replace('_', " ");
-                let error = node["error"].as_str().unwrap_or("no reason given");
-                if error.starts_with(&status) {
-                    out.push_str(&format!("node {name}: {error}\n"));
-                } else {
-                    out.push_str(&format!("node {name}: {status} ({error})\n"));
-                }
+    for node in nodes {
+        let name = &node.node;
+        let error = node.error.as_deref().unwrap_or("no reason given");
+        if node.is_answered() {
+            out.push_str(&format!("node {name}: {did} {}", node.count.unwrap_or(0)));
+            // An answer may come with a note (reports left out of a very big answer).
+            if let Some(note) = &node.error {
+                out.push_str(&format!(" ({note})"));
             }
+            out.push('\n');
+            continue;
+        }
+        let status = serde_json::to_value(node.status)
+            .ok()
+            .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
+            .unwrap_or_default();
+        if error.starts_with(&status) {
+            out.push_str(&format!("node {name}: {error}\n"));
+        } else {
+            out.push_str(&format!("node {name}: {status} ({error})\n"));
         }
     }
     out

@@ -14,10 +14,10 @@ use std::time::{Duration, SystemTime};
 use futures::future::join_all;
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::wire::{decode, encode, AgentMsg, Answer, Ask, NodeStatus, GROUP};
+use super::report::{NodeState, NodeStatus};
+use super::wire::{decode, encode, AgentMsg, Answer, Ask, GROUP};
 
 /// How often every member is asked its status.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -37,16 +37,6 @@ pub struct Member {
     pub state: NodeState,
     /// When it last answered.
     pub last_heard: Option<SystemTime>,
-}
-
-/// Whether a node answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", content = "since", rename_all = "snake_case")]
-pub enum NodeState {
-    /// It answered within [`UNREACHABLE_AFTER`].
-    Up,
-    /// Its link closed, or it stopped answering, at this time.
-    Unreachable(SystemTime),
 }
 
 /// The table of nodes, by name.

@@ -11,17 +11,17 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::join_all;
 use ractor::{Actor, ActorRef};
-use serde::{Deserialize, Serialize};
 use sshvisor_actors::{
-    ConnId, ConnectionInfo, Event, Filter, HandleError, KillReport, PrefixMatch, SessionId,
-    SupervisorHandle, Target,
+    ConnId, Event, Filter, HandleError, KillReport, PrefixMatch, SessionId, SupervisorHandle,
+    Target,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::agent::{AgentArgs, FleetAgent};
-use super::members::{self, ask, AskError, Member, Members, NodeState, HEARTBEAT};
-use super::wire::{AgentMsg, Answer, Ask, NodeStatus, DEFAULT_SCOPE};
+use super::members::{self, ask, AskError, Member, Members, HEARTBEAT};
+use super::report::{FleetKill, FleetListing, Located, NodeOutcome, NodeState, NodeView, Reply};
+use super::wire::{AgentMsg, Answer, Ask, DEFAULT_SCOPE};
 
 /// How long an operation waits for a node unless told otherwise (`ctl --timeout`).
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -56,101 +56,6 @@ impl FleetSetup {
             ssh_addr: None,
         }
     }
-}
-
-/// How one node took part in an operation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeOutcome {
-    /// The node.
-    pub node: String,
-    /// `answered`, `failed`, `not_answering`, `lost` or `unreachable`.
-    pub status: Reply,
-    /// What went wrong, for a person.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// How many connections (listed, killed, or that would be killed) it answered with.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub count: Option<usize>,
-}
-
-/// How a node replied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reply {
-    /// It answered.
-    Answered,
-    /// It answered with an error.
-    Failed,
-    /// It did not answer within the timeout.
-    NotAnswering,
-    /// Its link closed while it was asked.
-    Lost,
-    /// It was already known unreachable, so it was not asked.
-    Unreachable,
-}
-
-impl NodeOutcome {
-    fn answered(node: &str, count: usize) -> Self {
-        Self {
-            node: node.to_string(),
-            status: Reply::Answered,
-            error: None,
-            count: Some(count),
-        }
-    }
-
-    /// Whether the node did its part.
-    pub fn is_answered(&self) -> bool {
-        self.status == Reply::Answered
-    }
-}
-
-/// Something a node holds, with the node's name (`node` in JSON, beside the item's fields).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Located<T> {
-    /// The node that holds it.
-    pub node: String,
-    /// The item.
-    #[serde(flatten)]
-    pub item: T,
-}
-
-/// A fleet-wide listing.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct FleetListing {
-    /// Every node, with how it answered.
-    pub nodes: Vec<NodeOutcome>,
-    /// The connections of the nodes that answered.
-    pub connections: Vec<Located<ConnectionInfo>>,
-}
-
-/// A fleet-wide kill (or, dry, what it would kill).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct FleetKill {
-    /// Every node, with how it answered.
-    pub nodes: Vec<NodeOutcome>,
-    /// One report per connection killed.
-    pub reports: Vec<Located<KillReport>>,
-    /// For a dry run: what would be killed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub would_kill: Vec<Located<ConnectionInfo>>,
-}
-
-/// One node as `ctl nodes` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeView {
-    /// Its name.
-    pub name: String,
-    /// Whether it is the node answering.
-    pub this: bool,
-    /// Up, or unreachable since when.
-    #[serde(flatten)]
-    pub state: NodeState,
-    /// When it last answered.
-    pub last_heard: Option<SystemTime>,
-    /// What it said of itself last.
-    #[serde(flatten)]
-    pub status: Option<NodeStatus>,
 }
 
 /// An event of one node, for a fleet watch.

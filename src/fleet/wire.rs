@@ -14,6 +14,8 @@ use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
 use sshvisor_actors::{ConnectionInfo, Event, Filter, KillReport, Target};
 
+pub use super::report::NodeStatus;
+
 /// The process-group scope every fleet agent joins (an embedding program may use its own, so
 /// that two fleets in one process, as in tests, never see each other).
 pub const DEFAULT_SCOPE: &str = "sshvisor";
@@ -104,23 +106,6 @@ pub enum Answer {
     /// The request could not be served (the target ended, the tree did not answer, the
     /// request was not understood): a sentence for a person.
     Error(String),
-}
-
-/// What a node says of itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    /// Its `--fleet-node-name`.
-    pub name: String,
-    /// Where other nodes reach it (`--fleet-listen`), when it listens.
-    pub fleet_addr: Option<String>,
-    /// Its SSH address.
-    pub ssh_addr: Option<String>,
-    /// Live connections (`None` when its tree was too busy to count in time).
-    pub connections: Option<usize>,
-    /// Live sessions.
-    pub sessions: Option<usize>,
-    /// The sshvisor version it runs.
-    pub version: String,
 }
 
 /// A node's events since a watcher's last ask.
