@@ -213,8 +213,9 @@ impl Node {
             .collect()
     }
 
-    /// Waits until this node's `ctl nodes` shows exactly `want` (name, state), in name order.
-    async fn wait_nodes(&self, want: &[(&str, &str)], within: Duration) {
+    /// Waits until this node's `ctl nodes` shows exactly `want` (name, state), in name order;
+    /// `when` names the step in the failure.
+    async fn wait_nodes(&self, when: &str, want: &[(&str, &str)], within: Duration) {
         let want: Vec<(String, String)> = want
             .iter()
             .map(|(n, s)| (n.to_string(), s.to_string()))
@@ -228,7 +229,7 @@ impl Node {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "node {} shows {seen:?}, not {want:?}\nits log:\n{}",
+                "{when}: node {} shows {seen:?}, not {want:?}\nits log:\n{}",
                 self.name,
                 self.log()
             );
@@ -296,7 +297,7 @@ async fn three_nodes(certs_dir: &Path) -> (Node, Node, Node) {
     let b = Node::start("b", tls_flags(certs_dir, "b", pb, &[pa], &cookie)).await;
     let c = Node::start("c", tls_flags(certs_dir, "c", pc, &[pa, pb], &cookie)).await;
     let all_up = [("a", "up"), ("b", "up"), ("c", "up")];
-    c.wait_nodes(&all_up, WAIT).await;
+    c.wait_nodes("started", &all_up, WAIT).await;
     (a, b, c)
 }
 
@@ -451,7 +452,10 @@ async fn a_kill_by_id_from_one_node_ends_a_connection_another_node_holds() {
     let listing = c
         .wait_fleet_ls("carol listed", |l| with_sessions(l).len() == 1)
         .await;
-    let id = listing["connections"][0]["id"].as_str().unwrap().to_string();
+    let id = listing["connections"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // c holds nothing: the ID (a prefix, as people type it) is found on a.
     let out = c
         .ctl(&["kill", &id[..8], "--reason", "found on another node"])
@@ -487,10 +491,16 @@ async fn wrong_cookie_node_is_refused() {
     let d = Node::start("d", tls_flags(&dir, "d", free_port(), &[pa], &wrong)).await;
 
     // Both logs say why.
-    common::eventually("both logs name the cookies", || {
-        a.log().contains("cookies differ") && d.log().contains("cookies differ")
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !(a.log().contains("cookies differ") && d.log().contains("cookies differ")) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both logs say the cookies differ\na's log:\n{}\nd's log:\n{}",
+            a.log(),
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // d serves SSH alone.
     let out = tokio::time::timeout(WAIT, d.ssh("dave", "echo alone").output())
@@ -512,13 +522,14 @@ async fn wrong_cookie_node_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_dies_or_freezes_leaves_the_view_and_comes_back() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_a, mut b, c) = three_nodes(&tmp.path().join("certs")).await;
+    let (a, mut b, c) = three_nodes(&tmp.path().join("certs")).await;
     let b_gone = [("a", "up"), ("b", "unreachable"), ("c", "up")];
     let all_up = [("a", "up"), ("b", "up"), ("c", "up")];
 
     // Killed: the view says so (target 3 s; bounded at 5 s for a loaded machine).
     b.kill9().await;
-    c.wait_nodes(&b_gone, Duration::from_secs(5)).await;
+    c.wait_nodes("b killed", &b_gone, Duration::from_secs(5))
+        .await;
     // A list that needs b answers, naming b.
     let (ok, listing) = c.ctl_json(&["ls", "--fleet", "--timeout", "2s"]).await;
     assert!(!ok, "a fleet list without b is not a success: {listing:#}");
@@ -544,13 +555,46 @@ async fn a_node_that_dies_or_freezes_leaves_the_view_and_comes_back() {
 
     // Back, with the same flags and state: up again on c, nobody else restarted.
     b.spawn().await;
-    c.wait_nodes(&all_up, REJOIN_WAIT).await;
+    c.wait_nodes("b restarted", &all_up, REJOIN_WAIT).await;
+    a.wait_nodes("b restarted, seen from a", &all_up, REJOIN_WAIT)
+        .await;
 
-    // Frozen: unreachable while stopped, up once it runs again.
+    // Frozen, its link still open: a fleet kill started at once still ends in one answer,
+    // with a's kill done and reported and b named as not having done its part.
+    let client = a.ssh("alice", "sleep 600").spawn().unwrap();
+    c.wait_fleet_ls("alice listed", |l| with_sessions(l).len() == 1)
+        .await;
     kill(b.pid(), Signal::SIGSTOP).unwrap();
-    c.wait_nodes(&b_gone, Duration::from_secs(5)).await;
+    let (ok, answer) = c
+        .ctl_json(&[
+            "kill",
+            "--fleet",
+            "--user",
+            "alice",
+            "--reason",
+            "while b froze",
+            "--timeout",
+            "1s",
+        ])
+        .await;
+    assert!(!ok, "{answer:#}");
+    let seen = outcomes(&answer);
+    assert!(
+        seen.contains(&("a".to_string(), "answered".to_string(), Some(1))),
+        "{answer:#}"
+    );
+    assert!(
+        seen.iter().any(|(node, status, _)| node == "b"
+            && ["unreachable", "lost", "not_answering"].contains(&status.as_str())),
+        "{answer:#}"
+    );
+    assert_eq!(answer["reports"][0]["node"], "a", "{answer:#}");
+    assert!(ended(client).await.contains("while b froze"));
+    // And the view marks it unreachable, then up once it runs again.
+    c.wait_nodes("b stopped", &b_gone, Duration::from_secs(5))
+        .await;
     kill(b.pid(), Signal::SIGCONT).unwrap();
-    c.wait_nodes(&all_up, REJOIN_WAIT).await;
+    c.wait_nodes("b continued", &all_up, REJOIN_WAIT).await;
 }
 
 /// `sshvisor serve` with these flags in a fresh directory, expected to refuse to start.
