@@ -278,6 +278,11 @@ fn every_command_parses_in_its_documented_form() {
         r#"{"id":10,"cmd":"stats"}"#,
         r#"{"id":11,"cmd":"penalties"}"#,
         r#"{"id":12,"cmd":"penalties","clear":"10.0.0.0/8"}"#,
+        r#"{"id":13,"cmd":"nodes"}"#,
+        r#"{"id":14,"cmd":"ls","fleet":true,"timeout":"2s"}"#,
+        r#"{"id":15,"cmd":"kill","target":"aaaa3","timeout":"2s"}"#,
+        r#"{"id":16,"cmd":"kill_where","filter":{"user":"alice"},"reason":"revoked","fleet":true,"timeout":"2s"}"#,
+        r#"{"id":17,"cmd":"watch","fleet":true}"#,
     ];
     let mut seen = std::collections::BTreeSet::new();
     for line in lines {
