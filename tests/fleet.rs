@@ -2,7 +2,8 @@
 //! made by `sshvisor fleet certs`, users connected with OpenSSH, and `sshvisor ctl` on any node:
 //! one kill by user across nodes, a kill by ID of a connection another node holds, a node with
 //! the wrong cookie refused (and serving alone), a node that dies or freezes leaving the view
-//! and coming back, and `--fleet-insecure` refused off loopback.
+//! and coming back, `ctl watch --fleet` tagging each node's events, and `--fleet-insecure`
+//! refused off loopback.
 
 #![cfg(feature = "fleet")]
 
@@ -21,7 +22,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// How long a node that came back may take to be linked again: the join targets that failed
-/// are retried with a backoff up to 30 s (`links::JOIN_RETRY_MAX`).
+/// are retried with a backoff up to 5 s (`links::JOIN_RETRY_MAX`); the rest is room for a
+/// loaded machine.
 const REJOIN_WAIT: Duration = Duration::from_secs(45);
 
 /// A free port on 127.0.0.1 (bound, read, released): fleet addresses are given to the nodes
@@ -442,6 +444,88 @@ async fn three_nodes_over_tls_one_kill_by_user() {
         [("a".to_string(), "bob".to_string())]
     );
     drop(bob);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_watch_shows_every_nodes_events_tagged_with_the_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = three_nodes(&tmp.path().join("certs")).await;
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_sshvisor"))
+        .args(["ctl", "--state-dir"])
+        .arg(c.state())
+        .args(["watch", "--fleet", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    // The watch starts with each node's next event: a login that comes before it has reached
+    // a node is not shown. So log in and out of a and b until each has shown an event.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for node in [&a, &b] {
+        'shown: loop {
+            let probe = node.ssh("probe", "true").output().await.unwrap();
+            assert!(probe.status.success(), "{}", text(&probe.stderr));
+            while let Ok(line) =
+                tokio::time::timeout(Duration::from_millis(500), lines.next_line()).await
+            {
+                let event: Value = serde_json::from_str(&line.unwrap().unwrap()).unwrap();
+                if event["node"] == node.name.as_str() {
+                    break 'shown;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the watch shows no event of {}",
+                node.name
+            );
+        }
+    }
+    let clients = [
+        a.ssh("dave", "sleep 600").spawn().unwrap(),
+        b.ssh("dave", "sleep 600").spawn().unwrap(),
+    ];
+    let mut seen = Vec::new();
+    let authenticated = |seen: &Vec<Value>, node: &str| {
+        seen.iter()
+            .any(|e| e["node"] == node && e["event"] == "authenticated" && e["user"] == "dave")
+    };
+    while !(authenticated(&seen, "a") && authenticated(&seen, "b")) {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("both logins watched in time; saw {seen:#?}"))
+            .unwrap()
+            .expect("the watch goes on");
+        let event: Value = serde_json::from_str(&line).unwrap();
+        assert!(
+            event["at"].as_str().is_some_and(|at| at.ends_with('Z')),
+            "every event has its time: {event}"
+        );
+        seen.push(event);
+    }
+    let out = c
+        .ctl(&["kill", "--fleet", "--user", "dave", "--reason", "watched"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut disconnected = Vec::new();
+    while disconnected.len() < 2 {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("both kills watched in time; saw {disconnected:?}"))
+            .unwrap()
+            .expect("the watch goes on");
+        let event: Value = serde_json::from_str(&line).unwrap();
+        if event["event"] == "disconnected" {
+            assert_eq!(event["reason"], "watched", "{event}");
+            disconnected.push(event["node"].as_str().unwrap().to_string());
+        }
+    }
+    disconnected.sort();
+    assert_eq!(disconnected, ["a", "b"]);
+    for client in clients {
+        ended(client).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
