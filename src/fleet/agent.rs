@@ -5,6 +5,11 @@
 //! so that a kill's seconds never hold up a listing or a heartbeat behind it. A remote kill is
 //! the node's own kill, with the same reports and the same audit line (`by` names the node
 //! that asked).
+//!
+//! When the agent stops (the node leaves the fleet), the requests still in its tasks go
+//! unanswered: their askers see the node lost, as when its link closes, rather than an answer
+//! from a node no longer in the fleet. What a request already asked of the tree (a kill) runs
+//! to its end there.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -12,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sshvisor_actors::{Event, HandleError, PrefixMatch, SupervisorHandle};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::wire::{decode, encode, AgentMsg, Answer, Ask, EventBatch, NodeStatus, EVENT_BACKLOG};
@@ -41,6 +47,8 @@ pub struct FleetAgent;
 pub struct AgentState {
     args: Arc<AgentArgs>,
     events: Arc<EventLog>,
+    /// Dropped with the state when the agent stops: its tasks drop their replies then.
+    serving: watch::Sender<()>,
 }
 
 impl Actor for FleetAgent {
@@ -62,6 +70,7 @@ impl Actor for FleetAgent {
         Ok(AgentState {
             args: Arc::new(args),
             events: Arc::new(EventLog::default()),
+            serving: watch::channel(()).0,
         })
     }
 
@@ -74,15 +83,25 @@ impl Actor for FleetAgent {
         let AgentMsg::Ask(bytes, reply) = message;
         let args = state.args.clone();
         let events = state.events.clone();
+        let mut serving = state.serving.subscribe();
         tokio::spawn(async move {
-            let answer = match decode::<Ask>(&bytes) {
-                Ok(ask) => serve(ask, &args, &events).await,
-                Err(e) => {
-                    warn!(error = %e, "fleet: a request this node cannot read (another version?)");
-                    Answer::Error(format!("node {}: {e}", args.name))
+            let answer = async {
+                match decode::<Ask>(&bytes) {
+                    Ok(ask) => serve(ask, &args, &events).await,
+                    Err(e) => {
+                        warn!(error = %e, "fleet: a request this node cannot read (another version?)");
+                        Answer::Error(format!("node {}: {e}", args.name))
+                    }
                 }
             };
-            let _ = reply.send(encode(&answer));
+            tokio::select! {
+                answer = answer => {
+                    let _ = reply.send(encode(&answer));
+                }
+                // The agent stopped: the reply is dropped unanswered (the asker sees the node
+                // lost).
+                _ = serving.changed() => {}
+            }
         });
         Ok(())
     }
