@@ -6,10 +6,10 @@
 //! the node's own kill, with the same reports and the same audit line (`by` names the node
 //! that asked).
 //!
-//! When the agent stops (the node leaves the fleet), the requests still in its tasks go
-//! unanswered: their askers see the node lost, as when its link closes, rather than an answer
-//! from a node no longer in the fleet. What a request already asked of the tree (a kill) runs
-//! to its end there.
+//! Once the node leaves the fleet, the requests still in its tasks go unanswered: their askers
+//! see the node lost, as when its link closes, rather than an answer from a node no longer in
+//! the fleet (in one process, where no link closes, that answer would be the stopping tree's
+//! error). What a request already asked of the tree (a kill) runs to its end there.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,8 @@ pub struct AgentArgs {
     pub ssh_addr: Option<String>,
     /// The node's tree.
     pub tree: SupervisorHandle,
+    /// True (or closed) once the node leaves the fleet: requests in flight are dropped then.
+    pub leaving: watch::Receiver<bool>,
 }
 
 /// The fleet agent (see the module's documentation).
@@ -47,8 +49,6 @@ pub struct FleetAgent;
 pub struct AgentState {
     args: Arc<AgentArgs>,
     events: Arc<EventLog>,
-    /// Dropped with the state when the agent stops: its tasks drop their replies then.
-    serving: watch::Sender<()>,
 }
 
 impl Actor for FleetAgent {
@@ -70,7 +70,6 @@ impl Actor for FleetAgent {
         Ok(AgentState {
             args: Arc::new(args),
             events: Arc::new(EventLog::default()),
-            serving: watch::channel(()).0,
         })
     }
 
@@ -83,7 +82,7 @@ impl Actor for FleetAgent {
         let AgentMsg::Ask(bytes, reply) = message;
         let args = state.args.clone();
         let events = state.events.clone();
-        let mut serving = state.serving.subscribe();
+        let mut leaving = state.args.leaving.clone();
         tokio::spawn(async move {
             let answer = async {
                 match decode::<Ask>(&bytes) {
@@ -95,12 +94,13 @@ impl Actor for FleetAgent {
                 }
             };
             tokio::select! {
+                // Leaving wins over an answer ready at the same time: after `leave` this node
+                // answers nothing (the asker sees it lost).
+                biased;
+                _ = leaving.wait_for(|left| *left) => {}
                 answer = answer => {
                     let _ = reply.send(encode(&answer));
                 }
-                // The agent stopped: the reply is dropped unanswered (the asker sees the node
-                // lost).
-                _ = serving.changed() => {}
             }
         });
         Ok(())
