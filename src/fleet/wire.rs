@@ -184,8 +184,9 @@ mod tests {
         assert_eq!(decode::<Answer>(&encode(&answer)).unwrap(), answer);
     }
 
-    #[test]
-    fn the_message_is_remotable_and_a_garbled_one_is_an_error() {
+    // Deserializing the reply port spawns its forwarding task: it needs a runtime.
+    #[tokio::test]
+    async fn the_message_is_remotable_and_a_garbled_one_is_an_error() {
         assert!(AgentMsg::serializable());
         let (tx, _rx) = ractor::concurrency::oneshot::<Vec<u8>>();
         let wire = AgentMsg::Ask(encode(&Ask::Status), tx.into())
