@@ -5,6 +5,11 @@
 //! so that a kill's seconds never hold up a listing or a heartbeat behind it. A remote kill is
 //! the node's own kill, with the same reports and the same audit line (`by` names the node
 //! that asked).
+//!
+//! Once the node leaves the fleet, the requests still in its tasks go unanswered: their askers
+//! see the node lost, as when its link closes, rather than an answer from a node no longer in
+//! the fleet (in one process, where no link closes, that answer would be the stopping tree's
+//! error). What a request already asked of the tree (a kill) runs to its end there.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -12,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sshvisor_actors::{Event, HandleError, PrefixMatch, SupervisorHandle};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::wire::{
@@ -34,6 +40,8 @@ pub struct AgentArgs {
     pub ssh_addr: Option<String>,
     /// The node's tree.
     pub tree: SupervisorHandle,
+    /// True (or closed) once the node leaves the fleet: requests in flight are dropped then.
+    pub leaving: watch::Receiver<bool>,
 }
 
 /// The fleet agent (see the module's documentation).
@@ -76,15 +84,26 @@ impl Actor for FleetAgent {
         let AgentMsg::Ask(bytes, reply) = message;
         let args = state.args.clone();
         let events = state.events.clone();
+        let mut leaving = state.args.leaving.clone();
         tokio::spawn(async move {
-            let answer = match decode::<Ask>(&bytes) {
-                Ok(ask) => serve(ask, &args, &events).await,
-                Err(e) => {
-                    warn!(error = %e, "fleet: a request this node cannot read (another version?)");
-                    Answer::Error(format!("node {}: {e}", args.name))
+            let answer = async {
+                match decode::<Ask>(&bytes) {
+                    Ok(ask) => serve(ask, &args, &events).await,
+                    Err(e) => {
+                        warn!(error = %e, "fleet: a request this node cannot read (another version?)");
+                        Answer::Error(format!("node {}: {e}", args.name))
+                    }
                 }
             };
-            let _ = reply.send(fitted(answer, &args.name));
+            tokio::select! {
+                // Leaving wins over an answer ready at the same time: after `leave` this node
+                // answers nothing (the asker sees it lost).
+                biased;
+                _ = leaving.wait_for(|left| *left) => {}
+                answer = answer => {
+                    let _ = reply.send(fitted(answer, &args.name));
+                }
+            }
         });
         Ok(())
     }

@@ -15,7 +15,7 @@ use sshvisor_actors::{
     ConnId, Event, Filter, HandleError, KillReport, PrefixMatch, SessionId, SupervisorHandle,
     Target,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::agent::{AgentArgs, FleetAgent};
@@ -143,6 +143,8 @@ struct Inner {
     agent: ActorRef<AgentMsg>,
     members: Mutex<Members>,
     heartbeat: JoinHandle<()>,
+    /// Tells the agent's requests in flight that the node left (see `agent`).
+    leaving: watch::Sender<bool>,
 }
 
 impl Drop for Inner {
@@ -164,6 +166,7 @@ impl Fleet {
     /// Starts this node's agent (joined to the fleet's process group) and its heartbeat. The
     /// links to other nodes are `links`'s (an embedding program in one process needs none).
     pub async fn start(tree: SupervisorHandle, setup: FleetSetup) -> Result<Self, HandleError> {
+        let (leaving, left) = watch::channel(false);
         let (agent, _) = Actor::spawn(
             None,
             FleetAgent,
@@ -173,6 +176,7 @@ impl Fleet {
                 fleet_addr: setup.fleet_addr,
                 ssh_addr: setup.ssh_addr,
                 tree: tree.clone(),
+                leaving: left,
             },
         )
         .await
@@ -201,6 +205,7 @@ impl Fleet {
                 agent,
                 members: Mutex::new(table),
                 heartbeat,
+                leaving,
             }
         });
         Ok(Self { inner })
@@ -213,6 +218,8 @@ impl Fleet {
 
     /// Stops the agent and the heartbeat: the node leaves the fleet (its links stay, if any).
     pub fn leave(&self) {
+        // First: a request in flight must not answer once this returns.
+        self.inner.leaving.send_replace(true);
         self.inner.heartbeat.abort();
         self.inner.agent.stop(Some("leaving the fleet".into()));
     }

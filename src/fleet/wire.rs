@@ -183,6 +183,7 @@ mod tests {
         assert_eq!(decode::<Answer>(&encode(&answer)).unwrap(), answer);
     }
 
+    // Deserializing the reply port spawns its forwarding task: it needs a runtime.
     #[tokio::test]
     async fn the_message_is_remotable_and_a_garbled_one_is_an_error() {
         assert!(AgentMsg::serializable());
