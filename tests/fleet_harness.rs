@@ -19,9 +19,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::{Client, Conn, Harness, LogEvent, Work, WAIT};
-use sshvisor::fleet::members::NodeState;
-use sshvisor::fleet::view::Reply;
-use sshvisor::fleet::{Fleet, FleetError, FleetSetup, NodeOutcome};
+use sshvisor::fleet::{Fleet, FleetError, FleetSetup, NodeOutcome, NodeState, Reply};
 use sshvisor_actors::{Filter, SupervisorHandle, Target};
 use tokio::time::Instant;
 
