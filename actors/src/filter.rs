@@ -227,6 +227,7 @@ mod tests {
             idle_ms: None,
             bytes_in: None,
             bytes_out: None,
+            pending_kill: None,
             sessions: Vec::new(),
         }
     }

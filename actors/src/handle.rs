@@ -30,7 +30,7 @@ use crate::filter::Filter;
 use crate::ids::{ConnId, PrefixMatch, Target};
 use crate::link::ConnectionLink;
 use crate::report::{ConnectionInfo, KillError, KillReport, Refusal, TreeStats};
-use crate::supervisor::{AdmissionCounts, SupervisorArgs, SupervisorMsg};
+use crate::supervisor::{AdmissionCounts, Selection, SupervisorArgs, SupervisorMsg};
 use crate::Policy;
 
 /// How long a query waits for the supervisor's answer unless the handle says otherwise.
@@ -282,6 +282,43 @@ impl SupervisorHandle {
                 by,
                 reply,
             }
+        })
+        .await
+    }
+
+    /// Announces a kill to the terminals of the connections `which` selects (a line each, at
+    /// once), lists it as pending (`ConnectionInfo::pending_kill`), and kills those still
+    /// waiting after `notice` (see [`cancel_kill`](Self::cancel_kill)); one report per
+    /// connection killed. Bounded by `notice` plus the grace plus [`KILL_MARGIN`].
+    pub async fn kill_warned(
+        &self,
+        which: Selection,
+        reason: impl Into<String>,
+        notice: Duration,
+        grace: Duration,
+        by: Option<String>,
+    ) -> Result<Vec<KillReport>, HandleError> {
+        let reason = reason.into();
+        self.ask(
+            "the announced kill",
+            Some(notice + grace + KILL_MARGIN),
+            |reply| SupervisorMsg::KillWarned {
+                which,
+                reason,
+                notice,
+                grace,
+                by,
+                reply,
+            },
+        )
+        .await
+    }
+
+    /// Withdraws the announced kill `conn` waits for (its terminals are told); whether it
+    /// waited for one.
+    pub async fn cancel_kill(&self, conn: ConnId) -> Result<bool, HandleError> {
+        self.ask("the cancel", Some(self.timeout), |reply| {
+            SupervisorMsg::CancelKill { conn, reply }
         })
         .await
     }

@@ -67,10 +67,10 @@ pub use link::{
 pub use policy::{Limits, Policy, DEFAULT_KILL_GRACE, DEFAULT_LOGIN_GRACE, MIN_PENDING_AGE};
 pub use report::{
     CertificateInfo, ConnState, ConnectionInfo, Credential, DisconnectCause, KillError, KillReport,
-    PtyInfo, Refusal, SessionExit, SessionInfo, SessionKind, TreeStats,
+    PendingKill, PtyInfo, Refusal, SessionExit, SessionInfo, SessionKind, TreeStats,
 };
 pub use session::{SessionActor, SessionMsg, StartRefusal};
-pub use supervisor::{SupervisorActor, SupervisorArgs, SupervisorMsg};
+pub use supervisor::{Selection, SupervisorActor, SupervisorArgs, SupervisorMsg};
 
 /// Spawns the supervisor, unnamed, linked under `parent` when given (the embedding program's own
 /// supervisor) or standalone otherwise.

@@ -191,6 +191,13 @@ pub trait SessionLink: Send + 'static {
     /// (`SessionMsg::Data`); with a [`stdin`](Self::stdin) sink, the client's bytes go there.
     fn data(&mut self, data: Vec<u8>);
 
+    /// Shows `text` (one line, no line ends) to the person at this session's terminal, as a
+    /// `wall` message would: an operator's warning before a kill, or before the idle cut. A
+    /// session without a terminal shows nothing (the default).
+    fn notify(&mut self, text: &str) {
+        let _ = text;
+    }
+
     /// The client sent EOF on the channel.
     fn eof(&mut self);
 

@@ -52,6 +52,8 @@ pub(crate) enum NoticeKind {
     SessionEnded(SessionEnd),
     /// (supervisor, to itself) The earliest login grace ran out.
     LoginTimer,
+    /// (supervisor, to itself) An announced kill's deadline came.
+    WarningDue { number: u64 },
     /// (supervisor, to itself) A kill group's grace ran out.
     GroupGraceElapsed { group: u64 },
     /// (supervisor, to itself) A connection actor has terminated: queued so that it is handled

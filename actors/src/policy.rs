@@ -19,6 +19,9 @@ pub struct Policy {
     pub max_lifetime: Option<Duration>,
     /// No channel data either way for this long ends a connection; `None` for no limit.
     pub idle: Option<Duration>,
+    /// With `idle`: how long before the idle cut each terminal of the connection is told it
+    /// is coming (traffic after the warning starts the count again); `None`: no warning.
+    pub idle_warning: Option<Duration>,
     /// No data on a session's channel either way for this long ends that session (the
     /// connection stays); `None` for no limit.
     pub session_idle: Option<Duration>,
@@ -98,6 +101,7 @@ impl Default for Policy {
             login_grace: Some(DEFAULT_LOGIN_GRACE),
             max_lifetime: None,
             idle: None,
+            idle_warning: None,
             session_idle: None,
             limits: Limits::default(),
         }

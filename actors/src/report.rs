@@ -68,6 +68,16 @@ pub struct PtyInfo {
     pub rows: u32,
 }
 
+/// A kill announced with a warning: when it will happen and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingKill {
+    /// When the kill starts.
+    #[serde(with = "rfc3339")]
+    pub at: SystemTime,
+    /// The reason the terminals were shown.
+    pub reason: String,
+}
+
 /// A snapshot of one connection and its sessions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionInfo {
@@ -98,6 +108,10 @@ pub struct ConnectionInfo {
     /// Channel bytes sent to the client, when known.
     #[serde(default)]
     pub bytes_out: Option<u64>,
+    /// A kill announced to its terminals and not carried out yet
+    /// (`SupervisorHandle::kill_warned`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_kill: Option<PendingKill>,
     /// Its live sessions, oldest first.
     pub sessions: Vec<SessionInfo>,
 }

@@ -148,6 +148,8 @@ enum Tick {
     /// applies, idle time counted from now at the earliest, so a reload never ends a session at
     /// once.
     SetIdle { idle: Option<Duration> },
+    /// (connection) A line for the person at the terminal (see [`SessionLink::notify`]).
+    Notify { text: String },
 }
 
 impl SessionMsg {
@@ -163,6 +165,11 @@ impl SessionMsg {
     /// The session idle limit changed (passed on by the connection).
     pub(crate) fn set_idle(idle: Option<Duration>) -> Self {
         Self::tick(Tick::SetIdle { idle })
+    }
+
+    /// A line for the person at the terminal (passed on by the connection).
+    pub(crate) fn notify(text: String) -> Self {
+        Self::tick(Tick::Notify { text })
     }
 }
 
@@ -440,6 +447,11 @@ impl SessionState {
                 }
             }
             Tick::IdleCheck { generation } => self.on_idle_check(myself, generation),
+            Tick::Notify { text } => {
+                if self.phase == Phase::Running {
+                    self.link.notify(&text);
+                }
+            }
             Tick::GiveUp => {
                 if self.outcome.is_none() {
                     warn!("the forced end did not report back: abandoning the session's work");

@@ -921,6 +921,7 @@ async fn sequence(seed: u64, steps: usize, trace: Arc<Mutex<Vec<String>>>) -> Ta
         kill_grace: KILL_GRACE,
         login_grace: Some(LOGIN_GRACE),
         idle: None,
+        idle_warning: None,
         max_lifetime: None,
         session_idle: None,
         limits: limits(),

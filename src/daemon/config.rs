@@ -139,6 +139,10 @@ pub struct Timeouts {
     /// No channel data either way for this long ends a connection (`off` by default).
     #[serde(deserialize_with = "optional_duration")]
     pub idle: Option<Duration>,
+    /// With `idle`: each terminal of the connection is told this long before the idle cut
+    /// (`off` by default); traffic after the warning starts the count again.
+    #[serde(deserialize_with = "optional_duration")]
+    pub idle_warning: Option<Duration>,
     /// The longest a connection may live (`off` by default).
     #[serde(deserialize_with = "optional_duration")]
     pub max_lifetime: Option<Duration>,
@@ -160,6 +164,7 @@ impl Default for Timeouts {
         Self {
             login_grace: sshvisor_actors::DEFAULT_LOGIN_GRACE,
             idle: None,
+            idle_warning: None,
             max_lifetime: None,
             session_idle: None,
             keepalive_interval: Some(Duration::from_secs(15)),
@@ -477,6 +482,7 @@ impl Timeouts {
             login_grace: Some(self.login_grace),
             max_lifetime: self.max_lifetime,
             idle: self.idle,
+            idle_warning: self.idle_warning,
             session_idle: self.session_idle,
             limits: limits.into(),
         }

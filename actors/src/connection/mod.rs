@@ -138,6 +138,9 @@ pub(crate) enum Order {
     /// from now at the earliest, so a reload never ends a connection at once). The login grace
     /// and the lifetime stay as they were when the connection was admitted.
     SetPolicy(Policy),
+    /// Show a line to the person at each of this connection's terminals (a warning before a
+    /// kill, or that one is cancelled).
+    Notify(String),
 }
 
 /// What a timer says.
@@ -188,6 +191,8 @@ pub struct ConnectionState {
     processes_left: usize,
     timers: Timers,
     idle_clock: IdleClock,
+    /// Whether the terminals were warned of the idle cut since the last traffic.
+    idle_warned: bool,
 }
 
 impl ConnectionState {
@@ -264,6 +269,14 @@ impl ConnectionState {
     fn after(&mut self, myself: &ActorRef<ConnectionMsg>, delay: Duration, tick: Tick) {
         self.timers
             .after(myself, delay, move || ConnectionMsg::tick(tick));
+    }
+
+    /// When to check first for an idle `limit` counted from now: at the warning, if any.
+    fn first_idle_check(&self, limit: Duration) -> Duration {
+        match self.policy.idle_warning {
+            Some(warning) if warning < limit => limit - warning,
+            _ => limit,
+        }
     }
 
     fn arm_idle_check(&mut self, myself: &ActorRef<ConnectionMsg>, delay: Duration) {
@@ -406,11 +419,13 @@ impl ConnectionState {
             live.session_idle = policy.session_idle;
             self.tell_sessions(|| SessionMsg::set_idle(policy.session_idle));
         }
+        self.policy.idle_warning = policy.idle_warning;
         if self.policy.idle != policy.idle {
             self.policy.idle = policy.idle;
             self.idle_clock.restart();
             if let (Some(limit), false) = (policy.idle, self.phase.is_closing()) {
-                self.arm_idle_check(myself, limit);
+                let first = self.first_idle_check(limit);
+                self.arm_idle_check(myself, first);
             }
         }
     }
@@ -440,6 +455,7 @@ impl ConnectionState {
                 grace,
             } => self.on_kill_session(session, reason, grace),
             Order::SetPolicy(policy) => self.on_set_policy(myself, policy),
+            Order::Notify(text) => self.tell_sessions(|| SessionMsg::notify(text.clone())),
         }
     }
 
@@ -492,8 +508,27 @@ impl ConnectionState {
                 );
                 self.kill_self(myself, reason, "idle");
             }
-            // Check again exactly when the connection would have been idle long enough.
-            Some(left) => self.arm_idle_check(myself, left),
+            // Check again exactly when the connection would have been idle long enough, or
+            // when its terminals are to be warned of it (`idle_warning`): a check after the
+            // warning that finds traffic since starts the count again.
+            Some(left) => match self.policy.idle_warning.filter(|w| *w < limit) {
+                Some(warning) if left <= warning => {
+                    if !std::mem::replace(&mut self.idle_warned, true) {
+                        let text = format!(
+                            "*** sshvisor: this connection will be closed in {} for inactivity (idle timeout {}) ***",
+                            humantime::format_duration(Duration::from_secs(left.as_secs_f64().round() as u64)),
+                            humantime::format_duration(limit)
+                        );
+                        self.tell_sessions(|| SessionMsg::notify(text.clone()));
+                    }
+                    self.arm_idle_check(myself, left);
+                }
+                Some(warning) => {
+                    self.idle_warned = false;
+                    self.arm_idle_check(myself, left - warning);
+                }
+                None => self.arm_idle_check(myself, left),
+            },
         }
     }
 
@@ -543,6 +578,7 @@ impl Actor for ConnectionActor {
             processes_left: 0,
             timers: Timers::default(),
             idle_clock: IdleClock::new(),
+            idle_warned: false,
         })
     }
 
@@ -555,7 +591,8 @@ impl Actor for ConnectionActor {
             state.after(&myself, limit, Tick::LifetimeElapsed);
         }
         if let Some(limit) = state.policy.idle {
-            state.arm_idle_check(&myself, limit);
+            let first = state.first_idle_check(limit);
+            state.arm_idle_check(&myself, first);
         }
         Ok(())
     }

@@ -27,6 +27,7 @@
 //! Architecture Invariant: only this actor writes the map, and it removes an entry only when the
 //! entry's actor has terminated (or, for a session that could not be spawned, never existed).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -47,8 +48,8 @@ use crate::ids::{ConnId, PrefixMatch, SessionId, Target};
 use crate::link::ConnectionLink;
 use crate::notice::{ConnOutcome, ConnectionEnd, Notice, NoticeKind, Parent, SessionEnd};
 use crate::report::{
-    ConnState, ConnectionInfo, Credential, DisconnectCause, KillError, KillReport, PtyInfo,
-    Refusal, SessionExit, SessionInfo, SessionKind, TreeStats,
+    ConnState, ConnectionInfo, Credential, DisconnectCause, KillError, KillReport, PendingKill,
+    PtyInfo, Refusal, SessionExit, SessionInfo, SessionKind, TreeStats,
 };
 use crate::Policy;
 
@@ -56,6 +57,7 @@ mod admission;
 mod kill_groups;
 mod login_timer;
 mod registry;
+mod warnings;
 
 pub use admission::AdmissionCounts;
 use admission::{Admission, Counts};
@@ -201,9 +203,44 @@ pub enum SupervisorMsg {
         /// The counts.
         reply: RpcReplyPort<AdmissionCounts>,
     },
+    /// Sent by an operator or the embedding program: tell the terminals of the connections
+    /// `which` selects now that they will be killed after `notice`, list the kill as pending,
+    /// and kill at the deadline those still waiting (not cancelled, not gone); `reply` gets
+    /// their reports then.
+    KillWarned {
+        /// Which connections.
+        which: Selection,
+        /// Shown to the terminals now and to the clients at the kill.
+        reason: String,
+        /// How long before the kill.
+        notice: Duration,
+        /// The kill's grace, from the deadline.
+        grace: Duration,
+        /// Who asked.
+        by: Option<String>,
+        /// The reports, after the deadline.
+        reply: RpcReplyPort<Vec<KillReport>>,
+    },
+    /// Sent by an operator or the embedding program: withdraws the announced kill `conn`
+    /// waits for (its terminals are told); `reply` says whether it waited for one.
+    CancelKill {
+        /// The connection.
+        conn: ConnId,
+        /// Whether a kill was withdrawn.
+        reply: RpcReplyPort<bool>,
+    },
     /// Sent by the tree itself only (its actors' notices, its own timers): a [`Notice`] cannot
     /// be built outside this crate.
     Notice(Notice),
+}
+
+/// The connections an announced kill is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// One connection.
+    One(ConnId),
+    /// Every connection a filter selects when the kill is asked.
+    Where(Filter),
 }
 
 impl From<Notice> for SupervisorMsg {
@@ -226,6 +263,8 @@ pub struct SupervisorState {
     logins: Logins,
     /// Kills of many connections under way.
     groups: KillGroups,
+    /// Kills announced ahead, waiting for their deadline.
+    warnings: warnings::Warnings,
     /// How connection actors (and their sessions) reach this actor.
     parent: Parent,
     span: Span,
@@ -347,6 +386,7 @@ impl SupervisorState {
                 idle_ms: None,
                 bytes_in: None,
                 bytes_out: None,
+                pending_kill: None,
                 sessions: Vec::new(),
             },
             sessions: Vec::new(),
@@ -433,6 +473,20 @@ impl SupervisorState {
     ) {
         let pending = self.registry.selected_ids(filter);
         info!(parent: &self.span, connections = pending.len(), ?filter, reason = %reason, by = by.as_deref(), "kill of a set requested");
+        self.kill_set(myself, pending, reason, grace, by, reply);
+    }
+
+    /// Kills every connection of `pending`; `reply` gets one report per connection once all
+    /// of them are gone.
+    fn kill_set(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        pending: HashSet<ConnId>,
+        reason: &str,
+        grace: Duration,
+        by: &Option<String>,
+        reply: RpcReplyPort<Vec<KillReport>>,
+    ) {
         if pending.is_empty() {
             let _ = reply.send(Vec::new());
             return;
@@ -447,6 +501,96 @@ impl SupervisorState {
         self.groups.add(pending, reply, grace_timer.abort_handle());
     }
 
+    /// Announces a kill to the terminals of the connections `which` selects, lists it as
+    /// pending, and arms its deadline (see [`SupervisorMsg::KillWarned`]).
+    #[allow(clippy::too_many_arguments)]
+    fn on_kill_warned(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        which: Selection,
+        reason: String,
+        notice: Duration,
+        grace: Duration,
+        by: Option<String>,
+        reply: RpcReplyPort<Vec<KillReport>>,
+    ) {
+        let conns = match &which {
+            Selection::One(conn) if self.registry.conns.contains_key(conn) => vec![*conn],
+            Selection::One(_) => Vec::new(),
+            Selection::Where(filter) => self.registry.selected_ids(filter).into_iter().collect(),
+        };
+        info!(parent: &self.span, connections = conns.len(), ?which, reason = %reason, notice = %humantime::format_duration(notice), by = by.as_deref(), "kill announced");
+        if conns.is_empty() {
+            let _ = reply.send(Vec::new());
+            return;
+        }
+        let at = SystemTime::now() + notice;
+        let text = format!(
+            "*** sshvisor: this connection will be closed in {}: {reason} ***",
+            humantime::format_duration(Duration::from_secs(notice.as_secs_f64().round() as u64))
+        );
+        for conn in &conns {
+            if let Some(entry) = self.registry.conns.get_mut(conn) {
+                entry.info.pending_kill = Some(PendingKill {
+                    at,
+                    reason: reason.clone(),
+                });
+                let _ = entry
+                    .actor
+                    .cast(ConnectionMsg::order(Order::Notify(text.clone())));
+            }
+        }
+        let number = self.warnings.add(warnings::Warning {
+            conns,
+            reason,
+            grace,
+            by,
+            reply,
+        });
+        myself.send_after(notice, move || {
+            SupervisorMsg::Notice(Notice(NoticeKind::WarningDue { number }))
+        });
+    }
+
+    /// Withdraws the announced kill `conn` waits for, and tells its terminals.
+    fn on_cancel_kill(&mut self, conn: ConnId, reply: RpcReplyPort<bool>) {
+        let cancelled = self.warnings.cancel(conn);
+        if let (true, Some(entry)) = (cancelled, self.registry.conns.get_mut(&conn)) {
+            entry.info.pending_kill = None;
+            let text = "*** sshvisor: the announced close of this connection is cancelled ***";
+            let _ = entry
+                .actor
+                .cast(ConnectionMsg::order(Order::Notify(text.to_string())));
+            info!(parent: &self.span, %conn, "announced kill cancelled");
+        }
+        let _ = reply.send(cancelled);
+    }
+
+    /// An announced kill's deadline: its connections still waiting are killed as one set.
+    fn on_warning_due(&mut self, myself: &ActorRef<SupervisorMsg>, number: u64) {
+        let Some(warning) = self.warnings.due(number) else {
+            return;
+        };
+        let live: HashSet<ConnId> = warning
+            .conns
+            .into_iter()
+            .filter(|conn| self.registry.conns.contains_key(conn))
+            .collect();
+        for conn in &live {
+            if let Some(entry) = self.registry.conns.get_mut(conn) {
+                entry.info.pending_kill = None;
+            }
+        }
+        self.kill_set(
+            myself,
+            live,
+            &warning.reason,
+            warning.grace,
+            &warning.by,
+            warning.reply,
+        );
+    }
+
     /// How big the tree is.
     fn stats(&self, myself: &ActorRef<SupervisorMsg>) -> TreeStats {
         let children = myself.get_children();
@@ -455,7 +599,7 @@ impl SupervisorState {
             sessions: self.registry.sessions.len(),
             connection_actors: children.len(),
             session_actors: children.iter().map(|c| c.get_children().len()).sum(),
-            waiting_kills: self.registry.waiting_kills() + self.groups.len(),
+            waiting_kills: self.registry.waiting_kills() + self.groups.len() + self.warnings.len(),
         }
     }
 
@@ -486,6 +630,7 @@ impl SupervisorState {
             NoticeKind::SessionEnded(end) => self.on_session_ended(end),
             NoticeKind::GroupGraceElapsed { group } => self.on_group_grace_elapsed(group),
             NoticeKind::LoginTimer => self.on_login_timer(myself),
+            NoticeKind::WarningDue { number } => self.on_warning_due(myself, number),
             NoticeKind::ConnectionEnded { actor, end } => {
                 self.on_connection_ended(actor, end.outcome, end.failure)
             }
@@ -740,6 +885,7 @@ impl Actor for SupervisorActor {
             counts: Counts::default(),
             logins: Logins::default(),
             groups: KillGroups::default(),
+            warnings: Default::default(),
             // A supervisor already gone has nobody left to tell.
             parent: Parent::new(move |notice| {
                 let _ = to_me.cast(SupervisorMsg::Notice(notice));
@@ -800,6 +946,15 @@ impl Actor for SupervisorActor {
             SupervisorMsg::Select { filter, reply } => {
                 let _ = reply.send(state.registry.select(&filter));
             }
+            SupervisorMsg::KillWarned {
+                which,
+                reason,
+                notice,
+                grace,
+                by,
+                reply,
+            } => state.on_kill_warned(&myself, which, reason, notice, grace, by, reply),
+            SupervisorMsg::CancelKill { conn, reply } => state.on_cancel_kill(conn, reply),
             SupervisorMsg::Notice(Notice(notice)) => state.on_notice(&myself, notice),
         }
         Ok(())

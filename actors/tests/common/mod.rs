@@ -57,6 +57,8 @@ pub enum LogEvent {
     Force { session: String },
     /// The fake work ended and called `SessionEvents::finished`.
     Finished { session: String, exit: SessionExit },
+    /// `SessionLink::notify(text)`: a line shown at the session's terminal.
+    Notify { session: String, text: String },
     /// The session link was dropped (its actor is gone).
     Dropped { session: String },
 }
@@ -291,6 +293,13 @@ impl SessionLink for FakeSessionLink {
     fn eof(&mut self) {
         self.log.push(LogEvent::Eof {
             session: self.label.clone(),
+        });
+    }
+
+    fn notify(&mut self, text: &str) {
+        self.log.push(LogEvent::Notify {
+            session: self.label.clone(),
+            text: text.to_string(),
         });
     }
 
