@@ -721,6 +721,11 @@ fn changes(old: &Config, new: &Config) -> Vec<String> {
     );
     field("timeouts.idle", off(t0.idle), off(t1.idle));
     field(
+        "timeouts.idle_warning",
+        off(t0.idle_warning),
+        off(t1.idle_warning),
+    );
+    field(
         "timeouts.max_lifetime",
         off(t0.max_lifetime),
         off(t1.max_lifetime),

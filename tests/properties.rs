@@ -282,6 +282,8 @@ fn every_command_parses_in_its_documented_form() {
         r#"{"id":14,"cmd":"ls","fleet":true,"timeout":"2s"}"#,
         r#"{"id":15,"cmd":"kill_where","filter":{"user":"bob"},"fleet":true,"timeout":"1s"}"#,
         r#"{"id":16,"cmd":"watch","fleet":true}"#,
+        r#"{"id":17,"cmd":"kill","target":"aaaa2","reason":"maintenance","warn":"60s"}"#,
+        r#"{"id":18,"cmd":"cancel","target":"aaaa2"}"#,
     ];
     let mut seen = std::collections::BTreeSet::new();
     for line in lines {

@@ -57,6 +57,13 @@ pub(crate) enum CtlCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Withdraw the announced kill (`kill --warn`) of these connections (IDs or unique
+    /// prefixes); their terminals are told.
+    Cancel {
+        /// Connection IDs or unique prefixes.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// The nodes of the server's fleet: name, address, up or unreachable since when, when
     /// last heard, connections and sessions.
     Nodes {
@@ -135,6 +142,11 @@ pub(crate) enum CtlCmd {
         /// (humantime).
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Tell each terminal of the connections now that they will be closed after this long
+        /// (humantime: 60s, 5m), list the kill as pending, and kill then; `ctl cancel ID`
+        /// withdraws it. Connections only (not sessions), one node (not --fleet).
+        #[arg(long, value_name = "DURATION", value_parser = sshvisor::daemon::control::notice_from_str)]
+        warn: Option<Duration>,
         /// Shown to the client that is cut off.
         #[arg(long)]
         reason: Option<String>,

@@ -222,6 +222,27 @@ pub(crate) async fn run(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<E
             }
             Ok(fleet_exit(&listing.nodes))
         }
+        CtlCmd::Cancel { ids } => {
+            let mut failed = false;
+            for id in ids {
+                match client.request(Command::Cancel { target: id.clone() }).await {
+                    Ok(value) => println!(
+                        "cancelled the announced kill of connection {}",
+                        value["cancelled"].as_str().unwrap_or_default()
+                    ),
+                    Err(CtlError::Refused(error)) => {
+                        eprintln!("sshvisor: cannot cancel {id:?}: {error}");
+                        failed = true;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         CtlCmd::Nodes { json } => {
             let value = client.request(Command::Nodes).await?;
             if json {
@@ -315,10 +336,26 @@ pub(crate) async fn run(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<E
             dry_run,
             fleet,
             timeout,
+            warn,
             reason,
             grace,
             json,
         } => {
+            if let Some(notice) = warn {
+                if fleet {
+                    anyhow::bail!(
+                        "--warn is not available with --fleet: announce the kill on each node"
+                    );
+                }
+                if !dry_run {
+                    let at = std::time::SystemTime::now() + notice;
+                    eprintln!(
+                        "sshvisor: announced to the terminals; the kill starts at {} (Ctrl-C here leaves it pending; `sshvisor ctl cancel ID` withdraws it)",
+                        humantime::format_rfc3339_seconds(at)
+                    );
+                }
+            }
+            let warn = warn.map(duration_text);
             let by_filter = kill_by_filter(&ids, all, &filter).map_err(anyhow::Error::msg)?;
             let filter = filter.filter();
             let timeout = Some(duration_text(timeout));
@@ -330,6 +367,7 @@ pub(crate) async fn run(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<E
                     dry_run,
                     fleet: true,
                     timeout,
+                    warn: None,
                 };
                 let text = client.request_raw(request).await?;
                 let outcome: sshvisor::fleet::FleetKill = serde_json::from_str(&text)?;
@@ -340,11 +378,17 @@ pub(crate) async fn run(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<E
                 }
                 Ok(fleet_exit(&outcome.nodes))
             } else if by_filter {
-                kill_where(&mut client, filter, dry_run, reason, grace, json).await
+                kill_where(&mut client, filter, dry_run, reason, grace, warn, json).await
             } else if dry_run {
                 kill_dry_run(&mut client, ids, timeout, json).await
             } else {
-                kill(&mut client, ids, reason, grace, timeout, json).await
+                let kill_args = KillArgs {
+                    reason,
+                    grace: grace_text(grace),
+                    timeout,
+                    warn,
+                };
+                kill(&mut client, ids, kill_args, json).await
             }
         }
     }
@@ -392,6 +436,7 @@ async fn kill_where(
     dry_run: bool,
     reason: Option<String>,
     grace: Option<Duration>,
+    warn: Option<String>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let grace = grace_text(grace);
@@ -403,6 +448,7 @@ async fn kill_where(
             dry_run,
             fleet: false,
             timeout: None,
+            warn,
         })
         .await?;
     if dry_run {
@@ -441,6 +487,7 @@ async fn kill_dry_run(
             grace: None,
             dry_run: true,
             timeout: timeout.clone(),
+            warn: None,
         };
         let info = match client.request(request).await {
             // Held by another node of the fleet: where, and what.
@@ -484,15 +531,26 @@ async fn kill_dry_run(
     })
 }
 
+/// What every kill of `ctl kill ID…` carries.
+struct KillArgs {
+    reason: Option<String>,
+    grace: Option<String>,
+    timeout: Option<String>,
+    warn: Option<String>,
+}
+
 async fn kill(
     client: &mut CtlClient,
     ids: Vec<String>,
-    reason: Option<String>,
-    grace: Option<Duration>,
-    timeout: Option<String>,
+    args: KillArgs,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let grace = grace_text(grace);
+    let KillArgs {
+        reason,
+        grace,
+        timeout,
+        warn,
+    } = args;
     // Kills go out together (a bounded window of them); each report is printed as soon as its
     // target is gone.
     const WINDOW: usize = 64;
@@ -508,6 +566,7 @@ async fn kill(
                 grace: grace.clone(),
                 dry_run: false,
                 timeout: timeout.clone(),
+                warn: warn.clone(),
             };
             pending.insert(client.send(request).await?, id);
         }

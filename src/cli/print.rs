@@ -60,6 +60,25 @@ pub fn format_table(all: &[ConnectionInfo]) -> String {
     table(all, None)
 }
 
+/// A connection's state, with the announced kill it waits for (`kill --warn`).
+fn state_with_pending(c: &ConnectionInfo) -> String {
+    let state = format!("{:?}", c.state).to_lowercase();
+    match &c.pending_kill {
+        Some(pending) => {
+            let left = pending
+                .at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            format!(
+                "{state}, killed in {}: {}",
+                humantime::format_duration(Duration::from_secs(left.as_secs())),
+                pending.reason
+            )
+        }
+        None => state,
+    }
+}
+
 /// The table, with a NODE column first when `nodes` names each connection's node.
 fn table(all: &[ConnectionInfo], nodes: Option<&[String]>) -> String {
     let mut rows: Vec<Vec<String>> = vec![vec![
@@ -78,7 +97,7 @@ fn table(all: &[ConnectionInfo], nodes: Option<&[String]>) -> String {
             or_dash(c.user.as_deref()).to_string(),
             c.peer.to_string(),
             age(c.started),
-            format!("{:?}", c.state).to_lowercase(),
+            state_with_pending(c),
             c.idle_ms
                 .map(|ms| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string())
                 .unwrap_or_else(|| "-".into()),

@@ -79,6 +79,7 @@ pub const COMMANDS: &[&str] = &[
     "stats",
     "penalties",
     "nodes",
+    "cancel",
 ];
 
 /// One request, as sent on the wire.
@@ -132,6 +133,16 @@ pub enum Command {
         /// (humantime; 2 s when absent).
         #[serde(default)]
         timeout: Option<String>,
+        /// Announce the kill to the connection's terminals this long ahead (humantime) and kill
+        /// at the deadline, unless cancelled (`cancel`); answers after the kill.
+        #[serde(default)]
+        warn: Option<String>,
+    },
+    /// Withdraw the announced kill (`kill` with `warn`) a connection waits for; its terminals
+    /// are told.
+    Cancel {
+        /// The connection's ID or a unique prefix.
+        target: String,
     },
     /// Kill every connection the filter selects (AND of its criteria); answers once all of
     /// them are gone, with one report per connection. With `dry_run`, only lists them.
@@ -154,6 +165,10 @@ pub enum Command {
         /// 2 s when absent).
         #[serde(default)]
         timeout: Option<String>,
+        /// Announce the kill to the connections' terminals this long ahead (humantime) and
+        /// kill at the deadline those not cancelled; answers after the kill.
+        #[serde(default)]
+        warn: Option<String>,
     },
     /// Stop accepting (the port is released), kill every connection, answer once the tree is
     /// empty.
@@ -705,6 +720,37 @@ async fn kill_text(
     }
 }
 
+/// Refused: an announced kill is the node's own.
+const WARN_NOT_IN_FLEET: &str =
+    "--warn is not available with --fleet: announce the kill on each node (sshvisor ctl kill --warn on it)";
+
+/// The longest notice an announced kill may give.
+pub const MAX_NOTICE: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses a kill's notice (`--warn`, humantime, at most [`MAX_NOTICE`]).
+pub fn notice_from_str(text: &str) -> Result<Duration, String> {
+    let notice = humantime::parse_duration(text)
+        .map_err(|e| format!("invalid warning time {text:?}: {e} (use e.g. \"60s\", \"5m\")"))?;
+    if notice > MAX_NOTICE {
+        return Err(format!(
+            "warning time {text:?} is too long: at most {}",
+            humantime::format_duration(MAX_NOTICE)
+        ));
+    }
+    Ok(notice)
+}
+
+/// The live connection `text` names (a session's ID is refused: an announced kill, and its
+/// cancel, are for connections).
+async fn connection_named(tree: &SupervisorHandle, text: &str) -> Result<ConnId, String> {
+    match resolve_live(tree, text).await? {
+        Target::Connection(conn) => Ok(conn),
+        Target::Session(session) => Err(format!(
+            "{text:?} names session {session}: a warning announces the close of a connection; give its connection's ID"
+        )),
+    }
+}
+
 /// Whether `text` is a whole connection or session ID (not a prefix).
 fn is_full_id(text: &str) -> bool {
     text.parse::<ConnId>().is_ok() || text.parse::<sshvisor_actors::SessionId>().is_ok()
@@ -748,12 +794,34 @@ async fn run(command: Command, reach: &Reach, uid: u32) -> Result<Box<RawValue>,
         } => fleet::list(reach, filter, fleet::node_timeout(timeout.as_deref())?).await,
         Command::Ls { filter, .. } => raw(&with_process_counts(select(filter).await?).await),
         Command::KillWhere {
+            fleet: true,
+            warn: Some(_),
+            ..
+        } => Err(WARN_NOT_IN_FLEET.into()),
+        Command::KillWhere {
+            filter,
+            reason,
+            grace,
+            dry_run: false,
+            fleet: false,
+            warn: Some(notice),
+            ..
+        } => {
+            let grace = parse_grace(grace.as_deref(), kill_grace)?;
+            let notice = notice_from_str(&notice)?;
+            let reason = reason.unwrap_or_else(|| "killed by the operator".into());
+            info!(?filter, reason = %reason, notice = %humantime::format_duration(notice), by = by.as_deref(), "audit: announced kill by filter requested");
+            let which = sshvisor_actors::Selection::Where(filter);
+            reports(tree.kill_warned(which, reason, notice, grace, by).await)
+        }
+        Command::KillWhere {
             filter,
             reason,
             grace,
             dry_run,
             fleet: true,
             timeout,
+            ..
         } => {
             let grace = parse_grace(grace.as_deref(), kill_grace)?;
             let within = fleet::node_timeout(timeout.as_deref())?;
@@ -803,7 +871,42 @@ async fn run(command: Command, reach: &Reach, uid: u32) -> Result<Box<RawValue>,
             reason,
             grace,
             dry_run: false,
+            warn: Some(notice),
+            ..
+        } => {
+            let grace = parse_grace(grace.as_deref(), kill_grace)?;
+            let notice = notice_from_str(&notice)?;
+            let reason = reason.unwrap_or_else(|| "killed by the operator".into());
+            let conn = connection_named(tree, target.trim()).await?;
+            info!(%conn, reason = %reason, notice = %humantime::format_duration(notice), by = by.as_deref(), "audit: announced kill requested");
+            let which = sshvisor_actors::Selection::One(conn);
+            let mut done = tree
+                .kill_warned(which, reason, notice, grace, by)
+                .await
+                .map_err(|e| e.to_string())?;
+            match done.pop() {
+                Some(report) => raw(&report),
+                None => Err(format!(
+                    "connection {conn}: the announced kill was cancelled, or the connection ended before it"
+                )),
+            }
+        }
+        Command::Cancel { target } => {
+            let conn = connection_named(tree, target.trim()).await?;
+            if tree.cancel_kill(conn).await.map_err(|e| e.to_string())? {
+                info!(%conn, by = by.as_deref(), "audit: announced kill cancelled");
+                raw(&json!({ "cancelled": conn }))
+            } else {
+                Err(format!("connection {conn} has no announced kill to cancel"))
+            }
+        }
+        Command::Kill {
+            target,
+            reason,
+            grace,
+            dry_run: false,
             timeout,
+            ..
         } => {
             let grace = parse_grace(grace.as_deref(), kill_grace)?;
             let within = fleet::node_timeout(timeout.as_deref())?;

@@ -256,6 +256,20 @@ impl SessionLink for ChannelSession {
         }
     }
 
+    fn notify(&mut self, text: &str) {
+        // Only a terminal shows it: on a pipe (scp, sftp, `ssh host cmd | ...`) it would be
+        // data. Written between two line starts, as `wall` does; not counted as traffic, so a
+        // warning never resets an idle timeout.
+        if self.pty.is_none() {
+            return;
+        }
+        let line = format!("\r\n{text}\r\n");
+        let (handle, channel) = (self.handle.clone(), self.channel);
+        tokio::spawn(async move {
+            let _ = handle.data(channel, Bytes::from(line)).await;
+        });
+    }
+
     fn eof(&mut self) {
         self.stdin_tx = None;
     }

@@ -191,8 +191,9 @@ pub struct ConnectionState {
     processes_left: usize,
     timers: Timers,
     idle_clock: IdleClock,
-    /// Whether the terminals were warned of the idle cut since the last traffic.
-    idle_warned: bool,
+    /// When its terminals were last warned of the idle cut: traffic after it starts a new idle
+    /// period, whose warning is due in turn.
+    idle_warned: Option<tokio::time::Instant>,
 }
 
 impl ConnectionState {
@@ -513,7 +514,11 @@ impl ConnectionState {
             // warning that finds traffic since starts the count again.
             Some(left) => match self.policy.idle_warning.filter(|w| *w < limit) {
                 Some(warning) if left <= warning => {
-                    if !std::mem::replace(&mut self.idle_warned, true) {
+                    let now = tokio::time::Instant::now();
+                    let last_traffic = now - (limit - left);
+                    let warned_this_time = self.idle_warned.is_some_and(|at| at >= last_traffic);
+                    if !warned_this_time {
+                        self.idle_warned = Some(now);
                         let text = format!(
                             "*** sshvisor: this connection will be closed in {} for inactivity (idle timeout {}) ***",
                             humantime::format_duration(Duration::from_secs(left.as_secs_f64().round() as u64)),
@@ -524,7 +529,7 @@ impl ConnectionState {
                     self.arm_idle_check(myself, left);
                 }
                 Some(warning) => {
-                    self.idle_warned = false;
+                    self.idle_warned = None;
                     self.arm_idle_check(myself, left - warning);
                 }
                 None => self.arm_idle_check(myself, left),
@@ -578,7 +583,7 @@ impl Actor for ConnectionActor {
             processes_left: 0,
             timers: Timers::default(),
             idle_clock: IdleClock::new(),
-            idle_warned: false,
+            idle_warned: None,
         })
     }
 

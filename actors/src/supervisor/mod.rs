@@ -554,7 +554,12 @@ impl SupervisorState {
 
     /// Withdraws the announced kill `conn` waits for, and tells its terminals.
     fn on_cancel_kill(&mut self, conn: ConnId, reply: RpcReplyPort<bool>) {
-        let cancelled = self.warnings.cancel(conn);
+        let withdrawn = self.warnings.cancel(conn);
+        let cancelled = withdrawn.is_some();
+        if let Some(Some(emptied)) = withdrawn {
+            // Nothing left to kill at its deadline: its caller is answered now.
+            let _ = emptied.reply.send(Vec::new());
+        }
         if let (true, Some(entry)) = (cancelled, self.registry.conns.get_mut(&conn)) {
             entry.info.pending_kill = None;
             let text = "*** sshvisor: the announced close of this connection is cancelled ***";

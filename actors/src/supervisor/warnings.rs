@@ -45,9 +45,17 @@ impl Warnings {
         self.next
     }
 
-    /// Withdraws `conn` from the kill it waits for; false when it waits for none.
-    pub(crate) fn cancel(&mut self, conn: ConnId) -> bool {
-        self.waiting.remove(&conn).is_some()
+    /// Withdraws `conn` from the kill it waits for: `None` when it waits for none; otherwise
+    /// that kill, when no connection waits for it any more (its caller is answered now, not
+    /// at the deadline).
+    pub(crate) fn cancel(&mut self, conn: ConnId) -> Option<Option<Warning>> {
+        let number = self.waiting.remove(&conn)?;
+        let still_waiting = self.waiting.values().any(|n| *n == number);
+        Some(
+            (!still_waiting)
+                .then(|| self.warnings.remove(&number))
+                .flatten(),
+        )
     }
 
     /// The warning whose deadline came, with only the connections still waiting for it.
