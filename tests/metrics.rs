@@ -131,6 +131,17 @@ async fn a_login_and_a_ctl_kill_move_the_scraped_counters() {
         !during.contains("metricsuser") && !during.contains("127.0.0.1"),
         "no user name or address is a label:\n{during}"
     );
+    // The example dashboard graphs only what the server serves.
+    let dashboard = include_str!("../docs/grafana-dashboard.json");
+    for name in dashboard
+        .split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+        .filter(|word| word.starts_with("sshvisor_"))
+    {
+        assert!(
+            during.contains(&format!("\n{name}")),
+            "docs/grafana-dashboard.json uses {name}, which /metrics does not serve"
+        );
+    }
 
     let listing = ctl(cwd.path(), &["ls", "--json"]).await;
     let conns: serde_json::Value = serde_json::from_str(&listing).unwrap();
