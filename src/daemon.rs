@@ -37,6 +37,8 @@ use tracing::info;
 
 use crate::daemon::config::Config;
 use crate::daemon::control::{ControlServer, Server};
+use crate::metrics::http::MetricsServer;
+use crate::metrics::Metrics;
 use crate::session::app::{DefaultSessions, ExecEnv, InProcessCommands, SftpService};
 use crate::session::containment::Containment;
 use crate::session::sftp::HandleBudgets;
@@ -46,8 +48,6 @@ use crate::ssh::keys::{load_or_create_key, write_public_key, AuthorizedKeys, Key
 use crate::ssh::penalties::Penalties;
 use crate::ssh::revoked::RevokedKeys;
 use crate::ssh::server::{SshListener, SshOptions};
-use crate::metrics::http::MetricsServer;
-use crate::metrics::Metrics;
 
 pub use config::{DEFAULT_LISTEN, DEFAULT_STATE_DIR};
 

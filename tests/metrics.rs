@@ -102,7 +102,10 @@ async fn a_login_and_a_ctl_kill_move_the_scraped_counters() {
 
     let (status, before) = http(metrics, Method::GET, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(before.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+    assert!(
+        before.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
     let before = figures(&before);
 
     let key = cwd.path().join(".sshvisor/client_ed25519");

@@ -846,7 +846,10 @@ async fn events_of_a_killed_connection_arrive_in_lifecycle_order() {
         }
     );
     assert!(!figures.forced, "{figures:?}");
-    assert!(figures.kill_us.is_some(), "a kill's end is timed: {figures:?}");
+    assert!(
+        figures.kill_us.is_some(),
+        "a kill's end is timed: {figures:?}"
+    );
 }
 
 /// The same lifecycle, with the transport end reported from inside `disconnect` (the tightest

@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use sshvisor_actors::{ConnState, ConnId, ConnectionInfo, Event, SessionKind};
+use sshvisor_actors::{ConnId, ConnState, ConnectionInfo, Event, SessionKind};
 
 use super::labels::{limit_index, Initiator, LIMITS, PENALIZED};
 use super::PenaltiesCell;

@@ -71,10 +71,7 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT);
-            if let Err(e) = http
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!(error = %e, "metrics: connection ended with an error");
             }
         });
@@ -92,7 +89,9 @@ async fn answer(
     } else {
         Response::builder()
             .status(StatusCode::NOT_FOUND)
-            .body(Full::new(Bytes::from_static(b"not found: try GET /metrics\n")))
+            .body(Full::new(Bytes::from_static(
+                b"not found: try GET /metrics\n",
+            )))
     };
     // A builder given a valid status and a static header cannot fail.
     Ok(response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
