@@ -24,7 +24,8 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// How long a scraper may take to send its request: an idle or stalled client is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The running endpoint; dropping it leaves it running, [`MetricsServer::close`] stops it.
+/// The running endpoint; [`MetricsServer::close`] or dropping it stops it (so a daemon whose
+/// start fails after binding it leaves nothing listening).
 pub struct MetricsServer {
     addr: SocketAddr,
     task: JoinHandle<()>,
@@ -50,6 +51,12 @@ impl MetricsServer {
 
     /// Stops accepting (scrapes under way end with their connection's task).
     pub fn close(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
         self.task.abort();
     }
 }
