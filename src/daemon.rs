@@ -37,6 +37,8 @@ use tracing::info;
 
 use crate::daemon::config::Config;
 use crate::daemon::control::{ControlServer, Server};
+use crate::metrics::http::MetricsServer;
+use crate::metrics::Metrics;
 use crate::session::app::{DefaultSessions, ExecEnv, InProcessCommands, SftpService};
 use crate::session::containment::Containment;
 use crate::session::sftp::HandleBudgets;
@@ -165,6 +167,9 @@ pub enum DaemonError {
     /// The node could not join its fleet (`[fleet]`, `--fleet-*`): the reason says what to do.
     #[error("{0}")]
     Fleet(String),
+    /// The metrics endpoint (`metrics_listen`) could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// The process containment asked for is not available here.
     #[error("cannot contain session processes: {0}")]
     Containment(String),
@@ -185,6 +190,8 @@ pub struct Daemon {
     ssh_addr: SocketAddr,
     control: ControlServer,
     connect_hint: Option<String>,
+    /// The metrics and their endpoint, when `metrics_listen` is set.
+    metrics: Option<(Arc<Metrics>, MetricsServer)>,
 }
 
 impl Daemon {
@@ -261,6 +268,17 @@ impl Daemon {
         .await
         .map_err(|e| DaemonError::Supervisor(e.to_string()))?;
         let supervisor = tree.actor().clone();
+        // Subscribed before the first connection, so every event is counted.
+        let metrics = match options.config.metrics_listen {
+            Some(addr) => match start_metrics(&tree, &events, addr).await {
+                Ok(metrics) => Some(metrics),
+                Err(e) => {
+                    supervisor.stop(None);
+                    return Err(e.into());
+                }
+            },
+            None => None,
+        };
 
         let ctl_path = dir.join(CTL_SOCKET);
         let sftp_handles = Arc::new(HandleBudgets::new(options.config.limits.sftp_handles()));
@@ -316,6 +334,9 @@ impl Daemon {
         };
         let addr = listener.local_addr();
         let _ = running.penalties.set(listener.penalties());
+        if let Some((metrics, _)) = &metrics {
+            metrics.watch_penalties(listener.penalties());
+        }
         *running.listener.lock().await = Some(listener);
         if let Err(e) = running.join_fleet(&options.config.fleet, addr).await {
             running.close_listener().await;
@@ -332,7 +353,19 @@ impl Daemon {
             ssh_addr: addr,
             control,
             connect_hint,
+            metrics,
         })
+    }
+
+    /// The metrics, when `metrics_listen` is set: encode them, or register more in their
+    /// registry.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref().map(|(metrics, _)| metrics)
+    }
+
+    /// The address the metrics endpoint actually bound, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, server)| server.local_addr())
     }
 
     /// Reads the options anew from their source and applies them; see [`Server::reload`] (the
@@ -384,6 +417,9 @@ impl Daemon {
             }
         };
         self.control.close();
+        if let Some((_, server)) = &self.metrics {
+            server.close();
+        }
         #[cfg(feature = "fleet")]
         if let Some(parts) = self.running.fleet.get() {
             parts.fleet.leave();
@@ -550,6 +586,10 @@ impl Running {
         if new.config.fleet != applied.config.fleet {
             kept.push("[fleet] stays as it was until a restart".to_string());
         }
+        if new.config.metrics_listen != applied.config.metrics_listen {
+            kept.push("metrics_listen stays as it was until a restart".to_string());
+        }
+        new.config.metrics_listen = applied.config.metrics_listen;
         // What needs a restart stays as it is.
         new.config.listen = applied.config.listen;
         new.config.state_dir = applied.config.state_dir.clone();
@@ -802,6 +842,18 @@ pub fn raise_open_files_limit() -> Result<(u64, u64), nix::Error> {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
     Ok((soft, soft.max(hard)))
+}
+
+/// The metrics of `tree` and their endpoint on `addr`.
+async fn start_metrics(
+    tree: &SupervisorHandle,
+    events: &ractor::OutputPort<Event>,
+    addr: SocketAddr,
+) -> Result<(Arc<Metrics>, MetricsServer), crate::metrics::MetricsError> {
+    let metrics = Metrics::start(tree.clone(), events).await?;
+    let server = MetricsServer::bind(addr, metrics.clone()).await?;
+    info!(addr = %server.local_addr(), "serving metrics at /metrics");
+    Ok((metrics, server))
 }
 
 /// Reaps adopted orphans whenever a child exits.

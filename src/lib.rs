@@ -10,6 +10,7 @@
 //!   containment and reaping), in-process commands, SFTP.
 //! - `daemon`: `sshvisor serve` as a library ([`daemon::Daemon`]): configuration, the control
 //!   socket, the runtime.
+//! - `metrics`: Prometheus metrics fed by the tree's events, and their `/metrics` endpoint.
 //! - `fleet`: many nodes as one (the `fleet` feature, on by default; without it only the
 //!   answers' types): [`fleet::Fleet`], the agent, the links and their TLS, `fleet certs`.
 //! - `actors`: the `sshvisor-actors` crate re-exported: the tree, and its door
@@ -21,6 +22,7 @@
 
 pub mod daemon;
 pub mod fleet;
+pub mod metrics;
 pub mod session;
 pub mod ssh;
 

@@ -31,3 +31,4 @@ pub mod pty;
 pub mod reaper;
 pub mod sftp;
 pub(crate) mod stdin;
+pub mod tally;

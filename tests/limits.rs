@@ -307,7 +307,7 @@ async fn a_peer_that_stops_answering_is_found_by_keepalives_and_its_work_ended()
     frozen.store(true, std::sync::atomic::Ordering::SeqCst);
     let since = std::time::Instant::now();
     let cause = wait_event(&mut events, |e| match e {
-        sshvisor_actors::Event::Disconnected { conn: c, cause } if *c == conn => {
+        sshvisor_actors::Event::Disconnected { conn: c, cause, .. } if *c == conn => {
             Some(cause.clone())
         }
         _ => None,

@@ -140,7 +140,7 @@ async fn ctl_kill_ends_an_ssh_connection_with_the_reason_and_returns_after_it_is
     eprintln!("kill latency: ctl process round trip {ctl_took:?}, ssh exit after {ssh_took:?}");
 
     let cause = wait_event(&mut events, |e| match e {
-        Event::Disconnected { conn: c, cause } if *c == conn.id => Some(cause.clone()),
+        Event::Disconnected { conn: c, cause, .. } if *c == conn.id => Some(cause.clone()),
         _ => None,
     })
     .await;

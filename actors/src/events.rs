@@ -118,5 +118,22 @@ pub enum Event {
         /// Why.
         #[serde(flatten)]
         cause: DisconnectCause,
+        /// How it ended, in figures (for metrics; absent in events from older versions).
+        #[serde(default)]
+        figures: EndFigures,
     },
+}
+
+/// A connection's end in figures, carried by [`Event::Disconnected`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndFigures {
+    /// The grace ran out and the end was forced (processes killed, stream cut).
+    pub forced: bool,
+    /// From the moment it was listed as closing (a kill reached it) to its end, in
+    /// microseconds; `None` when no kill ended it.
+    pub kill_us: Option<u64>,
+    /// Bytes received from the client over its life.
+    pub bytes_in: u64,
+    /// Bytes sent to the client over its life.
+    pub bytes_out: u64,
 }

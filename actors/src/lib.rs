@@ -56,7 +56,7 @@ mod timers;
 use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 
 pub use connection::{ConnectionActor, ConnectionMsg};
-pub use events::Event;
+pub use events::{EndFigures, Event};
 pub use filter::{Filter, PeerNet};
 pub use handle::{Admitted, HandleError, SupervisorHandle};
 pub use ids::{resolve_prefix, ConnId, PrefixMatch, SessionId, Target};

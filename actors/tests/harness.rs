@@ -829,15 +829,26 @@ async fn events_of_a_killed_connection_arrive_in_lifecycle_order() {
     };
     assert!(after[..2].contains(&closed(&s1)), "{after:#?}");
     assert!(after[..2].contains(&closed(&s2)), "{after:#?}");
+    let Event::Disconnected {
+        conn,
+        cause,
+        figures,
+    } = &after[2]
+    else {
+        panic!("not a disconnect: {after:#?}");
+    };
+    assert_eq!(*conn, c.id);
     assert_eq!(
-        after[2],
-        Event::Disconnected {
-            conn: c.id,
-            cause: DisconnectCause::Killed {
-                reason: "policy".into(),
-                by: Some("harness".into())
-            }
+        *cause,
+        DisconnectCause::Killed {
+            reason: "policy".into(),
+            by: Some("harness".into())
         }
+    );
+    assert!(!figures.forced, "{figures:?}");
+    assert!(
+        figures.kill_us.is_some(),
+        "a kill's end is timed: {figures:?}"
     );
 }
 
@@ -898,7 +909,8 @@ async fn events_of_a_client_that_leaves_say_disconnected_by_client() {
             },
             Event::Disconnected {
                 conn: c.id,
-                cause: DisconnectCause::ByClient
+                cause: DisconnectCause::ByClient,
+                figures: Default::default(),
             },
         ]
     );

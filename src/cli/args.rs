@@ -193,6 +193,10 @@ pub(crate) struct ServeArgs {
     /// for root].
     #[arg(long, value_name = "PATH")]
     session_path: Option<String>,
+    /// Serve Prometheus metrics (`GET /metrics`, OpenMetrics text) on this address, e.g.
+    /// 127.0.0.1:9101 [default: off]. Replaces the file's `metrics_listen`.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Key exchange algorithms, in OpenSSH's list syntax: `a,b` replaces the default, `+a`
     /// appends, `-a*` removes, `^a` puts first (docs/OPERATIONS.md). Replaces the file's
     /// `kex_algorithms`.
@@ -303,6 +307,9 @@ impl ServeArgs {
         }
         if let Some(path) = &self.session_path {
             config.session_path = Some(path.clone());
+        }
+        if let Some(addr) = self.metrics_listen {
+            config.metrics_listen = Some(addr);
         }
         for (kind, flag) in [
             (Kind::Kex, &self.kex_algorithms),

@@ -286,7 +286,7 @@ pub fn format_event(event: &sshvisor_actors::Event) -> String {
                 .unwrap_or_default()
         ),
         Event::Refused { peer, reason } => format!("refused        {peer}  {reason}"),
-        Event::Disconnected { conn, cause } => {
+        Event::Disconnected { conn, cause, .. } => {
             let cause = match cause {
                 DisconnectCause::ByClient => "by the client".to_string(),
                 DisconnectCause::Killed { reason, by } => format!(

@@ -61,6 +61,9 @@ pub(crate) async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
     let mut hup = signal(SignalKind::hangup())?;
     let daemon = Daemon::start(options).await?;
     println!("sshvisor listening on {}", daemon.ssh_addr());
+    if let Some(addr) = daemon.metrics_addr() {
+        println!("metrics on http://{addr}/metrics");
+    }
     #[cfg(feature = "fleet")]
     if let (Some(fleet), Some(addr)) = (daemon.fleet(), daemon.fleet_addr()) {
         println!("fleet node {} listening for links on {addr}", fleet.name());

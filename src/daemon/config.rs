@@ -61,6 +61,8 @@ pub struct Config {
     pub containment: crate::session::containment::ContainmentChoice,
     /// `PATH` for sessions; none: the system's directories, as sshd gives them.
     pub session_path: Option<String>,
+    /// Where to serve Prometheus metrics (`GET /metrics`, OpenMetrics text); none: off.
+    pub metrics_listen: Option<SocketAddr>,
     /// Key exchange algorithms offered, in OpenSSH's list syntax (`a,b` replaces the default,
     /// `+a` appends, `-a` removes, `^a` puts first); none: the hardened default.
     pub kex_algorithms: Option<String>,
@@ -94,6 +96,7 @@ impl Default for Config {
             sftp_server: None,
             containment: Default::default(),
             session_path: None,
+            metrics_listen: None,
             kex_algorithms: None,
             ciphers: None,
             macs: None,

@@ -368,6 +368,7 @@ async fn wait_emptied(dir: &Path, bound: Duration) -> bool {
     // kernel's notice only when there is something to wait for: most sessions are empty by
     // the time their leader's exit is seen.
     let Ok(events) = fs::File::open(dir.join("cgroup.events")) else {
+        crate::session::tally::caught(cgroup_procs(dir).len());
         return wait_unpopulated_polling(dir, bound).await;
     };
     let is_populated = |file: &fs::File| {
@@ -378,6 +379,8 @@ async fn wait_emptied(dir: &Path, bound: Duration) -> bool {
     if !is_populated(&events) {
         return true;
     }
+    // Still populated after the leader's end: what is left escaped or was left behind.
+    crate::session::tally::caught(cgroup_procs(dir).len());
     // Registered before the kill, so no change after it can be missed.
     // SAFETY: the AsyncFd owns the file, and nothing replaces or closes its descriptor while
     // it is registered.

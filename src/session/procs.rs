@@ -67,11 +67,17 @@ pub fn reap_orphans(kill_live: bool) -> usize {
             reaped += 1;
         }
     }
+    if kill_live {
+        let caught = live.iter().filter(|c| !leaders.contains(c)).count();
+        crate::session::tally::caught(caught);
+    }
+    crate::session::tally::reaped(reaped);
     reaped
 }
 
 /// Forgets a session leader (it was reaped).
 pub fn unregister_leader(pid: Pid) {
+    crate::session::tally::reaped(1);
     leaders()
         .lock()
         .unwrap_or_else(|e| e.into_inner())

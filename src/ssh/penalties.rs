@@ -598,9 +598,18 @@ pub struct LoginTally {
     succeeded: AtomicBool,
 }
 
+/// Login attempts refused since the process started, every listener's (for the metrics).
+static AUTH_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// Login attempts refused since the process started (a key offered and not accepted counts).
+pub fn auth_failures() -> u64 {
+    AUTH_FAILURES.load(Ordering::Relaxed)
+}
+
 impl LoginTally {
     /// A login attempt was refused.
     pub fn refused(&self) {
+        AUTH_FAILURES.fetch_add(1, Ordering::Relaxed);
         self.refused.store(true, Ordering::Relaxed);
     }
 

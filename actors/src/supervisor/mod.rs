@@ -42,7 +42,7 @@ use tracing::{info, warn, Span};
 use crate::connection::{
     ConnectionActor, ConnectionArgs, ConnectionMsg, ConnectionState, Order, Tick,
 };
-use crate::events::Event;
+use crate::events::{EndFigures, Event};
 use crate::filter::Filter;
 use crate::ids::{ConnId, PrefixMatch, SessionId, Target};
 use crate::link::ConnectionLink;
@@ -287,6 +287,7 @@ impl SupervisorState {
         let entry = self.registry.conns.get_mut(&conn)?;
         Self::end_login(&mut self.counts, &mut self.logins, entry);
         entry.info.state = ConnState::Closing;
+        entry.closing_since.get_or_insert_with(Instant::now);
         Some(&entry.actor)
     }
 
@@ -392,6 +393,7 @@ impl SupervisorState {
             sessions: Vec::new(),
             waiters: Vec::new(),
             closed_while_closing: 0,
+            closing_since: None,
         });
         self.events.send(Event::Connected { conn: id, peer });
         let _ = reply.send(Ok((id, actor)));
@@ -856,6 +858,17 @@ impl SupervisorState {
             });
         }
         info!(parent: &self.span, conn_id = %conn, ?cause, sessions_closed, forced, "connection gone");
+        let figures = EndFigures {
+            forced,
+            kill_us: match (&cause, entry.closing_since) {
+                (DisconnectCause::Killed { .. }, Some(since)) => {
+                    Some(since.elapsed().as_micros() as u64)
+                }
+                _ => None,
+            },
+            bytes_in: entry.traffic.as_ref().map_or(0, |t| t.bytes_in()),
+            bytes_out: entry.traffic.as_ref().map_or(0, |t| t.bytes_out()),
+        };
         let ending = Ending {
             target: Target::Connection(conn),
             sessions_closed,
@@ -864,7 +877,11 @@ impl SupervisorState {
         };
         Waiter::answer_all(entry.waiters, ending);
         self.groups.connection_gone(conn, ending);
-        self.events.send(Event::Disconnected { conn, cause });
+        self.events.send(Event::Disconnected {
+            conn,
+            cause,
+            figures,
+        });
     }
 }
 

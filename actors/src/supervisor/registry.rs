@@ -36,6 +36,9 @@ pub(crate) struct ConnEntry {
     /// Sessions that ended while it was closing: its report's count should its actor crash
     /// before it tells its own.
     pub(crate) closed_while_closing: usize,
+    /// When it was first listed as closing (a kill reached it): a kill's duration is timed
+    /// from here.
+    pub(crate) closing_since: Option<Instant>,
 }
 
 impl ConnEntry {

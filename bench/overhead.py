@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""What observing costs (issue 18): kill latency and handshake rate through `sshvisor serve`
+with extra serve flags (the metrics endpoint by default) against without, in one run.
+
+Build first (release): `cargo build --release -p sshvisor -p sshvisor-bench`. Then
+`python3 bench/overhead.py` (about 2 minutes on 2 cores; `--smoke`: seconds).
+
+Rounds alternate off, on, off, on, ... (each a fresh server on the same binary), so a slow
+minute of the machine falls on both. Each round:
+
+1. churn: `sshvisor-bench churn --parallel P --duration D` (connect, authenticate, exec `true`,
+   disconnect): handshakes per second;
+2. hold N connections with a `sleep` session each, then `sshvisor-bench kill --count K` through
+   the control socket, one at a time: the round trip and the server's own `elapsed_ms`.
+
+With the "on" flags a scraper reads `/metrics` every `--scrape-every` seconds meanwhile (as
+Prometheus would, more often). `--on` takes any serve flags: `--on "--metrics-listen
+127.0.0.1:0 --audit-log {dir}/audit.log"` measures the audit log too (`{dir}` is the round's
+own directory). Prints a markdown table for docs/BENCHMARKS.md §10.
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import machine, median, pct  # noqa: E402
+from procs import Build, log, wait_for  # noqa: E402
+from fleet import Node  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Scraper(threading.Thread):
+    """GET /metrics every `every` seconds until stopped; counts the scrapes."""
+
+    def __init__(self, url, every):
+        super().__init__(daemon=True)
+        self.url, self.every, self.done, self.count = url, every, threading.Event(), 0
+
+    def run(self):
+        while not self.done.wait(self.every):
+            with urllib.request.urlopen(self.url, timeout=10) as r:
+                if r.status == 200 and r.read().endswith(b"# EOF\n"):
+                    self.count += 1
+
+
+def metrics_url(node):
+    """The metrics URL `serve` printed, if it serves metrics."""
+    with open(node.err.name) as f:
+        m = re.search(r"^metrics on (http://\S+)", f.read(), re.M)
+    return m.group(1) if m else None
+
+
+def one_round(build, args, on):
+    node = Node(build, args, "on" if on else "off")
+    node.extra = [a.replace("{dir}", node.dir) for a in shlex.split(args.on)] if on else []
+    node.start()
+    scraper = None
+    try:
+        if on and "--metrics-listen" in args.on:
+            url = wait_for("the metrics line", lambda: metrics_url(node), 10)
+            scraper = Scraper(url, args.scrape_every)
+            scraper.start()
+        p = subprocess.run([args.bench_bin, "churn", "--addr", node.addr, "--key", node.key,
+                            "--parallel", str(args.parallel), "--duration", str(args.churn_secs)],
+                           capture_output=True, text=True, timeout=600)
+        m = re.search(r"churn: parallel \d+, (\d+) handshakes in ([\d.]+) s = ([\d.]+)/s \((\d+) failed\)",
+                      p.stdout)
+        if not m:
+            raise SystemExit(f"churn said nothing usable:\n{p.stdout}\n{p.stderr}")
+        rate, failed = float(m.group(3)), int(m.group(4))
+        up = node.hold(args.conns)
+        out = node.bench("kill", "--count", str(min(args.kills, up)), "--json")
+        summary = json.loads(out.strip().splitlines()[-1])
+        rtt = [json.loads(line)["rtt_us"] / 1000 for line in out.splitlines()
+               if line.startswith('{"') and '"rtt_us"' in line]
+        inproc = [json.loads(line)["inproc_us"] / 1000 for line in out.splitlines()
+                  if '"inproc_us"' in line and json.loads(line).get("inproc_us") is not None]
+        return {"on": on, "rate": rate, "churn_failed": failed, "kills": len(rtt),
+                "rtt_p50": median(rtt), "rtt_p99": pct(rtt, 99),
+                "inproc_p50": median(inproc) if inproc else None, "summary": summary,
+                "scrapes": scraper.count if scraper else 0}
+    finally:
+        if scraper:
+            scraper.done.set()
+        node.stop()
+
+
+def change(on, off):
+    return f"{(on - off) / off * 100:+.1f} %"
+
+
+def report(R, args):
+    L = []
+    off = [r for r in R["rounds"] if not r["on"]]
+    on = [r for r in R["rounds"] if r["on"]]
+    L.append(f"{R['machine']}, {R['date']}. `python3 bench/overhead.py {' '.join(R['argv'])}`: "
+             f"{len(off)} rounds off and {len(on)} on, alternating; on = `serve {args.on}`"
+             f"{f', /metrics scraped every {args.scrape_every:g} s' if '--metrics-listen' in args.on else ''}. "
+             f"Churn: {args.parallel} parallel clients for {args.churn_secs:g} s; kills: "
+             f"{args.kills} one at a time of {args.conns} held connections (a `sleep` session each).")
+    L.append("")
+    L.append("| figure (median of rounds) | off | on | on vs off |")
+    L.append("|---|---|---|---|")
+    for key, what, unit in [("rate", "handshakes per second (churn)", "/s"),
+                            ("rtt_p50", "kill round trip p50", " ms"),
+                            ("rtt_p99", "kill round trip p99", " ms"),
+                            ("inproc_p50", "kill `elapsed_ms` p50 (the server's own)", " ms")]:
+        a = median([r[key] for r in off])
+        b = median([r[key] for r in on])
+        L.append(f"| {what} | {a:.2f}{unit} | {b:.2f}{unit} | {change(b, a)} |")
+    L.append("")
+    L.append("Each round: " + "; ".join(
+        f"{'on' if r['on'] else 'off'} {r['rate']:.0f}/s, kill p50 {r['rtt_p50']:.2f} ms"
+        for r in R["rounds"]) + ".")
+    return "\n".join(L)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--on", default="--metrics-listen 127.0.0.1:0",
+                    help="serve flags of the 'on' rounds ({dir}: the round's directory)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of each")
+    ap.add_argument("--conns", type=int, default=200, help="held connections per round")
+    ap.add_argument("--kills", type=int, default=100, help="kills per round")
+    ap.add_argument("--parallel", type=int, default=8, help="churn clients")
+    ap.add_argument("--churn-secs", type=float, default=8.0)
+    ap.add_argument("--scrape-every", type=float, default=1.0)
+    ap.add_argument("--grace", type=float, default=5.0, help="the kill grace, s")
+    ap.add_argument("--smoke", action="store_true", help="a quick check")
+    ap.add_argument("--bench-bin", default=os.path.join(ROOT, "target", "release", "sshvisor-bench"))
+    ap.add_argument("--sshvisor-bin", default=os.path.join(ROOT, "target", "release", "sshvisor"))
+    ap.add_argument("--json", help="raw figures to this file")
+    args = ap.parse_args()
+    if args.smoke:
+        args.rounds, args.conns, args.kills, args.churn_secs = 1, 20, 10, 1.0
+    build = Build("sshvisor", args.sshvisor_bin)
+    R = {"machine": machine(), "date": datetime.date.today().isoformat(), "argv": sys.argv[1:],
+         "rounds": []}
+    for i in range(args.rounds):
+        for on in (False, True) if i % 2 == 0 else (True, False):
+            log(f"round {i + 1}, {'on' if on else 'off'}")
+            r = one_round(build, args, on)
+            log(f"  {r['rate']:.0f} handshakes/s, kill p50 {r['rtt_p50']:.2f} ms "
+                f"(elapsed {r['inproc_p50']} ms), {r['scrapes']} scrapes")
+            R["rounds"].append(r)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(R, f, indent=1)
+    print(report(R, args))
+
+
+if __name__ == "__main__":
+    main()
