@@ -105,11 +105,20 @@ async fn log_on_a_terminal(env: &[(&str, &str)]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_color_turns_off_the_colors_even_on_a_terminal() {
     let colored = log_on_a_terminal(&[]).await;
-    assert!(colored.contains("bye"), "the log reached the terminal: {colored:?}");
-    assert!(colored.contains(ESC), "no colors on a terminal: {colored:?}");
+    assert!(
+        colored.contains("bye"),
+        "the log reached the terminal: {colored:?}"
+    );
+    assert!(
+        colored.contains(ESC),
+        "no colors on a terminal: {colored:?}"
+    );
 
     let plain = log_on_a_terminal(&[("NO_COLOR", "1")]).await;
-    assert!(plain.contains("bye"), "the log reached the terminal: {plain:?}");
+    assert!(
+        plain.contains("bye"),
+        "the log reached the terminal: {plain:?}"
+    );
     assert!(!plain.contains(ESC), "colors despite NO_COLOR: {plain:?}");
 }
 
@@ -180,8 +189,14 @@ const UNIT: &str = include_str!("../dist/sshvisor.service");
 fn the_unit_in_the_operations_guide_is_the_shipped_one() {
     let guide = include_str!("../docs/OPERATIONS.md");
     let marker = "<!-- dist/sshvisor.service: keep identical (tests/daemon_fit.rs) -->\n```ini\n";
-    let start = guide.find(marker).expect("the marked unit in OPERATIONS.md") + marker.len();
-    let end = start + guide[start..].find("```\n").expect("the unit's closing fence");
+    let start = guide
+        .find(marker)
+        .expect("the marked unit in OPERATIONS.md")
+        + marker.len();
+    let end = start
+        + guide[start..]
+            .find("```\n")
+            .expect("the unit's closing fence");
     assert_eq!(&guide[start..end], UNIT);
 }
 
@@ -247,7 +262,9 @@ async fn watch_json_events_carry_their_time() {
     })
     .await
     .expect("an event");
-    let at = event["at"].as_str().unwrap_or_else(|| panic!("no at: {event}"));
+    let at = event["at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no at: {event}"));
     assert!(at.ends_with('Z'), "{at}");
     humantime::parse_rfc3339(at).unwrap_or_else(|e| panic!("{at}: {e}"));
 }

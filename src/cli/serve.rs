@@ -104,7 +104,10 @@ pub(crate) async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
         }
     }
     tracing::info!("signal received: shutting down (a second signal forces)");
-    notify(sd_notify::NotifyState::Stopping, "that the server is stopping");
+    notify(
+        sd_notify::NotifyState::Stopping,
+        "that the server is stopping",
+    );
     let shutdown = daemon.shutdown(None);
     tokio::select! {
         reports = shutdown => {
