@@ -5,8 +5,10 @@
 //! - `ctl`: the operator's client of the control socket, and each `ctl` command.
 //! - `print`: what `ctl` prints for people (tables, reports, events, stats).
 //! - `fleet`: `sshvisor fleet certs` (with the `fleet` feature).
+//! - `completions`: `sshvisor completions SHELL`, the shell's completion script.
 
 mod args;
+mod completions;
 pub mod ctl;
 #[cfg(feature = "fleet")]
 mod fleet;
@@ -43,6 +45,7 @@ pub fn main() -> ExitCode {
                 serve::serve(options).await
             }
             Cmd::Ctl { state_dir, command } => ctl::run(state_dir, command).await,
+            Cmd::Completions { shell } => Ok(completions::print(shell)),
             #[cfg(feature = "fleet")]
             Cmd::Fleet { command } => fleet::run(command),
         }

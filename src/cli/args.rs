@@ -33,6 +33,11 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         command: CtlCmd,
     },
+    /// Print a completion script for a shell (`sshvisor completions bash > /etc/bash_completion.d/sshvisor`).
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Set up a fleet of nodes: `fleet certs` makes its CA, node certificates and cookie.
     #[cfg(feature = "fleet")]
     Fleet {

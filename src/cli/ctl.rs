@@ -314,8 +314,9 @@ pub(crate) async fn run(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<E
                 } else if fleet {
                     println!("{}", print::format_fleet_event(&value));
                 } else {
+                    let at = print::event_time(&value);
                     let event: sshvisor::actors::Event = serde_json::from_value(value)?;
-                    println!("{}", print::format_event(&event));
+                    println!("{}", print::format_event(&event, at));
                 }
             }
         }

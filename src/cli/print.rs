@@ -55,6 +55,21 @@ fn or_dash(text: Option<&str>) -> &str {
     }
 }
 
+/// How long a connection has been idle, whole seconds, as `ls` and `show` print it.
+fn idle(c: &ConnectionInfo) -> String {
+    c.idle_ms
+        .map(|ms| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// A connection's bytes in and out (`1.2K/3.4M`), as `ls` and `show` print them.
+fn in_out(c: &ConnectionInfo) -> String {
+    match (c.bytes_in, c.bytes_out) {
+        (Some(i), Some(o)) => format!("{}/{}", bytes(i), bytes(o)),
+        _ => "-".into(),
+    }
+}
+
 /// The `ls` table: one row per connection, its sessions indented beneath it.
 pub fn format_table(all: &[ConnectionInfo]) -> String {
     table(all, None)
@@ -98,13 +113,8 @@ fn table(all: &[ConnectionInfo], nodes: Option<&[String]>) -> String {
             c.peer.to_string(),
             age(c.started),
             state_with_pending(c),
-            c.idle_ms
-                .map(|ms| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string())
-                .unwrap_or_else(|| "-".into()),
-            match (c.bytes_in, c.bytes_out) {
-                (Some(i), Some(o)) => format!("{}/{}", bytes(i), bytes(o)),
-                _ => "-".into(),
-            },
+            idle(c),
+            in_out(c),
             c.sessions.len().to_string(),
         ]);
     }
@@ -183,7 +193,7 @@ fn describe_credential(c: &Credential) -> String {
 /// One connection in detail.
 pub fn format_show(c: &ConnectionInfo) -> String {
     let mut out = format!(
-        "connection {}\n  user:     {}\n  peer:     {}\n  client:   {}\n  auth:     {}\n  key:      {}\n  started:  {} ({} ago)\n  state:    {}\n  sessions: {}\n",
+        "connection {}\n  user:     {}\n  peer:     {}\n  client:   {}\n  auth:     {}\n  key:      {}\n  started:  {} ({} ago)\n  state:    {}\n  idle:     {}\n  in/out:   {}\n  sessions: {}\n",
         c.id,
         or_dash(c.user.as_deref()),
         c.peer,
@@ -193,6 +203,8 @@ pub fn format_show(c: &ConnectionInfo) -> String {
         humantime::format_rfc3339_seconds(c.started),
         age(c.started),
         format!("{:?}", c.state).to_lowercase(),
+        idle(c),
+        in_out(c),
         c.sessions.len()
     );
     for s in &c.sessions {
@@ -241,10 +253,18 @@ pub fn format_report(report: &KillReport) -> String {
     )
 }
 
-/// One lifecycle event as a line for people: time, what, which connection, details.
-pub fn format_event(event: &sshvisor_actors::Event) -> String {
+/// The time an event of `watch` carries (`at`), or now for one that has none (an older server).
+pub fn event_time(value: &serde_json::Value) -> SystemTime {
+    value["at"]
+        .as_str()
+        .and_then(|at| humantime::parse_rfc3339(at).ok())
+        .unwrap_or_else(SystemTime::now)
+}
+
+/// One lifecycle event as a line for people: its time, what, which connection, details.
+pub fn format_event(event: &sshvisor_actors::Event, at: SystemTime) -> String {
     use sshvisor_actors::{DisconnectCause, Event};
-    let now = humantime::format_rfc3339_millis(SystemTime::now());
+    let now = humantime::format_rfc3339_millis(at);
     let what = match event {
         Event::Connected { conn, peer } => format!("connected      {conn}  from {peer}"),
         Event::Authenticated {
@@ -433,7 +453,7 @@ pub fn format_fleet_event(value: &serde_json::Value) -> String {
         Some("node_up") => "node up".to_string(),
         Some("missed") => format!("missed {} event(s)", value["count"]),
         _ => match serde_json::from_value::<sshvisor_actors::Event>(value.clone()) {
-            Ok(event) => format_event(&event),
+            Ok(event) => format_event(&event, event_time(value)),
             Err(_) => value.to_string(),
         },
     };

@@ -40,6 +40,25 @@ pub(crate) fn print_algorithms(options: &DaemonOptions) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether the log may carry color codes: only to a terminal, and never when `NO_COLOR` is set
+/// to anything but the empty string (no-color.org). A log redirected to a file or read by
+/// journald gets plain text.
+fn log_colors() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
+}
+
+/// Tells the service manager (systemd `Type=notify`) of a state change; nothing without
+/// `NOTIFY_SOCKET`. A failure is logged and changes nothing else: the server runs as well
+/// unsupervised. The variable stays set in this process, but sessions never see it (their
+/// environment is built from scratch).
+fn notify(state: sd_notify::NotifyState<'_>, what: &str) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "cannot tell the service manager (NOTIFY_SOCKET) {what}");
+    }
+}
+
 pub(crate) async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -47,6 +66,7 @@ pub(crate) async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| "info,russh=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(log_colors())
         .init();
     match sshvisor::daemon::raise_open_files_limit() {
         Ok((before, after)) => tracing::info!(
@@ -74,6 +94,8 @@ pub(crate) async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
         );
         println!("  {hint}");
     }
+    // The SSH listener and the control socket are up: `systemctl start` may return.
+    notify(sd_notify::NotifyState::Ready, "that the server is ready");
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -85,6 +107,10 @@ pub(crate) async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
         }
     }
     tracing::info!("signal received: shutting down (a second signal forces)");
+    notify(
+        sd_notify::NotifyState::Stopping,
+        "that the server is stopping",
+    );
     let shutdown = daemon.shutdown(None);
     tokio::select! {
         reports = shutdown => {

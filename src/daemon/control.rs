@@ -503,7 +503,7 @@ async fn serve_client(stream: UnixStream, reach: Reach, uid: u32) {
                         };
                         info!("watch started");
                         while let Some(event) = events.recv().await {
-                            let Ok(event) = raw(&event) else { continue };
+                            let Ok(event) = stamped(&event) else { continue };
                             if tx.send((Response::ok(id, event), None)).is_err() {
                                 break;
                             }
@@ -770,6 +770,23 @@ fn is_ambiguous(error: &str) -> bool {
 fn raw(result: &impl Serialize) -> Result<Box<RawValue>, String> {
     serde_json::value::to_raw_value(result)
         .map_err(|e| format!("internal error: cannot encode the result: {e}"))
+}
+
+/// A local `watch` event with the time it was heard (`at`, RFC 3339 UTC), as `watch --fleet`
+/// tags its events: a log read later, or a JSON consumer, needs the event's time, not the time
+/// it was printed.
+fn stamped(event: &sshvisor_actors::Event) -> Result<Box<RawValue>, String> {
+    let mut value = serde_json::to_value(event)
+        .map_err(|e| format!("internal error: cannot encode the event: {e}"))?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert(
+            "at".into(),
+            humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                .to_string()
+                .into(),
+        );
+    }
+    raw(&value)
 }
 
 async fn execute(request: Request, reach: &Reach, uid: u32) -> Response {
