@@ -495,7 +495,9 @@ impl Running {
             ssh_addr: Some(ssh_addr.to_string()),
             ..FleetSetup::named(name)
         };
-        let fleet = match Fleet::start(self.tree.clone(), setup).await {
+        let fleet = match Fleet::start_audited(self.tree.clone(), setup, Some(self.audit.clone()))
+            .await
+        {
             Ok(fleet) => fleet,
             Err(e) => {
                 links.close();

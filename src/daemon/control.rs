@@ -616,6 +616,25 @@ fn reports(answer: Result<Vec<KillReport>, HandleError>) -> Result<Box<RawValue>
     raw(&answer.map_err(|e| e.to_string())?)
 }
 
+/// Records each kill of a set asked for by the ctl process `uid`/`pid`, before the reply (its
+/// user and peer are in each connection's `connection_closed` record).
+async fn audit_reports(
+    audit: Option<&Audit>,
+    uid: u32,
+    pid: Option<i32>,
+    answer: &Result<Vec<KillReport>, HandleError>,
+    reason: &str,
+) {
+    let (Some(audit), Ok(reports)) = (audit, answer) else {
+        return;
+    };
+    let caller = Initiator::ctl(uid, pid);
+    for report in reports {
+        let record = AuditRecord::kill(caller.clone(), report, reason, None, None);
+        audit.write(record).await;
+    }
+}
+
 /// Fills in how many live processes each session has (one scan of /proc, off the runtime).
 async fn with_process_counts(mut all: Vec<ConnectionInfo>) -> Vec<ConnectionInfo> {
     let counts = tokio::task::spawn_blocking(crate::session::containment::count_by_session)
@@ -816,7 +835,9 @@ async fn run(
             }
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
             info!(?filter, reason = %reason, by = by.as_deref(), "audit: kill by filter requested");
-            reports(tree.kill_where(filter, reason, grace, by).await)
+            let answer = tree.kill_where(filter, reason.clone(), grace, by).await;
+            audit_reports(audit, uid, pid, &answer, &reason).await;
+            reports(answer)
         }
         Command::Show { target } => {
             let info = connection_of(tree, resolve_live(tree, &target).await?).await?;
@@ -907,13 +928,17 @@ async fn run(
         Command::Drain { grace } => {
             let grace = parse_grace(grace.as_deref(), kill_grace)?;
             info!(by = by.as_deref(), "audit: drain requested");
-            reports(reach.server.drain(grace, by).await)
+            let answer = reach.server.drain(grace, by).await;
+            audit_reports(audit, uid, pid, &answer, "drain").await;
+            reports(answer)
         }
         Command::KillAll { reason, grace } => {
             let grace = parse_grace(grace.as_deref(), kill_grace)?;
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
             info!(reason = %reason, by = by.as_deref(), "audit: kill all requested");
-            reports(tree.kill_all(reason, grace, by).await)
+            let answer = tree.kill_all(reason.clone(), grace, by).await;
+            audit_reports(audit, uid, pid, &answer, &reason).await;
+            reports(answer)
         }
     }
 }
