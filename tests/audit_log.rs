@@ -203,3 +203,65 @@ async fn the_audit_log_records_logins_sessions_and_a_ctl_kill_before_its_reply()
 
     server.kill().await.unwrap();
 }
+
+/// The next record of `event` on an embedding program's stream.
+async fn next_of(
+    stream: &mut tokio::sync::broadcast::Receiver<sshvisor::audit::AuditEntry>,
+    event: &str,
+) -> sshvisor::audit::AuditEntry {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let entry = stream.recv().await.expect("the audit stream stays open");
+            if serde_json::to_value(&entry).unwrap()["event"] == event {
+                return entry;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {event} record"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedding_program_gets_the_records_as_typed_values_with_its_kill_tag() {
+    use sshvisor::audit::{AuditRecord, Initiator};
+    use sshvisor_actors::Target;
+
+    let server = common::TestServer::start().await;
+    let mut stream = server.daemon.audit().subscribe();
+    let _client = server.russh_client("tagged").await;
+    let accepted = next_of(&mut stream, "login_accepted").await;
+    assert!(
+        matches!(&accepted.record, AuditRecord::LoginAccepted { user, fingerprint, .. }
+            if user == "tagged" && fingerprint.starts_with("SHA256:")),
+        "{accepted:?}"
+    );
+    let conn = server.list().await[0].id;
+    server
+        .daemon
+        .handle()
+        .kill(
+            Target::Connection(conn),
+            "billing says no",
+            std::time::Duration::from_secs(2),
+            Some("billing".into()),
+        )
+        .await
+        .unwrap();
+    let kill = next_of(&mut stream, "kill").await;
+    match kill.record {
+        AuditRecord::Kill {
+            by, target, user, reason, ..
+        } => {
+            assert_eq!(
+                by,
+                Initiator::Embedder {
+                    tag: Some("billing".into())
+                }
+            );
+            assert_eq!(target, Target::Connection(conn));
+            assert_eq!(user.as_deref(), Some("tagged"));
+            assert_eq!(reason, "billing says no");
+        }
+        other => panic!("{other:?}"),
+    }
+}
