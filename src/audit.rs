@@ -482,7 +482,10 @@ impl Audit {
             at: SystemTime::now(),
             record,
         };
-        let line = self.file.as_ref().map(|tx| (serde_json::to_string(&entry), tx));
+        let line = self
+            .file
+            .as_ref()
+            .map(|tx| (serde_json::to_string(&entry), tx));
         let _ = self.stream.send(entry);
         match line? {
             (Ok(line), tx) => Some((line, tx)),

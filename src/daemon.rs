@@ -495,9 +495,8 @@ impl Running {
             ssh_addr: Some(ssh_addr.to_string()),
             ..FleetSetup::named(name)
         };
-        let fleet = match Fleet::start_audited(self.tree.clone(), setup, Some(self.audit.clone()))
-            .await
-        {
+        let audit = Some(self.audit.clone());
+        let fleet = match Fleet::start_audited(self.tree.clone(), setup, audit).await {
             Ok(fleet) => fleet,
             Err(e) => {
                 links.close();

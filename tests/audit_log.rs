@@ -159,18 +159,29 @@ async fn the_audit_log_records_logins_sessions_and_a_ctl_kill_before_its_reply()
         .await
         .unwrap()
         .unwrap();
-    assert!(text(&out.stderr).contains("audit test"), "{}", text(&out.stderr));
-    common::eventually("the session's and the connection's ends are recorded", || {
-        of(&log, "session_closed").iter().any(|r| r["conn"] == conn.as_str())
-            && of(&log, "connection_closed")
+    assert!(
+        text(&out.stderr).contains("audit test"),
+        "{}",
+        text(&out.stderr)
+    );
+    common::eventually(
+        "the session's and the connection's ends are recorded",
+        || {
+            of(&log, "session_closed")
                 .iter()
-                .any(|r| r["conn"] == conn.as_str() && r["cause"] == "killed")
-    })
+                .any(|r| r["conn"] == conn.as_str())
+                && of(&log, "connection_closed")
+                    .iter()
+                    .any(|r| r["conn"] == conn.as_str() && r["cause"] == "killed")
+        },
+    )
     .await;
 
     // Every line has its time, in RFC 3339 UTC.
     for record in records(&log) {
-        let at = record["at"].as_str().unwrap_or_else(|| panic!("no at: {record}"));
+        let at = record["at"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no at: {record}"));
         assert!(at.ends_with('Z'), "{at}");
         humantime::parse_rfc3339(at).unwrap_or_else(|e| panic!("{at}: {e}"));
     }
@@ -250,7 +261,11 @@ async fn an_embedding_program_gets_the_records_as_typed_values_with_its_kill_tag
     let kill = next_of(&mut stream, "kill").await;
     match kill.record {
         AuditRecord::Kill {
-            by, target, user, reason, ..
+            by,
+            target,
+            user,
+            reason,
+            ..
         } => {
             assert_eq!(
                 by,

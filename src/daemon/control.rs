@@ -721,7 +721,11 @@ async fn kill_text(
         None => {
             let target = resolve_live(tree, text).await?;
             let whom = whose(tree, target, audit.is_some()).await;
-            (target, tree.kill(target, reason, grace, by.clone()).await, whom)
+            (
+                target,
+                tree.kill(target, reason, grace, by.clone()).await,
+                whom,
+            )
         }
     };
     match answer {

@@ -103,7 +103,13 @@ impl SshHandler {
     }
 
     /// Records a login's verdict: `refused` says why, `None` accepted.
-    fn audit_login(&self, user: &str, key: &PublicKey, credential: &Credential, refused: Option<&str>) {
+    fn audit_login(
+        &self,
+        user: &str,
+        key: &PublicKey,
+        credential: &Credential,
+        refused: Option<&str>,
+    ) {
         let Some(audit) = &self.audit else {
             return;
         };

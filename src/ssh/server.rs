@@ -31,13 +31,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
+use crate::audit::Audit;
 use crate::ssh::activity::Activity;
 use crate::ssh::after_goodbye::AfterGoodbye;
 use crate::ssh::algorithms::Algorithms;
 use crate::ssh::auth::Authenticator;
 use crate::ssh::channels::SessionChannels;
 use crate::ssh::handler::{HandlerError, SshHandler};
-use crate::audit::Audit;
 use crate::ssh::link::RusshConnectionLink;
 use crate::ssh::penalties::{LoginTally, Offence, Penalties, PenaltyPolicy, Refusal};
 use crate::ssh::sessions::{Endpoints, SessionFactory};
