@@ -35,6 +35,7 @@ use sshvisor_actors::{
 };
 use tracing::info;
 
+use crate::audit::{Audit, AuditRecord};
 use crate::daemon::config::Config;
 use crate::daemon::control::{ControlServer, Server};
 use crate::metrics::http::MetricsServer;
@@ -161,6 +162,9 @@ pub enum DaemonError {
         /// What went wrong.
         source: std::io::Error,
     },
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     /// The supervisor could not be spawned.
     #[error("cannot start the supervisor: {0}")]
     Supervisor(String),
@@ -257,6 +261,10 @@ impl Daemon {
         if options.reap_orphans {
             spawn_orphan_reaper(matches!(containment, Containment::Reaper(_)));
         }
+        let audit = match &options.config.audit_log {
+            Some(path) => Audit::open(path).await?,
+            None => Audit::stream_only(),
+        };
         let events = Arc::new(ractor::OutputPort::default());
         let tree = SupervisorHandle::spawn(
             None,
@@ -297,6 +305,7 @@ impl Daemon {
             penalties: std::sync::OnceLock::new(),
             #[cfg(feature = "fleet")]
             fleet: std::sync::OnceLock::new(),
+            audit: audit.clone(),
         });
         let control = match ControlServer::bind(&ctl_path, tree.clone(), running.clone()).await {
             Ok(control) => control,
@@ -333,6 +342,14 @@ impl Daemon {
             }
         };
         let addr = listener.local_addr();
+        listener.set_audit(audit.clone());
+        if let Ok(events) = running.tree.subscribe().await {
+            tokio::spawn(crate::audit::record_events(
+                audit.clone(),
+                running.tree.clone(),
+                events,
+            ));
+        }
         let _ = running.penalties.set(listener.penalties());
         if let Some((metrics, _)) = &metrics {
             metrics.watch_penalties(listener.penalties());
@@ -371,7 +388,19 @@ impl Daemon {
     /// Reads the options anew from their source and applies them; see [`Server::reload`] (the
     /// same as `sshvisor ctl reload`).
     pub async fn reload(&self) -> Result<String, String> {
-        self.running.reload().await
+        self.reload_by("the embedding program").await
+    }
+
+    /// [`Daemon::reload`], audited as asked for by `by` (`SIGHUP`, ...).
+    pub async fn reload_by(&self, by: &str) -> Result<String, String> {
+        let result = self.running.reload().await;
+        self.running.audit.record(AuditRecord::reload(by, &result));
+        result
+    }
+
+    /// The audit log: [`Audit::subscribe`] streams its records.
+    pub fn audit(&self) -> &Audit {
+        &self.running.audit
     }
 
     /// The SSH address actually bound.
@@ -477,6 +506,8 @@ struct Running {
     host_keys: Vec<russh::keys::Algorithm>,
     /// The listener's penalty table, set once it is bound; kept after a drain closes it.
     penalties: std::sync::OnceLock<Arc<Penalties>>,
+    /// The audit log (its file, if any, and its subscribers).
+    audit: Audit,
 }
 
 impl Running {
@@ -500,7 +531,8 @@ impl Running {
             ssh_addr: Some(ssh_addr.to_string()),
             ..FleetSetup::named(name)
         };
-        let fleet = match Fleet::start(self.tree.clone(), setup).await {
+        let audit = Some(self.audit.clone());
+        let fleet = match Fleet::start_audited(self.tree.clone(), setup, audit).await {
             Ok(fleet) => fleet,
             Err(e) => {
                 links.close();
@@ -549,6 +581,11 @@ impl Running {
     /// directory need a restart. `Ok` says what changed.
     async fn reload(&self) -> Result<String, String> {
         let _one_at_a_time = self.reloading.lock().await;
+        // First, so that logrotate's SIGHUP reopens the file even when the new configuration
+        // is refused.
+        if let Err(e) = self.audit.reopen().await {
+            tracing::warn!(error = %e, "audit log not reopened");
+        }
         let applied = self.applied();
         let source = applied
             .reload_from
@@ -582,6 +619,9 @@ impl Running {
                 "state_dir stays {} until a restart",
                 applied.config.state_dir.display()
             ));
+        }
+        if new.config.audit_log != applied.config.audit_log {
+            kept.push("audit_log stays as it was until a restart".to_string());
         }
         if new.config.fleet != applied.config.fleet {
             kept.push("[fleet] stays as it was until a restart".to_string());
@@ -647,6 +687,10 @@ impl Server for Running {
             .config
             .timeouts
             .kill_grace
+    }
+
+    fn audit(&self) -> Option<&Audit> {
+        Some(&self.audit)
     }
 
     fn reload(&self) -> BoxFuture<'_, Result<String, String>> {

@@ -13,6 +13,7 @@
 //! - `metrics`: Prometheus metrics fed by the tree's events, and their `/metrics` endpoint.
 //! - `fleet`: many nodes as one (the `fleet` feature, on by default; without it only the
 //!   answers' types): [`fleet::Fleet`], the agent, the links and their TLS, `fleet certs`.
+//! - `audit`: the audit log ([`audit::Audit`]): its records, its file and their stream.
 //! - `actors`: the `sshvisor-actors` crate re-exported: the tree, and its door
 //!   [`actors::SupervisorHandle`].
 //!
@@ -20,6 +21,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod audit;
 pub mod daemon;
 pub mod fleet;
 pub mod metrics;

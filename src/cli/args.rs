@@ -190,6 +190,10 @@ pub(crate) struct ServeArgs {
     /// Run this sftp-server binary for the sftp subsystem instead of the in-process one.
     #[arg(long, value_name = "PATH")]
     sftp_server: Option<PathBuf>,
+    /// Append the audit log (one JSON object a line: logins, sessions, kills, refusals,
+    /// reloads) to this file; reopened on SIGHUP and reload, for logrotate.
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
     /// How each session's processes are kept together: auto, cgroup, reaper, process-group
     /// [default: auto: a cgroup per session where the server may make one, else a reaper].
     #[arg(long, value_parser = clap::value_parser!(sshvisor::session::containment::ContainmentChoice))]
@@ -304,6 +308,9 @@ impl ServeArgs {
             config.timeouts.kill_grace = grace;
         }
         config.accept_env.extend(self.accept_env.iter().cloned());
+        if let Some(path) = &self.audit_log {
+            config.audit_log = Some(path.clone());
+        }
         if let Some(path) = &self.sftp_server {
             config.sftp_server = Some(path.clone());
         }

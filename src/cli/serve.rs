@@ -100,7 +100,7 @@ pub(crate) async fn serve(options: DaemonOptions) -> anyhow::Result<ExitCode> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match daemon.reload().await {
+            _ = hup.recv() => match daemon.reload_by("SIGHUP").await {
                 Ok(changes) => tracing::info!(changes = %changes, "SIGHUP: configuration reloaded"),
                 Err(why) => tracing::warn!(error = %why, "SIGHUP: reload refused; the old configuration stays in force"),
             },

@@ -80,6 +80,8 @@ pub struct Config {
     pub penalties: Penalties,
     /// Joining a fleet of nodes (off unless `listen` is set).
     pub fleet: FleetConfig,
+    /// The audit log (JSON lines, see docs/OPERATIONS.md); none: no audit file.
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -94,6 +96,7 @@ impl Default for Config {
             revoked_keys: None,
             accept_env: Vec::new(),
             sftp_server: None,
+            audit_log: None,
             containment: Default::default(),
             session_path: None,
             metrics_listen: None,

@@ -23,6 +23,7 @@
 //! ```
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,7 @@ use tokio::task::JoinHandle;
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::audit::{Audit, AuditRecord, Initiator};
 use crate::ssh::penalties::Penalties;
 
 #[cfg(feature = "fleet")]
@@ -260,6 +262,11 @@ pub trait Server: Send + Sync + 'static {
     /// did (the old configuration stays in force).
     fn reload(&self) -> BoxFuture<'_, Result<String, String>>;
 
+    /// The audit log kills and reloads are recorded in; none: not recorded.
+    fn audit(&self) -> Option<&Audit> {
+        None
+    }
+
     /// Stops accepting (the port is released), kills every connection with `grace`, and
     /// answers once the tree is empty, with one report per connection.
     fn drain(
@@ -347,7 +354,9 @@ async fn accept_loop(listener: UnixListener, reach: Reach, owner: u32) {
         }
         match listener.accept().await {
             Ok((stream, _)) => {
-                let uid = stream.peer_cred().map(|c| c.uid()).ok();
+                let cred = stream.peer_cred().ok();
+                let uid = cred.map(|c| c.uid());
+                let pid = cred.and_then(|c| c.pid());
                 let span = info_span!("ctl", uid = uid.map(i64::from).unwrap_or(-1));
                 let reach = reach.clone();
                 let spare = spare.clone();
@@ -355,7 +364,7 @@ async fn accept_loop(listener: UnixListener, reach: Reach, owner: u32) {
                     async move {
                         match uid {
                             Some(uid) if uid == owner || uid == 0 => {
-                                serve_client(stream, reach, uid).await
+                                serve_client(stream, reach, uid, pid).await
                             }
                             _ => refuse(stream, owner).await,
                         }
@@ -388,7 +397,7 @@ async fn refuse(mut stream: UnixStream, owner: u32) {
     let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
 }
 
-async fn serve_client(stream: UnixStream, reach: Reach, uid: u32) {
+async fn serve_client(stream: UnixStream, reach: Reach, uid: u32, pid: Option<i32>) {
     let (read, mut write) = stream.into_split();
     // Each queued response holds its request's permit until it is written, so a client that
     // sends without reading is held back once MAX_IN_FLIGHT answers wait for it.
@@ -520,7 +529,7 @@ async fn serve_client(stream: UnixStream, reach: Reach, uid: u32) {
                     async move {
                         let id = request.id;
                         // A bug in one request must still produce its answer.
-                        let response = AssertUnwindSafe(execute(request, &reach, uid))
+                        let response = AssertUnwindSafe(execute(request, &reach, uid, pid))
                             .catch_unwind()
                             .await
                             .unwrap_or_else(|panic| {
@@ -622,6 +631,25 @@ fn reports(answer: Result<Vec<KillReport>, HandleError>) -> Result<Box<RawValue>
     raw(&answer.map_err(|e| e.to_string())?)
 }
 
+/// Records each kill of a set asked for by the ctl process `uid`/`pid`, before the reply (its
+/// user and peer are in each connection's `connection_closed` record).
+async fn audit_reports(
+    audit: Option<&Audit>,
+    uid: u32,
+    pid: Option<i32>,
+    answer: &Result<Vec<KillReport>, HandleError>,
+    reason: &str,
+) {
+    let (Some(audit), Ok(reports)) = (audit, answer) else {
+        return;
+    };
+    let caller = Initiator::ctl(uid, pid);
+    for report in reports {
+        let record = AuditRecord::kill(caller.clone(), report, reason, None, None);
+        audit.write(record).await;
+    }
+}
+
 /// Fills in how many live processes each session has (one scan of /proc, off the runtime).
 async fn with_process_counts(mut all: Vec<ConnectionInfo>) -> Vec<ConnectionInfo> {
     let counts = tokio::task::spawn_blocking(crate::session::containment::count_by_session)
@@ -688,29 +716,42 @@ async fn kill_text(
     reason: &str,
     grace: Duration,
     by: &Option<String>,
+    audit: Option<(&Audit, Initiator)>,
 ) -> Result<Box<RawValue>, String> {
     // A full ID is most often a connection's: it is tried as one straight away, which saves a
     // round trip to the supervisor; a session's ID and anything else are resolved first.
     let tried = match text.parse::<ConnId>() {
         Ok(conn) => {
             let target = Target::Connection(conn);
+            let whom = whose(tree, target, audit.is_some()).await;
             match tree.kill(target, reason, grace, by.clone()).await {
                 Err(HandleError::NotFound(_)) => None,
-                answer => Some((target, answer)),
+                answer => Some((target, answer, whom)),
             }
         }
         Err(_) => None,
     };
-    let (target, answer) = match tried {
-        Some(tried) => tried,
+    let (target, answer, whom) = match tried {
+        Some((target, answer, whom)) => (target, answer, whom),
         None => {
             let target = resolve_live(tree, text).await?;
-            (target, tree.kill(target, reason, grace, by.clone()).await)
+            let whom = whose(tree, target, audit.is_some()).await;
+            (
+                target,
+                tree.kill(target, reason, grace, by.clone()).await,
+                whom,
+            )
         }
     };
     match answer {
         Ok(report) => {
             info!(%target, forced = report.forced, elapsed_ms = report.elapsed.as_secs_f64() * 1e3, "audit: kill done");
+            // The record is in the file before the reply goes out.
+            if let Some((audit, caller)) = audit {
+                let (user, peer) = whom.unzip();
+                let record = AuditRecord::kill(caller, &report, reason, user.flatten(), peer);
+                audit.write(record).await;
+            }
             raw(&report)
         }
         Err(HandleError::NotFound(target)) => {
@@ -751,6 +792,22 @@ async fn connection_named(tree: &SupervisorHandle, text: &str) -> Result<ConnId,
     }
 }
 
+/// The user and peer of a connection about to be killed, for its audit record (asked only
+/// when someone hears it: it costs a round trip to the supervisor).
+async fn whose(
+    tree: &SupervisorHandle,
+    target: Target,
+    wanted: bool,
+) -> Option<(Option<String>, SocketAddr)> {
+    let Target::Connection(conn) = target else {
+        return None;
+    };
+    if !wanted {
+        return None;
+    }
+    tree.get(conn).await.ok().map(|info| (info.user, info.peer))
+}
+
 /// Whether `text` is a whole connection or session ID (not a prefix).
 fn is_full_id(text: &str) -> bool {
     text.parse::<ConnId>().is_ok() || text.parse::<sshvisor_actors::SessionId>().is_ok()
@@ -789,17 +846,23 @@ fn stamped(event: &sshvisor_actors::Event) -> Result<Box<RawValue>, String> {
     raw(&value)
 }
 
-async fn execute(request: Request, reach: &Reach, uid: u32) -> Response {
+async fn execute(request: Request, reach: &Reach, uid: u32, pid: Option<i32>) -> Response {
     let id = request.id;
-    let result = run(request.command, reach, uid).await;
+    let result = run(request.command, reach, uid, pid).await;
     match result {
         Ok(value) => Response::ok(id, value),
         Err(error) => Response::err(id, error),
     }
 }
 
-async fn run(command: Command, reach: &Reach, uid: u32) -> Result<Box<RawValue>, String> {
+async fn run(
+    command: Command,
+    reach: &Reach,
+    uid: u32,
+    pid: Option<i32>,
+) -> Result<Box<RawValue>, String> {
     let by = Some(format!("uid {uid} via ctl"));
+    let audit = reach.server.audit();
     let tree = &reach.tree;
     let kill_grace = reach.server.kill_grace();
     let select = |filter| async { tree.select(filter).await.map_err(|e| e.to_string()) };
@@ -861,7 +924,9 @@ async fn run(command: Command, reach: &Reach, uid: u32) -> Result<Box<RawValue>,
             }
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
             info!(?filter, reason = %reason, by = by.as_deref(), "audit: kill by filter requested");
-            reports(tree.kill_where(filter, reason, grace, by).await)
+            let answer = tree.kill_where(filter, reason.clone(), grace, by).await;
+            audit_reports(audit, uid, pid, &answer, &reason).await;
+            reports(answer)
         }
         Command::Show { target } => {
             let info = connection_of(tree, resolve_live(tree, &target).await?).await?;
@@ -934,7 +999,10 @@ async fn run(command: Command, reach: &Reach, uid: u32) -> Result<Box<RawValue>,
                 // A prefix must be unique in the whole fleet.
                 fleet::kill(reach, text, &reason, grace, by, within).await
             } else {
-                match kill_text(tree, text, &reason, grace, &by).await {
+                let audited = audit
+                    .filter(|a| a.is_heard())
+                    .map(|a| (a, Initiator::ctl(uid, pid)));
+                match kill_text(tree, text, &reason, grace, &by, audited).await {
                     Err(e) if fleet::in_a_fleet(reach) && is_not_here(&e) => {
                         fleet::kill(reach, text, &reason, grace, by, within).await
                     }
@@ -943,6 +1011,13 @@ async fn run(command: Command, reach: &Reach, uid: u32) -> Result<Box<RawValue>,
             };
             if let Err(e) = &result {
                 info!(target = ?target.trim(), error = %e, "audit: kill not done");
+                if let Some(audit) = audit {
+                    audit.record(AuditRecord::KillFailed {
+                        by: Initiator::ctl(uid, pid),
+                        target: target.trim().to_string(),
+                        error: e.clone(),
+                    });
+                }
             }
             result
         }
@@ -959,7 +1034,11 @@ async fn run(command: Command, reach: &Reach, uid: u32) -> Result<Box<RawValue>,
         Command::Penalties { clear } => penalties(reach, clear.as_deref(), by.as_deref()),
         Command::Reload => {
             info!(by = by.as_deref(), "audit: reload requested");
-            match reach.server.reload().await {
+            let result = reach.server.reload().await;
+            if let Some(audit) = audit {
+                audit.record(AuditRecord::reload(by.as_deref().unwrap_or("ctl"), &result));
+            }
+            match result {
                 Ok(changes) => {
                     info!(by = by.as_deref(), changes = %changes, "audit: reload done");
                     raw(&json!({ "changes": changes }))
@@ -973,13 +1052,17 @@ async fn run(command: Command, reach: &Reach, uid: u32) -> Result<Box<RawValue>,
         Command::Drain { grace } => {
             let grace = parse_grace(grace.as_deref(), kill_grace)?;
             info!(by = by.as_deref(), "audit: drain requested");
-            reports(reach.server.drain(grace, by).await)
+            let answer = reach.server.drain(grace, by).await;
+            audit_reports(audit, uid, pid, &answer, "drain").await;
+            reports(answer)
         }
         Command::KillAll { reason, grace } => {
             let grace = parse_grace(grace.as_deref(), kill_grace)?;
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
             info!(reason = %reason, by = by.as_deref(), "audit: kill all requested");
-            reports(tree.kill_all(reason, grace, by).await)
+            let answer = tree.kill_all(reason.clone(), grace, by).await;
+            audit_reports(audit, uid, pid, &answer, &reason).await;
+            reports(answer)
         }
     }
 }

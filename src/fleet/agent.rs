@@ -20,6 +20,8 @@ use sshvisor_actors::{Event, HandleError, PrefixMatch, SupervisorHandle};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::audit::{Audit, AuditRecord, Initiator};
+
 use super::wire::{
     decode, encode, AgentMsg, Answer, Ask, EventBatch, NodeStatus, EVENT_BACKLOG, MAX_ANSWER,
 };
@@ -42,6 +44,8 @@ pub struct AgentArgs {
     pub tree: SupervisorHandle,
     /// True (or closed) once the node leaves the fleet: requests in flight are dropped then.
     pub leaving: watch::Receiver<bool>,
+    /// Where the kills asked of this node are recorded, if anywhere.
+    pub audit: Option<Audit>,
 }
 
 /// The fleet agent (see the module's documentation).
@@ -132,9 +136,29 @@ async fn serve(ask: Ask, args: &AgentArgs, events: &Arc<EventLog>) -> Answer {
             by,
         } => {
             info!(%target, reason = %reason, by = by.as_deref(), "audit: kill requested by the fleet");
+            let (reason_text, by_text) = (reason.clone(), by.clone());
+            let whom = match (&args.audit, target) {
+                (Some(audit), sshvisor_actors::Target::Connection(conn)) if audit.is_heard() => {
+                    tree.get(conn).await.ok().map(|info| (info.user, info.peer))
+                }
+                _ => None,
+            };
             match tree.kill(target, reason, grace, by).await {
                 Ok(report) => {
                     info!(%target, forced = report.forced, elapsed_ms = report.elapsed.as_secs_f64() * 1e3, "audit: kill done");
+                    // The record is in the file before the answer goes back.
+                    if let Some(audit) = &args.audit {
+                        let (user, peer) = whom.unzip();
+                        let origin = by_text.unwrap_or_default();
+                        let record = AuditRecord::kill(
+                            Initiator::Fleet { origin },
+                            &report,
+                            &reason_text,
+                            user.flatten(),
+                            peer,
+                        );
+                        audit.write(record).await;
+                    }
                     Answer::Killed(report)
                 }
                 Err(HandleError::NotFound(target)) => {
@@ -159,8 +183,20 @@ async fn serve(ask: Ask, args: &AgentArgs, events: &Arc<EventLog>) -> Answer {
             dry_run: false,
         } => {
             info!(?filter, reason = %reason, by = by.as_deref(), "audit: kill by filter requested by the fleet");
+            let (reason_text, origin) = (reason.clone(), by.clone().unwrap_or_default());
             match tree.kill_where(filter, reason, grace, by).await {
-                Ok(reports) => Answer::KilledMany(reports),
+                Ok(reports) => {
+                    if let Some(audit) = &args.audit {
+                        for report in &reports {
+                            let by = Initiator::Fleet {
+                                origin: origin.clone(),
+                            };
+                            let record = AuditRecord::kill(by, report, &reason_text, None, None);
+                            audit.write(record).await;
+                        }
+                    }
+                    Answer::KilledMany(reports)
+                }
                 Err(e) => failed(e),
             }
         }

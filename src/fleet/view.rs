@@ -166,6 +166,15 @@ impl Fleet {
     /// Starts this node's agent (joined to the fleet's process group) and its heartbeat. The
     /// links to other nodes are `links`'s (an embedding program in one process needs none).
     pub async fn start(tree: SupervisorHandle, setup: FleetSetup) -> Result<Self, HandleError> {
+        Self::start_audited(tree, setup, None).await
+    }
+
+    /// [`Fleet::start`], with the kills other nodes ask of this one recorded in `audit`.
+    pub async fn start_audited(
+        tree: SupervisorHandle,
+        setup: FleetSetup,
+        audit: Option<crate::audit::Audit>,
+    ) -> Result<Self, HandleError> {
         let (leaving, left) = watch::channel(false);
         let (agent, _) = Actor::spawn(
             None,
@@ -177,6 +186,7 @@ impl Fleet {
                 ssh_addr: setup.ssh_addr,
                 tree: tree.clone(),
                 leaving: left,
+                audit,
             },
         )
         .await

@@ -28,6 +28,7 @@ use sshvisor_actors::{
 };
 use tracing::{debug, info};
 
+use crate::audit::{Audit, AuditRecord};
 use crate::ssh::auth::{Authenticator, Verdict};
 use crate::ssh::certs;
 use crate::ssh::channels::{SessionChannels, Stdin};
@@ -70,6 +71,8 @@ pub struct SshHandler {
     sessions: SessionChannels,
     /// How the logins went, for the source's penalties (see `penalties`).
     tally: Arc<LoginTally>,
+    /// Where logins are recorded, if anywhere.
+    audit: Option<Audit>,
 }
 
 impl SshHandler {
@@ -89,7 +92,46 @@ impl SshHandler {
             refused: None,
             sessions,
             tally: Arc::default(),
+            audit: None,
         }
+    }
+
+    /// Records the logins in `audit`.
+    pub(crate) fn with_audit(mut self, audit: Option<Audit>) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// Records a login's verdict: `refused` says why, `None` accepted.
+    fn audit_login(
+        &self,
+        user: &str,
+        key: &PublicKey,
+        credential: &Credential,
+        refused: Option<&str>,
+    ) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let peer = self.sessions.ends().peer;
+        let key_type = key.algorithm().as_str().to_string();
+        let fingerprint = credential.key_fingerprint.clone();
+        audit.record(match refused {
+            None => AuditRecord::LoginAccepted {
+                user: user.to_string(),
+                key_type,
+                fingerprint,
+                certificate: credential.certificate.clone(),
+                peer,
+            },
+            Some(reason) => AuditRecord::LoginRefused {
+                user: user.to_string(),
+                key_type,
+                fingerprint,
+                peer,
+                reason: reason.to_string(),
+            },
+        });
     }
 
     /// Tells `tally` how the logins go (the accept loop reads it when the connection ends).
@@ -118,6 +160,10 @@ impl SshHandler {
         if self.auth.publickey(user, key) {
             Auth::Accept
         } else {
+            if self.audit.is_some() {
+                let credential = certs::key_credential(key.key_data());
+                self.audit_login(user, key, &credential, Some("key not authorized"));
+            }
             self.tally.refused();
             Auth::reject()
         }
@@ -131,7 +177,19 @@ impl SshHandler {
     /// ended at once, in `auth_succeeded`, with a DISCONNECT that says why: russh calls that
     /// right after, while handling the same request, so nothing the client sends next is read
     /// (and the tree never hears of the login). A max_per_user refusal goes the same way.
-    fn decide(&mut self, user: &str, verdict: Verdict, credential: Credential) -> Auth {
+    fn decide(
+        &mut self,
+        user: &str,
+        key: &PublicKey,
+        verdict: Verdict,
+        credential: Credential,
+    ) -> Auth {
+        let refused = match &verdict {
+            Verdict::Accept(_) => None,
+            Verdict::Reject => Some("key not authorized"),
+            Verdict::Refuse(reason) => Some(reason.as_str()),
+        };
+        self.audit_login(user, key, &credential, refused);
         match verdict {
             Verdict::Accept(restrictions) => {
                 info!(user, key = %credential.key_fingerprint, certificate = ?credential.certificate, ?restrictions, "login accepted");
@@ -345,7 +403,7 @@ impl russh::server::Handler for SshHandler {
         let peer = self.sessions.ends().peer.ip();
         let verdict = self.auth.login(user, key.public_key, peer);
         let credential = certs::key_credential(key.public_key.key_data());
-        Ok(self.decide(user, verdict, credential))
+        Ok(self.decide(user, key.public_key, verdict, credential))
     }
 
     async fn auth_openssh_certificate(
@@ -356,7 +414,8 @@ impl russh::server::Handler for SshHandler {
         let peer = self.sessions.ends().peer.ip();
         let verdict = self.auth.certificate(user, certificate, peer);
         let credential = certs::certificate_credential(certificate);
-        Ok(self.decide(user, verdict, credential))
+        let key = PublicKey::from(certificate.public_key().clone());
+        Ok(self.decide(user, &key, verdict, credential))
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
+use crate::audit::Audit;
 use crate::ssh::activity::Activity;
 use crate::ssh::after_goodbye::AfterGoodbye;
 use crate::ssh::algorithms::Algorithms;
@@ -128,6 +129,7 @@ impl SshListener {
             tree,
             refusing: Arc::new(AtomicUsize::new(0)),
             penalties: Arc::new(Penalties::new(options.penalties)),
+            audit: std::sync::OnceLock::new(),
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), stopped));
@@ -166,6 +168,12 @@ impl SshListener {
         Ok(())
     }
 
+    /// Records every login, accepted or refused, in `audit` from now on (set once; later
+    /// calls are ignored).
+    pub fn set_audit(&self, audit: Audit) {
+        let _ = self.shared.audit.set(audit);
+    }
+
     /// The listener's per-source penalty table (`ctl penalties`, a reload's new policy).
     pub fn penalties(&self) -> Arc<Penalties> {
         self.shared.penalties.clone()
@@ -194,6 +202,8 @@ struct Shared {
     refusing: Arc<AtomicUsize>,
     /// Who is refused at the door, and what each connection's end counts against its source.
     penalties: Arc<Penalties>,
+    /// Where logins are recorded, once the daemon sets it.
+    audit: std::sync::OnceLock<Audit>,
 }
 
 #[derive(Clone)]
@@ -285,7 +295,8 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
     let sessions = SessionChannels::new(live.sessions.clone(), ends, activity, after_goodbye);
     let tally = Arc::new(LoginTally::default());
     let handler = SshHandler::new(conn.clone(), live.auth.clone(), switch.clone(), sessions)
-        .with_tally(tally.clone());
+        .with_tally(tally.clone())
+        .with_audit(shared.audit.get().cloned());
     let stream = CuttableStream::new(socket, switch.clone());
     // This task lives as long as the connection: the handshake's future is boxed so that only
     // what waits for the end stays in it. No span of its own either (the connection actor has
