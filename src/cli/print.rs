@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use sshvisor::fleet::{FleetKill, FleetListing, NodeOutcome};
+use sshvisor::fleet::{FleetKill, FleetListing, Located, NodeOutcome};
 use sshvisor_actors::{ConnectionInfo, Credential, KillReport, Target};
 
 /// Prints kill reports as they are printed everywhere in `ctl`: one line each for people, one
@@ -323,14 +323,18 @@ pub fn format_event(event: &sshvisor_actors::Event, at: SystemTime) -> String {
     format!("{now}  {what}")
 }
 
-/// `ctl ls --fleet`: the table with a NODE column, then a line for each node.
-pub fn format_fleet_listing(listing: &FleetListing) -> String {
-    let (nodes, all): (Vec<String>, Vec<ConnectionInfo>) = listing
-        .connections
+/// The table of connections held across the fleet, with their NODE column.
+fn located_table(connections: &[Located<ConnectionInfo>]) -> String {
+    let (nodes, all): (Vec<String>, Vec<ConnectionInfo>) = connections
         .iter()
         .map(|c| (c.node.clone(), c.item.clone()))
         .unzip();
-    let mut out = table(&all, Some(&nodes));
+    table(&all, Some(&nodes))
+}
+
+/// `ctl ls --fleet`: the table with a NODE column, then a line for each node.
+pub fn format_fleet_listing(listing: &FleetListing) -> String {
+    let mut out = located_table(&listing.connections);
     out.push_str(&node_outcomes(&listing.nodes, "listed"));
     out
 }
@@ -339,12 +343,7 @@ pub fn format_fleet_listing(listing: &FleetListing) -> String {
 /// killed), then each node's part.
 pub fn format_fleet_kill(outcome: &FleetKill, dry_run: bool) -> String {
     if dry_run {
-        let (nodes, all): (Vec<String>, Vec<ConnectionInfo>) = outcome
-            .would_kill
-            .iter()
-            .map(|c| (c.node.clone(), c.item.clone()))
-            .unzip();
-        let mut out = table(&all, Some(&nodes));
+        let mut out = located_table(&outcome.would_kill);
         out.push_str(&node_outcomes(&outcome.nodes, "would kill"));
         return out;
     }

@@ -257,12 +257,7 @@ impl Fleet {
             match answer {
                 Ok(Answer::Connections(all)) => {
                     listing.nodes.push(NodeOutcome::answered(&node, all.len()));
-                    listing
-                        .connections
-                        .extend(all.into_iter().map(|item| Located {
-                            node: node.clone(),
-                            item,
-                        }));
+                    listing.connections.extend(located(&node, all));
                 }
                 other => listing.nodes.push(not_done(&node, other)),
             }
@@ -298,32 +293,17 @@ impl Fleet {
                         "{omitted} of its reports were left out: the answer was too big for one link message"
                     ));
                     outcome.nodes.push(answered);
-                    outcome
-                        .reports
-                        .extend(reports.into_iter().map(|item| Located {
-                            node: node.clone(),
-                            item,
-                        }));
+                    outcome.reports.extend(located(&node, reports));
                 }
                 Ok(Answer::KilledMany(reports)) => {
                     outcome
                         .nodes
                         .push(NodeOutcome::answered(&node, reports.len()));
-                    outcome
-                        .reports
-                        .extend(reports.into_iter().map(|item| Located {
-                            node: node.clone(),
-                            item,
-                        }));
+                    outcome.reports.extend(located(&node, reports));
                 }
                 Ok(Answer::Connections(all)) if dry_run => {
                     outcome.nodes.push(NodeOutcome::answered(&node, all.len()));
-                    outcome
-                        .would_kill
-                        .extend(all.into_iter().map(|item| Located {
-                            node: node.clone(),
-                            item,
-                        }));
+                    outcome.would_kill.extend(located(&node, all));
                 }
                 other => outcome.nodes.push(not_done(&node, other)),
             }
@@ -356,10 +336,7 @@ impl Fleet {
         for (node, answer) in self.fan_out(&request, within).await {
             match answer {
                 Ok(Answer::Targets(targets)) => {
-                    matches.extend(targets.into_iter().map(|item| Located {
-                        node: node.clone(),
-                        item,
-                    }));
+                    matches.extend(located(&node, targets));
                 }
                 other => missing.push(not_done(&node, other)),
             }
@@ -534,6 +511,14 @@ impl Inner {
     fn lock(&self) -> MutexGuard<'_, Members> {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Each of `items`, tagged with the `node` that holds it.
+fn located<'a, T: 'a>(node: &'a str, items: Vec<T>) -> impl Iterator<Item = Located<T>> + 'a {
+    items.into_iter().map(move |item| Located {
+        node: node.to_string(),
+        item,
+    })
 }
 
 /// Why a node's answer is missing.
