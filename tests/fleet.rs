@@ -27,10 +27,16 @@ use tokio::process::{Child, Command};
 const REJOIN_WAIT: Duration = Duration::from_secs(45);
 
 /// A free port on 127.0.0.1 (bound, read, released): fleet addresses are given to the nodes
-/// that join them before anyone listens.
+/// that join them before anyone listens. Picked below Linux's ephemeral range (32768 and up),
+/// where the outgoing connections of the tests running meanwhile cannot take it before its
+/// node binds it.
 fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    loop {
+        let port = rand::random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// `sshvisor fleet certs` for these nodes, all reachable at 127.0.0.1, into `dir`.
