@@ -6,33 +6,35 @@
 //! (who asked, the resolved IDs, the report), limit refusals, connections ended, reloads. Each
 //! line is an [`AuditEntry`]: the record with its time (`at`, RFC 3339 UTC).
 //!
-//! Writing: one task owns the file and writes a line at a time, flushed per line (to the
-//! kernel; no fsync: a crash of the machine may lose the last lines, a crash of the server does
-//! not). Records reach it over a bounded channel. A record that finds the channel full is
-//! dropped, counted, and the count logged; a kill's record never is: [`Audit::write`] waits for
-//! room and for the line to be written, so a kill's reply goes out after its record is in the
-//! file. [`Audit::reopen`] reopens the file (reload, SIGHUP) so logrotate can move it away.
+//! Writing: most records are queued (bounded) for a thread of the log's own, which writes
+//! whatever is queued in one `write(2)` to the kernel (no fsync: a crash of the machine may lose
+//! the last lines, a crash of the server does not). A record that finds the queue full is
+//! dropped, counted, and the count logged. A kill's record never is: [`Audit::write`] writes the
+//! queue and the record itself, at once, in the caller's task, so a kill's reply goes out after
+//! its record is in the file, and the file keeps the order records were made in.
+//! [`Audit::reopen`] reopens the file (reload, SIGHUP) so logrotate can move it away.
 //!
 //! No secrets: a key appears as its type and SHA-256 fingerprint only; no cookie, no
 //! environment, no session data.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sshvisor_actors::report::{
     rfc3339, CertificateInfo, DisconnectCause, KillReport, SessionExit, SessionKind,
 };
-use sshvisor_actors::{ConnId, Event, SessionId, SupervisorHandle, Target};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use sshvisor_actors::{ConnId, Event, SessionId, Target};
+use tokio::sync::{broadcast, mpsc};
 use tracing::warn;
 
-/// Records waiting for the writer; past this, records other than kills are dropped (counted).
+/// Lines waiting for the writer thread; past this, records other than kills are dropped
+/// (counted).
 const QUEUE: usize = 4096;
 
 /// Records kept for a slow subscriber before it misses some (it is told how many).
@@ -91,10 +93,17 @@ impl Initiator {
     pub fn from_tag(by: Option<&str>) -> Self {
         match by {
             Some(
-                name @ ("login_grace" | "idle" | "session_idle" | "max_lifetime" | "keepalive"
-                | "drain" | "shutdown"),
+                name @ ("login_grace"
+                | "idle"
+                | "session_idle"
+                | "max_lifetime"
+                | "keepalive"
+                | "drain"
+                | "shutdown"
+                | "max_unauthenticated"
+                | "max_per_user"),
             ) => Initiator::Policy { name: name.into() },
-            Some(origin) if origin.contains(" via ctl on node ") => Initiator::Fleet {
+            Some(origin) if origin.contains(" on node ") => Initiator::Fleet {
                 origin: origin.into(),
             },
             tag => Initiator::Embedder {
@@ -106,7 +115,9 @@ impl Initiator {
     /// Whether this kill's own record comes from where it was asked for (the control socket
     /// and the fleet agent write it with the report), not from the connection's end.
     pub fn writes_its_own_record(by: Option<&str>) -> bool {
-        by.is_some_and(|by| by.starts_with("uid ") && by.contains(" via ctl"))
+        by.is_some_and(|by| {
+            by.contains(" on node ") || (by.starts_with("uid ") && by.ends_with(" via ctl"))
+        })
     }
 }
 
@@ -116,6 +127,8 @@ impl Initiator {
 pub enum AuditRecord {
     /// A client proved it holds a key, and the key may log in.
     LoginAccepted {
+        /// The connection.
+        conn: ConnId,
         /// The user name.
         user: String,
         /// The key's type (`ssh-ed25519`, ...).
@@ -129,6 +142,8 @@ pub enum AuditRecord {
     },
     /// A key was refused: not known here, or known and refused by a restriction.
     LoginRefused {
+        /// The connection.
+        conn: ConnId,
         /// The user name.
         user: String,
         /// The key's type.
@@ -180,11 +195,11 @@ pub enum AuditRecord {
         peer: Option<SocketAddr>,
         /// The reason given (shown to the client).
         reason: String,
-        /// Sessions closed on the way (unknown for a policy's kill).
+        /// Sessions closed on the way.
         sessions_closed: Option<usize>,
-        /// From the request to the end, in milliseconds (unknown for a policy's kill).
+        /// From the request (for a policy: the moment it fired) to the end, in milliseconds.
         elapsed_ms: Option<f64>,
-        /// Whether the grace ran out and the end was forced (unknown for a policy's kill).
+        /// Whether the grace ran out and the end was forced.
         forced: Option<bool>,
     },
     /// A kill that could not be carried out.
@@ -196,8 +211,14 @@ pub enum AuditRecord {
         /// Why it failed.
         error: String,
     },
-    /// A connection was refused by a limit.
+    /// A connection was refused by a limit: at the door, or after its login (`max_per_user`).
     LimitRefused {
+        /// The connection, when it was refused after its login.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conn: Option<ConnId>,
+        /// The user it logged in as, when it was refused after its login.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
         /// The client's address.
         peer: SocketAddr,
         /// The limit and its value.
@@ -211,7 +232,7 @@ pub enum AuditRecord {
         user: Option<String>,
         /// The client's address.
         peer: Option<SocketAddr>,
-        /// `by_client`, `killed` or `error`.
+        /// `by_client`, `killed`, `refused` (after its login, by a limit) or `error`.
         cause: String,
         /// The kill's reason or the error.
         reason: Option<String>,
@@ -228,19 +249,13 @@ pub enum AuditRecord {
 }
 
 impl AuditRecord {
-    /// The kill record of a report.
-    pub fn kill(
-        by: Initiator,
-        report: &KillReport,
-        reason: &str,
-        user: Option<String>,
-        peer: Option<SocketAddr>,
-    ) -> Self {
+    /// The kill record of a report (whose connection it was comes with the report).
+    pub fn kill(by: Initiator, report: &KillReport, reason: &str) -> Self {
         AuditRecord::Kill {
             by,
             target: report.target,
-            user,
-            peer,
+            user: report.user.clone(),
+            peer: report.peer,
             reason: reason.to_string(),
             sessions_closed: Some(report.sessions_closed),
             elapsed_ms: Some(report.elapsed.as_secs_f64() * 1e3),
@@ -263,11 +278,7 @@ impl AuditRecord {
 /// Turns the tree's events into records: sessions, limit refusals, connections ended, and the
 /// kills of policies and of the embedding program (the control socket and the fleet agent
 /// write their kills' records themselves, with the report). Runs until the tree stops.
-pub async fn record_events(
-    audit: Audit,
-    tree: SupervisorHandle,
-    mut events: mpsc::UnboundedReceiver<Event>,
-) {
+pub async fn record_events(audit: Audit, mut events: mpsc::UnboundedReceiver<Event>) {
     // Who each live connection is, for the records of its sessions and its end.
     let mut known: HashMap<ConnId, (SocketAddr, Option<String>)> = HashMap::new();
     while let Some(event) = events.recv().await {
@@ -286,20 +297,15 @@ pub async fn record_events(
                 session,
                 kind,
                 command,
-            } => {
-                let pty = match audit.is_heard() {
-                    true => has_pty(&tree, conn, session).await,
-                    false => false,
-                };
-                audit.record(AuditRecord::SessionOpened {
-                    conn,
-                    session,
-                    user: known.get(&conn).and_then(|k| k.1.clone()),
-                    kind,
-                    command,
-                    pty,
-                });
-            }
+                pty,
+            } => audit.record(AuditRecord::SessionOpened {
+                conn,
+                session,
+                user: known.get(&conn).and_then(|k| k.1.clone()),
+                kind,
+                command,
+                pty,
+            }),
             Event::SessionClosed {
                 conn,
                 session,
@@ -312,15 +318,33 @@ pub async fn record_events(
                 exit,
                 killed,
             }),
-            Event::Refused { peer, reason } => {
-                audit.record(AuditRecord::LimitRefused { peer, reason })
-            }
-            Event::Disconnected { conn, cause, .. } => {
+            Event::Refused {
+                peer,
+                reason,
+                conn,
+                user,
+            } => audit.record(AuditRecord::LimitRefused {
+                conn,
+                user,
+                peer,
+                reason,
+            }),
+            Event::Disconnected {
+                conn,
+                cause,
+                figures,
+            } => {
                 let (peer, user) = known
                     .remove(&conn)
                     .map_or((None, None), |(peer, user)| (Some(peer), user));
-                let (name, reason) = match &cause {
+                let (name, reason) = match cause {
                     DisconnectCause::ByClient => ("by_client", None),
+                    // Its `limit_refused` record says why; no kill record.
+                    DisconnectCause::Killed { reason, by }
+                        if by.as_deref() == Some(LIMIT_AFTER_LOGIN) =>
+                    {
+                        ("refused", Some(reason))
+                    }
                     DisconnectCause::Killed { reason, by } => {
                         if !Initiator::writes_its_own_record(by.as_deref()) {
                             audit.record(AuditRecord::Kill {
@@ -329,14 +353,14 @@ pub async fn record_events(
                                 user: user.clone(),
                                 peer,
                                 reason: reason.clone(),
-                                sessions_closed: None,
-                                elapsed_ms: None,
-                                forced: None,
+                                sessions_closed: Some(figures.sessions_closed),
+                                elapsed_ms: figures.kill_us.map(|us| us as f64 / 1e3),
+                                forced: Some(figures.forced),
                             });
                         }
-                        ("killed", Some(reason.clone()))
+                        ("killed", Some(reason))
                     }
-                    DisconnectCause::Error { message } => ("error", Some(message.clone())),
+                    DisconnectCause::Error { message } => ("error", Some(message)),
                 };
                 audit.record(AuditRecord::ConnectionClosed {
                     conn,
@@ -350,32 +374,16 @@ pub async fn record_events(
     }
 }
 
-/// Whether the session has a terminal (asked of the tree: the start event does not say).
-async fn has_pty(tree: &SupervisorHandle, conn: ConnId, session: SessionId) -> bool {
-    tree.get(conn).await.is_ok_and(|info| {
-        info.sessions
-            .iter()
-            .any(|s| s.id == session && s.pty.is_some())
-    })
-}
-
-/// What the writer task is asked to do.
-enum Job {
-    /// Write this line; tell `done` once written.
-    Line(String, Option<oneshot::Sender<()>>),
-    /// Reopen the file; tell `done` how it went.
-    Reopen(oneshot::Sender<Result<(), String>>),
-}
+/// The tag of the kill that ends a connection refused after its login (`max_per_user`).
+const LIMIT_AFTER_LOGIN: &str = "max_per_user";
 
 /// The audit log's door: cheap to clone; records go to the file (if any) and to subscribers.
 #[derive(Clone)]
 pub struct Audit {
-    /// The writer's queue; `None` when there is no file.
-    file: Option<mpsc::Sender<Job>>,
+    /// The file's writer; `None` when there is no file.
+    file: Option<Arc<FileHandle>>,
     /// Subscribers' stream.
     stream: broadcast::Sender<AuditEntry>,
-    /// Records dropped because the queue was full.
-    dropped: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -400,30 +408,23 @@ impl Audit {
     /// An audit with no file: records go to subscribers only.
     pub fn stream_only() -> Self {
         let (stream, _) = broadcast::channel(SUBSCRIBER_BACKLOG);
-        Self {
-            file: None,
-            stream,
-            dropped: Arc::default(),
-        }
+        Self { file: None, stream }
     }
 
-    /// Appends to `path` (created with mode 0600), from a task of its own. Call inside a
-    /// tokio runtime.
+    /// Appends to `path` (created with mode 0600); lines queued by [`Audit::record`] are
+    /// written by a thread of its own.
     pub async fn open(path: &Path) -> Result<Self, AuditError> {
-        let file = open_file(path).await.map_err(|source| AuditError {
+        let writer = FileWriter::open(path).map_err(|source| AuditError {
             path: path.to_path_buf(),
             source,
         })?;
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_lines(path.to_path_buf(), file, rx));
         Ok(Self {
-            file: Some(tx),
+            file: Some(Arc::new(FileHandle { writer })),
             ..Self::stream_only()
         })
     }
 
-    /// Whether anyone hears the records (a file or a subscriber): records that cost a lookup
-    /// are built only then.
+    /// Whether anyone hears the records (a file or a subscriber).
     pub fn is_heard(&self) -> bool {
         self.file.is_some() || self.stream.receiver_count() > 0
     }
@@ -434,50 +435,42 @@ impl Audit {
         self.stream.subscribe()
     }
 
-    /// Records `record` without waiting: if the writer's queue is full it is dropped, counted
-    /// and the count logged.
+    /// Records `record` without waiting: it is queued for the writer thread, or dropped,
+    /// counted and the count logged if the queue is full.
     pub fn record(&self, record: AuditRecord) {
-        let Some((line, tx)) = self.publish(record) else {
-            return;
-        };
-        if tx.try_send(Job::Line(line, None)).is_err() {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            warn!(
-                dropped,
-                "audit log: the writer is behind; a record was dropped"
-            );
+        if let Some((line, file)) = self.publish(record) {
+            file.queue(line);
         }
     }
 
-    /// Records `record` and returns once it is written to the file (a kill's record, before
-    /// its reply): never dropped.
+    /// Records `record` and returns once it is in the file (a kill's record, before its
+    /// reply), after every line queued before it: never dropped.
     pub async fn write(&self, record: AuditRecord) {
-        let Some((line, tx)) = self.publish(record) else {
-            return;
-        };
-        let (done, written) = oneshot::channel();
-        if tx.send(Job::Line(line, Some(done))).await.is_ok() {
-            let _ = written.await;
+        self.write_all(std::iter::once(record)).await;
+    }
+
+    /// [`Audit::write`] for several records at once (the reports of one kill of many).
+    pub async fn write_all(&self, records: impl IntoIterator<Item = AuditRecord>) {
+        let lines: Vec<String> = records
+            .into_iter()
+            .filter_map(|record| self.publish(record).map(|(line, _)| line))
+            .collect();
+        if let (Some(file), false) = (&self.file, lines.is_empty()) {
+            file.writer.write_now(&lines);
         }
     }
 
     /// Reopens the file (after logrotate moved it): the next line goes to a new file at the
     /// same path.
     pub async fn reopen(&self) -> Result<(), String> {
-        let Some(tx) = &self.file else {
-            return Ok(());
-        };
-        let (done, result) = oneshot::channel();
-        tx.send(Job::Reopen(done))
-            .await
-            .map_err(|_| "the audit log's writer has stopped".to_string())?;
-        result
-            .await
-            .map_err(|_| "the audit log's writer has stopped".to_string())?
+        match &self.file {
+            Some(file) => file.writer.reopen(),
+            None => Ok(()),
+        }
     }
 
-    /// Sends the entry to subscribers; the line and the writer's queue if there is a file.
-    fn publish(&self, record: AuditRecord) -> Option<(String, &mpsc::Sender<Job>)> {
+    /// Sends the entry to subscribers; returns its line and the file when there is one.
+    fn publish(&self, record: AuditRecord) -> Option<(String, &FileWriter)> {
         let entry = AuditEntry {
             at: SystemTime::now(),
             record,
@@ -485,10 +478,13 @@ impl Audit {
         let line = self
             .file
             .as_ref()
-            .map(|tx| (serde_json::to_string(&entry), tx));
+            .map(|file| (serde_json::to_string(&entry), &*file.writer));
         let _ = self.stream.send(entry);
         match line? {
-            (Ok(line), tx) => Some((line, tx)),
+            (Ok(mut line), file) => {
+                line.push('\n');
+                Some((line, file))
+            }
             (Err(e), _) => {
                 warn!(error = %e, "audit log: a record could not be encoded");
                 None
@@ -497,46 +493,242 @@ impl Audit {
     }
 }
 
-async fn open_file(path: &Path) -> std::io::Result<tokio::fs::File> {
-    tokio::fs::OpenOptions::new()
+/// The audit file and the lines waiting for it, under one lock: whoever writes (the writer
+/// thread, or a kill's [`Audit::write`] in its own task) writes everything queued first, so
+/// the file keeps the order records were made in. A write is one `write(2)` of the lines
+/// together, to the page cache (no fsync: a crash of the machine may lose the last lines, a
+/// crash of the server does not).
+struct FileWriter {
+    path: PathBuf,
+    state: Mutex<WriterState>,
+    /// Wakes the writer thread: lines are queued, or the last `Audit` is gone.
+    wake: Condvar,
+}
+
+struct WriterState {
+    file: std::fs::File,
+    queued: Vec<String>,
+    /// Lines dropped because the queue was full.
+    dropped: u64,
+    /// No `Audit` is left: the thread writes what is queued and ends.
+    closed: bool,
+}
+
+/// The writer, as the `Audit` handles share it: the last one dropped tells the thread to
+/// finish.
+struct FileHandle {
+    writer: Arc<FileWriter>,
+}
+
+impl Drop for FileHandle {
+    fn drop(&mut self) {
+        self.writer.lock().closed = true;
+        self.writer.wake.notify_one();
+    }
+}
+
+impl FileWriter {
+    fn open(path: &Path) -> std::io::Result<Arc<Self>> {
+        let writer = Arc::new(Self {
+            path: path.to_path_buf(),
+            state: Mutex::new(WriterState {
+                file: open_file(path)?,
+                queued: Vec::new(),
+                dropped: 0,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let thread = writer.clone();
+        std::thread::Builder::new()
+            .name("audit-log".into())
+            .spawn(move || write_queued(&thread))?;
+        Ok(writer)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        // A panic while the lock was held left whole lines behind it: go on.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `line` for the thread; drops it if the queue is full.
+    fn queue(&self, line: String) {
+        let mut state = self.lock();
+        if state.queued.len() >= QUEUE {
+            state.dropped += 1;
+            let dropped = state.dropped;
+            drop(state);
+            warn!(
+                dropped,
+                "audit log: the writer is behind; a record was dropped"
+            );
+            return;
+        }
+        state.queued.push(line);
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// Writes what is queued, then `lines`, now.
+    fn write_now(&self, lines: &[String]) {
+        let mut state = self.lock();
+        let mut batch = std::mem::take(&mut state.queued);
+        batch.extend_from_slice(lines);
+        self.write_lines(&state.file, &batch);
+    }
+
+    fn write_lines(&self, mut file: &std::fs::File, lines: &[String]) {
+        let bytes = lines.concat();
+        if let Err(e) = file.write_all(bytes.as_bytes()) {
+            warn!(path = %self.path.display(), error = %e, lines = lines.len(), "audit log: records could not be written");
+        }
+    }
+
+    fn reopen(&self) -> Result<(), String> {
+        let new = open_file(&self.path).map_err(|e| {
+            format!(
+                "cannot reopen the audit log {}: {e}; records still go to the old file",
+                self.path.display()
+            )
+        })?;
+        let mut state = self.lock();
+        // What was queued for the old file still goes there.
+        let queued = std::mem::take(&mut state.queued);
+        self.write_lines(&state.file, &queued);
+        state.file = new;
+        Ok(())
+    }
+}
+
+fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(path)
-        .await
 }
 
-/// The writer: a line at a time, flushed each.
-async fn write_lines(path: PathBuf, mut file: tokio::fs::File, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(job) = jobs.recv().await {
-        match job {
-            Job::Line(mut line, done) => {
-                line.push('\n');
-                let written = async {
-                    file.write_all(line.as_bytes()).await?;
-                    file.flush().await
-                }
-                .await;
-                if let Err(e) = written {
-                    warn!(path = %path.display(), error = %e, "audit log: a record could not be written");
-                }
-                if let Some(done) = done {
-                    let _ = done.send(());
-                }
-            }
-            Job::Reopen(done) => {
-                let result = match open_file(&path).await {
-                    Ok(new) => {
-                        file = new;
-                        Ok(())
-                    }
-                    Err(e) => Err(format!(
-                        "cannot reopen the audit log {}: {e}; records still go to the old file",
-                        path.display()
-                    )),
-                };
-                let _ = done.send(result);
-            }
+/// The writer thread: writes the queued lines as they come, until the last `Audit` is gone.
+fn write_queued(writer: &FileWriter) {
+    loop {
+        let mut state = writer.lock();
+        while state.queued.is_empty() && !state.closed {
+            state = writer
+                .wake
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
+        let lines = std::mem::take(&mut state.queued);
+        writer.write_lines(&state.file, &lines);
+        if state.closed {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reload(n: usize) -> AuditRecord {
+        AuditRecord::reload(&format!("test {n}"), &Ok(String::new()))
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<AuditEntry>(l).unwrap())
+            .map(|e| match e.record {
+                AuditRecord::Reload { by, .. } => by,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_written_record_is_in_the_file_on_return_after_everything_queued_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let audit = Audit::open(&path).await.unwrap();
+        for n in 0..100 {
+            audit.record(reload(n));
+        }
+        audit.write(reload(100)).await;
+        let want: Vec<String> = (0..=100).map(|n| format!("test {n}")).collect();
+        assert_eq!(lines(&path), want);
+    }
+
+    #[tokio::test]
+    async fn reopen_sends_the_next_lines_to_a_new_file_and_the_queued_ones_to_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let audit = Audit::open(&path).await.unwrap();
+        audit.write(reload(0)).await;
+        let moved = dir.path().join("audit.log.1");
+        std::fs::rename(&path, &moved).unwrap();
+        audit.record(reload(1));
+        audit.reopen().await.unwrap();
+        audit.write(reload(2)).await;
+        assert_eq!(lines(&moved), ["test 0", "test 1"]);
+        assert_eq!(lines(&path), ["test 2"]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_writer_thread_ends_with_the_last_handle_after_writing_what_is_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let writer = FileWriter::open(&path).unwrap();
+        let handle = FileHandle {
+            writer: writer.clone(),
+        };
+        writer.queue("{}\n".into());
+        drop(handle);
+        // The thread holds the other reference until it has written and ended.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Arc::strong_count(&writer) > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the thread did not end"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
+    }
+
+    #[test]
+    fn who_asked_is_read_from_the_kills_tag_and_fleet_and_ctl_kills_are_recorded_where_asked() {
+        let policy = |name: &str| Initiator::Policy { name: name.into() };
+        assert_eq!(Initiator::from_tag(Some("idle")), policy("idle"));
+        assert_eq!(
+            Initiator::from_tag(Some("max_per_user")),
+            policy("max_per_user")
+        );
+        assert_eq!(
+            Initiator::from_tag(Some("billing on node a")),
+            Initiator::Fleet {
+                origin: "billing on node a".into()
+            }
+        );
+        assert_eq!(
+            Initiator::from_tag(Some("billing")),
+            Initiator::Embedder {
+                tag: Some("billing".into())
+            }
+        );
+        assert!(Initiator::writes_its_own_record(Some("uid 0 via ctl")));
+        assert!(Initiator::writes_its_own_record(Some(
+            "uid 0 via ctl on node c"
+        )));
+        // An embedder's kill through the fleet: the agent records it, not the connection's end.
+        assert!(Initiator::writes_its_own_record(Some("billing on node a")));
+        assert!(!Initiator::writes_its_own_record(Some("billing")));
+        assert!(!Initiator::writes_its_own_record(Some("idle")));
+        assert!(!Initiator::writes_its_own_record(None));
     }
 }

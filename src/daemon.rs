@@ -344,11 +344,7 @@ impl Daemon {
         let addr = listener.local_addr();
         listener.set_audit(audit.clone());
         if let Ok(events) = running.tree.subscribe().await {
-            tokio::spawn(crate::audit::record_events(
-                audit.clone(),
-                running.tree.clone(),
-                events,
-            ));
+            tokio::spawn(crate::audit::record_events(audit.clone(), events));
         }
         let _ = running.penalties.set(listener.penalties());
         if let Some((metrics, _)) = &metrics {

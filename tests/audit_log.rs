@@ -134,6 +134,12 @@ async fn the_audit_log_records_logins_sessions_and_a_ctl_kill_before_its_reply()
     assert_eq!(opened["kind"], "exec");
     assert_eq!(opened["pty"], false);
     let conn = opened["conn"].as_str().unwrap().to_string();
+    // The login's record names its connection, as the session's does.
+    assert_eq!(accepted["conn"], conn.as_str());
+    assert!(
+        refused["conn"].as_str().is_some_and(|c| c != conn),
+        "{refused}"
+    );
 
     // Killed by a prefix: the record names the whole ID and is in the file when ctl returns.
     let out = ctl(cwd.path(), &["kill", &conn[..8], "--reason", "audit test"]).await;
@@ -264,8 +270,11 @@ async fn an_embedding_program_gets_the_records_as_typed_values_with_its_kill_tag
             by,
             target,
             user,
+            peer,
             reason,
-            ..
+            sessions_closed,
+            elapsed_ms,
+            forced,
         } => {
             assert_eq!(
                 by,
@@ -275,8 +284,99 @@ async fn an_embedding_program_gets_the_records_as_typed_values_with_its_kill_tag
             );
             assert_eq!(target, Target::Connection(conn));
             assert_eq!(user.as_deref(), Some("tagged"));
+            assert!(peer.is_some_and(|p| p.ip().is_loopback()), "{peer:?}");
             assert_eq!(reason, "billing says no");
+            assert_eq!(sessions_closed, Some(0));
+            assert!(elapsed_ms.is_some_and(|ms| ms >= 0.0), "{elapsed_ms:?}");
+            assert_eq!(forced, Some(false));
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policys_kill_is_recorded_with_its_name_and_figures() {
+    use sshvisor::audit::{AuditRecord, Initiator};
+
+    let server = common::TestServer::start_with(|o| {
+        o.config.timeouts.idle = Some(std::time::Duration::from_millis(600));
+    })
+    .await;
+    let mut stream = server.daemon.audit().subscribe();
+    let _client = server.russh_client("quiet").await;
+    let conn = server.list().await[0].id;
+    let kill = next_of(&mut stream, "kill").await;
+    match kill.record {
+        AuditRecord::Kill {
+            by,
+            target,
+            user,
+            peer,
+            reason,
+            sessions_closed,
+            elapsed_ms,
+            forced,
+        } => {
+            assert_eq!(
+                by,
+                Initiator::Policy {
+                    name: "idle".into()
+                }
+            );
+            assert_eq!(target, sshvisor_actors::Target::Connection(conn));
+            assert_eq!(user.as_deref(), Some("quiet"));
+            assert!(peer.is_some(), "{peer:?}");
+            assert!(reason.starts_with("idle timeout"), "{reason}");
+            assert_eq!(sessions_closed, Some(0));
+            assert!(elapsed_ms.is_some_and(|ms| ms >= 0.0), "{elapsed_ms:?}");
+            assert_eq!(forced, Some(false));
+        }
+        other => panic!("{other:?}"),
+    }
+    let closed = next_of(&mut stream, "connection_closed").await;
+    assert!(
+        matches!(&closed.record, AuditRecord::ConnectionClosed { cause, .. } if cause == "killed"),
+        "{closed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_over_max_per_user_is_recorded_as_refused_by_the_limit_not_as_a_kill() {
+    use sshvisor::audit::AuditRecord;
+
+    let server = common::TestServer::start_with(|o| o.config.limits.max_per_user = 1).await;
+    let mut stream = server.daemon.audit().subscribe();
+    let _first = server.russh_client("carol").await;
+    // The second login of carol: the server ends it with the limit's text.
+    let _second = common::russh_connect(server.port(), &server.client_key_path(), "carol").await;
+
+    let refused = next_of(&mut stream, "limit_refused").await;
+    let AuditRecord::LimitRefused {
+        conn, user, reason, ..
+    } = refused.record
+    else {
+        panic!("{refused:?}")
+    };
+    let conn = conn.expect("a refusal after the login names its connection");
+    assert_eq!(user.as_deref(), Some("carol"));
+    assert!(reason.starts_with("max_per_user (1)"), "{reason}");
+    // Its end: no kill record on the way (nobody killed it; a limit refused it).
+    loop {
+        let entry = tokio::time::timeout(WAIT, stream.recv())
+            .await
+            .expect("the connection's end is recorded")
+            .unwrap();
+        match entry.record {
+            AuditRecord::Kill { .. } => panic!("a refusal recorded as a kill: {entry:?}"),
+            AuditRecord::ConnectionClosed {
+                conn: closed,
+                cause,
+                ..
+            } if closed == conn => {
+                assert_eq!(cause, "refused");
+                break;
+            }
+            _ => {}
+        }
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! Pinned: a fleet list names every connection's node and every node's outcome; a kill by ID
 //! (or unique prefix) reaches the node that owns it, and a prefix matching on two nodes is
-//! ambiguous; a kill by user kills exactly that user's connections on every node; a node
+//! ambiguous; a kill by user kills exactly that user's connections on every node, each node's
+//! audit recording its own kills with the asker and its node; a node
 //! stopped in the middle of a fleet kill is named in the one answer while the others' kills
 //! complete; a node that leaves is shown unreachable, not asked, and is up again when a node
 //! of its name rejoins.
@@ -19,6 +20,7 @@ mod harness;
 use std::time::Duration;
 
 use harness::{Client, Conn, Harness, LogEvent, Work, WAIT};
+use sshvisor::audit::{Audit, AuditRecord, Initiator};
 use sshvisor::fleet::{Fleet, FleetError, FleetSetup, NodeOutcome, NodeState, Reply};
 use sshvisor_actors::{Filter, SupervisorHandle, Target};
 use tokio::time::Instant;
@@ -32,13 +34,16 @@ struct Node {
     h: Harness,
     tree: SupervisorHandle,
     fleet: Fleet,
+    /// Where the node's agent records the kills it carries out.
+    audit: Audit,
 }
 
 impl Node {
     async fn start(name: &str, scope: &str) -> Self {
         let h = Harness::start().await;
         let tree = SupervisorHandle::attach(h.sup.clone());
-        let fleet = Fleet::start(
+        let audit = Audit::stream_only();
+        let fleet = Fleet::start_audited(
             tree.clone(),
             FleetSetup {
                 name: name.to_string(),
@@ -46,6 +51,7 @@ impl Node {
                 fleet_addr: None,
                 ssh_addr: None,
             },
+            Some(audit.clone()),
         )
         .await
         .expect("start the fleet agent");
@@ -54,6 +60,7 @@ impl Node {
             h,
             tree,
             fleet,
+            audit,
         }
     }
 
@@ -313,6 +320,11 @@ async fn kill_by_user_kills_that_user_on_every_node() {
     let alice_c = c.login("c-alice", "alice", Client::Healthy).await;
     let _sa = a.h.open_started(&alice_a, "a-sh", Work::Healthy).await;
     let _sc = c.h.open_started(&alice_c, "c-sh", Work::Healthy).await;
+    let mut audits = [
+        a.audit.subscribe(),
+        b.audit.subscribe(),
+        c.audit.subscribe(),
+    ];
 
     let filter = Filter {
         user: Some("alice".into()),
@@ -358,6 +370,40 @@ async fn kill_by_user_kills_that_user_on_every_node() {
     assert!(disconnects(&b.h).is_empty(), "bob untouched");
     assert!(b.h.listed(bob.id).await.is_some(), "bob still listed");
     assert!(a.h.listed(alice_a.id).await.is_none() && c.h.listed(alice_c.id).await.is_none());
+
+    // Each node recorded its own kill, before it answered, naming the asker and its node.
+    let kills: Vec<Vec<AuditRecord>> = audits
+        .iter_mut()
+        .map(|stream| std::iter::from_fn(|| stream.try_recv().ok().map(|e| e.record)).collect())
+        .collect();
+    assert!(kills[1].is_empty(), "b killed nothing: {:?}", kills[1]);
+    for (records, conn) in [(&kills[0], alice_a.id), (&kills[2], alice_c.id)] {
+        match records.as_slice() {
+            [AuditRecord::Kill {
+                by,
+                target,
+                user,
+                reason,
+                sessions_closed,
+                forced,
+                elapsed_ms,
+                ..
+            }] => {
+                assert_eq!(
+                    *by,
+                    Initiator::Fleet {
+                        origin: "test on node a".into()
+                    }
+                );
+                assert_eq!(*target, Target::Connection(conn));
+                assert_eq!(user.as_deref(), Some("alice"));
+                assert_eq!(reason, "alice revoked");
+                assert_eq!((*sessions_closed, *forced), (Some(1), Some(false)));
+                assert!(elapsed_ms.is_some());
+            }
+            other => panic!("one kill record expected: {other:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

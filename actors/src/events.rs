@@ -92,6 +92,9 @@ pub enum Event {
         kind: SessionKind,
         /// The command or subsystem name.
         command: Option<String>,
+        /// Whether it has a terminal.
+        #[serde(default)]
+        pty: bool,
     },
     /// A session ended and its actor stopped.
     SessionClosed {
@@ -110,6 +113,12 @@ pub enum Event {
         peer: SocketAddr,
         /// The limit, by its configuration key.
         reason: String,
+        /// The connection, when it was refused after its login (`max_per_user`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conn: Option<ConnId>,
+        /// The user it logged in as, when it was refused after its login.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
     /// A connection ended and every actor under it stopped.
     Disconnected {
@@ -136,4 +145,7 @@ pub struct EndFigures {
     pub bytes_in: u64,
     /// Bytes sent to the client over its life.
     pub bytes_out: u64,
+    /// Sessions closed on the way to its end.
+    #[serde(default)]
+    pub sessions_closed: usize,
 }

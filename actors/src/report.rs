@@ -172,6 +172,12 @@ pub struct KillReport {
     /// end (they could not be killed): the target is zero.
     #[serde(default)]
     pub processes_left: usize,
+    /// The user the connection (of the session) had logged in as, if it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The connection's client address (absent in reports from older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddr>,
 }
 
 /// Why a kill could not be carried out.

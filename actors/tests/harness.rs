@@ -13,8 +13,8 @@ use common::*;
 use ractor::{Actor, ActorStatus};
 use sshvisor_actors::connection::GIVE_UP_MARGIN;
 use sshvisor_actors::{
-    ConnId, DisconnectCause, EndScope, Event, KillError, Policy, SessionExit, SessionId,
-    SessionKind, SessionMsg, Target, TransportEnd,
+    ConnId, DisconnectCause, EndFigures, EndScope, Event, KillError, Policy, SessionExit,
+    SessionId, SessionKind, SessionMsg, Target, TransportEnd,
 };
 use tokio::time::Instant;
 
@@ -782,6 +782,7 @@ async fn events_of_a_killed_connection_arrive_in_lifecycle_order() {
         session: s.id,
         kind: SessionKind::Exec,
         command: Some(format!("work {}", s.label)),
+        pty: false,
     };
     let before = h
         .probe
@@ -910,7 +911,10 @@ async fn events_of_a_client_that_leaves_say_disconnected_by_client() {
             Event::Disconnected {
                 conn: c.id,
                 cause: DisconnectCause::ByClient,
-                figures: Default::default(),
+                figures: EndFigures {
+                    sessions_closed: 1,
+                    ..Default::default()
+                },
             },
         ]
     );

@@ -227,13 +227,18 @@ pub fn format_show(c: &ConnectionInfo) -> String {
 
 /// One kill report as a sentence.
 pub fn format_report(report: &KillReport) -> String {
+    let whose = match (&report.user, report.peer) {
+        (Some(user), Some(peer)) => format!(" of {user} from {peer}"),
+        (None, Some(peer)) => format!(" from {peer}"),
+        _ => String::new(),
+    };
     let what = match report.target {
         Target::Connection(id) => format!(
-            "killed connection {id} ({} session{} closed)",
+            "killed connection {id}{whose} ({} session{} closed)",
             report.sessions_closed,
             if report.sessions_closed == 1 { "" } else { "s" }
         ),
-        Target::Session(id) => format!("killed session {id}"),
+        Target::Session(id) => format!("killed session {id}{whose}"),
     };
     let left = match report.processes_left {
         0 => String::new(),
@@ -285,13 +290,15 @@ pub fn format_event(event: &sshvisor_actors::Event, at: SystemTime) -> String {
             session,
             kind,
             command,
+            pty,
         } => format!(
-            "session start  {conn}  {session}  {}{}",
+            "session start  {conn}  {session}  {}{}{}",
             format!("{kind:?}").to_lowercase(),
             command
                 .as_deref()
                 .map(|c| format!(" {c}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if *pty { "  (pty)" } else { "" }
         ),
         Event::SessionClosed {
             conn,
@@ -305,7 +312,17 @@ pub fn format_event(event: &sshvisor_actors::Event, at: SystemTime) -> String {
                 .map(|r| format!(" (killed: {r})"))
                 .unwrap_or_default()
         ),
-        Event::Refused { peer, reason } => format!("refused        {peer}  {reason}"),
+        Event::Refused {
+            peer,
+            reason,
+            conn,
+            user,
+        } => match (conn, user) {
+            (Some(conn), Some(user)) => {
+                format!("refused        {conn}  user {user}  {peer}  {reason}")
+            }
+            _ => format!("refused        {peer}  {reason}"),
+        },
         Event::Disconnected { conn, cause, .. } => {
             let cause = match cause {
                 DisconnectCause::ByClient => "by the client".to_string(),
@@ -559,10 +576,12 @@ mod tests {
             elapsed: std::time::Duration::from_millis(3),
             forced: true,
             processes_left: 0,
+            user: Some("alice".into()),
+            peer: Some("192.0.2.7:50022".parse().unwrap()),
         };
         let text = format_report(&report);
         assert!(
-            text.contains("(1 session closed) in 3.0 ms (forced"),
+            text.contains("of alice from 192.0.2.7:50022 (1 session closed) in 3.0 ms (forced"),
             "{text}"
         );
         assert!(!text.contains("still running"), "{text}");

@@ -23,7 +23,6 @@
 //! ```
 
 use std::io;
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -631,8 +630,7 @@ fn reports(answer: Result<Vec<KillReport>, HandleError>) -> Result<Box<RawValue>
     raw(&answer.map_err(|e| e.to_string())?)
 }
 
-/// Records each kill of a set asked for by the ctl process `uid`/`pid`, before the reply (its
-/// user and peer are in each connection's `connection_closed` record).
+/// Records each kill of a set asked for by the ctl process `uid`/`pid`, before the reply.
 async fn audit_reports(
     audit: Option<&Audit>,
     uid: u32,
@@ -644,10 +642,10 @@ async fn audit_reports(
         return;
     };
     let caller = Initiator::ctl(uid, pid);
-    for report in reports {
-        let record = AuditRecord::kill(caller.clone(), report, reason, None, None);
-        audit.write(record).await;
-    }
+    let records = reports
+        .iter()
+        .map(|report| AuditRecord::kill(caller.clone(), report, reason));
+    audit.write_all(records).await;
 }
 
 /// Fills in how many live processes each session has (one scan of /proc, off the runtime).
@@ -723,24 +721,18 @@ async fn kill_text(
     let tried = match text.parse::<ConnId>() {
         Ok(conn) => {
             let target = Target::Connection(conn);
-            let whom = whose(tree, target, audit.is_some()).await;
             match tree.kill(target, reason, grace, by.clone()).await {
                 Err(HandleError::NotFound(_)) => None,
-                answer => Some((target, answer, whom)),
+                answer => Some((target, answer)),
             }
         }
         Err(_) => None,
     };
-    let (target, answer, whom) = match tried {
-        Some((target, answer, whom)) => (target, answer, whom),
+    let (target, answer) = match tried {
+        Some(tried) => tried,
         None => {
             let target = resolve_live(tree, text).await?;
-            let whom = whose(tree, target, audit.is_some()).await;
-            (
-                target,
-                tree.kill(target, reason, grace, by.clone()).await,
-                whom,
-            )
+            (target, tree.kill(target, reason, grace, by.clone()).await)
         }
     };
     match answer {
@@ -748,9 +740,9 @@ async fn kill_text(
             info!(%target, forced = report.forced, elapsed_ms = report.elapsed.as_secs_f64() * 1e3, "audit: kill done");
             // The record is in the file before the reply goes out.
             if let Some((audit, caller)) = audit {
-                let (user, peer) = whom.unzip();
-                let record = AuditRecord::kill(caller, &report, reason, user.flatten(), peer);
-                audit.write(record).await;
+                audit
+                    .write(AuditRecord::kill(caller, &report, reason))
+                    .await;
             }
             raw(&report)
         }
@@ -790,22 +782,6 @@ async fn connection_named(tree: &SupervisorHandle, text: &str) -> Result<ConnId,
             "{text:?} names session {session}: a warning announces the close of a connection; give its connection's ID"
         )),
     }
-}
-
-/// The user and peer of a connection about to be killed, for its audit record (asked only
-/// when someone hears it: it costs a round trip to the supervisor).
-async fn whose(
-    tree: &SupervisorHandle,
-    target: Target,
-    wanted: bool,
-) -> Option<(Option<String>, SocketAddr)> {
-    let Target::Connection(conn) = target else {
-        return None;
-    };
-    if !wanted {
-        return None;
-    }
-    tree.get(conn).await.ok().map(|info| (info.user, info.peer))
 }
 
 /// Whether `text` is a whole connection or session ID (not a prefix).

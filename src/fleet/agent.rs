@@ -137,27 +137,16 @@ async fn serve(ask: Ask, args: &AgentArgs, events: &Arc<EventLog>) -> Answer {
         } => {
             info!(%target, reason = %reason, by = by.as_deref(), "audit: kill requested by the fleet");
             let (reason_text, by_text) = (reason.clone(), by.clone());
-            let whom = match (&args.audit, target) {
-                (Some(audit), sshvisor_actors::Target::Connection(conn)) if audit.is_heard() => {
-                    tree.get(conn).await.ok().map(|info| (info.user, info.peer))
-                }
-                _ => None,
-            };
             match tree.kill(target, reason, grace, by).await {
                 Ok(report) => {
                     info!(%target, forced = report.forced, elapsed_ms = report.elapsed.as_secs_f64() * 1e3, "audit: kill done");
                     // The record is in the file before the answer goes back.
                     if let Some(audit) = &args.audit {
-                        let (user, peer) = whom.unzip();
                         let origin = by_text.unwrap_or_default();
-                        let record = AuditRecord::kill(
-                            Initiator::Fleet { origin },
-                            &report,
-                            &reason_text,
-                            user.flatten(),
-                            peer,
-                        );
-                        audit.write(record).await;
+                        let by = Initiator::Fleet { origin };
+                        audit
+                            .write(AuditRecord::kill(by, &report, &reason_text))
+                            .await;
                     }
                     Answer::Killed(report)
                 }
@@ -187,13 +176,13 @@ async fn serve(ask: Ask, args: &AgentArgs, events: &Arc<EventLog>) -> Answer {
             match tree.kill_where(filter, reason, grace, by).await {
                 Ok(reports) => {
                     if let Some(audit) = &args.audit {
-                        for report in &reports {
+                        let records = reports.iter().map(|report| {
                             let by = Initiator::Fleet {
                                 origin: origin.clone(),
                             };
-                            let record = AuditRecord::kill(by, report, &reason_text, None, None);
-                            audit.write(record).await;
-                        }
+                            AuditRecord::kill(by, report, &reason_text)
+                        });
+                        audit.write_all(records).await;
                     }
                     Answer::KilledMany(reports)
                 }
@@ -341,6 +330,8 @@ mod tests {
             elapsed: Duration::from_millis(3),
             forced: false,
             processes_left: 0,
+            user: Some("alice".into()),
+            peer: Some("192.0.2.7:50022".parse().unwrap()),
         }
     }
 

@@ -265,6 +265,14 @@ impl Fleet {
         listing
     }
 
+    /// Who asked, as the node that carries the kill out names it: `TAG on node NAME` (an
+    /// untagged caller is `a caller`). The ` on node ` is what tells the nodes' audit logs and
+    /// metrics that the fleet asked.
+    fn origin(&self, by: Option<String>) -> String {
+        let by = by.as_deref().unwrap_or("a caller");
+        format!("{by} on node {}", self.inner.name)
+    }
+
     /// Kills, on every node, the connections `filter` selects (with `dry_run`, lists them):
     /// one answer once every node has reported or timed out (`within` after the grace and
     /// the tree's forced path).
@@ -281,7 +289,7 @@ impl Fleet {
             filter,
             reason: reason.to_string(),
             grace,
-            by: by.map(|by| format!("{by} on node {}", self.inner.name)),
+            by: Some(self.origin(by)),
             dry_run,
         };
         let mut outcome = FleetKill::default();
@@ -381,7 +389,7 @@ impl Fleet {
             target,
             reason: reason.to_string(),
             grace,
-            by: by.map(|by| format!("{by} on node {}", self.inner.name)),
+            by: Some(self.origin(by)),
         };
         match ask(&agent, &request, kill_bound(grace, within))
             .await

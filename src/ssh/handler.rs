@@ -24,7 +24,7 @@ use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, Verif
 use russh::{ChannelId, ChannelOpenFailure, Disconnect};
 use sshvisor_actors::link::StdinRefusal;
 use sshvisor_actors::{
-    ConnectionMsg, Credential, EndScope, PtySpec, SessionMsg, SessionRequest, StartRefusal,
+    ConnId, ConnectionMsg, Credential, EndScope, PtySpec, SessionMsg, SessionRequest, StartRefusal,
 };
 use tracing::{debug, info};
 
@@ -71,8 +71,8 @@ pub struct SshHandler {
     sessions: SessionChannels,
     /// How the logins went, for the source's penalties (see `penalties`).
     tally: Arc<LoginTally>,
-    /// Where logins are recorded, if anywhere.
-    audit: Option<Audit>,
+    /// Where logins are recorded, if anywhere, and the connection's ID for the records.
+    audit: Option<(Audit, ConnId)>,
 }
 
 impl SshHandler {
@@ -96,9 +96,9 @@ impl SshHandler {
         }
     }
 
-    /// Records the logins in `audit`.
-    pub(crate) fn with_audit(mut self, audit: Option<Audit>) -> Self {
-        self.audit = audit;
+    /// Records the logins of connection `conn` in `audit`.
+    pub(crate) fn with_audit(mut self, audit: Option<Audit>, conn: ConnId) -> Self {
+        self.audit = audit.map(|audit| (audit, conn));
         self
     }
 
@@ -110,14 +110,16 @@ impl SshHandler {
         credential: &Credential,
         refused: Option<&str>,
     ) {
-        let Some(audit) = &self.audit else {
+        let Some((audit, conn)) = &self.audit else {
             return;
         };
+        let conn = *conn;
         let peer = self.sessions.ends().peer;
         let key_type = key.algorithm().as_str().to_string();
         let fingerprint = credential.key_fingerprint.clone();
         audit.record(match refused {
             None => AuditRecord::LoginAccepted {
+                conn,
                 user: user.to_string(),
                 key_type,
                 fingerprint,
@@ -125,6 +127,7 @@ impl SshHandler {
                 peer,
             },
             Some(reason) => AuditRecord::LoginRefused {
+                conn,
                 user: user.to_string(),
                 key_type,
                 fingerprint,

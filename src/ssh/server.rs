@@ -296,7 +296,7 @@ async fn serve_socket(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) 
     let tally = Arc::new(LoginTally::default());
     let handler = SshHandler::new(conn.clone(), live.auth.clone(), switch.clone(), sessions)
         .with_tally(tally.clone())
-        .with_audit(shared.audit.get().cloned());
+        .with_audit(shared.audit.get().cloned(), conn_id);
     let stream = CuttableStream::new(socket, switch.clone());
     // This task lives as long as the connection: the handshake's future is boxed so that only
     // what waits for the end stays in it. No span of its own either (the connection actor has

@@ -3,6 +3,7 @@
 //! when what it waits on is gone.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 
 use ractor::RpcReplyPort;
 use tokio::task::AbortHandle;
@@ -12,12 +13,14 @@ use crate::ids::{ConnId, Target};
 use crate::report::{KillError, KillReport};
 
 /// How a target ended, for the reports of everyone waiting on it.
-#[derive(Clone, Copy)]
 pub(crate) struct Ending {
     pub(crate) target: Target,
     pub(crate) sessions_closed: usize,
     pub(crate) forced: bool,
     pub(crate) processes_left: usize,
+    /// Whose connection it was: its user, if it logged in, and its client's address.
+    pub(crate) user: Option<String>,
+    pub(crate) peer: SocketAddr,
 }
 
 impl Ending {
@@ -29,6 +32,8 @@ impl Ending {
             elapsed: since.elapsed(),
             forced: self.forced,
             processes_left: self.processes_left,
+            user: self.user.clone(),
+            peer: Some(self.peer),
         }
     }
 }
@@ -49,7 +54,7 @@ impl Waiter {
     }
 
     /// Answers every waiter with the report of `ending`.
-    pub(crate) fn answer_all(waiters: Vec<Waiter>, ending: Ending) {
+    pub(crate) fn answer_all(waiters: Vec<Waiter>, ending: &Ending) {
         for waiter in waiters {
             // A caller that gave up waiting is no longer there to answer.
             let _ = waiter.reply.send(Ok(ending.report(waiter.since)));
@@ -115,7 +120,7 @@ impl KillGroups {
 
     /// A connection is gone: every group waiting on it gets its report, and a group with
     /// nothing left to wait on gets its reply.
-    pub(crate) fn connection_gone(&mut self, conn: ConnId, ending: Ending) {
+    pub(crate) fn connection_gone(&mut self, conn: ConnId, ending: &Ending) {
         let mut i = 0;
         while i < self.groups.len() {
             let group = &mut self.groups[i];

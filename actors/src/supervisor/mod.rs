@@ -337,6 +337,8 @@ impl SupervisorState {
                 self.events.send(Event::Refused {
                     peer,
                     reason: refusal.to_string(),
+                    conn: None,
+                    user: None,
                 });
                 let _ = reply.send(Err(refusal));
                 return;
@@ -689,6 +691,8 @@ impl SupervisorState {
             self.events.send(Event::Refused {
                 peer,
                 reason: reason.clone(),
+                conn: Some(conn),
+                user: Some(user.clone()),
             });
             if let Some(verdict) = verdict {
                 let _ = verdict.send(Err(reason.clone()));
@@ -733,6 +737,7 @@ impl SupervisorState {
                 session,
                 kind,
                 command,
+                pty: s.info.pty.is_some(),
             });
         }
     }
@@ -798,8 +803,10 @@ impl SupervisorState {
             sessions_closed: 1,
             forced,
             processes_left,
+            user: entry.info.user.clone(),
+            peer: entry.info.peer,
         };
-        Waiter::answer_all(removed.waiters, ending);
+        Waiter::answer_all(removed.waiters, &ending);
         self.events.send(Event::SessionClosed {
             conn,
             session,
@@ -848,8 +855,10 @@ impl SupervisorState {
                 sessions_closed: 1,
                 forced: true,
                 processes_left: 0,
+                user: entry.info.user.clone(),
+                peer: entry.info.peer,
             };
-            Waiter::answer_all(session.waiters, died);
+            Waiter::answer_all(session.waiters, &died);
             self.events.send(Event::SessionClosed {
                 conn,
                 session: session.info.id,
@@ -868,15 +877,18 @@ impl SupervisorState {
             },
             bytes_in: entry.traffic.as_ref().map_or(0, |t| t.bytes_in()),
             bytes_out: entry.traffic.as_ref().map_or(0, |t| t.bytes_out()),
+            sessions_closed,
         };
         let ending = Ending {
             target: Target::Connection(conn),
             sessions_closed,
             forced,
             processes_left,
+            user: entry.info.user,
+            peer: entry.info.peer,
         };
-        Waiter::answer_all(entry.waiters, ending);
-        self.groups.connection_gone(conn, ending);
+        Waiter::answer_all(entry.waiters, &ending);
+        self.groups.connection_gone(conn, &ending);
         self.events.send(Event::Disconnected {
             conn,
             cause,
