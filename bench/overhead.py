@@ -13,6 +13,11 @@ minute of the machine falls on both. Each round:
 2. hold N connections with a `sleep` session each, then `sshvisor-bench kill --count K` through
    the control socket, one at a time: the round trip and the server's own `elapsed_ms`.
 
+3. the same through the OpenSSH client (`--ssh-secs`, `--ssh-kills`; 0 skips it): `ssh ...
+   true` in a loop from `--ssh-parallel` workers, handshakes per second; then `ssh ... sleep`
+   clients one at a time, each killed through the control socket: the round trip, and the time
+   until the `ssh` process has exited.
+
 With the "on" flags a scraper reads `/metrics` every `--scrape-every` seconds meanwhile (as
 Prometheus would, more often). `--on` takes any serve flags: `--on "--metrics-listen
 127.0.0.1:0 --audit-log {dir}/audit.log"` measures the audit log too (`{dir}` is the round's
@@ -23,6 +28,7 @@ import datetime
 import json
 import os
 import re
+import select
 import shlex
 import subprocess
 import sys
@@ -33,7 +39,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import machine, median, pct  # noqa: E402
 from procs import Build, log, wait_for  # noqa: E402
-from fleet import Node  # noqa: E402
+from fleet import Ctl, Node  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,6 +63,70 @@ def metrics_url(node):
     with open(node.err.name) as f:
         m = re.search(r"^metrics on (http://\S+)", f.read(), re.M)
     return m.group(1) if m else None
+
+
+def ssh_argv(node, command):
+    return ["ssh", "-F", "/dev/null", "-i", node.key, "-o", "IdentitiesOnly=yes", "-o",
+            "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
+            "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-p", str(node.port),
+            "op@127.0.0.1", command]
+
+
+def openssh_churn(node, args):
+    """`ssh ... true` in a loop from `--ssh-parallel` threads for `--ssh-secs`: (per second, failed)."""
+    done, failed, lock = [0], [0], threading.Lock()
+    stop = time.monotonic() + args.ssh_secs
+
+    def worker():
+        while time.monotonic() < stop:
+            ok = subprocess.run(ssh_argv(node, "true"), stdin=subprocess.DEVNULL,
+                                capture_output=True, timeout=60).returncode == 0
+            with lock:
+                (done if ok else failed)[0] += 1
+    t0 = time.monotonic()
+    workers = [threading.Thread(target=worker) for _ in range(args.ssh_parallel)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return done[0] / (time.monotonic() - t0), failed[0]
+
+
+def openssh_kills(node, args):
+    """`ssh ... sleep` clients one at a time, each killed through the control socket:
+    [(round trip ms, ms until the ssh process exited)], and how many printed the reason."""
+    ctl = Ctl(node.control)
+    out, shown = [], 0
+    try:
+        for _ in range(args.ssh_kills):
+            p = subprocess.Popen(ssh_argv(node, "sleep 100000"), stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 start_new_session=True)
+
+            def session():
+                result, _, _, _ = ctl.ok("ls", filter={"user": "op"})
+                live = [x for x in result if x["sessions"]
+                        and x["sessions"][0].get("kind") == "exec"
+                        and (x["sessions"][0].get("processes") or 0) > 0]
+                return live[0]["id"] if live else None
+            cid = wait_for("the ssh client's session", session, 30)
+            fd = os.pidfd_open(p.pid)
+            t0 = time.perf_counter()
+            r, ms, _, _ = ctl.call("kill", target=cid, reason="bye from the overhead bench")
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll(30000)
+            gone = (time.perf_counter() - t0) * 1e3
+            os.close(fd)
+            _, err = p.communicate(timeout=30)
+            shown += b"bye from the overhead bench" in err
+            if r.get("ok"):
+                out.append((ms, gone))
+            else:
+                log(f"  ssh kill of {cid} failed: {r.get('error')}")
+    finally:
+        ctl.close()
+    return out, shown
 
 
 def one_round(build, args, on):
@@ -84,10 +154,18 @@ def one_round(build, args, on):
                if line.startswith('{"') and '"rtt_us"' in line]
         inproc = [json.loads(line)["inproc_us"] / 1000 for line in out.splitlines()
                   if '"inproc_us"' in line and json.loads(line).get("inproc_us") is not None]
-        return {"on": on, "rate": rate, "churn_failed": failed, "kills": len(rtt),
-                "rtt_p50": median(rtt), "rtt_p99": pct(rtt, 99),
-                "inproc_p50": median(inproc) if inproc else None, "summary": summary,
-                "scrapes": scraper.count if scraper else 0}
+        r = {"on": on, "rate": rate, "churn_failed": failed, "kills": len(rtt),
+             "rtt_p50": median(rtt), "rtt_p99": pct(rtt, 99),
+             "inproc_p50": median(inproc) if inproc else None, "summary": summary}
+        if args.ssh_secs > 0:
+            r["ssh_rate"], r["ssh_failed"] = openssh_churn(node, args)
+        if args.ssh_kills > 0:
+            kills, r["ssh_shown"] = openssh_kills(node, args)
+            r["ssh_kill_rtt_p50"] = median([k[0] for k in kills])
+            r["ssh_gone_p50"] = median([k[1] for k in kills])
+            r["ssh_kills"] = len(kills)
+        r["scrapes"] = scraper.count if scraper else 0
+        return r
     finally:
         if scraper:
             scraper.done.set()
@@ -113,7 +191,12 @@ def report(R, args):
     for key, what, unit in [("rate", "handshakes per second (churn)", "/s"),
                             ("rtt_p50", "kill round trip p50", " ms"),
                             ("rtt_p99", "kill round trip p99", " ms"),
-                            ("inproc_p50", "kill `elapsed_ms` p50 (the server's own)", " ms")]:
+                            ("inproc_p50", "kill `elapsed_ms` p50 (the server's own)", " ms"),
+                            ("ssh_rate", "OpenSSH `ssh … true` per second", "/s"),
+                            ("ssh_kill_rtt_p50", "OpenSSH client: kill round trip p50", " ms"),
+                            ("ssh_gone_p50", "OpenSSH client: kill until `ssh` exits, p50", " ms")]:
+        if any(key not in r for r in R["rounds"]):
+            continue
         a = median([r[key] for r in off])
         b = median([r[key] for r in on])
         L.append(f"| {what} | {a:.2f}{unit} | {b:.2f}{unit} | {change(b, a)} |")
@@ -134,6 +217,9 @@ def main():
     ap.add_argument("--parallel", type=int, default=8, help="churn clients")
     ap.add_argument("--churn-secs", type=float, default=8.0)
     ap.add_argument("--scrape-every", type=float, default=1.0)
+    ap.add_argument("--ssh-secs", type=float, default=8.0, help="OpenSSH churn seconds (0: none)")
+    ap.add_argument("--ssh-parallel", type=int, default=4, help="OpenSSH churn workers")
+    ap.add_argument("--ssh-kills", type=int, default=20, help="OpenSSH clients killed (0: none)")
     ap.add_argument("--grace", type=float, default=5.0, help="the kill grace, s")
     ap.add_argument("--smoke", action="store_true", help="a quick check")
     ap.add_argument("--bench-bin", default=os.path.join(ROOT, "target", "release", "sshvisor-bench"))
@@ -142,6 +228,7 @@ def main():
     args = ap.parse_args()
     if args.smoke:
         args.rounds, args.conns, args.kills, args.churn_secs = 1, 20, 10, 1.0
+        args.ssh_secs, args.ssh_kills = 1.0, 3
     build = Build("sshvisor", args.sshvisor_bin)
     R = {"machine": machine(), "date": datetime.date.today().isoformat(), "argv": sys.argv[1:],
          "rounds": []}

@@ -311,13 +311,36 @@ pub async fn record_events(audit: Audit, mut events: mpsc::UnboundedReceiver<Eve
                 session,
                 exit,
                 killed,
-            } => audit.record(AuditRecord::SessionClosed {
-                conn,
-                session,
-                user: known.get(&conn).and_then(|k| k.1.clone()),
-                exit,
-                killed,
-            }),
+            } => {
+                let (peer, user) = known
+                    .get(&conn)
+                    .map_or((None, None), |(peer, user)| (Some(*peer), user.clone()));
+                // The one policy that kills a session rather than its connection.
+                if let Some(reason) = killed
+                    .as_ref()
+                    .filter(|r| r.starts_with(SESSION_IDLE_REASON))
+                {
+                    audit.record(AuditRecord::Kill {
+                        by: Initiator::Policy {
+                            name: "session_idle".into(),
+                        },
+                        target: Target::Session(session),
+                        user: user.clone(),
+                        peer,
+                        reason: reason.clone(),
+                        sessions_closed: Some(1),
+                        elapsed_ms: None,
+                        forced: None,
+                    });
+                }
+                audit.record(AuditRecord::SessionClosed {
+                    conn,
+                    session,
+                    user,
+                    exit,
+                    killed,
+                });
+            }
             Event::Refused {
                 peer,
                 reason,
@@ -376,6 +399,9 @@ pub async fn record_events(audit: Audit, mut events: mpsc::UnboundedReceiver<Eve
 
 /// The tag of the kill that ends a connection refused after its login (`max_per_user`).
 const LIMIT_AFTER_LOGIN: &str = "max_per_user";
+
+/// How the reason of a session ended by `session_idle` starts.
+const SESSION_IDLE_REASON: &str = "session_idle timeout (";
 
 /// The audit log's door: cheap to clone; records go to the file (if any) and to subscribers.
 #[derive(Clone)]

@@ -380,3 +380,45 @@ async fn a_login_over_max_per_user_is_recorded_as_refused_by_the_limit_not_as_a_
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ended_by_session_idle_is_recorded_as_that_policys_kill_of_the_session() {
+    use sshvisor::audit::{AuditRecord, Initiator};
+    use sshvisor_actors::Target;
+
+    let server = common::TestServer::start_with(|o| {
+        o.config.timeouts.session_idle = Some(std::time::Duration::from_millis(600));
+    })
+    .await;
+    let mut stream = server.daemon.audit().subscribe();
+    let client = server.russh_client("drowsy").await;
+    let channel = client.handle.channel_open_session().await.unwrap();
+    channel.exec(true, "sleep 987032").await.unwrap();
+    let opened = next_of(&mut stream, "session_opened").await;
+    let AuditRecord::SessionOpened { session, .. } = opened.record else {
+        panic!("{opened:?}")
+    };
+    let kill = next_of(&mut stream, "kill").await;
+    match kill.record {
+        AuditRecord::Kill {
+            by,
+            target,
+            user,
+            reason,
+            sessions_closed,
+            ..
+        } => {
+            assert_eq!(
+                by,
+                Initiator::Policy {
+                    name: "session_idle".into()
+                }
+            );
+            assert_eq!(target, Target::Session(session));
+            assert_eq!(user.as_deref(), Some("drowsy"));
+            assert!(reason.starts_with("session_idle timeout"), "{reason}");
+            assert_eq!(sessions_closed, Some(1));
+        }
+        other => panic!("{other:?}"),
+    }
+}
