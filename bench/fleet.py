@@ -31,7 +31,6 @@ import datetime
 import json
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -42,6 +41,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import cpu_steal, free_port, hiccups, machine, median, pct, pss_kib  # noqa: E402
 from procs import Build, Server, answers_ssh, descendants, log, wait_for  # noqa: E402
+import openssh  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -210,33 +210,14 @@ def openssh_sample(a, c, args):
     shown = 0
     for i in range(2 * args.ssh):
         owner, into = (a, local) if i % 2 == 0 else (c, remote)
-        ssh = ["ssh", "-F", "/dev/null", "-i", owner.key, "-o", "IdentitiesOnly=yes", "-o",
-               "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
-               "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-p", str(owner.port),
-               "op@127.0.0.1", "sleep 100000"]
-        p = subprocess.Popen(ssh, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, start_new_session=True)
+        p = openssh.hold(owner)
         ctl_owner = Ctl(owner.control)
         try:
-            def session():
-                # Its exec session, with its processes running (`processes` counts them).
-                result, _, _, _ = ctl_owner.ok("ls", filter={"user": "op"})
-                live = [x for x in result if x["sessions"] and x["sessions"][0].get("kind") == "exec"
-                        and (x["sessions"][0].get("processes") or 0) > 0]
-                return live[0]["id"] if live else None
-            cid = wait_for("the ssh client's session", session, 30)
+            cid = wait_for("the ssh client's session", lambda: openssh.exec_session(ctl_owner), 30)
         finally:
             ctl_owner.close()
-        fd = os.pidfd_open(p.pid)
-        t0 = time.perf_counter()
-        r, ms, _, _ = ctl_a.call("kill", target=cid, reason="bye from the fleet bench")
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poller.poll(30000)
-        gone = (time.perf_counter() - t0) * 1e3
-        os.close(fd)
-        _, err = p.communicate(timeout=30)
-        shown += b"bye from the fleet bench" in err
+        r, ms, gone, said = openssh.kill_timed(ctl_a, p, cid, "bye from the fleet bench")
+        shown += said
         if not r.get("ok"):
             log(f"  ssh kill of {cid} failed: {r.get('error')}")
             continue

@@ -28,7 +28,6 @@ import datetime
 import json
 import os
 import re
-import select
 import shlex
 import subprocess
 import sys
@@ -40,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import machine, median, pct  # noqa: E402
 from procs import Build, log, wait_for  # noqa: E402
 from fleet import Ctl, Node  # noqa: E402
+import openssh  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,13 +65,6 @@ def metrics_url(node):
     return m.group(1) if m else None
 
 
-def ssh_argv(node, command):
-    return ["ssh", "-F", "/dev/null", "-i", node.key, "-o", "IdentitiesOnly=yes", "-o",
-            "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
-            "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-p", str(node.port),
-            "op@127.0.0.1", command]
-
-
 def openssh_churn(node, args):
     """`ssh ... true` in a loop from `--ssh-parallel` threads for `--ssh-secs`: (per second, failed)."""
     done, failed, lock = [0], [0], threading.Lock()
@@ -79,7 +72,7 @@ def openssh_churn(node, args):
 
     def worker():
         while time.monotonic() < stop:
-            ok = subprocess.run(ssh_argv(node, "true"), stdin=subprocess.DEVNULL,
+            ok = subprocess.run(openssh.ssh_argv(node, "true"), stdin=subprocess.DEVNULL,
                                 capture_output=True, timeout=60).returncode == 0
             with lock:
                 (done if ok else failed)[0] += 1
@@ -99,27 +92,10 @@ def openssh_kills(node, args):
     out, shown = [], 0
     try:
         for _ in range(args.ssh_kills):
-            p = subprocess.Popen(ssh_argv(node, "sleep 100000"), stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 start_new_session=True)
-
-            def session():
-                result, _, _, _ = ctl.ok("ls", filter={"user": "op"})
-                live = [x for x in result if x["sessions"]
-                        and x["sessions"][0].get("kind") == "exec"
-                        and (x["sessions"][0].get("processes") or 0) > 0]
-                return live[0]["id"] if live else None
-            cid = wait_for("the ssh client's session", session, 30)
-            fd = os.pidfd_open(p.pid)
-            t0 = time.perf_counter()
-            r, ms, _, _ = ctl.call("kill", target=cid, reason="bye from the overhead bench")
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            poller.poll(30000)
-            gone = (time.perf_counter() - t0) * 1e3
-            os.close(fd)
-            _, err = p.communicate(timeout=30)
-            shown += b"bye from the overhead bench" in err
+            p = openssh.hold(node)
+            cid = wait_for("the ssh client's session", lambda: openssh.exec_session(ctl), 30)
+            r, ms, gone, said = openssh.kill_timed(ctl, p, cid, "bye from the overhead bench")
+            shown += said
             if r.get("ok"):
                 out.append((ms, gone))
             else:

@@ -26,6 +26,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+use sshvisor_actors::killed_by::{self, KilledBy};
 use sshvisor_actors::report::{
     rfc3339, CertificateInfo, DisconnectCause, KillReport, SessionExit, SessionKind,
 };
@@ -88,36 +89,18 @@ impl Initiator {
         Initiator::Ctl { uid, pid, exe }
     }
 
-    /// Who a kill's `by` tag names, as the tree passes it on: the policies' names, the
-    /// control socket's `uid N via ctl` (a fleet's ends in `on node X`), else an embedder.
-    pub fn from_tag(by: Option<&str>) -> Self {
-        match by {
-            Some(
-                name @ ("login_grace"
-                | "idle"
-                | "session_idle"
-                | "max_lifetime"
-                | "keepalive"
-                | "drain"
-                | "shutdown"
-                | "max_unauthenticated"
-                | "max_per_user"),
-            ) => Initiator::Policy { name: name.into() },
-            Some(origin) if origin.contains(" on node ") => Initiator::Fleet {
-                origin: origin.into(),
-            },
-            tag => Initiator::Embedder {
+    /// Who asked for a kill whose record is written when its connection has ended: a policy's
+    /// or the embedding program's. `None` for a kill recorded where it was asked, with its
+    /// report (the control socket's and the fleet agent's), and for a refusal after the
+    /// login (its `limit_refused` record says it).
+    pub fn recorded_at_end(by: Option<&str>) -> Option<Self> {
+        match KilledBy::of(by) {
+            KilledBy::Ctl | KilledBy::Fleet(_) | KilledBy::Policy(killed_by::MAX_PER_USER) => None,
+            KilledBy::Policy(name) => Some(Initiator::Policy { name: name.into() }),
+            KilledBy::Embedder(tag) => Some(Initiator::Embedder {
                 tag: tag.map(str::to_string),
-            },
+            }),
         }
-    }
-
-    /// Whether this kill's own record comes from where it was asked for (the control socket
-    /// and the fleet agent write it with the report), not from the connection's end.
-    pub fn writes_its_own_record(by: Option<&str>) -> bool {
-        by.is_some_and(|by| {
-            by.contains(" on node ") || (by.starts_with("uid ") && by.ends_with(" via ctl"))
-        })
     }
 }
 
@@ -322,7 +305,7 @@ pub async fn record_events(audit: Audit, mut events: mpsc::UnboundedReceiver<Eve
                 {
                     audit.record(AuditRecord::Kill {
                         by: Initiator::Policy {
-                            name: "session_idle".into(),
+                            name: SESSION_IDLE.into(),
                         },
                         target: Target::Session(session),
                         user: user.clone(),
@@ -364,14 +347,14 @@ pub async fn record_events(audit: Audit, mut events: mpsc::UnboundedReceiver<Eve
                     DisconnectCause::ByClient => ("by_client", None),
                     // Its `limit_refused` record says why; no kill record.
                     DisconnectCause::Killed { reason, by }
-                        if by.as_deref() == Some(LIMIT_AFTER_LOGIN) =>
+                        if by.as_deref() == Some(killed_by::MAX_PER_USER) =>
                     {
                         ("refused", Some(reason))
                     }
                     DisconnectCause::Killed { reason, by } => {
-                        if !Initiator::writes_its_own_record(by.as_deref()) {
+                        if let Some(initiator) = Initiator::recorded_at_end(by.as_deref()) {
                             audit.record(AuditRecord::Kill {
-                                by: Initiator::from_tag(by.as_deref()),
+                                by: initiator,
                                 target: Target::Connection(conn),
                                 user: user.clone(),
                                 peer,
@@ -397,8 +380,9 @@ pub async fn record_events(audit: Audit, mut events: mpsc::UnboundedReceiver<Eve
     }
 }
 
-/// The tag of the kill that ends a connection refused after its login (`max_per_user`).
-const LIMIT_AFTER_LOGIN: &str = "max_per_user";
+/// The policy that ends a session rather than its connection (named in its reason, which
+/// starts [`SESSION_IDLE_REASON`]).
+const SESSION_IDLE: &str = "session_idle";
 
 /// How the reason of a session ended by `session_idle` starts.
 const SESSION_IDLE_REASON: &str = "session_idle timeout (";
@@ -728,33 +712,32 @@ mod tests {
     }
 
     #[test]
-    fn who_asked_is_read_from_the_kills_tag_and_fleet_and_ctl_kills_are_recorded_where_asked() {
-        let policy = |name: &str| Initiator::Policy { name: name.into() };
-        assert_eq!(Initiator::from_tag(Some("idle")), policy("idle"));
+    fn kills_recorded_at_the_connections_end_are_the_policies_and_the_embedders() {
+        let policy = |name: &str| Some(Initiator::Policy { name: name.into() });
+        assert_eq!(Initiator::recorded_at_end(Some("idle")), policy("idle"));
         assert_eq!(
-            Initiator::from_tag(Some("max_per_user")),
-            policy("max_per_user")
+            Initiator::recorded_at_end(Some("max_unauthenticated")),
+            policy("max_unauthenticated")
         );
         assert_eq!(
-            Initiator::from_tag(Some("billing on node a")),
-            Initiator::Fleet {
-                origin: "billing on node a".into()
-            }
-        );
-        assert_eq!(
-            Initiator::from_tag(Some("billing")),
-            Initiator::Embedder {
+            Initiator::recorded_at_end(Some("billing")),
+            Some(Initiator::Embedder {
                 tag: Some("billing".into())
-            }
+            })
         );
-        assert!(Initiator::writes_its_own_record(Some("uid 0 via ctl")));
-        assert!(Initiator::writes_its_own_record(Some(
-            "uid 0 via ctl on node c"
-        )));
-        // An embedder's kill through the fleet: the agent records it, not the connection's end.
-        assert!(Initiator::writes_its_own_record(Some("billing on node a")));
-        assert!(!Initiator::writes_its_own_record(Some("billing")));
-        assert!(!Initiator::writes_its_own_record(Some("idle")));
-        assert!(!Initiator::writes_its_own_record(None));
+        assert_eq!(
+            Initiator::recorded_at_end(None),
+            Some(Initiator::Embedder { tag: None })
+        );
+        // Recorded where they were asked, with the report.
+        assert_eq!(Initiator::recorded_at_end(Some("uid 0 via ctl")), None);
+        assert_eq!(
+            Initiator::recorded_at_end(Some("uid 0 via ctl on node c")),
+            None
+        );
+        // An embedder's kill through the fleet: the agent records it.
+        assert_eq!(Initiator::recorded_at_end(Some("billing on node a")), None);
+        // A refusal after the login: its `limit_refused` says it.
+        assert_eq!(Initiator::recorded_at_end(Some("max_per_user")), None);
     }
 }

@@ -30,6 +30,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use ractor::ActorRef;
 use russh::keys::PrivateKey;
+use sshvisor_actors::killed_by;
 use sshvisor_actors::{
     Event, HandleError, KillReport, SupervisorArgs, SupervisorHandle, SupervisorMsg,
 };
@@ -434,7 +435,11 @@ impl Daemon {
     /// the end. Returns one report per connection (none if the tree did not answer).
     pub async fn shutdown(self, grace: Option<Duration>) -> Vec<KillReport> {
         let grace = grace.unwrap_or_else(|| self.running.kill_grace());
-        let reports = match self.running.drain(grace, Some("shutdown".into())).await {
+        let reports = match self
+            .running
+            .drain(grace, Some(killed_by::SHUTDOWN.into()))
+            .await
+        {
             Ok(reports) => reports,
             Err(e) => {
                 tracing::warn!(error = %e, "shutdown: the drain did not finish");

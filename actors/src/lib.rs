@@ -14,6 +14,7 @@
 //! - `policy`: [`Policy`] and [`Limits`], what the tree applies and admits by.
 //! - `filter`: [`Filter`], which connections a `KillWhere` or `Select` means.
 //! - `report`: plain data handed out: snapshots, kill reports, refusals.
+//! - `killed_by`: [`killed_by::KilledBy`], who asked for a kill, as its `by` text names it.
 //! - `events`: lifecycle [`Event`]s, and [`events::subscribe`] to hear them as a channel.
 //! - `supervisor`: the root actor; its pieces (the ID map, admission counts, the login timer,
 //!   kill groups) in files of their own below it.
@@ -45,6 +46,7 @@ pub mod filter;
 pub mod handle;
 mod idle;
 pub mod ids;
+pub mod killed_by;
 pub mod link;
 pub mod notice;
 pub mod policy;

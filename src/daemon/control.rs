@@ -34,6 +34,7 @@ use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use sshvisor_actors::killed_by::KilledBy;
 use sshvisor_actors::{
     ConnId, ConnectionInfo, Filter, HandleError, KillReport, PeerNet, PrefixMatch,
     SupervisorHandle, Target,
@@ -837,7 +838,7 @@ async fn run(
     uid: u32,
     pid: Option<i32>,
 ) -> Result<Box<RawValue>, String> {
-    let by = Some(format!("uid {uid} via ctl"));
+    let by = Some(KilledBy::ctl(uid));
     let audit = reach.server.audit();
     let tree = &reach.tree;
     let kill_grace = reach.server.kill_grace();

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::join_all;
 use ractor::{Actor, ActorRef};
+use sshvisor_actors::killed_by::KilledBy;
 use sshvisor_actors::{
     ConnId, Event, Filter, HandleError, KillReport, PrefixMatch, SessionId, SupervisorHandle,
     Target,
@@ -269,8 +270,7 @@ impl Fleet {
     /// untagged caller is `a caller`). The ` on node ` is what tells the nodes' audit logs and
     /// metrics that the fleet asked.
     fn origin(&self, by: Option<String>) -> String {
-        let by = by.as_deref().unwrap_or("a caller");
-        format!("{by} on node {}", self.inner.name)
+        KilledBy::fleet(by.as_deref().unwrap_or("a caller"), &self.inner.name)
     }
 
     /// Kills, on every node, the connections `filter` selects (with `dry_run`, lists them):

@@ -1,7 +1,9 @@
-//! The metrics' label values, each a fixed set: who initiated a kill, which limit refused a
-//! connection. Read from the events' texts, which name them by configuration key.
+//! The metrics' label values, each a fixed set: who initiated a kill (read from its `by` with
+//! [`KilledBy`]), which limit refused a connection (read from the refusal's text, which names
+//! it by configuration key).
 
 use sshvisor_actors::handle::DRAIN_REASON;
+use sshvisor_actors::killed_by::{self, KilledBy};
 use sshvisor_actors::report::DisconnectCause;
 
 /// Who asked for a kill (the `initiator` label of `sshvisor_kills_total`).
@@ -78,22 +80,15 @@ impl Initiator {
         if reason == DRAIN_REASON {
             return Initiator::Drain;
         }
-        let Some(by) = by else {
-            return Initiator::Embedder;
-        };
-        if by.contains(" on node ") {
-            return Initiator::Fleet;
-        }
-        match by {
-            "login_grace" => Initiator::LoginGrace,
-            "idle" => Initiator::Idle,
-            "session_idle" => Initiator::SessionIdle,
-            "max_lifetime" => Initiator::MaxLifetime,
-            "keepalive" => Initiator::Keepalive,
-            "drain" | "shutdown" => Initiator::Drain,
-            "max_per_user" | "max_unauthenticated" => Initiator::Limit,
-            by if by.ends_with("via ctl") => Initiator::Ctl,
-            _ => Initiator::Embedder,
+        match KilledBy::of(by) {
+            KilledBy::Ctl => Initiator::Ctl,
+            KilledBy::Fleet(_) => Initiator::Fleet,
+            KilledBy::Embedder(_) => Initiator::Embedder,
+            KilledBy::Policy(killed_by::LOGIN_GRACE) => Initiator::LoginGrace,
+            KilledBy::Policy(killed_by::IDLE) => Initiator::Idle,
+            KilledBy::Policy(killed_by::MAX_LIFETIME) => Initiator::MaxLifetime,
+            KilledBy::Policy(killed_by::SHUTDOWN) => Initiator::Drain,
+            KilledBy::Policy(_) => Initiator::Limit,
         }
     }
 

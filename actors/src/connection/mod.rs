@@ -30,6 +30,7 @@ use tracing::{debug, info, warn, Instrument, Span};
 
 use crate::idle::IdleClock;
 use crate::ids::{ConnId, SessionId};
+use crate::killed_by;
 use crate::link::{ConnectionLink, EndScope, SessionLink, TransportEnd};
 use crate::notice::{ConnOutcome, NoticeKind, Parent, SessionEnd};
 use crate::report::{Credential, SessionExit};
@@ -470,7 +471,7 @@ impl ConnectionState {
                     self.kill_self(
                         myself,
                         format!("max_lifetime ({limit}) reached"),
-                        "max_lifetime",
+                        killed_by::MAX_LIFETIME,
                     );
                 }
             }
@@ -479,7 +480,7 @@ impl ConnectionState {
                     let limit = self.policy.login_grace.unwrap_or_default();
                     let limit = humantime::format_duration(limit);
                     let reason = format!("login grace time ({limit}) exceeded");
-                    self.kill_self(myself, reason, "login_grace");
+                    self.kill_self(myself, reason, killed_by::LOGIN_GRACE);
                 }
             }
             Tick::GraceElapsed => self.step(myself, Input::GraceElapsed),
@@ -507,7 +508,7 @@ impl ConnectionState {
                     "idle timeout ({}) reached",
                     humantime::format_duration(limit)
                 );
-                self.kill_self(myself, reason, "idle");
+                self.kill_self(myself, reason, killed_by::IDLE);
             }
             // Check again exactly when the connection would have been idle long enough, or
             // when its terminals are to be warned of it (`idle_warning`): a check after the

@@ -45,6 +45,7 @@ use crate::connection::{
 use crate::events::{EndFigures, Event};
 use crate::filter::Filter;
 use crate::ids::{ConnId, PrefixMatch, SessionId, Target};
+use crate::killed_by;
 use crate::link::ConnectionLink;
 use crate::notice::{ConnOutcome, ConnectionEnd, Notice, NoticeKind, Parent, SessionEnd};
 use crate::report::{
@@ -329,7 +330,7 @@ impl SupervisorState {
             Admission::AdmitDropping(victim, reason) => {
                 info!(parent: &self.span, %peer, dropped = %victim, reason = %reason, "audit: pending login dropped to admit a new connection");
                 let grace = self.policy.kill_grace;
-                let by = Some("max_unauthenticated".into());
+                let by = Some(killed_by::MAX_UNAUTHENTICATED.into());
                 self.kill_connection(victim, &reason, grace, &by, false);
             }
             Admission::Refuse(refusal) => {
@@ -698,7 +699,13 @@ impl SupervisorState {
                 let _ = verdict.send(Err(reason.clone()));
             }
             let grace = self.policy.kill_grace;
-            self.kill_connection(conn, &reason, grace, &Some("max_per_user".into()), false);
+            self.kill_connection(
+                conn,
+                &reason,
+                grace,
+                &Some(killed_by::MAX_PER_USER.into()),
+                false,
+            );
         } else if let Some(verdict) = verdict {
             let _ = verdict.send(Ok(()));
         }
