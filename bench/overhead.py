@@ -18,6 +18,12 @@ minute of the machine falls on both. Each round:
    clients one at a time, each killed through the control socket: the round trip, and the time
    until the `ssh` process has exited.
 
+`--paired` runs both servers at once instead, and alternates between them at every step: churn
+in slices of `--slice-secs` (off, on, on, off, ...), each kill (one on off, one on on, ...) over
+one control connection per server, each OpenSSH client. Noise from the rest of the machine then
+falls on both sides alike, which rounds of whole servers one after the other cannot promise on
+a shared machine; its figures are medians over the samples of each side.
+
 With the "on" flags a scraper reads `/metrics` every `--scrape-every` seconds meanwhile (as
 Prometheus would, more often). `--on` takes any serve flags: `--on "--metrics-listen
 127.0.0.1:0 --audit-log {dir}/audit.log"` measures the audit log too (`{dir}` is the round's
@@ -65,10 +71,11 @@ def metrics_url(node):
     return m.group(1) if m else None
 
 
-def openssh_churn(node, args):
-    """`ssh ... true` in a loop from `--ssh-parallel` threads for `--ssh-secs`: (per second, failed)."""
+def openssh_churn(node, args, secs=None):
+    """`ssh ... true` in a loop from `--ssh-parallel` threads for `secs` (`--ssh-secs`): (per
+    second, failed)."""
     done, failed, lock = [0], [0], threading.Lock()
-    stop = time.monotonic() + args.ssh_secs
+    stop = time.monotonic() + (secs or args.ssh_secs)
 
     def worker():
         while time.monotonic() < stop:
@@ -148,6 +155,113 @@ def one_round(build, args, on):
         node.stop()
 
 
+def churn_rate(args, node, secs):
+    p = subprocess.run([args.bench_bin, "churn", "--addr", node.addr, "--key", node.key,
+                        "--parallel", str(args.parallel), "--duration", str(secs)],
+                       capture_output=True, text=True, timeout=600)
+    m = re.search(r"churn: parallel \d+, (\d+) handshakes in ([\d.]+) s = ([\d.]+)/s", p.stdout)
+    if not m:
+        raise SystemExit(f"churn said nothing usable:\n{p.stdout}\n{p.stderr}")
+    return float(m.group(3))
+
+
+def alternating(i, pair):
+    """off, on for even steps, on, off for odd ones."""
+    return pair if i % 2 == 0 else pair[::-1]
+
+
+def paired_run(build, args):
+    """Both servers at once; every step alternates between them. Returns per side the lists of
+    samples: churn rates, kill round trips and `elapsed_ms`, OpenSSH rates and kills."""
+    off, on = Node(build, args, "off"), Node(build, args, "on")
+    on.extra = [a.replace("{dir}", on.dir) for a in shlex.split(args.on)]
+    S = {side: {"rate": [], "rtt": [], "elapsed": [], "ssh_rate": [], "ssh_rtt": [],
+                "ssh_gone": [], "ssh_shown": 0} for side in ("off", "on")}
+    scraper = None
+    ctls = {}
+    try:
+        off.start()
+        on.start()
+        if "--metrics-listen" in args.on:
+            scraper = Scraper(wait_for("the metrics line", lambda: metrics_url(on), 10),
+                              args.scrape_every)
+            scraper.start()
+        pair = ((off, S["off"]), (on, S["on"]))
+        for i in range(args.slices):
+            for node, side in alternating(i, pair):
+                side["rate"].append(churn_rate(args, node, args.slice_secs))
+        log(f"  churn: off {median(S['off']['rate']):.0f}/s, on {median(S['on']['rate']):.0f}/s")
+        for node, _ in pair:
+            node.hold(args.conns)
+            ctls[node.name] = Ctl(node.control)
+        ids = {}
+        for node, _ in pair:
+            listed, _, _, _ = ctls[node.name].ok("ls")
+            ids[node.name] = [c["id"] for c in listed]
+        for i in range(min(args.kills, *(len(v) for v in ids.values()))):
+            for node, side in alternating(i, pair):
+                r, ms, _, _ = ctls[node.name].call("kill", target=ids[node.name].pop(),
+                                                   reason="overhead bench")
+                if not r.get("ok"):
+                    raise SystemExit(f"kill on {node.name}: {r.get('error')}")
+                side["rtt"].append(ms)
+                side["elapsed"].append(r["result"]["elapsed_ms"])
+                time.sleep(0.02)
+        log(f"  kills: off p50 {median(S['off']['rtt']):.2f} ms, on {median(S['on']['rtt']):.2f} ms")
+        for i in range(args.ssh_slices):
+            for node, side in alternating(i, pair):
+                rate, _ = openssh_churn(node, args, args.slice_secs)
+                side["ssh_rate"].append(rate)
+        for i in range(args.ssh_kills):
+            for node, side in alternating(i, pair):
+                p = openssh.hold(node)
+                ctl = ctls[node.name]
+                cid = wait_for("the ssh client's session", lambda: openssh.exec_session(ctl), 30)
+                r, ms, gone, said = openssh.kill_timed(ctl, p, cid, "bye from the overhead bench")
+                if r.get("ok"):
+                    side["ssh_rtt"].append(ms)
+                    side["ssh_gone"].append(gone)
+                side["ssh_shown"] += said
+        S["scrapes"] = scraper.count if scraper else 0
+        return S
+    finally:
+        if scraper:
+            scraper.done.set()
+        for ctl in ctls.values():
+            ctl.close()
+        off.stop()
+        on.stop()
+
+
+def paired_report(S, args, R):
+    scraped = (f" (/metrics scraped every {args.scrape_every:g} s, {S['scrapes']} scrapes)"
+               if "--metrics-listen" in args.on else "")
+    L = [f"{R['machine']}, {R['date']}. `python3 bench/overhead.py {' '.join(R['argv'])}`: "
+         f"both servers at once, off = `serve`, on = `serve {args.on}`{scraped}; "
+         f"every step alternates between them. Churn: {args.slices} slices of {args.slice_secs:g} s "
+         f"a side, {args.parallel} parallel clients; kills: {len(S['off']['rtt'])} a side, one at a "
+         f"time, 20 ms apart, of {args.conns} held connections a side (a `sleep` session each); "
+         f"OpenSSH: {args.ssh_slices} slices of `ssh … true` from {args.ssh_parallel} workers and "
+         f"{len(S['off']['ssh_rtt'])} `ssh … sleep` clients killed, a side.", "",
+         "| figure (median of samples) | off | on | on vs off |", "|---|---|---|---|"]
+    for key, what, unit, f in [("rate", "handshakes per second (churn slices)", "/s", median),
+                               ("rtt", "kill round trip p50", " ms", median),
+                               ("rtt", "kill round trip p90", " ms", lambda xs: pct(xs, 90)),
+                               ("elapsed", "kill `elapsed_ms` p50 (the server's own)", " ms", median),
+                               ("ssh_rate", "OpenSSH `ssh … true` per second", "/s", median),
+                               ("ssh_rtt", "OpenSSH client: kill round trip p50", " ms", median),
+                               ("ssh_gone", "OpenSSH client: kill until `ssh` exits, p50", " ms",
+                                median)]:
+        if not S["off"][key] or not S["on"][key]:
+            continue
+        a, b = f(S["off"][key]), f(S["on"][key])
+        L.append(f"| {what} | {a:.2f}{unit} | {b:.2f}{unit} | {change(b, a)} |")
+    L.append("")
+    L.append(f"OpenSSH clients that printed the kill's reason: off {S['off']['ssh_shown']}, "
+             f"on {S['on']['ssh_shown']}.")
+    return "\n".join(L)
+
+
 def change(on, off):
     return f"{(on - off) / off * 100:+.1f} %"
 
@@ -196,6 +310,11 @@ def main():
     ap.add_argument("--ssh-secs", type=float, default=8.0, help="OpenSSH churn seconds (0: none)")
     ap.add_argument("--ssh-parallel", type=int, default=4, help="OpenSSH churn workers")
     ap.add_argument("--ssh-kills", type=int, default=20, help="OpenSSH clients killed (0: none)")
+    ap.add_argument("--paired", action="store_true",
+                    help="both servers at once, alternating at every step (see above)")
+    ap.add_argument("--slices", type=int, default=16, help="--paired: churn slices a side")
+    ap.add_argument("--slice-secs", type=float, default=2.0, help="--paired: a slice's seconds")
+    ap.add_argument("--ssh-slices", type=int, default=6, help="--paired: OpenSSH churn slices a side")
     ap.add_argument("--grace", type=float, default=5.0, help="the kill grace, s")
     ap.add_argument("--smoke", action="store_true", help="a quick check")
     ap.add_argument("--bench-bin", default=os.path.join(ROOT, "target", "release", "sshvisor-bench"))
@@ -205,9 +324,17 @@ def main():
     if args.smoke:
         args.rounds, args.conns, args.kills, args.churn_secs = 1, 20, 10, 1.0
         args.ssh_secs, args.ssh_kills = 1.0, 3
+        args.slices, args.slice_secs, args.ssh_slices = 2, 1.0, 1
     build = Build("sshvisor", args.sshvisor_bin)
     R = {"machine": machine(), "date": datetime.date.today().isoformat(), "argv": sys.argv[1:],
          "rounds": []}
+    if args.paired:
+        S = paired_run(build, args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({**R, "samples": S}, f, indent=1)
+        print(paired_report(S, args, R))
+        return
     for i in range(args.rounds):
         for on in (False, True) if i % 2 == 0 else (True, False):
             log(f"round {i + 1}, {'on' if on else 'off'}")
