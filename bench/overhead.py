@@ -138,7 +138,7 @@ def one_round(build, args, on):
         inproc = [json.loads(line)["inproc_us"] / 1000 for line in out.splitlines()
                   if '"inproc_us"' in line and json.loads(line).get("inproc_us") is not None]
         r = {"on": on, "rate": rate, "churn_failed": failed, "kills": len(rtt),
-             "rtt_p50": median(rtt), "rtt_p99": pct(rtt, 99),
+             "rtt_p50": median(rtt), "rtt_p99": pct(rtt, .99),
              "inproc_p50": median(inproc) if inproc else None, "summary": summary}
         if args.ssh_secs > 0:
             r["ssh_rate"], r["ssh_failed"] = openssh_churn(node, args)
@@ -246,7 +246,8 @@ def paired_report(S, args, R):
          "| figure (median of samples) | off | on | on vs off |", "|---|---|---|---|"]
     for key, what, unit, f in [("rate", "handshakes per second (churn slices)", "/s", median),
                                ("rtt", "kill round trip p50", " ms", median),
-                               ("rtt", "kill round trip p90", " ms", lambda xs: pct(xs, 90)),
+                               ("rtt", "kill round trip p90", " ms", lambda xs: pct(xs, .9)),
+                               ("rtt", "kill round trip p99", " ms", lambda xs: pct(xs, .99)),
                                ("elapsed", "kill `elapsed_ms` p50 (the server's own)", " ms", median),
                                ("ssh_rate", "OpenSSH `ssh … true` per second", "/s", median),
                                ("ssh_rtt", "OpenSSH client: kill round trip p50", " ms", median),
@@ -320,7 +321,13 @@ def main():
     ap.add_argument("--bench-bin", default=os.path.join(ROOT, "target", "release", "sshvisor-bench"))
     ap.add_argument("--sshvisor-bin", default=os.path.join(ROOT, "target", "release", "sshvisor"))
     ap.add_argument("--json", help="raw figures to this file")
+    ap.add_argument("--report", metavar="JSON", help="print the report of a --paired run's --json again")
     args = ap.parse_args()
+    if args.report:
+        with open(args.report) as f:
+            R = json.load(f)
+        print(paired_report(R["samples"], ap.parse_args(R["argv"]), R))
+        return
     if args.smoke:
         args.rounds, args.conns, args.kills, args.churn_secs = 1, 20, 10, 1.0
         args.ssh_secs, args.ssh_kills = 1.0, 3

@@ -93,11 +93,11 @@ impl Metrics {
         let _ = self.figures.penalties.set(penalties);
     }
 
-    /// Everything, in the OpenMetrics text format: the tree is listed first for the gauges (a
+    /// Everything, in the OpenMetrics text format: the tree is counted first for the gauges (a
     /// tree that does not answer leaves them at their last values).
     pub async fn encode(&self) -> String {
-        if let Ok(list) = self.tree.list().await {
-            self.figures.set_live(&list);
+        if let Ok(census) = self.tree.census().await {
+            self.figures.set_live(census);
         }
         let mut text = String::new();
         // Writing into a String cannot fail; an error would only come from a collector.

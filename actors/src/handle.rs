@@ -29,7 +29,7 @@ use crate::events::Event;
 use crate::filter::Filter;
 use crate::ids::{ConnId, PrefixMatch, Target};
 use crate::link::ConnectionLink;
-use crate::report::{ConnectionInfo, KillError, KillReport, Refusal, TreeStats};
+use crate::report::{Census, ConnectionInfo, KillError, KillReport, Refusal, TreeStats};
 use crate::supervisor::{AdmissionCounts, Selection, SupervisorArgs, SupervisorMsg};
 use crate::Policy;
 
@@ -354,6 +354,15 @@ impl SupervisorHandle {
     pub async fn stats(&self) -> Result<TreeStats, HandleError> {
         self.ask("the stats", Some(self.timeout), |reply| {
             SupervisorMsg::Stats { reply }
+        })
+        .await
+    }
+
+    /// The live tree counted by connection state and session kind, with the live connections'
+    /// bytes: a walk of the map, cheaper than [`list`](Self::list) (metrics ask it each scrape).
+    pub async fn census(&self) -> Result<Census, HandleError> {
+        self.ask("the census", Some(self.timeout), |reply| {
+            SupervisorMsg::Census { reply }
         })
         .await
     }

@@ -68,8 +68,8 @@ pub use link::{
 };
 pub use policy::{Limits, Policy, DEFAULT_KILL_GRACE, DEFAULT_LOGIN_GRACE, MIN_PENDING_AGE};
 pub use report::{
-    CertificateInfo, ConnState, ConnectionInfo, Credential, DisconnectCause, KillError, KillReport,
-    PendingKill, PtyInfo, Refusal, SessionExit, SessionInfo, SessionKind, TreeStats,
+    Census, CertificateInfo, ConnState, ConnectionInfo, Credential, DisconnectCause, KillError,
+    KillReport, PendingKill, PtyInfo, Refusal, SessionExit, SessionInfo, SessionKind, TreeStats,
 };
 pub use session::{SessionActor, SessionMsg, StartRefusal};
 pub use supervisor::{Selection, SupervisorActor, SupervisorArgs, SupervisorMsg};

@@ -156,6 +156,19 @@ pub struct TreeStats {
     pub waiting_kills: usize,
 }
 
+/// The live tree counted: what a metrics scrape shows, without a listing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Census {
+    /// Connections by state: handshaking, authenticated, closing.
+    pub connections: [u64; 3],
+    /// Sessions by kind: pending, exec, shell, subsystem.
+    pub sessions: [u64; 4],
+    /// Bytes received from the live connections' clients so far.
+    pub bytes_in: u64,
+    /// Bytes sent to the live connections' clients so far.
+    pub bytes_out: u64,
+}
+
 /// The answer to a kill: sent once everything under the target has stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KillReport {

@@ -55,6 +55,11 @@ async fn queries_through_the_handle_see_what_the_tree_holds() {
     );
     assert_eq!(handle.stats().await.unwrap().connections, 2);
     assert_eq!(handle.admission().await.unwrap().connections, 2);
+    // Counted by state and kind, as the metrics' gauges show them.
+    let _s = h.open_started(&alice, "alice/s1", Work::Healthy).await;
+    let census = handle.census().await.unwrap();
+    assert_eq!(census.connections, [1, 1, 0], "bob handshaking, alice in");
+    assert_eq!(census.sessions, [0, 1, 0, 0], "one exec session");
     handle.set_policy(unlimited()).await.unwrap();
 }
 

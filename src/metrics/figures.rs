@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use sshvisor_actors::{ConnId, ConnState, ConnectionInfo, Event, SessionKind};
+use sshvisor_actors::{Census, ConnId, Event};
 
 use super::labels::{limit_index, Initiator, LIMITS, PENALIZED};
 use super::PenaltiesCell;
@@ -39,16 +39,8 @@ pub(crate) struct Figures {
     /// connection is recognised by its ID and skipped).
     handshakes: Mutex<Vec<Option<(ConnId, Instant)>>>,
     /// The last listing: by state, by kind, bytes of live connections.
-    live: Mutex<Live>,
+    live: Mutex<Census>,
     pub(crate) penalties: PenaltiesCell,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Live {
-    states: [u64; 3],
-    kinds: [u64; 4],
-    bytes_in: u64,
-    bytes_out: u64,
 }
 
 impl Default for Figures {
@@ -64,7 +56,7 @@ impl Default for Figures {
             // 1 ms to about 16 s.
             to_authenticated: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             handshakes: Mutex::new(vec![None; HANDSHAKES]),
-            live: Mutex::new(Live::default()),
+            live: Mutex::new(Census::default()),
             penalties: PenaltiesCell::new(),
         }
     }
@@ -149,30 +141,10 @@ impl Figures {
         }
     }
 
-    /// Takes in a listing of the tree for the gauges and the live bytes.
-    pub(crate) fn set_live(&self, list: &[ConnectionInfo]) {
-        let mut live = Live::default();
-        for conn in list {
-            let state = match conn.state {
-                ConnState::Handshaking => 0,
-                ConnState::Authenticated => 1,
-                ConnState::Closing => 2,
-            };
-            live.states[state] += 1;
-            live.bytes_in += conn.bytes_in.unwrap_or(0);
-            live.bytes_out += conn.bytes_out.unwrap_or(0);
-            for session in &conn.sessions {
-                let kind = match session.kind {
-                    SessionKind::Pending => 0,
-                    SessionKind::Exec => 1,
-                    SessionKind::Shell => 2,
-                    SessionKind::Subsystem => 3,
-                };
-                live.kinds[kind] += 1;
-            }
-        }
+    /// Takes in the tree's census for the gauges and the live bytes.
+    pub(crate) fn set_live(&self, census: Census) {
         if let Ok(mut last) = self.live.lock() {
-            *last = live;
+            *last = census;
         }
     }
 }
@@ -198,7 +170,7 @@ impl Collector for Figures {
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
-        for (state, n) in STATES.iter().zip(live.states) {
+        for (state, n) in STATES.iter().zip(live.connections) {
             ConstGauge::new(n as i64).encode(family.encode_family(&[("state", *state)])?)?;
         }
         let mut family = encoder.encode_descriptor(
@@ -207,7 +179,7 @@ impl Collector for Figures {
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
-        for (kind, n) in KINDS.iter().zip(live.kinds) {
+        for (kind, n) in KINDS.iter().zip(live.sessions) {
             ConstGauge::new(n as i64).encode(family.encode_family(&[("kind", *kind)])?)?;
         }
 

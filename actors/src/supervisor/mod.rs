@@ -49,8 +49,8 @@ use crate::killed_by;
 use crate::link::ConnectionLink;
 use crate::notice::{ConnOutcome, ConnectionEnd, Notice, NoticeKind, Parent, SessionEnd};
 use crate::report::{
-    ConnState, ConnectionInfo, Credential, DisconnectCause, KillError, KillReport, PendingKill,
-    PtyInfo, Refusal, SessionExit, SessionInfo, SessionKind, TreeStats,
+    Census, ConnState, ConnectionInfo, Credential, DisconnectCause, KillError, KillReport,
+    PendingKill, PtyInfo, Refusal, SessionExit, SessionInfo, SessionKind, TreeStats,
 };
 use crate::Policy;
 
@@ -197,6 +197,12 @@ pub enum SupervisorMsg {
     Stats {
         /// The figures.
         reply: RpcReplyPort<TreeStats>,
+    },
+    /// Sent by a metrics scrape: the live tree counted by state and kind (see [`Census`]); a
+    /// walk of the map, no snapshot of any connection.
+    Census {
+        /// The counts.
+        reply: RpcReplyPort<Census>,
     },
     /// Sent by the embedding program or a test: the running counts the limits are checked against
     /// (see [`AdmissionCounts`]), for diagnostics and for tests that recount them from the outside.
@@ -980,6 +986,9 @@ impl Actor for SupervisorActor {
             }
             SupervisorMsg::Stats { reply } => {
                 let _ = reply.send(state.stats(&myself));
+            }
+            SupervisorMsg::Census { reply } => {
+                let _ = reply.send(state.registry.census());
             }
             SupervisorMsg::Admission { reply } => {
                 let _ = reply.send(state.counts.snapshot(state.registry.conns.len()));

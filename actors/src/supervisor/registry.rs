@@ -15,7 +15,7 @@ use crate::connection::ConnectionMsg;
 use crate::filter::Filter;
 use crate::ids::{resolve_prefix, ConnId, PrefixMatch, SessionId, Target};
 use crate::link::Traffic;
-use crate::report::{ConnectionInfo, SessionInfo};
+use crate::report::{Census, ConnState, ConnectionInfo, SessionInfo, SessionKind};
 
 /// A live session.
 pub(crate) struct SessionEntry {
@@ -82,6 +82,33 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// The live connections and sessions counted by state and kind, with their bytes.
+    pub(crate) fn census(&self) -> Census {
+        let mut census = Census::default();
+        for entry in self.conns.values() {
+            let state = match entry.info.state {
+                ConnState::Handshaking => 0,
+                ConnState::Authenticated => 1,
+                ConnState::Closing => 2,
+            };
+            census.connections[state] += 1;
+            if let Some(t) = &entry.traffic {
+                census.bytes_in += t.bytes_in();
+                census.bytes_out += t.bytes_out();
+            }
+            for session in &entry.sessions {
+                let kind = match session.info.kind {
+                    SessionKind::Pending => 0,
+                    SessionKind::Exec => 1,
+                    SessionKind::Shell => 2,
+                    SessionKind::Subsystem => 3,
+                };
+                census.sessions[kind] += 1;
+            }
+        }
+        census
+    }
+
     /// Adds a connection admitted now.
     pub(crate) fn insert(&mut self, entry: ConnEntry) {
         self.by_actor.insert(entry.actor.get_id(), entry.info.id);
