@@ -7,8 +7,8 @@
 //! line is an [`AuditEntry`]: the record with its time (`at`, RFC 3339 UTC).
 //!
 //! Writing: most records are queued (bounded) for a thread of the log's own, which writes
-//! whatever is queued in one `write(2)` to the kernel (no fsync: a crash of the machine may lose
-//! the last lines, a crash of the server does not). A record that finds the queue full is
+//! whatever is queued in one `write(2)` to the kernel, at most every 5 ms (no fsync: a crash of
+//! the machine may lose the last lines, a crash of the server the last 5 ms of them). A record that finds the queue full is
 //! dropped, counted, and the count logged. A kill's record never is: [`Audit::write`] writes the
 //! queue and the record itself, at once, in the caller's task, so a kill's reply goes out after
 //! its record is in the file, and the file keeps the order records were made in.
@@ -37,6 +37,10 @@ use tracing::warn;
 /// Lines waiting for the writer thread; past this, records other than kills are dropped
 /// (counted).
 const QUEUE: usize = 4096;
+
+/// How long the writer thread gathers records after a batch before it writes the next: the
+/// longest a record other than a kill's waits for the file.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Records kept for a slow subscriber before it misses some (it is told how many).
 const SUBSCRIBER_BACKLOG: usize = 1024;
@@ -522,6 +526,8 @@ struct WriterState {
     dropped: u64,
     /// No `Audit` is left: the thread writes what is queued and ends.
     closed: bool,
+    /// The thread waits for lines (else it is writing, or gathering the next batch).
+    idle: bool,
 }
 
 /// The writer, as the `Audit` handles share it: the last one dropped tells the thread to
@@ -546,6 +552,7 @@ impl FileWriter {
                 queued: Vec::new(),
                 dropped: 0,
                 closed: false,
+                idle: false,
             }),
             wake: Condvar::new(),
         });
@@ -577,8 +584,11 @@ impl FileWriter {
             return;
         }
         state.queued.push(line);
+        let idle = std::mem::replace(&mut state.idle, false);
         drop(state);
-        self.wake.notify_one();
+        if idle {
+            self.wake.notify_one();
+        }
     }
 
     /// Writes what is queued, then `lines`, now.
@@ -621,20 +631,27 @@ fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// The writer thread: writes the queued lines as they come, until the last `Audit` is gone.
+///
+/// After each batch it lets [`GATHER`] pass before it looks again, so that a burst of records
+/// (a handshake makes four) is one wake-up and one write, not one each.
 fn write_queued(writer: &FileWriter) {
     loop {
         let mut state = writer.lock();
         while state.queued.is_empty() && !state.closed {
+            state.idle = true;
             state = writer
                 .wake
                 .wait(state)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
+        state.idle = false;
         let lines = std::mem::take(&mut state.queued);
         writer.write_lines(&state.file, &lines);
         if state.closed {
             return;
         }
+        drop(state);
+        std::thread::sleep(GATHER);
     }
 }
 
