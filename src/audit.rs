@@ -189,6 +189,13 @@ pub enum AuditRecord {
         /// Whether the grace ran out and the end was forced.
         forced: Option<bool>,
     },
+    /// An announced kill (`ctl kill --warn`) withdrawn before its deadline (`ctl cancel`).
+    KillCancelled {
+        /// Who withdrew it.
+        by: Initiator,
+        /// The connection it was for.
+        conn: ConnId,
+    },
     /// A kill that could not be carried out.
     KillFailed {
         /// Who asked.

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::{openssh, text, WAIT};
+use common::{openssh, text, Serving, WAIT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -110,38 +110,14 @@ impl Node {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sshvisor"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(&self.flags)
-            .current_dir(self.cwd.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let port = tokio::time::timeout(WAIT, async {
-            let mut port = None;
-            // Up to the printed ssh line, the last of what serve prints at start.
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(addr) = line.strip_prefix("sshvisor listening on ") {
-                    port = addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
-                }
-                if line.trim_start().starts_with("ssh ") {
-                    return port;
-                }
-            }
-            None
-        })
-        .await
-        .expect("serve prints its address in time");
-        let Some(port) = port else {
+        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        let serving = Serving::start(self.cwd.path(), &flags, log).await;
+        let Some(port) = serving.port() else {
             panic!("node {} did not start:\n{}", self.name, self.log());
         };
         self.port = port;
-        self.child = Some(child);
-        self._stdout = Some(lines);
+        self.child = Some(serving.child);
+        self._stdout = Some(serving.stdout);
     }
 
     fn pid(&self) -> Pid {

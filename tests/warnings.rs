@@ -1,7 +1,8 @@
 //! A warning before the cut, as the person at the terminal sees it with the OpenSSH client:
 //! `ctl kill ID --warn D` (a line at once, the kill at the deadline, listed as pending),
 //! `ctl cancel ID` (told it is withdrawn), and `idle_warning` before the idle cut. A session
-//! without a terminal is shown nothing: on a pipe the line would be data.
+//! without a terminal is shown nothing: on a pipe the line would be data. The audit log has the
+//! kill, at its deadline, or the cancel.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{text, TestServer};
+use sshvisor::audit::{AuditRecord, Initiator};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStdout};
 
@@ -43,6 +45,13 @@ async fn read_until(out: &mut ChildStdout, seen: &mut Vec<u8>, wanted: &str) -> 
     text(seen)
 }
 
+/// The audit records published so far.
+fn received(
+    stream: &mut tokio::sync::broadcast::Receiver<sshvisor::audit::AuditEntry>,
+) -> Vec<AuditRecord> {
+    std::iter::from_fn(|| stream.try_recv().ok().map(|e| e.record)).collect()
+}
+
 /// The IDs of the live connections of `user` that have a session.
 async fn connection_of(server: &TestServer, user: &str) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -69,6 +78,7 @@ async fn a_warned_kill_shows_a_line_at_once_is_listed_and_cuts_at_the_deadline()
     let mut piped = client(&server, "pipe", false);
     let pipe_id = connection_of(&server, "pipe").await;
     let mut out = alice.stdout.take().unwrap();
+    let mut audit = server.daemon.audit().subscribe();
     let kill = server
         .ctl(&[
             "kill",
@@ -113,6 +123,23 @@ async fn a_warned_kill_shows_a_line_at_once_is_listed_and_cuts_at_the_deadline()
         .unwrap();
     assert!(done.status.success(), "{}", text(&done.stderr));
     assert!(text(&done.stdout).contains(&id), "{}", text(&done.stdout));
+    // Recorded as the control socket's kill, with its reason, before ctl had its answer.
+    let kills: Vec<AuditRecord> = received(&mut audit)
+        .into_iter()
+        .filter(|r| matches!(r, AuditRecord::Kill { .. }))
+        .collect();
+    match kills.as_slice() {
+        [AuditRecord::Kill {
+            by: Initiator::Ctl { .. },
+            target,
+            reason,
+            ..
+        }] => {
+            assert_eq!(target.to_string(), format!("connection {id}"));
+            assert_eq!(reason, "maintenance at noon");
+        }
+        other => panic!("one kill record expected: {other:?}"),
+    }
     let ended = tokio::time::timeout(WAIT, alice.wait_with_output())
         .await
         .expect("alice is cut")
@@ -143,6 +170,7 @@ async fn a_cancelled_warning_is_told_and_the_connection_stays() {
     let mut bob = client(&server, "bob", true);
     let id = connection_of(&server, "bob").await;
     let mut out = bob.stdout.take().unwrap();
+    let mut audit = server.daemon.audit().subscribe();
     let kill = server
         .ctl(&["kill", &id, "--warn", "10m", "--reason", "reboot"])
         .spawn()
@@ -163,6 +191,18 @@ async fn a_cancelled_warning_is_told_and_the_connection_stays() {
         text(&done.stderr)
     );
     assert!(server.list().await.iter().any(|c| c.id.to_string() == id));
+    let records = received(&mut audit);
+    assert!(
+        records.iter().any(|r| matches!(r,
+            AuditRecord::KillCancelled { by: Initiator::Ctl { .. }, conn } if conn.to_string() == id)),
+        "{records:?}"
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| matches!(r, AuditRecord::Kill { .. })),
+        "{records:?}"
+    );
     let again = server.ctl(&["cancel", &id]).output().await.unwrap();
     assert!(!again.status.success());
     assert!(

@@ -869,7 +869,11 @@ async fn run(
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
             info!(?filter, reason = %reason, notice = %humantime::format_duration(notice), by = by.as_deref(), "audit: announced kill by filter requested");
             let which = sshvisor_actors::Selection::Where(filter);
-            reports(tree.kill_warned(which, reason, notice, grace, by).await)
+            let answer = tree
+                .kill_warned(which, reason.clone(), notice, grace, by)
+                .await;
+            audit_reports(audit, uid, pid, &answer, &reason).await;
+            reports(answer)
         }
         Command::KillWhere {
             filter,
@@ -939,10 +943,11 @@ async fn run(
             let conn = connection_named(tree, target.trim()).await?;
             info!(%conn, reason = %reason, notice = %humantime::format_duration(notice), by = by.as_deref(), "audit: announced kill requested");
             let which = sshvisor_actors::Selection::One(conn);
-            let mut done = tree
-                .kill_warned(which, reason, notice, grace, by)
-                .await
-                .map_err(|e| e.to_string())?;
+            let answer = tree
+                .kill_warned(which, reason.clone(), notice, grace, by)
+                .await;
+            audit_reports(audit, uid, pid, &answer, &reason).await;
+            let mut done = answer.map_err(|e| e.to_string())?;
             match done.pop() {
                 Some(report) => raw(&report),
                 None => Err(format!(
@@ -954,6 +959,10 @@ async fn run(
             let conn = connection_named(tree, target.trim()).await?;
             if tree.cancel_kill(conn).await.map_err(|e| e.to_string())? {
                 info!(%conn, by = by.as_deref(), "audit: announced kill cancelled");
+                if let Some(audit) = audit {
+                    let by = Initiator::ctl(uid, pid);
+                    audit.write(AuditRecord::KillCancelled { by, conn }).await;
+                }
                 raw(&json!({ "cancelled": conn }))
             } else {
                 Err(format!("connection {conn} has no announced kill to cancel"))

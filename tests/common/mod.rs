@@ -455,31 +455,63 @@ pub fn tcp_tx_queue_to(remote: std::net::SocketAddr) -> Option<u64> {
 /// as an operator runs it: subreaper, orphan reaper, signals); returns it and its stdout lines
 /// up to the printed ssh command (or the listening line when keys are given).
 pub async fn serve_lines(cwd: &Path, extra: &[&str]) -> (tokio::process::Child, Vec<String>) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sshvisor"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let done = line.trim_start().starts_with("ssh ");
-            seen.push(line);
-            if done {
-                break;
+    let started = Serving::start(cwd, extra, Stdio::null()).await;
+    (started.child, started.lines)
+}
+
+/// A `sshvisor serve` process started by [`Serving::start`].
+pub struct Serving {
+    pub child: tokio::process::Child,
+    /// What it printed at start, up to its ssh command line.
+    pub lines: Vec<String>,
+    /// The rest of its stdout, kept open (a closed pipe would fail its later writes).
+    pub stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Serving {
+    /// `sshvisor serve --listen 127.0.0.1:0 EXTRA...` in `cwd`, its stderr to `stderr`; waits
+    /// for its printed ssh line (the last of what it prints at start). If it exits first,
+    /// `lines` ends without one.
+    pub async fn start(cwd: &Path, extra: &[&str], stderr: impl Into<Stdio>) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sshvisor"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut lines = Vec::new();
+        tokio::time::timeout(WAIT, async {
+            while let Some(line) = stdout.next_line().await.unwrap() {
+                let done = line.trim_start().starts_with("ssh ");
+                lines.push(line);
+                if done {
+                    break;
+                }
             }
+        })
+        .await
+        .expect("serve prints its ssh line in time");
+        Self {
+            child,
+            lines,
+            stdout,
         }
-    })
-    .await
-    .expect("serve prints its ssh line");
-    (child, seen)
+    }
+
+    /// The SSH port it printed (`sshvisor listening on ADDR`), if it got that far.
+    pub fn port(&self) -> Option<u16> {
+        self.lines.iter().find_map(|line| {
+            line.strip_prefix("sshvisor listening on ")
+                .and_then(|addr| addr.rsplit(':').next())
+                .and_then(|port| port.parse().ok())
+        })
+    }
 }
 
 /// [`serve_lines`], with the printed `ssh` command line as words, the session's command left
