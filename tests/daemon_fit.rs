@@ -20,30 +20,16 @@ use tokio::process::{Child, Command};
 /// `sshvisor serve --listen 127.0.0.1:0` in `cwd` with this stderr and environment, returned once
 /// it has printed its ssh line (it is listening and its control socket is up).
 async fn serve(cwd: &Path, stderr: Stdio, env: &[(&str, &str)]) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sshvisor"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .current_dir(cwd)
-        .env_remove("NO_COLOR")
-        .env_remove("NOTIFY_SOCKET")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.trim_start().starts_with("ssh ") {
-                return;
-            }
-        }
-        panic!("serve ended before its ssh line");
-    })
-    .await
-    .expect("serve prints its ssh line");
-    child
+    let serving = common::Serving::start_env(cwd, &[], stderr, env).await;
+    assert!(
+        serving
+            .lines
+            .last()
+            .is_some_and(|l| l.trim_start().starts_with("ssh ")),
+        "serve ended before its ssh line: {:?}",
+        serving.lines
+    );
+    serving.child
 }
 
 /// SIGTERM, then the exit status (the drain of a server with no connection).

@@ -473,11 +473,25 @@ impl Serving {
     /// for its printed ssh line (the last of what it prints at start). If it exits first,
     /// `lines` ends without one.
     pub async fn start(cwd: &Path, extra: &[&str], stderr: impl Into<Stdio>) -> Self {
+        Self::start_env(cwd, extra, stderr, &[]).await
+    }
+
+    /// [`Serving::start`] with `env` set, in an environment without the test runner's
+    /// `NO_COLOR` and `NOTIFY_SOCKET`.
+    pub async fn start_env(
+        cwd: &Path,
+        extra: &[&str],
+        stderr: impl Into<Stdio>,
+        env: &[(&str, &str)],
+    ) -> Self {
         use tokio::io::AsyncBufReadExt;
         let mut child = Command::new(env!("CARGO_BIN_EXE_sshvisor"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .current_dir(cwd)
+            .env_remove("NO_COLOR")
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
