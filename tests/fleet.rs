@@ -1,9 +1,10 @@
 //! The fleet as an operator runs it: `sshvisor serve` processes on 127.0.0.1 joined over TLS
 //! made by `sshvisor fleet certs`, users connected with OpenSSH, and `sshvisor ctl` on any node:
-//! one kill by user across nodes, a kill by ID of a connection another node holds, a node with
-//! the wrong cookie refused (and serving alone), a node that dies or freezes leaving the view
-//! and coming back, `ctl watch --fleet` tagging each node's events, and `--fleet-insecure`
-//! refused off loopback.
+//! one kill by user across nodes, the same announced (`--warn`: the terminal on another node
+//! told at once, the cut at the deadline), a kill by ID of a connection another node holds, a
+//! node with the wrong cookie refused (and serving alone), a node that dies or freezes leaving
+//! the view and coming back, `ctl watch --fleet` tagging each node's events, and
+//! `--fleet-insecure` refused off loopback.
 
 #![cfg(feature = "fleet")]
 
@@ -715,4 +716,84 @@ async fn insecure_links_are_refused_off_loopback_and_plain_links_need_insecure()
         stderr.contains("--fleet-tls-ca") && stderr.contains("--fleet-insecure"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announced_fleet_kill_warns_the_terminal_on_another_node_then_cuts_at_the_deadline() {
+    use tokio::io::AsyncReadExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = three_nodes(&tmp.path().join("certs")).await;
+    // alice at a terminal on b; bob on a stays.
+    let key = b.state().join("client_ed25519");
+    let mut alice = openssh(b.port, &key, "alice", &["RequestTTY=force"])
+        .arg("sleep 600")
+        .spawn()
+        .unwrap();
+    let bob = a.ssh("bob", "sleep 600").spawn().unwrap();
+    c.wait_fleet_ls("both sessions listed", |l| with_sessions(l).len() == 2)
+        .await;
+
+    let asked = std::time::Instant::now();
+    let state = c.state();
+    let kill = Command::new(env!("CARGO_BIN_EXE_sshvisor"))
+        .args(["ctl", "--state-dir"])
+        .arg(&state)
+        .args(["kill", "--fleet", "--user", "alice", "--warn", "2s"])
+        .args(["--reason", "maintenance at noon", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // The line reaches alice's terminal at once, on b, from c's ctl.
+    let mut out = alice.stdout.take().unwrap();
+    let wanted = "*** sshvisor: this connection will be closed in 2s: maintenance at noon ***";
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 1024];
+        while !text(&seen).contains(wanted) {
+            let n = out.read(&mut buf).await.unwrap();
+            assert!(n > 0, "alice's client ended first: {:?}", text(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no warning shown: {:?}", text(&seen)));
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "shown before the cut"
+    );
+
+    let done = tokio::time::timeout(WAIT, kill.wait_with_output())
+        .await
+        .expect("ctl answers after the deadline")
+        .unwrap();
+    assert!(
+        asked.elapsed() >= Duration::from_secs(2),
+        "killed at the deadline"
+    );
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let answer: Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(
+        outcomes(&answer),
+        [
+            ("a".to_string(), "answered".to_string(), Some(0)),
+            ("b".into(), "answered".into(), Some(1)),
+            ("c".into(), "answered".into(), Some(0))
+        ],
+        "{answer:#}"
+    );
+    let stderr = ended(alice).await;
+    assert!(stderr.contains("maintenance at noon"), "{stderr}");
+    let listing = c
+        .wait_fleet_ls("alice gone", |l| with_sessions(l).len() == 1)
+        .await;
+    assert_eq!(
+        with_sessions(&listing),
+        [("a".to_string(), "bob".to_string())]
+    );
+    drop(bob);
 }

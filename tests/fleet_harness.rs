@@ -7,7 +7,8 @@
 //! Pinned: a fleet list names every connection's node and every node's outcome; a kill by ID
 //! (or unique prefix) reaches the node that owns it, and a prefix matching on two nodes is
 //! ambiguous; a kill by user kills exactly that user's connections on every node, each node's
-//! audit recording its own kills with the asker and its node; a node
+//! audit recording its own kills with the asker and its node; an announced fleet kill pending
+//! on every node until its deadline; a node
 //! stopped in the middle of a fleet kill is named in the one answer while the others' kills
 //! complete; a node that leaves is shown unreachable, not asked, and is up again when a node
 //! of its name rejoins.
@@ -540,4 +541,72 @@ async fn a_node_that_leaves_is_unreachable_and_rejoins() {
         "{listing:#?}"
     );
     assert_eq!(c2.name, "c");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_announced_fleet_kill_is_pending_on_every_node_until_its_deadline() {
+    let (_scope, a, b, c) = fleet().await;
+    let alice_a = a.login("a-alice", "alice", Client::Healthy).await;
+    let bob = b.login("b-bob", "bob", Client::Healthy).await;
+    let alice_c = c.login("c-alice", "alice", Client::Healthy).await;
+    let mut audits = [a.audit.subscribe(), c.audit.subscribe()];
+    let notice = Duration::from_millis(1500);
+
+    let asked = Instant::now();
+    let fleet = a.fleet.clone();
+    let kill = tokio::spawn(async move {
+        let filter = Filter {
+            user: Some("alice".into()),
+            ..Filter::default()
+        };
+        fleet
+            .kill_warned(
+                filter,
+                "maintenance",
+                notice,
+                Duration::from_secs(2),
+                Some("test".into()),
+                WITHIN,
+            )
+            .await
+    });
+
+    // Before the deadline: listed as pending on both nodes, nobody cut.
+    for (node, conn) in [(&a, alice_a.id), (&c, alice_c.id)] {
+        wait_until("the kill is pending", WAIT, || async {
+            node.h
+                .listed(conn)
+                .await
+                .is_some_and(|c| c.pending_kill.is_some())
+        })
+        .await;
+    }
+    assert!(disconnects(&a.h).is_empty() && disconnects(&c.h).is_empty());
+
+    let done = kill.await.unwrap();
+    assert!(asked.elapsed() >= notice, "answered at the deadline");
+    assert_eq!(names(&done.nodes), ["a", "b", "c"]);
+    for (node, count) in [("a", 1), ("b", 0), ("c", 1)] {
+        let o = outcome(&done.nodes, node);
+        assert_eq!(
+            (o.status, o.count),
+            (Reply::Answered, Some(count)),
+            "{done:#?}"
+        );
+    }
+    let reason = "maintenance".to_string();
+    assert_eq!(disconnects(&a.h), [("a-alice".to_string(), reason.clone())]);
+    assert_eq!(disconnects(&c.h), [("c-alice".to_string(), reason)]);
+    assert!(b.h.listed(bob.id).await.is_some(), "bob untouched");
+    for stream in &mut audits {
+        let kills: Vec<AuditRecord> = std::iter::from_fn(|| stream.try_recv().ok())
+            .map(|e| e.record)
+            .filter(|r| matches!(r, AuditRecord::Kill { .. }))
+            .collect();
+        assert!(
+            matches!(kills.as_slice(), [AuditRecord::Kill { by: Initiator::Fleet { origin }, .. }]
+                if origin == "test on node a"),
+            "{kills:?}"
+        );
+    }
 }

@@ -149,7 +149,8 @@ pub(crate) enum CtlCmd {
         timeout: Duration,
         /// Tell each terminal of the connections now that they will be closed after this long
         /// (humantime: 60s, 5m), list the kill as pending, and kill then; `ctl cancel ID`
-        /// withdraws it. Connections only (not sessions), one node (not --fleet).
+        /// withdraws it (on the node that holds it). Connections only (not sessions); with
+        /// --fleet, by filter or --all on every node.
         #[arg(long, value_name = "DURATION", value_parser = sshvisor::daemon::control::notice_from_str)]
         warn: Option<Duration>,
         /// Shown to the client that is cut off.

@@ -342,22 +342,23 @@ pub(crate) async fn run(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<E
             grace,
             json,
         } => {
+            let by_filter = kill_by_filter(&ids, all, &filter).map_err(anyhow::Error::msg)?;
             if let Some(notice) = warn {
-                if fleet {
+                if fleet && !by_filter {
                     anyhow::bail!(
-                        "--warn is not available with --fleet: announce the kill on each node"
+                        "--warn with --fleet takes a filter (--user, --peer, ...) or --all: an ID's announced kill is given on the node that holds it"
                     );
                 }
                 if !dry_run {
                     let at = std::time::SystemTime::now() + notice;
+                    let on_its_node = if fleet { " on its node" } else { "" };
                     eprintln!(
-                        "sshvisor: announced to the terminals; the kill starts at {} (Ctrl-C here leaves it pending; `sshvisor ctl cancel ID` withdraws it)",
+                        "sshvisor: announced to the terminals; the kill starts at {} (Ctrl-C here leaves it pending; `sshvisor ctl cancel ID`{on_its_node} withdraws it)",
                         humantime::format_rfc3339_seconds(at)
                     );
                 }
             }
             let warn = warn.map(duration_text);
-            let by_filter = kill_by_filter(&ids, all, &filter).map_err(anyhow::Error::msg)?;
             let filter = filter.filter();
             let timeout = Some(duration_text(timeout));
             if by_filter && fleet {
@@ -368,7 +369,7 @@ pub(crate) async fn run(state_dir: PathBuf, command: CtlCmd) -> anyhow::Result<E
                     dry_run,
                     fleet: true,
                     timeout,
-                    warn: None,
+                    warn,
                 };
                 let text = client.request_raw(request).await?;
                 let outcome: sshvisor::fleet::FleetKill = serde_json::from_str(&text)?;

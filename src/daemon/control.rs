@@ -754,10 +754,6 @@ async fn kill_text(
     }
 }
 
-/// Refused: an announced kill is the node's own.
-const WARN_NOT_IN_FLEET: &str =
-    "--warn is not available with --fleet: announce the kill on each node (sshvisor ctl kill --warn on it)";
-
 /// The longest notice an announced kill may give.
 pub const MAX_NOTICE: Duration = Duration::from_secs(24 * 3600);
 
@@ -851,10 +847,21 @@ async fn run(
         } => fleet::list(reach, filter, fleet::node_timeout(timeout.as_deref())?).await,
         Command::Ls { filter, .. } => raw(&with_process_counts(select(filter).await?).await),
         Command::KillWhere {
+            filter,
+            reason,
+            grace,
+            dry_run: false,
             fleet: true,
-            warn: Some(_),
-            ..
-        } => Err(WARN_NOT_IN_FLEET.into()),
+            warn: Some(notice),
+            timeout,
+        } => {
+            let grace = parse_grace(grace.as_deref(), kill_grace)?;
+            let notice = notice_from_str(&notice)?;
+            let within = fleet::node_timeout(timeout.as_deref())?;
+            let reason = reason.unwrap_or_else(|| "killed by the operator".into());
+            info!(?filter, reason = %reason, notice = %humantime::format_duration(notice), by = by.as_deref(), "audit: announced fleet kill by filter requested");
+            fleet::kill_warned(reach, filter, &reason, notice, grace, by, within).await
+        }
         Command::KillWhere {
             filter,
             reason,

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use sshvisor_actors::{Event, HandleError, PrefixMatch, SupervisorHandle};
+use sshvisor_actors::{Event, HandleError, KillReport, PrefixMatch, Selection, SupervisorHandle};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -175,15 +175,25 @@ async fn serve(ask: Ask, args: &AgentArgs, events: &Arc<EventLog>) -> Answer {
             let (reason_text, origin) = (reason.clone(), by.clone().unwrap_or_default());
             match tree.kill_where(filter, reason, grace, by).await {
                 Ok(reports) => {
-                    if let Some(audit) = &args.audit {
-                        let records = reports.iter().map(|report| {
-                            let by = Initiator::Fleet {
-                                origin: origin.clone(),
-                            };
-                            AuditRecord::kill(by, report, &reason_text)
-                        });
-                        audit.write_all(records).await;
-                    }
+                    record_fleet_kills(&args.audit, &origin, &reports, &reason_text).await;
+                    Answer::KilledMany(reports)
+                }
+                Err(e) => failed(e),
+            }
+        }
+        Ask::KillWarned {
+            filter,
+            reason,
+            notice,
+            grace,
+            by,
+        } => {
+            info!(?filter, reason = %reason, notice = %humantime::format_duration(notice), by = by.as_deref(), "audit: announced kill by filter requested by the fleet");
+            let (reason_text, origin) = (reason.clone(), by.clone().unwrap_or_default());
+            let which = Selection::Where(filter);
+            match tree.kill_warned(which, reason, notice, grace, by).await {
+                Ok(reports) => {
+                    record_fleet_kills(&args.audit, &origin, &reports, &reason_text).await;
                     Answer::KilledMany(reports)
                 }
                 Err(e) => failed(e),
@@ -193,6 +203,25 @@ async fn serve(ask: Ask, args: &AgentArgs, events: &Arc<EventLog>) -> Answer {
             Ok(batch) => Answer::Events(batch),
             Err(e) => failed(e),
         },
+    }
+}
+
+/// Records the kills of a set the fleet asked for (`origin`: who, on which node), before the
+/// answer goes back.
+async fn record_fleet_kills(
+    audit: &Option<Audit>,
+    origin: &str,
+    reports: &[KillReport],
+    reason: &str,
+) {
+    if let Some(audit) = audit {
+        let records = reports.iter().map(|report| {
+            let by = Initiator::Fleet {
+                origin: origin.to_string(),
+            };
+            AuditRecord::kill(by, report, reason)
+        });
+        audit.write_all(records).await;
     }
 }
 

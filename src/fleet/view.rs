@@ -295,24 +295,46 @@ impl Fleet {
         let mut outcome = FleetKill::default();
         for (node, answer) in self.fan_out(&request, kill_bound(grace, within)).await {
             match answer {
-                Ok(Answer::KilledSome { reports, omitted }) => {
-                    let mut answered = NodeOutcome::answered(&node, reports.len() + omitted);
-                    answered.error = Some(format!(
-                        "{omitted} of its reports were left out: the answer was too big for one link message"
-                    ));
-                    outcome.nodes.push(answered);
-                    outcome.reports.extend(located(&node, reports));
-                }
-                Ok(Answer::KilledMany(reports)) => {
-                    outcome
-                        .nodes
-                        .push(NodeOutcome::answered(&node, reports.len()));
-                    outcome.reports.extend(located(&node, reports));
-                }
+                Ok(Answer::KilledSome { reports, omitted }) => outcome.cut(&node, reports, omitted),
+                Ok(Answer::KilledMany(reports)) => outcome.killed(&node, reports),
                 Ok(Answer::Connections(all)) if dry_run => {
                     outcome.nodes.push(NodeOutcome::answered(&node, all.len()));
                     outcome.would_kill.extend(located(&node, all));
                 }
+                other => outcome.nodes.push(not_done(&node, other)),
+            }
+        }
+        outcome
+    }
+
+    /// Announces to the connections `filter` selects on every node that they will be killed
+    /// after `notice` (each terminal is told at once), and kills them then: one answer at the
+    /// deadline, once every node has reported or timed out (`within` after the notice, the
+    /// grace and the tree's forced path). A node cut off meanwhile still carries out its part.
+    pub async fn kill_warned(
+        &self,
+        filter: Filter,
+        reason: &str,
+        notice: Duration,
+        grace: Duration,
+        by: Option<String>,
+        within: Duration,
+    ) -> FleetKill {
+        let request = Ask::KillWarned {
+            filter,
+            reason: reason.to_string(),
+            notice,
+            grace,
+            by: Some(self.origin(by)),
+        };
+        let mut outcome = FleetKill::default();
+        for (node, answer) in self
+            .fan_out(&request, notice + kill_bound(grace, within))
+            .await
+        {
+            match answer {
+                Ok(Answer::KilledSome { reports, omitted }) => outcome.cut(&node, reports, omitted),
+                Ok(Answer::KilledMany(reports)) => outcome.killed(&node, reports),
                 other => outcome.nodes.push(not_done(&node, other)),
             }
         }
@@ -527,6 +549,24 @@ fn located<'a, T: 'a>(node: &'a str, items: Vec<T>) -> impl Iterator<Item = Loca
         node: node.to_string(),
         item,
     })
+}
+
+impl FleetKill {
+    /// `node` killed these.
+    fn killed(&mut self, node: &str, reports: Vec<KillReport>) {
+        self.nodes.push(NodeOutcome::answered(node, reports.len()));
+        self.reports.extend(located(node, reports));
+    }
+
+    /// `node` killed these and `omitted` more, whose reports did not fit in its answer.
+    fn cut(&mut self, node: &str, reports: Vec<KillReport>, omitted: usize) {
+        let mut answered = NodeOutcome::answered(node, reports.len() + omitted);
+        answered.error = Some(format!(
+            "{omitted} of its reports were left out: the answer was too big for one link message"
+        ));
+        self.nodes.push(answered);
+        self.reports.extend(located(node, reports));
+    }
 }
 
 /// Why a node's answer is missing.

@@ -71,6 +71,21 @@ pub enum Ask {
         /// List, kill nothing.
         dry_run: bool,
     },
+    /// Announce to every connection of the node that `filter` selects that it will be killed
+    /// after `notice`, then kill them: answered at the deadline (a variant of its own, so that a
+    /// node that does not know it refuses it rather than killing at once).
+    KillWarned {
+        /// Which connections (chosen when the node gets the ask).
+        filter: Filter,
+        /// Shown to the clients, in the warning and at the cut.
+        reason: String,
+        /// From the warning to the kill.
+        notice: Duration,
+        /// The kill's grace.
+        grace: Duration,
+        /// Who asked.
+        by: Option<String>,
+    },
     /// The node's lifecycle events from sequence number `from` on (the `next` of the
     /// previous answer); `None` starts a watch: no events, only the number to go on from.
     Events {

@@ -61,6 +61,23 @@ pub(super) async fn kill_where(
     raw(&outcome)
 }
 
+/// An announced kill on every node of the connections `filter` selects: one answer at the
+/// deadline.
+pub(super) async fn kill_warned(
+    reach: &Reach,
+    filter: Filter,
+    reason: &str,
+    notice: Duration,
+    grace: Duration,
+    by: Option<String>,
+    within: Duration,
+) -> Result<Box<RawValue>, String> {
+    let outcome = fleet(reach)?
+        .kill_warned(filter, reason, notice, grace, by, within)
+        .await;
+    raw(&outcome)
+}
+
 /// A kill of an ID this node does not hold: found on whichever node does.
 pub(super) async fn kill(
     reach: &Reach,

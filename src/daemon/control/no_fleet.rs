@@ -45,6 +45,19 @@ pub(super) async fn kill_where(
 }
 
 /// Refused.
+pub(super) async fn kill_warned(
+    _: &Reach,
+    _: Filter,
+    _: &str,
+    _: Duration,
+    _: Duration,
+    _: Option<String>,
+    _: Duration,
+) -> Result<Box<RawValue>, String> {
+    Err(NOT_IN_A_FLEET.into())
+}
+
+/// Refused.
 pub(super) async fn kill(
     _: &Reach,
     _: &str,
