@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -460,64 +460,16 @@ async fn serve_client(stream: UnixStream, reach: Reach, uid: u32, pid: Option<i3
         match parse_request(&text) {
             Ok(Request {
                 id,
-                command: Command::Watch { fleet: true },
+                command: Command::Watch { fleet },
             }) => {
-                let tx = tx.clone();
-                let reach = reach.clone();
+                let (tx, reach) = (tx.clone(), reach.clone());
                 watches.spawn(
                     async move {
-                        // The permit is held for as long as the watch lasts.
-                        let permit = permit;
-                        let mut events = match fleet::watch(&reach) {
-                            Ok(events) => events,
-                            Err(e) => {
-                                let _ = tx.send((
-                                    Response::err(id, format!("cannot watch the fleet: {e}")),
-                                    Some(permit),
-                                ));
-                                return;
-                            }
+                        let events = match fleet {
+                            true => fleet_events(&reach),
+                            false => tree_events(&reach.tree).await,
                         };
-                        info!("fleet watch started");
-                        while let Some(event) = events.recv().await {
-                            let Ok(event) = raw(&event) else { continue };
-                            if tx.send((Response::ok(id, event), None)).is_err() {
-                                break;
-                            }
-                        }
-                        drop(permit);
-                    }
-                    .in_current_span(),
-                );
-            }
-            Ok(Request {
-                id,
-                command: Command::Watch { fleet: false },
-            }) => {
-                let tree = reach.tree.clone();
-                let tx = tx.clone();
-                watches.spawn(
-                    async move {
-                        // The permit is held for as long as the watch lasts.
-                        let permit = permit;
-                        let mut events = match tree.subscribe().await {
-                            Ok(events) => events,
-                            Err(e) => {
-                                let _ = tx.send((
-                                    Response::err(id, format!("cannot watch: {e}")),
-                                    Some(permit),
-                                ));
-                                return;
-                            }
-                        };
-                        info!("watch started");
-                        while let Some(event) = events.recv().await {
-                            let Ok(event) = stamped(&event) else { continue };
-                            if tx.send((Response::ok(id, event), None)).is_err() {
-                                break;
-                            }
-                        }
-                        drop(permit);
+                        relay(id, &tx, permit, events).await;
                     }
                     .in_current_span(),
                 );
@@ -571,6 +523,58 @@ async fn serve_client(stream: UnixStream, reach: Reach, uid: u32, pid: Option<i3
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// A watch's events, each ready to send.
+type Watched = futures::stream::BoxStream<'static, Box<RawValue>>;
+
+/// This node's lifecycle events, each stamped with its time.
+async fn tree_events(tree: &SupervisorHandle) -> Result<Watched, String> {
+    let events = tree
+        .subscribe()
+        .await
+        .map_err(|e| format!("cannot watch: {e}"))?;
+    info!("watch started");
+    let each = futures::stream::unfold(events, |mut events| async move {
+        events
+            .recv()
+            .await
+            .map(|event| (stamped(&event).ok(), events))
+    });
+    Ok(each.filter_map(std::future::ready).boxed())
+}
+
+/// Every node's events, tagged with the node.
+fn fleet_events(reach: &Reach) -> Result<Watched, String> {
+    let events = fleet::watch(reach).map_err(|e| format!("cannot watch the fleet: {e}"))?;
+    info!("fleet watch started");
+    let each = futures::stream::unfold(events, |mut events| async move {
+        events.recv().await.map(|event| (raw(&event).ok(), events))
+    });
+    Ok(each.filter_map(std::future::ready).boxed())
+}
+
+/// Answers watch request `id` with each of `events` until the client goes; the watch holds
+/// its `permit` (a place among the client's requests in flight) as long as it lasts.
+async fn relay(
+    id: u64,
+    tx: &mpsc::UnboundedSender<(Response, Option<OwnedSemaphorePermit>)>,
+    permit: OwnedSemaphorePermit,
+    events: Result<Watched, String>,
+) {
+    let mut events = match events {
+        Ok(events) => events,
+        Err(e) => {
+            let _ = tx.send((Response::err(id, e), Some(permit)));
+            return;
+        }
+    };
+    while let Some(event) = events.next().await {
+        if tx.send((Response::ok(id, event), None)).is_err() {
+            break;
+        }
+    }
+    drop(permit);
 }
 
 /// Parses one request line, or explains what is wrong with it.
