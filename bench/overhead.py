@@ -122,14 +122,7 @@ def one_round(build, args, on):
             url = wait_for("the metrics line", lambda: metrics_url(node), 10)
             scraper = Scraper(url, args.scrape_every)
             scraper.start()
-        p = subprocess.run([args.bench_bin, "churn", "--addr", node.addr, "--key", node.key,
-                            "--parallel", str(args.parallel), "--duration", str(args.churn_secs)],
-                           capture_output=True, text=True, timeout=600)
-        m = re.search(r"churn: parallel \d+, (\d+) handshakes in ([\d.]+) s = ([\d.]+)/s \((\d+) failed\)",
-                      p.stdout)
-        if not m:
-            raise SystemExit(f"churn said nothing usable:\n{p.stdout}\n{p.stderr}")
-        rate, failed = float(m.group(3)), int(m.group(4))
+        rate, failed = churn(args, node, args.churn_secs)
         up = node.hold(args.conns)
         out = node.bench("kill", "--count", str(min(args.kills, up)), "--json")
         summary = json.loads(out.strip().splitlines()[-1])
@@ -155,14 +148,16 @@ def one_round(build, args, on):
         node.stop()
 
 
-def churn_rate(args, node, secs):
+def churn(args, node, secs):
+    """`sshvisor-bench churn` against `node` for `secs`: (handshakes per second, failed)."""
     p = subprocess.run([args.bench_bin, "churn", "--addr", node.addr, "--key", node.key,
                         "--parallel", str(args.parallel), "--duration", str(secs)],
                        capture_output=True, text=True, timeout=600)
-    m = re.search(r"churn: parallel \d+, (\d+) handshakes in ([\d.]+) s = ([\d.]+)/s", p.stdout)
+    m = re.search(r"churn: parallel \d+, (\d+) handshakes in ([\d.]+) s = ([\d.]+)/s \((\d+) failed\)",
+                  p.stdout)
     if not m:
         raise SystemExit(f"churn said nothing usable:\n{p.stdout}\n{p.stderr}")
-    return float(m.group(3))
+    return float(m.group(3)), int(m.group(4))
 
 
 def alternating(i, pair):
@@ -189,7 +184,7 @@ def paired_run(build, args):
         pair = ((off, S["off"]), (on, S["on"]))
         for i in range(args.slices):
             for node, side in alternating(i, pair):
-                side["rate"].append(churn_rate(args, node, args.slice_secs))
+                side["rate"].append(churn(args, node, args.slice_secs)[0])
         log(f"  churn: off {median(S['off']['rate']):.0f}/s, on {median(S['on']['rate']):.0f}/s")
         for node, _ in pair:
             node.hold(args.conns)

@@ -310,13 +310,10 @@ pub async fn record_events(audit: Audit, mut events: mpsc::UnboundedReceiver<Eve
                     .get(&conn)
                     .map_or((None, None), |(peer, user)| (Some(*peer), user.clone()));
                 // The one policy that kills a session rather than its connection.
-                if let Some(reason) = killed
-                    .as_ref()
-                    .filter(|r| r.starts_with(SESSION_IDLE_REASON))
-                {
+                if let Some(reason) = killed.as_ref().filter(|r| killed_by::is_session_idle(r)) {
                     audit.record(AuditRecord::Kill {
                         by: Initiator::Policy {
-                            name: SESSION_IDLE.into(),
+                            name: killed_by::SESSION_IDLE.into(),
                         },
                         target: Target::Session(session),
                         user: user.clone(),
@@ -390,13 +387,6 @@ pub async fn record_events(audit: Audit, mut events: mpsc::UnboundedReceiver<Eve
         }
     }
 }
-
-/// The policy that ends a session rather than its connection (named in its reason, which
-/// starts [`SESSION_IDLE_REASON`]).
-const SESSION_IDLE: &str = "session_idle";
-
-/// How the reason of a session ended by `session_idle` starts.
-const SESSION_IDLE_REASON: &str = "session_idle timeout (";
 
 /// The audit log's door: cheap to clone; records go to the file (if any) and to subscribers.
 #[derive(Clone)]

@@ -17,6 +17,25 @@ pub const MAX_UNAUTHENTICATED: &str = "max_unauthenticated";
 /// The server's own shutdown (its drain).
 pub const SHUTDOWN: &str = "shutdown";
 
+/// A session's `session_idle` timeout: it ends the session, not its connection, and is named
+/// in the session's kill reason (see [`session_idle_reason`]), not in a `by`.
+pub const SESSION_IDLE: &str = "session_idle";
+
+/// The kill reason of a session idle for longer than `limit`.
+pub fn session_idle_reason(limit: std::time::Duration) -> String {
+    format!(
+        "{SESSION_IDLE} timeout ({}) reached",
+        humantime::format_duration(limit)
+    )
+}
+
+/// Whether a session's kill reason is `session_idle`'s.
+pub fn is_session_idle(reason: &str) -> bool {
+    reason
+        .strip_prefix(SESSION_IDLE)
+        .is_some_and(|rest| rest.starts_with(" timeout ("))
+}
+
 /// The policies and limits that kill, by their configuration keys.
 const POLICIES: [&str; 6] = [
     LOGIN_GRACE,
@@ -97,6 +116,10 @@ mod tests {
             KilledBy::of(Some("billing")),
             KilledBy::Embedder(Some("billing"))
         );
+        let idle = session_idle_reason(std::time::Duration::from_secs(300));
+        assert_eq!(idle, "session_idle timeout (5m) reached");
+        assert!(is_session_idle(&idle));
+        assert!(!is_session_idle("session_idle is what I call it"));
         // An embedder's tag that only looks like the control socket's is its own.
         assert_eq!(
             KilledBy::of(Some("uid x via ctl")),

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn, Span};
 
 use crate::idle::IdleClock;
 use crate::ids::{ConnId, SessionId};
+use crate::killed_by;
 use crate::link::{EndScope, PtySpec, SessionEvents, SessionLink, SessionRequest, Winding};
 use crate::notice::{NoticeKind, Parent, SessionEnd};
 use crate::report::{PtyInfo, SessionExit};
@@ -484,8 +485,7 @@ impl SessionState {
         };
         match self.idle_clock.check(limit, self.link.idle_for()) {
             None => {
-                let limit = humantime::format_duration(limit);
-                let reason = format!("session_idle timeout ({limit}) reached");
+                let reason = killed_by::session_idle_reason(limit);
                 info!(reason = %reason, "session idle too long");
                 self.killed = Some(reason);
                 let grace = self.close_grace;

@@ -12,6 +12,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use sshvisor_actors::killed_by;
 use sshvisor_actors::{Census, ConnId, Event};
 
 use super::labels::{limit_index, Initiator, LIMITS, PENALIZED};
@@ -121,7 +122,7 @@ impl Figures {
             Event::SessionClosed {
                 killed: Some(reason),
                 ..
-            } if reason.starts_with("session_idle") => {
+            } if killed_by::is_session_idle(reason) => {
                 add(&self.kills[Initiator::SessionIdle.index()][0], 1)
             }
             Event::Disconnected { cause, figures, .. } => {
