@@ -93,10 +93,11 @@ impl Initiator {
         Initiator::Ctl { uid, pid, exe }
     }
 
-    /// Who asked for a kill whose record is written when its connection has ended: a policy's
-    /// or the embedding program's. `None` for a kill recorded where it was asked, with its
-    /// report (the control socket's and the fleet agent's), and for a refusal after the
-    /// login (its `limit_refused` record says it).
+    /// Who asked for a kill whose record is written from the tree's events (when its
+    /// connection has ended, or when its announcement is cancelled): a policy or the embedding
+    /// program. `None` for a kill or cancel recorded where it was asked, with its caller's
+    /// details (the control socket's and the fleet agent's), and for a refusal after the login
+    /// (its `limit_refused` record says it).
     pub fn recorded_at_end(by: Option<&str>) -> Option<Self> {
         match KilledBy::of(by) {
             KilledBy::Ctl | KilledBy::Fleet(_) | KilledBy::Policy(killed_by::MAX_PER_USER) => None,
@@ -189,7 +190,8 @@ pub enum AuditRecord {
         /// Whether the grace ran out and the end was forced.
         forced: Option<bool>,
     },
-    /// An announced kill (`ctl kill --warn`) withdrawn before its deadline (`ctl cancel`).
+    /// An announced kill (`ctl kill --warn`) withdrawn before its deadline (`ctl cancel`, or
+    /// the embedding program's `cancel_kill`).
     KillCancelled {
         /// Who withdrew it.
         by: Initiator,
@@ -383,6 +385,12 @@ pub async fn record_events(audit: Audit, mut events: mpsc::UnboundedReceiver<Eve
                     cause: name.into(),
                     reason,
                 });
+            }
+            Event::KillCancelled { conn, by } => {
+                // The control socket records its own cancels, with its caller's credentials.
+                if let Some(by) = Initiator::recorded_at_end(by.as_deref()) {
+                    audit.record(AuditRecord::KillCancelled { by, conn });
+                }
             }
         }
     }

@@ -295,6 +295,56 @@ async fn an_embedding_program_gets_the_records_as_typed_values_with_its_kill_tag
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedding_programs_cancel_of_an_announced_kill_is_recorded_with_its_tag() {
+    use sshvisor::audit::{AuditRecord, Initiator};
+    use sshvisor_actors::Selection;
+
+    let server = common::TestServer::start().await;
+    let mut stream = server.daemon.audit().subscribe();
+    let _client = server.russh_client("spared").await;
+    next_of(&mut stream, "login_accepted").await;
+    let conn = server.list().await[0].id;
+    let tree = server.daemon.handle().clone();
+    let warned = tokio::spawn({
+        let tree = tree.clone();
+        async move {
+            tree.kill_warned(
+                Selection::One(conn),
+                "maintenance",
+                std::time::Duration::from_secs(60),
+                std::time::Duration::from_secs(2),
+                Some("billing".into()),
+            )
+            .await
+        }
+    });
+    tokio::time::timeout(WAIT, async {
+        while server.list().await[0].pending_kill.is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the kill is listed as pending");
+    assert!(tree
+        .cancel_kill(conn, Some("billing".into()))
+        .await
+        .unwrap());
+    let cancelled = next_of(&mut stream, "kill_cancelled").await;
+    assert_eq!(
+        cancelled.record,
+        AuditRecord::KillCancelled {
+            by: Initiator::Embedder {
+                tag: Some("billing".into())
+            },
+            conn
+        }
+    );
+    let reports = warned.await.unwrap().expect("answered once cancelled");
+    assert!(reports.is_empty(), "{reports:?}");
+    assert_eq!(server.list().await.len(), 1, "the connection stays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policys_kill_is_recorded_with_its_name_and_figures() {
     use sshvisor::audit::{AuditRecord, Initiator};
 

@@ -192,6 +192,15 @@ async fn a_cancelled_warning_is_told_and_the_connection_stays() {
     );
     assert!(server.list().await.iter().any(|c| c.id.to_string() == id));
     let records = received(&mut audit);
+    // Once, by the control socket with its caller's credentials (not again from the event).
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| matches!(r, AuditRecord::KillCancelled { .. }))
+            .count(),
+        1,
+        "{records:?}"
+    );
     assert!(
         records.iter().any(|r| matches!(r,
             AuditRecord::KillCancelled { by: Initiator::Ctl { .. }, conn } if conn.to_string() == id)),

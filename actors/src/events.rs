@@ -120,6 +120,15 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<String>,
     },
+    /// An announced kill was withdrawn before its deadline
+    /// ([`cancel_kill`](crate::SupervisorHandle::cancel_kill)); the connection stays.
+    KillCancelled {
+        /// The connection that was to be killed.
+        conn: ConnId,
+        /// Who withdrew it, in the form of a kill's `by`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
     /// A connection ended and every actor under it stopped.
     Disconnected {
         /// The connection.

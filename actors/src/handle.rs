@@ -314,11 +314,11 @@ impl SupervisorHandle {
         .await
     }
 
-    /// Withdraws the announced kill `conn` waits for (its terminals are told); whether it
-    /// waited for one.
-    pub async fn cancel_kill(&self, conn: ConnId) -> Result<bool, HandleError> {
+    /// Withdraws the announced kill `conn` waits for (its terminals are told, and
+    /// [`Event::KillCancelled`] names `by`); whether it waited for one.
+    pub async fn cancel_kill(&self, conn: ConnId, by: Option<String>) -> Result<bool, HandleError> {
         self.ask("the cancel", Some(self.timeout), |reply| {
-            SupervisorMsg::CancelKill { conn, reply }
+            SupervisorMsg::CancelKill { conn, by, reply }
         })
         .await
     }

@@ -83,7 +83,7 @@ async fn an_announced_kill_tells_the_terminals_at_once_is_listed_and_happens_at_
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_announced_kill_tells_the_terminal_and_kills_nothing() {
-    let h = Harness::start().await;
+    let mut h = Harness::start().await;
     let tree = SupervisorHandle::attach(h.sup.clone());
     let a = h.connect("a", Client::Healthy).await;
     a.authenticate("alice");
@@ -106,13 +106,29 @@ async fn a_cancelled_announced_kill_tells_the_terminal_and_kills_nothing() {
         .wait_for("told", |e| matches!(e, LogEvent::Notify { .. }))
         .await;
     assert!(
-        tree.cancel_kill(a.id).await.unwrap(),
+        tree.cancel_kill(a.id, Some("billing".into()))
+            .await
+            .unwrap(),
         "it waited for a kill"
     );
     assert!(h.listed(a.id).await.unwrap().pending_kill.is_none());
     assert!(
-        !tree.cancel_kill(a.id).await.unwrap(),
+        !tree.cancel_kill(a.id, None).await.unwrap(),
         "nothing left to cancel"
+    );
+    // The audit log hears of a cancel, and of who asked, from this event.
+    let seen = h
+        .probe
+        .until("kill_cancelled", |e| {
+            matches!(e, Event::KillCancelled { .. })
+        })
+        .await;
+    assert_eq!(
+        seen.last(),
+        Some(&Event::KillCancelled {
+            conn: a.id,
+            by: Some("billing".into())
+        })
     );
     let reports = warned.await.unwrap().expect("answered at the deadline");
     assert!(reports.is_empty(), "{reports:?}");

@@ -323,6 +323,12 @@ pub fn format_event(event: &sshvisor_actors::Event, at: SystemTime) -> String {
             }
             _ => format!("refused        {peer}  {reason}"),
         },
+        Event::KillCancelled { conn, by } => format!(
+            "kill cancelled {conn}{}",
+            by.as_deref()
+                .map(|b| format!("  (by {b})"))
+                .unwrap_or_default()
+        ),
         Event::Disconnected { conn, cause, .. } => {
             let cause = match cause {
                 DisconnectCause::ByClient => "by the client".to_string(),

@@ -364,7 +364,7 @@ async fn accept_loop(listener: UnixListener, reach: Reach, owner: u32) {
                     async move {
                         match uid {
                             Some(uid) if uid == owner || uid == 0 => {
-                                serve_client(stream, reach, uid, pid).await
+                                serve_client(stream, reach, Caller::of(uid, pid)).await
                             }
                             _ => refuse(stream, owner).await,
                         }
@@ -397,7 +397,25 @@ async fn refuse(mut stream: UnixStream, owner: u32) {
     let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
 }
 
-async fn serve_client(stream: UnixStream, reach: Reach, uid: u32, pid: Option<i32>) {
+/// The process at the other end of a control connection, as SO_PEERCRED named it when it
+/// connected. Its executable is read then, once, while its first request is still on the way,
+/// rather than on each audited kill's path.
+struct Caller {
+    uid: u32,
+    /// Who the audit log says asked.
+    initiator: Initiator,
+}
+
+impl Caller {
+    fn of(uid: u32, pid: Option<i32>) -> Arc<Self> {
+        Arc::new(Self {
+            uid,
+            initiator: Initiator::ctl(uid, pid),
+        })
+    }
+}
+
+async fn serve_client(stream: UnixStream, reach: Reach, caller: Arc<Caller>) {
     let (read, mut write) = stream.into_split();
     // Each queued response holds its request's permit until it is written, so a client that
     // sends without reading is held back once MAX_IN_FLIGHT answers wait for it.
@@ -477,11 +495,12 @@ async fn serve_client(stream: UnixStream, reach: Reach, uid: u32, pid: Option<i3
             Ok(request) => {
                 let tx = tx.clone();
                 let reach = reach.clone();
+                let caller = caller.clone();
                 requests.spawn(
                     async move {
                         let id = request.id;
                         // A bug in one request must still produce its answer.
-                        let response = AssertUnwindSafe(execute(request, &reach, uid, pid))
+                        let response = AssertUnwindSafe(execute(request, &reach, &caller))
                             .catch_unwind()
                             .await
                             .unwrap_or_else(|panic| {
@@ -635,21 +654,19 @@ fn reports(answer: Result<Vec<KillReport>, HandleError>) -> Result<Box<RawValue>
     raw(&answer.map_err(|e| e.to_string())?)
 }
 
-/// Records each kill of a set asked for by the ctl process `uid`/`pid`, before the reply.
+/// Records each kill of a set asked for by the ctl process `caller`, before the reply.
 async fn audit_reports(
     audit: Option<&Audit>,
-    uid: u32,
-    pid: Option<i32>,
+    caller: &Caller,
     answer: &Result<Vec<KillReport>, HandleError>,
     reason: &str,
 ) {
     let (Some(audit), Ok(reports)) = (audit, answer) else {
         return;
     };
-    let caller = Initiator::ctl(uid, pid);
     let records = reports
         .iter()
-        .map(|report| AuditRecord::kill(caller.clone(), report, reason));
+        .map(|report| AuditRecord::kill(caller.initiator.clone(), report, reason));
     audit.write_all(records).await;
 }
 
@@ -823,22 +840,17 @@ fn stamped(event: &sshvisor_actors::Event) -> Result<Box<RawValue>, String> {
     raw(&value)
 }
 
-async fn execute(request: Request, reach: &Reach, uid: u32, pid: Option<i32>) -> Response {
+async fn execute(request: Request, reach: &Reach, caller: &Caller) -> Response {
     let id = request.id;
-    let result = run(request.command, reach, uid, pid).await;
+    let result = run(request.command, reach, caller).await;
     match result {
         Ok(value) => Response::ok(id, value),
         Err(error) => Response::err(id, error),
     }
 }
 
-async fn run(
-    command: Command,
-    reach: &Reach,
-    uid: u32,
-    pid: Option<i32>,
-) -> Result<Box<RawValue>, String> {
-    let by = Some(KilledBy::ctl(uid));
+async fn run(command: Command, reach: &Reach, caller: &Caller) -> Result<Box<RawValue>, String> {
+    let by = Some(KilledBy::ctl(caller.uid));
     let audit = reach.server.audit();
     let tree = &reach.tree;
     let kill_grace = reach.server.kill_grace();
@@ -883,7 +895,7 @@ async fn run(
             let answer = tree
                 .kill_warned(which, reason.clone(), notice, grace, by)
                 .await;
-            audit_reports(audit, uid, pid, &answer, &reason).await;
+            audit_reports(audit, caller, &answer, &reason).await;
             reports(answer)
         }
         Command::KillWhere {
@@ -917,7 +929,7 @@ async fn run(
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
             info!(?filter, reason = %reason, by = by.as_deref(), "audit: kill by filter requested");
             let answer = tree.kill_where(filter, reason.clone(), grace, by).await;
-            audit_reports(audit, uid, pid, &answer, &reason).await;
+            audit_reports(audit, caller, &answer, &reason).await;
             reports(answer)
         }
         Command::Show { target } => {
@@ -957,7 +969,7 @@ async fn run(
             let answer = tree
                 .kill_warned(which, reason.clone(), notice, grace, by)
                 .await;
-            audit_reports(audit, uid, pid, &answer, &reason).await;
+            audit_reports(audit, caller, &answer, &reason).await;
             let mut done = answer.map_err(|e| e.to_string())?;
             match done.pop() {
                 Some(report) => raw(&report),
@@ -968,10 +980,14 @@ async fn run(
         }
         Command::Cancel { target } => {
             let conn = connection_named(tree, target.trim()).await?;
-            if tree.cancel_kill(conn).await.map_err(|e| e.to_string())? {
+            if tree
+                .cancel_kill(conn, by.clone())
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 info!(%conn, by = by.as_deref(), "audit: announced kill cancelled");
                 if let Some(audit) = audit {
-                    let by = Initiator::ctl(uid, pid);
+                    let by = caller.initiator.clone();
                     audit.write(AuditRecord::KillCancelled { by, conn }).await;
                 }
                 raw(&json!({ "cancelled": conn }))
@@ -998,7 +1014,7 @@ async fn run(
             } else {
                 let audited = audit
                     .filter(|a| a.is_heard())
-                    .map(|a| (a, Initiator::ctl(uid, pid)));
+                    .map(|a| (a, caller.initiator.clone()));
                 match kill_text(tree, text, &reason, grace, &by, audited).await {
                     Err(e) if fleet::in_a_fleet(reach) && is_not_here(&e) => {
                         fleet::kill(reach, text, &reason, grace, by, within).await
@@ -1010,7 +1026,7 @@ async fn run(
                 info!(target = ?target.trim(), error = %e, "audit: kill not done");
                 if let Some(audit) = audit {
                     audit.record(AuditRecord::KillFailed {
-                        by: Initiator::ctl(uid, pid),
+                        by: caller.initiator.clone(),
                         target: target.trim().to_string(),
                         error: e.clone(),
                     });
@@ -1050,7 +1066,7 @@ async fn run(
             let grace = parse_grace(grace.as_deref(), kill_grace)?;
             info!(by = by.as_deref(), "audit: drain requested");
             let answer = reach.server.drain(grace, by).await;
-            audit_reports(audit, uid, pid, &answer, "drain").await;
+            audit_reports(audit, caller, &answer, "drain").await;
             reports(answer)
         }
         Command::KillAll { reason, grace } => {
@@ -1058,7 +1074,7 @@ async fn run(
             let reason = reason.unwrap_or_else(|| "killed by the operator".into());
             info!(reason = %reason, by = by.as_deref(), "audit: kill all requested");
             let answer = tree.kill_all(reason.clone(), grace, by).await;
-            audit_reports(audit, uid, pid, &answer, &reason).await;
+            audit_reports(audit, caller, &answer, &reason).await;
             reports(answer)
         }
     }

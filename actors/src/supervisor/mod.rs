@@ -233,6 +233,8 @@ pub enum SupervisorMsg {
     CancelKill {
         /// The connection.
         conn: ConnId,
+        /// Who asked (as a kill's `by`), for [`Event::KillCancelled`].
+        by: Option<String>,
         /// Whether a kill was withdrawn.
         reply: RpcReplyPort<bool>,
     },
@@ -564,7 +566,7 @@ impl SupervisorState {
     }
 
     /// Withdraws the announced kill `conn` waits for, and tells its terminals.
-    fn on_cancel_kill(&mut self, conn: ConnId, reply: RpcReplyPort<bool>) {
+    fn on_cancel_kill(&mut self, conn: ConnId, by: Option<String>, reply: RpcReplyPort<bool>) {
         let withdrawn = self.warnings.cancel(conn);
         let cancelled = withdrawn.is_some();
         if let Some(Some(emptied)) = withdrawn {
@@ -578,6 +580,7 @@ impl SupervisorState {
                 .actor
                 .cast(ConnectionMsg::order(Order::Notify(text.to_string())));
             info!(parent: &self.span, %conn, "announced kill cancelled");
+            self.events.send(Event::KillCancelled { conn, by });
         }
         let _ = reply.send(cancelled);
     }
@@ -1004,7 +1007,7 @@ impl Actor for SupervisorActor {
                 by,
                 reply,
             } => state.on_kill_warned(&myself, which, reason, notice, grace, by, reply),
-            SupervisorMsg::CancelKill { conn, reply } => state.on_cancel_kill(conn, reply),
+            SupervisorMsg::CancelKill { conn, by, reply } => state.on_cancel_kill(conn, by, reply),
             SupervisorMsg::Notice(Notice(notice)) => state.on_notice(&myself, notice),
         }
         Ok(())
