@@ -392,6 +392,7 @@ pub async fn record_events(audit: Audit, mut events: mpsc::UnboundedReceiver<Eve
                     audit.record(AuditRecord::KillCancelled { by, conn });
                 }
             }
+            Event::Stopped => return,
         }
     }
 }
@@ -476,6 +477,14 @@ impl Audit {
             .collect();
         if let (Some(file), false) = (&self.file, lines.is_empty()) {
             file.writer.write_now(&lines);
+        }
+    }
+
+    /// Writes what is queued for the writer thread now, in the caller: a clean stop calls it
+    /// last, so the process does not end with records still in the queue.
+    pub fn flush(&self) {
+        if let Some(file) = &self.file {
+            file.writer.write_now(&[]);
         }
     }
 

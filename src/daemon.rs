@@ -197,6 +197,9 @@ pub struct Daemon {
     connect_hint: Option<String>,
     /// The metrics and their endpoint, when `metrics_listen` is set.
     metrics: Option<(Arc<Metrics>, MetricsServer)>,
+    /// The task that turns the tree's events into audit records; it ends after the tree's
+    /// last event ([`Event::Stopped`]).
+    recorder: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -344,9 +347,16 @@ impl Daemon {
         };
         let addr = listener.local_addr();
         listener.set_audit(audit.clone());
-        if let Ok(events) = running.tree.subscribe().await {
-            tokio::spawn(crate::audit::record_events(audit.clone(), events));
-        }
+        let recorder = match running.tree.subscribe().await {
+            Ok(events) => Some(tokio::spawn(crate::audit::record_events(
+                audit.clone(),
+                events,
+            ))),
+            Err(e) => {
+                tracing::warn!(error = %e, "the audit log will not hear the tree's events");
+                None
+            }
+        };
         let _ = running.penalties.set(listener.penalties());
         if let Some((metrics, _)) = &metrics {
             metrics.watch_penalties(listener.penalties());
@@ -368,6 +378,7 @@ impl Daemon {
             control,
             connect_hint,
             metrics,
+            recorder,
         })
     }
 
@@ -456,6 +467,17 @@ impl Daemon {
             parts.links.close();
         }
         self.running.tree.stop(Duration::from_secs(5)).await;
+        // The drain's records (its kills, the connections' ends) are made from the tree's
+        // events: the process must not end before they are in the file.
+        if let Some(recorder) = self.recorder {
+            if tokio::time::timeout(Duration::from_secs(5), recorder)
+                .await
+                .is_err()
+            {
+                tracing::warn!("shutdown: the audit log did not hear the tree's last event");
+            }
+        }
+        self.running.audit.flush();
         reports
     }
 

@@ -472,3 +472,46 @@ async fn a_session_ended_by_session_idle_is_recorded_as_that_policys_kill_of_the
         other => panic!("{other:?}"),
     }
 }
+
+/// A clean stop (SIGTERM) drains the connections, and the drain's records (the policy's kill,
+/// the session's and the connection's close) are in the file once `serve` has exited: the
+/// records still queued for the writer thread are written before the process ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drains_records_at_sigterm_are_in_the_file_when_serve_has_exited() {
+    let cwd = tempfile::tempdir().unwrap();
+    let log = cwd.path().join("audit.jsonl");
+    let (mut server, ssh) =
+        common::serve_process(cwd.path(), &["--audit-log", log.to_str().unwrap()]).await;
+    let mut held = Command::new(&ssh[0])
+        .args(["-F", "/dev/null"])
+        .args(&ssh[1..])
+        .arg("sleep 987032")
+        .current_dir(cwd.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    common::eventually("the session is recorded", || {
+        !of(&log, "session_opened").is_empty()
+    })
+    .await;
+    kill(Pid::from_raw(server.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(WAIT, server.wait())
+        .await
+        .expect("serve exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    // Read once: nothing writes to the file any more.
+    let kills = of(&log, "kill");
+    assert_eq!(kills.len(), 1, "{kills:?}");
+    assert_eq!(kills[0]["by"]["kind"], "policy");
+    assert_eq!(kills[0]["by"]["name"], "shutdown");
+    assert_eq!(kills[0]["sessions_closed"], 1);
+    assert_eq!(of(&log, "session_closed").len(), 1, "{:?}", records(&log));
+    let closed = of(&log, "connection_closed");
+    assert_eq!(closed.len(), 1, "{:?}", records(&log));
+    assert_eq!(closed[0]["cause"], "killed");
+    let _ = tokio::time::timeout(WAIT, held.wait()).await;
+}

@@ -140,6 +140,9 @@ pub enum Event {
         #[serde(default)]
         figures: EndFigures,
     },
+    /// The supervisor stopped: the last event of its tree (the audit log is written up to
+    /// here before a clean stop ends).
+    Stopped,
 }
 
 /// A connection's end in figures, carried by [`Event::Disconnected`].

@@ -161,6 +161,16 @@ async fn a_spawned_handle_admits_connections_and_streams_their_events() {
     // A clone is the same door.
     assert_eq!(handle.clone().list().await.unwrap()[0].id, conn);
     handle.stop(WAIT).await;
+    // Its last event says so: a listener (the audit log) knows it has heard everything.
+    tokio::time::timeout(WAIT, async {
+        while let Some(event) = events.recv().await {
+            if event == Event::Stopped {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the stopped tree's last event");
 }
 
 #[tokio::test]

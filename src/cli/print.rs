@@ -323,6 +323,7 @@ pub fn format_event(event: &sshvisor_actors::Event, at: SystemTime) -> String {
             }
             _ => format!("refused        {peer}  {reason}"),
         },
+        Event::Stopped => "stopped        (the server's tree; no event follows)".to_string(),
         Event::KillCancelled { conn, by } => format!(
             "kill cancelled {conn}{}",
             by.as_deref()

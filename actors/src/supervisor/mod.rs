@@ -944,6 +944,16 @@ impl Actor for SupervisorActor {
         })
     }
 
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // After every other event of the tree: a listener knows it has heard them all.
+        state.events.send(Event::Stopped);
+        Ok(())
+    }
+
     async fn handle(
         &self,
         myself: ActorRef<SupervisorMsg>,
