@@ -38,8 +38,8 @@ use tracing::warn;
 /// (counted).
 const QUEUE: usize = 4096;
 
-/// How long the writer thread gathers records after a batch before it writes the next: the
-/// longest a record other than a kill's waits for the file.
+/// How long the writer thread gathers records before it writes them: the longest a record
+/// other than a kill's waits for the file.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Records kept for a slow subscriber before it misses some (it is told how many).
@@ -644,10 +644,12 @@ fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-/// The writer thread: writes the queued lines as they come, until the last `Audit` is gone.
+/// The writer thread: writes the queued lines, until the last `Audit` is gone.
 ///
-/// After each batch it lets [`GATHER`] pass before it looks again, so that a burst of records
-/// (a handshake makes four) is one wake-up and one write, not one each.
+/// Woken by the first line after a quiet spell, it lets [`GATHER`] pass before it writes, so
+/// that a burst of records is one write, not one each (a handshake makes four), and that the
+/// write comes after the burst rather than in the middle of it (a kill's session and
+/// connection ends come while its caller waits for the reply).
 fn write_queued(writer: &FileWriter) {
     loop {
         let mut state = writer.lock();
@@ -659,13 +661,16 @@ fn write_queued(writer: &FileWriter) {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         state.idle = false;
+        if !state.closed {
+            drop(state);
+            std::thread::sleep(GATHER);
+            state = writer.lock();
+        }
         let lines = std::mem::take(&mut state.queued);
         writer.write_lines(&state.file, &lines);
         if state.closed {
             return;
         }
-        drop(state);
-        std::thread::sleep(GATHER);
     }
 }
 
