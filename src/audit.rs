@@ -98,7 +98,7 @@ impl Initiator {
     /// program. `None` for a kill or cancel recorded where it was asked, with its caller's
     /// details (the control socket's and the fleet agent's), and for a refusal after the login
     /// (its `limit_refused` record says it).
-    pub fn recorded_at_end(by: Option<&str>) -> Option<Self> {
+    pub fn recorded_from_events(by: Option<&str>) -> Option<Self> {
         match KilledBy::of(by) {
             KilledBy::Ctl | KilledBy::Fleet(_) | KilledBy::Policy(killed_by::MAX_PER_USER) => None,
             KilledBy::Policy(name) => Some(Initiator::Policy { name: name.into() }),
@@ -362,7 +362,7 @@ pub async fn record_events(audit: Audit, mut events: mpsc::UnboundedReceiver<Eve
                         ("refused", Some(reason))
                     }
                     DisconnectCause::Killed { reason, by } => {
-                        if let Some(initiator) = Initiator::recorded_at_end(by.as_deref()) {
+                        if let Some(initiator) = Initiator::recorded_from_events(by.as_deref()) {
                             audit.record(AuditRecord::Kill {
                                 by: initiator,
                                 target: Target::Connection(conn),
@@ -388,7 +388,7 @@ pub async fn record_events(audit: Audit, mut events: mpsc::UnboundedReceiver<Eve
             }
             Event::KillCancelled { conn, by } => {
                 // The control socket records its own cancels, with its caller's credentials.
-                if let Some(by) = Initiator::recorded_at_end(by.as_deref()) {
+                if let Some(by) = Initiator::recorded_from_events(by.as_deref()) {
                     audit.record(AuditRecord::KillCancelled { by, conn });
                 }
             }
@@ -748,32 +748,38 @@ mod tests {
     }
 
     #[test]
-    fn kills_recorded_at_the_connections_end_are_the_policies_and_the_embedders() {
+    fn kills_recorded_from_the_trees_events_are_the_policies_and_the_embedders() {
         let policy = |name: &str| Some(Initiator::Policy { name: name.into() });
-        assert_eq!(Initiator::recorded_at_end(Some("idle")), policy("idle"));
         assert_eq!(
-            Initiator::recorded_at_end(Some("max_unauthenticated")),
+            Initiator::recorded_from_events(Some("idle")),
+            policy("idle")
+        );
+        assert_eq!(
+            Initiator::recorded_from_events(Some("max_unauthenticated")),
             policy("max_unauthenticated")
         );
         assert_eq!(
-            Initiator::recorded_at_end(Some("billing")),
+            Initiator::recorded_from_events(Some("billing")),
             Some(Initiator::Embedder {
                 tag: Some("billing".into())
             })
         );
         assert_eq!(
-            Initiator::recorded_at_end(None),
+            Initiator::recorded_from_events(None),
             Some(Initiator::Embedder { tag: None })
         );
         // Recorded where they were asked, with the report.
-        assert_eq!(Initiator::recorded_at_end(Some("uid 0 via ctl")), None);
+        assert_eq!(Initiator::recorded_from_events(Some("uid 0 via ctl")), None);
         assert_eq!(
-            Initiator::recorded_at_end(Some("uid 0 via ctl on node c")),
+            Initiator::recorded_from_events(Some("uid 0 via ctl on node c")),
             None
         );
         // An embedder's kill through the fleet: the agent records it.
-        assert_eq!(Initiator::recorded_at_end(Some("billing on node a")), None);
+        assert_eq!(
+            Initiator::recorded_from_events(Some("billing on node a")),
+            None
+        );
         // A refusal after the login: its `limit_refused` says it.
-        assert_eq!(Initiator::recorded_at_end(Some("max_per_user")), None);
+        assert_eq!(Initiator::recorded_from_events(Some("max_per_user")), None);
     }
 }
