@@ -434,12 +434,14 @@ impl Audit {
     /// Appends to `path` (created with mode 0600); lines queued by [`Audit::record`] are
     /// written by a thread of its own.
     pub async fn open(path: &Path) -> Result<Self, AuditError> {
-        let writer = FileWriter::open(path).map_err(|source| AuditError {
+        // Nothing waits for the writer thread to end: a clean stop writes what is queued
+        // itself (`Audit::flush`).
+        let (file, _thread) = FileHandle::open(path).map_err(|source| AuditError {
             path: path.to_path_buf(),
             source,
         })?;
         Ok(Self {
-            file: Some(Arc::new(FileHandle { writer })),
+            file: Some(Arc::new(file)),
             ..Self::stream_only()
         })
     }
@@ -550,6 +552,19 @@ struct FileHandle {
     writer: Arc<FileWriter>,
 }
 
+impl FileHandle {
+    /// Opens the file and starts its writer thread, which ends once the handle is dropped
+    /// and what was queued is written.
+    fn open(path: &Path) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
+        let writer = FileWriter::open(path)?;
+        let for_thread = writer.clone();
+        let thread = std::thread::Builder::new()
+            .name("audit-log".into())
+            .spawn(move || write_queued(&for_thread))?;
+        Ok((Self { writer }, thread))
+    }
+}
+
 impl Drop for FileHandle {
     fn drop(&mut self) {
         self.writer.lock().closed = true;
@@ -570,10 +585,6 @@ impl FileWriter {
             }),
             wake: Condvar::new(),
         });
-        let thread = writer.clone();
-        std::thread::Builder::new()
-            .name("audit-log".into())
-            .spawn(move || write_queued(&thread))?;
         Ok(writer)
     }
 
@@ -729,21 +740,10 @@ mod tests {
     fn the_writer_thread_ends_with_the_last_handle_after_writing_what_is_queued() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let writer = FileWriter::open(&path).unwrap();
-        let handle = FileHandle {
-            writer: writer.clone(),
-        };
-        writer.queue("{}\n".into());
+        let (handle, thread) = FileHandle::open(&path).unwrap();
+        handle.writer.queue("{}\n".into());
         drop(handle);
-        // The thread holds the other reference until it has written and ended.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while Arc::strong_count(&writer) > 1 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the thread did not end"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        thread.join().expect("the thread ends without a panic");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
     }
 
