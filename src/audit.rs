@@ -6,12 +6,13 @@
 //! (who asked, the resolved IDs, the report), limit refusals, connections ended, reloads. Each
 //! line is an [`AuditEntry`]: the record with its time (`at`, RFC 3339 UTC).
 //!
-//! Writing: most records are queued (bounded) for a thread of the log's own, which writes
-//! whatever is queued in one `write(2)` to the kernel, at most every 5 ms (no fsync: a crash of
-//! the machine may lose the last lines, a crash of the server the last 5 ms of them). A record that finds the queue full is
-//! dropped, counted, and the count logged. A kill's record never is: [`Audit::write`] writes the
-//! queue and the record itself, at once, in the caller's task, so a kill's reply goes out after
-//! its record is in the file, and the file keeps the order records were made in.
+//! Writing: most records are queued (bounded) for a thread of the log's own, which writes them
+//! in one `write(2)` to the kernel 5 ms after the first of a burst came (no fsync: a crash of
+//! the machine may lose the last lines, a crash of the server the last 5 ms of them). A record
+//! that finds the queue full is dropped, counted, and the count logged. A kill's record never
+//! is: [`Audit::write`] writes the queue and the record itself, at once, in the caller's task,
+//! so a kill's reply goes out after its record is in the file, and the file keeps the order
+//! records were made in. A clean stop writes what is still queued ([`Audit::flush`]).
 //! [`Audit::reopen`] reopens the file (reload, SIGHUP) so logrotate can move it away.
 //!
 //! No secrets: a key appears as its type and SHA-256 fingerprint only; no cookie, no
@@ -87,18 +88,29 @@ pub enum Initiator {
 }
 
 impl Initiator {
+    /// Who withdrew an announced kill, recorded from [`Event::KillCancelled`]: the embedding
+    /// program, by the tag it gave (whatever its text). `None` for `ctl cancel`, which the
+    /// control socket records itself, with its caller's credentials.
+    pub fn cancelled_by(by: Option<&str>) -> Option<Self> {
+        match KilledBy::of(by) {
+            KilledBy::Ctl => None,
+            _ => Some(Initiator::Embedder {
+                tag: by.map(str::to_string),
+            }),
+        }
+    }
+
     /// The control socket's peer `uid` / `pid`, with its executable read from /proc.
     pub fn ctl(uid: u32, pid: Option<i32>) -> Self {
         let exe = pid.and_then(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).ok());
         Initiator::Ctl { uid, pid, exe }
     }
 
-    /// Who asked for a kill whose record is written from the tree's events (when its
-    /// connection has ended, or when its announcement is cancelled): a policy or the embedding
-    /// program. `None` for a kill or cancel recorded where it was asked, with its caller's
-    /// details (the control socket's and the fleet agent's), and for a refusal after the login
-    /// (its `limit_refused` record says it).
-    pub fn recorded_from_events(by: Option<&str>) -> Option<Self> {
+    /// Who asked for a kill whose record is written when its connection has ended: a policy's
+    /// or the embedding program's. `None` for a kill recorded where it was asked, with its
+    /// report (the control socket's and the fleet agent's), and for a refusal after the
+    /// login: that is no kill, its `limit_refused` record says it.
+    pub fn recorded_at_end(by: Option<&str>) -> Option<Self> {
         match KilledBy::of(by) {
             KilledBy::Ctl | KilledBy::Fleet(_) | KilledBy::Policy(killed_by::MAX_PER_USER) => None,
             KilledBy::Policy(name) => Some(Initiator::Policy { name: name.into() }),
@@ -312,19 +324,22 @@ pub async fn record_events(audit: Audit, mut events: mpsc::UnboundedReceiver<Eve
                     .get(&conn)
                     .map_or((None, None), |(peer, user)| (Some(*peer), user.clone()));
                 // The one policy that kills a session rather than its connection.
+                // Kills' records are written at once, never dropped (`Audit::write`).
                 if let Some(reason) = killed.as_ref().filter(|r| killed_by::is_session_idle(r)) {
-                    audit.record(AuditRecord::Kill {
-                        by: Initiator::Policy {
-                            name: killed_by::SESSION_IDLE.into(),
-                        },
-                        target: Target::Session(session),
-                        user: user.clone(),
-                        peer,
-                        reason: reason.clone(),
-                        sessions_closed: Some(1),
-                        elapsed_ms: None,
-                        forced: None,
-                    });
+                    audit
+                        .write(AuditRecord::Kill {
+                            by: Initiator::Policy {
+                                name: killed_by::SESSION_IDLE.into(),
+                            },
+                            target: Target::Session(session),
+                            user: user.clone(),
+                            peer,
+                            reason: reason.clone(),
+                            sessions_closed: Some(1),
+                            elapsed_ms: None,
+                            forced: None,
+                        })
+                        .await;
                 }
                 audit.record(AuditRecord::SessionClosed {
                     conn,
@@ -362,17 +377,19 @@ pub async fn record_events(audit: Audit, mut events: mpsc::UnboundedReceiver<Eve
                         ("refused", Some(reason))
                     }
                     DisconnectCause::Killed { reason, by } => {
-                        if let Some(initiator) = Initiator::recorded_from_events(by.as_deref()) {
-                            audit.record(AuditRecord::Kill {
-                                by: initiator,
-                                target: Target::Connection(conn),
-                                user: user.clone(),
-                                peer,
-                                reason: reason.clone(),
-                                sessions_closed: Some(figures.sessions_closed),
-                                elapsed_ms: figures.kill_us.map(|us| us as f64 / 1e3),
-                                forced: Some(figures.forced),
-                            });
+                        if let Some(initiator) = Initiator::recorded_at_end(by.as_deref()) {
+                            audit
+                                .write(AuditRecord::Kill {
+                                    by: initiator,
+                                    target: Target::Connection(conn),
+                                    user: user.clone(),
+                                    peer,
+                                    reason: reason.clone(),
+                                    sessions_closed: Some(figures.sessions_closed),
+                                    elapsed_ms: figures.kill_us.map(|us| us as f64 / 1e3),
+                                    forced: Some(figures.forced),
+                                })
+                                .await;
                         }
                         ("killed", Some(reason))
                     }
@@ -387,8 +404,7 @@ pub async fn record_events(audit: Audit, mut events: mpsc::UnboundedReceiver<Eve
                 });
             }
             Event::KillCancelled { conn, by } => {
-                // The control socket records its own cancels, with its caller's credentials.
-                if let Some(by) = Initiator::recorded_from_events(by.as_deref()) {
+                if let Some(by) = Initiator::cancelled_by(by.as_deref()) {
                     audit.record(AuditRecord::KillCancelled { by, conn });
                 }
             }
@@ -743,43 +759,68 @@ mod tests {
         let (handle, thread) = FileHandle::open(&path).unwrap();
         handle.writer.queue("{}\n".into());
         drop(handle);
-        thread.join().expect("the thread ends without a panic");
+        let (ended, end) = std::sync::mpsc::channel();
+        std::thread::spawn(move || ended.send(thread.join().is_ok()));
+        assert_eq!(
+            end.recv_timeout(std::time::Duration::from_secs(10)),
+            Ok(true),
+            "the thread ends, without a panic"
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
     }
 
     #[test]
-    fn kills_recorded_from_the_trees_events_are_the_policies_and_the_embedders() {
+    fn a_cancel_from_the_trees_events_is_the_embedders_whatever_its_tag() {
+        let embedder = |tag: Option<&str>| {
+            Some(Initiator::Embedder {
+                tag: tag.map(str::to_string),
+            })
+        };
+        // `ctl cancel`: the control socket records it, with its caller's credentials.
+        assert_eq!(Initiator::cancelled_by(Some("uid 0 via ctl")), None);
+        for tag in [
+            "billing",
+            "idle",
+            "shutdown",
+            "billing on node a",
+            "max_per_user",
+        ] {
+            assert_eq!(
+                Initiator::cancelled_by(Some(tag)),
+                embedder(Some(tag)),
+                "{tag}"
+            );
+        }
+        assert_eq!(Initiator::cancelled_by(None), embedder(None));
+    }
+
+    #[test]
+    fn kills_recorded_at_the_connections_end_are_the_policies_and_the_embedders() {
         let policy = |name: &str| Some(Initiator::Policy { name: name.into() });
+        assert_eq!(Initiator::recorded_at_end(Some("idle")), policy("idle"));
         assert_eq!(
-            Initiator::recorded_from_events(Some("idle")),
-            policy("idle")
-        );
-        assert_eq!(
-            Initiator::recorded_from_events(Some("max_unauthenticated")),
+            Initiator::recorded_at_end(Some("max_unauthenticated")),
             policy("max_unauthenticated")
         );
         assert_eq!(
-            Initiator::recorded_from_events(Some("billing")),
+            Initiator::recorded_at_end(Some("billing")),
             Some(Initiator::Embedder {
                 tag: Some("billing".into())
             })
         );
         assert_eq!(
-            Initiator::recorded_from_events(None),
+            Initiator::recorded_at_end(None),
             Some(Initiator::Embedder { tag: None })
         );
         // Recorded where they were asked, with the report.
-        assert_eq!(Initiator::recorded_from_events(Some("uid 0 via ctl")), None);
+        assert_eq!(Initiator::recorded_at_end(Some("uid 0 via ctl")), None);
         assert_eq!(
-            Initiator::recorded_from_events(Some("uid 0 via ctl on node c")),
+            Initiator::recorded_at_end(Some("uid 0 via ctl on node c")),
             None
         );
         // An embedder's kill through the fleet: the agent records it.
-        assert_eq!(
-            Initiator::recorded_from_events(Some("billing on node a")),
-            None
-        );
+        assert_eq!(Initiator::recorded_at_end(Some("billing on node a")), None);
         // A refusal after the login: its `limit_refused` says it.
-        assert_eq!(Initiator::recorded_from_events(Some("max_per_user")), None);
+        assert_eq!(Initiator::recorded_at_end(Some("max_per_user")), None);
     }
 }

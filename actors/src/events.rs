@@ -140,8 +140,8 @@ pub enum Event {
         #[serde(default)]
         figures: EndFigures,
     },
-    /// The supervisor stopped: the last event of its tree (the audit log is written up to
-    /// here before a clean stop ends).
+    /// The supervisor stopped: the last event of its tree. A listener that must have heard
+    /// every event before it ends (an audit log) waits for this one.
     Stopped,
 }
 

@@ -163,7 +163,8 @@ async fn a_spawned_handle_admits_connections_and_streams_their_events() {
     handle.stop(WAIT).await;
     // Its last event says so: a listener (the audit log) knows it has heard everything.
     tokio::time::timeout(WAIT, async {
-        while let Some(event) = events.recv().await {
+        loop {
+            let event = events.recv().await.expect("events until the tree's last");
             if event == Event::Stopped {
                 return;
             }

@@ -139,6 +139,60 @@ async fn a_cancelled_announced_kill_tells_the_terminal_and_kills_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_cancel_after_the_connection_ended_is_still_told_as_an_event() {
+    let mut h = Harness::start().await;
+    let tree = SupervisorHandle::attach(h.sup.clone());
+    let a = h.connect("a", Client::Healthy).await;
+    a.authenticate("alice");
+    let warned = tokio::spawn({
+        let tree = tree.clone();
+        let id = a.id;
+        async move {
+            tree.kill_warned(
+                Selection::One(id),
+                "reboot",
+                Duration::from_secs(30),
+                Duration::from_secs(1),
+                None,
+            )
+            .await
+        }
+    });
+    tokio::time::timeout(WAIT, async {
+        while h.listed(a.id).await.and_then(|c| c.pending_kill).is_none() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the kill is pending");
+    a.client_closes();
+    h.probe
+        .until("the end", |e| matches!(e, Event::Disconnected { .. }))
+        .await;
+    assert!(
+        tree.cancel_kill(a.id, Some("billing".into()))
+            .await
+            .unwrap(),
+        "a kill was still announced for it"
+    );
+    let seen = h
+        .probe
+        .until("kill_cancelled", |e| {
+            matches!(e, Event::KillCancelled { .. })
+        })
+        .await;
+    assert_eq!(
+        seen.last(),
+        Some(&Event::KillCancelled {
+            conn: a.id,
+            by: Some("billing".into())
+        })
+    );
+    let reports = warned.await.unwrap().expect("answered");
+    assert!(reports.is_empty(), "{reports:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_idle_timeout_warns_the_terminal_before_the_cut() {
     let mut policy = unlimited();
     policy.idle = Some(Duration::from_secs(10));

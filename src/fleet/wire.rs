@@ -128,7 +128,10 @@ pub enum Answer {
 pub struct EventBatch {
     /// The sequence number to ask after next time.
     pub next: u64,
-    /// The events, oldest first, each with when it happened.
+    /// The events, oldest first, each with when it happened. An event this version cannot
+    /// read (a kind a newer node has) is left out, rather than the whole batch refused: a
+    /// watcher would ask for it again and again.
+    #[serde(deserialize_with = "readable_events")]
     pub events: Vec<(SystemTime, Event)>,
     /// Events the watcher missed because it asked too rarely (the node keeps the last
     /// [`EVENT_BACKLOG`] only).
@@ -154,6 +157,18 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// error it can show, never a dropped link.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
     serde_json::from_slice(bytes).map_err(|e| format!("cannot read the message: {e}"))
+}
+
+/// Reads a batch's events, leaving out those this version does not know.
+fn readable_events<'de, D>(deserializer: D) -> Result<Vec<(SystemTime, Event)>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let all = Vec::<(SystemTime, serde_json::Value)>::deserialize(deserializer)?;
+    Ok(all
+        .into_iter()
+        .filter_map(|(at, event)| Some((at, serde_json::from_value(event).ok()?)))
+        .collect())
 }
 
 #[cfg(test)]
@@ -210,5 +225,27 @@ mod tests {
         assert_eq!(decode::<Ask>(&bytes).unwrap(), Ask::Status);
         let garbled = decode::<Ask>(br#"{"ask":"reboot"}"#).unwrap_err();
         assert!(garbled.contains("cannot read"), "{garbled}");
+    }
+
+    #[test]
+    fn a_batch_with_an_event_of_a_newer_version_is_read_without_it() {
+        let conn = ConnId::new_random();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let batch = EventBatch {
+            next: 3,
+            events: vec![(
+                at,
+                Event::Connected {
+                    conn,
+                    peer: "192.0.2.1:40000".parse().unwrap(),
+                },
+            )],
+            missed: 0,
+        };
+        let mut value = serde_json::to_value(&batch).unwrap();
+        let newer = serde_json::json!([value["events"][0][0].clone(), {"event": "teleported", "conn": conn}]);
+        value["events"].as_array_mut().unwrap().insert(0, newer);
+        let read: EventBatch = decode(&serde_json::to_vec(&value).unwrap()).unwrap();
+        assert_eq!(read, batch);
     }
 }

@@ -579,6 +579,9 @@ impl SupervisorState {
             let _ = entry
                 .actor
                 .cast(ConnectionMsg::order(Order::Notify(text.to_string())));
+        }
+        if cancelled {
+            // Also when the connection has ended meanwhile: a kill was withdrawn all the same.
             info!(parent: &self.span, %conn, "announced kill cancelled");
             self.events.send(Event::KillCancelled { conn, by });
         }
