@@ -221,6 +221,23 @@ async fn the_audit_log_records_logins_sessions_and_a_ctl_kill_before_its_reply()
     server.kill().await.unwrap();
 }
 
+/// A server, an embedding program's stream of its audit records, and `user` logged in with a
+/// russh client (kept open while it is held); the login's record.
+async fn logged_in(
+    user: &str,
+) -> (
+    common::TestServer,
+    tokio::sync::broadcast::Receiver<sshvisor::audit::AuditEntry>,
+    common::Client,
+    sshvisor::audit::AuditEntry,
+) {
+    let server = common::TestServer::start().await;
+    let mut stream = server.daemon.audit().subscribe();
+    let client = server.russh_client(user).await;
+    let accepted = next_of(&mut stream, "login_accepted").await;
+    (server, stream, client, accepted)
+}
+
 /// The next record of `event` on an embedding program's stream.
 async fn next_of(
     stream: &mut tokio::sync::broadcast::Receiver<sshvisor::audit::AuditEntry>,
@@ -243,10 +260,7 @@ async fn an_embedding_program_gets_the_records_as_typed_values_with_its_kill_tag
     use sshvisor::audit::{AuditRecord, Initiator};
     use sshvisor_actors::Target;
 
-    let server = common::TestServer::start().await;
-    let mut stream = server.daemon.audit().subscribe();
-    let _client = server.russh_client("tagged").await;
-    let accepted = next_of(&mut stream, "login_accepted").await;
+    let (server, mut stream, _client, accepted) = logged_in("tagged").await;
     assert!(
         matches!(&accepted.record, AuditRecord::LoginAccepted { user, fingerprint, .. }
             if user == "tagged" && fingerprint.starts_with("SHA256:")),
@@ -299,32 +313,19 @@ async fn an_embedding_programs_cancel_of_an_announced_kill_is_recorded_with_its_
     use sshvisor::audit::{AuditRecord, Initiator};
     use sshvisor_actors::Selection;
 
-    let server = common::TestServer::start().await;
-    let mut stream = server.daemon.audit().subscribe();
-    let _client = server.russh_client("spared").await;
-    next_of(&mut stream, "login_accepted").await;
+    let (server, mut stream, _client, _) = logged_in("spared").await;
     let conn = server.list().await[0].id;
     let tree = server.daemon.handle().clone();
-    let warned = tokio::spawn({
-        let tree = tree.clone();
-        async move {
-            tree.kill_warned(
-                Selection::One(conn),
-                "maintenance",
-                std::time::Duration::from_secs(60),
-                std::time::Duration::from_secs(2),
-                Some("billing".into()),
-            )
-            .await
-        }
-    });
-    tokio::time::timeout(WAIT, async {
-        while server.list().await[0].pending_kill.is_none() {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the kill is listed as pending");
+    let warned = tree.kill_warned(
+        Selection::One(conn),
+        "maintenance",
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(2),
+        Some("billing".into()),
+    );
+    tokio::pin!(warned);
+    // Polled once, the announced kill is in the supervisor's mailbox, before the cancel.
+    assert!(futures::poll!(&mut warned).is_pending());
     assert!(tree
         .cancel_kill(conn, Some("billing".into()))
         .await
@@ -339,7 +340,7 @@ async fn an_embedding_programs_cancel_of_an_announced_kill_is_recorded_with_its_
             conn
         }
     );
-    let reports = warned.await.unwrap().expect("answered once cancelled");
+    let reports = warned.await.expect("answered once cancelled");
     assert!(reports.is_empty(), "{reports:?}");
     assert_eq!(server.list().await.len(), 1, "the connection stays");
 }
@@ -482,15 +483,9 @@ async fn the_drains_records_at_sigterm_are_in_the_file_when_serve_has_exited() {
     let log = cwd.path().join("audit.jsonl");
     let (mut server, ssh) =
         common::serve_process(cwd.path(), &["--audit-log", log.to_str().unwrap()]).await;
-    let mut held = Command::new(&ssh[0])
-        .args(["-F", "/dev/null"])
-        .args(&ssh[1..])
-        .arg("sleep 987032")
-        .current_dir(cwd.path())
-        .stdin(std::process::Stdio::null())
+    let mut held = common::printed_ssh(&ssh, cwd.path(), "sleep 987032")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     common::eventually("the session is recorded", || {

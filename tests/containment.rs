@@ -185,18 +185,16 @@ async fn orphans_of_a_command_that_never_reaps_are_not_left_as_zombies() {
         let server_pid = server.id().unwrap();
         let tag = format!("98714{round}");
         // 300 orphans, then a process that never waits for anything.
-        let mut client = tokio::process::Command::new(&ssh[0])
-            .args(["-F", "/dev/null"])
-            .args(&ssh[1..])
-            .arg(format!(
+        let mut client = common::printed_ssh(
+            &ssh,
+            cwd.path(),
+            &format!(
                 "i=0; while [ $i -lt 300 ]; do (true &); i=$((i+1)); done; echo started; exec sleep {tag}"
-            ))
-            .current_dir(cwd.path())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+            ),
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
         let mut out = client.stdout.take().unwrap();
         let mut seen = Vec::new();
         tokio::time::timeout(WAIT, async {
@@ -253,19 +251,15 @@ async fn a_server_killed_outright_leaves_no_session_process_for_long() {
         let cwd = tempfile::tempdir().unwrap();
         let (server, ssh) = common::serve_process(cwd.path(), &["--containment", &name]).await;
         let tag = format!("98715{round}");
-        let client = tokio::process::Command::new(&ssh[0])
-            .args(["-F", "/dev/null"])
-            .args(&ssh[1..])
-            .arg(format!(
-                "setsid -f sleep {tag} </dev/null >/dev/null 2>&1; sleep {tag}1"
-            ))
-            .current_dir(cwd.path())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let client = common::printed_ssh(
+            &ssh,
+            cwd.path(),
+            &format!("setsid -f sleep {tag} </dev/null >/dev/null 2>&1; sleep {tag}1"),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
         let sleeps = || {
             processes_with_argv(&["sleep", &tag]).len()
                 + processes_with_argv(&["sleep", &format!("{tag}1")]).len()

@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sshvisor_actors::{DisconnectCause, Event, Filter, Selection, SupervisorHandle};
+use sshvisor_actors::{
+    ConnId, DisconnectCause, Event, Filter, HandleError, KillReport, Selection, SupervisorHandle,
+};
 use tokio::time::Instant;
 
 fn notices(h: &Harness) -> Vec<(String, String)> {
@@ -19,6 +21,25 @@ fn notices(h: &Harness) -> Vec<(String, String)> {
             _ => None,
         })
         .collect()
+}
+
+/// `kill_warned` of `conn` ("reboot", in 30 s), asked from a task of its own: it answers at the
+/// deadline, or once the kill is withdrawn.
+fn announce_reboot(
+    tree: &SupervisorHandle,
+    conn: ConnId,
+) -> tokio::task::JoinHandle<Result<Vec<KillReport>, HandleError>> {
+    let tree = tree.clone();
+    tokio::spawn(async move {
+        tree.kill_warned(
+            Selection::One(conn),
+            "reboot",
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            None,
+        )
+        .await
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -88,20 +109,7 @@ async fn a_cancelled_announced_kill_tells_the_terminal_and_kills_nothing() {
     let a = h.connect("a", Client::Healthy).await;
     a.authenticate("alice");
     h.open_started(&a, "a1", Work::Healthy).await;
-    let warned = tokio::spawn({
-        let tree = tree.clone();
-        let id = a.id;
-        async move {
-            tree.kill_warned(
-                Selection::One(id),
-                "reboot",
-                Duration::from_secs(30),
-                Duration::from_secs(1),
-                None,
-            )
-            .await
-        }
-    });
+    let warned = announce_reboot(&tree, a.id);
     h.log
         .wait_for("told", |e| matches!(e, LogEvent::Notify { .. }))
         .await;
@@ -144,20 +152,7 @@ async fn a_cancel_after_the_connection_ended_is_still_told_as_an_event() {
     let tree = SupervisorHandle::attach(h.sup.clone());
     let a = h.connect("a", Client::Healthy).await;
     a.authenticate("alice");
-    let warned = tokio::spawn({
-        let tree = tree.clone();
-        let id = a.id;
-        async move {
-            tree.kill_warned(
-                Selection::One(id),
-                "reboot",
-                Duration::from_secs(30),
-                Duration::from_secs(1),
-                None,
-            )
-            .await
-        }
-    });
+    let warned = announce_reboot(&tree, a.id);
     tokio::time::timeout(WAIT, async {
         while h.listed(a.id).await.and_then(|c| c.pending_kill).is_none() {
             tokio::task::yield_now().await;

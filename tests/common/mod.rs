@@ -541,6 +541,20 @@ pub async fn serve_process(cwd: &Path, extra: &[&str]) -> (tokio::process::Child
     (child, words)
 }
 
+/// The `ssh` command [`serve_process`] printed (`ssh`, its words), run from `cwd` (where its
+/// key and known_hosts are) with no user configuration, for `command`; no stdin, and killed
+/// with the test. The caller chooses stdout and stderr.
+pub fn printed_ssh(ssh: &[String], cwd: &Path, command: &str) -> Command {
+    let mut cmd = Command::new(&ssh[0]);
+    cmd.args(["-F", "/dev/null"])
+        .args(&ssh[1..])
+        .arg(command)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
 /// Reads a channel's output into `seen` until it holds `pattern`.
 pub async fn read_until(
     channel: &mut russh::Channel<client::Msg>,
