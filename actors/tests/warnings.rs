@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::time::Duration;
 
 use common::*;
@@ -152,14 +153,17 @@ async fn a_cancel_after_the_connection_ended_is_still_told_as_an_event() {
     let tree = SupervisorHandle::attach(h.sup.clone());
     let a = h.connect("a", Client::Healthy).await;
     a.authenticate("alice");
-    let warned = announce_reboot(&tree, a.id);
-    tokio::time::timeout(WAIT, async {
-        while h.listed(a.id).await.and_then(|c| c.pending_kill).is_none() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the kill is pending");
+    let warned = tree.kill_warned(
+        Selection::One(a.id),
+        "reboot",
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+        None,
+    );
+    let mut warned = std::pin::pin!(warned);
+    // Polled once, the announced kill is in the supervisor's mailbox before the client goes.
+    let mut once = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(warned.as_mut().poll(&mut once).is_pending());
     a.client_closes();
     h.probe
         .until("the end", |e| matches!(e, Event::Disconnected { .. }))
@@ -183,7 +187,7 @@ async fn a_cancel_after_the_connection_ended_is_still_told_as_an_event() {
             by: Some("billing".into())
         })
     );
-    let reports = warned.await.unwrap().expect("answered");
+    let reports = warned.await.expect("answered");
     assert!(reports.is_empty(), "{reports:?}");
 }
 
